@@ -1,0 +1,118 @@
+//! The step's view of its call: who it is, where it runs, what it was given.
+
+use crate::__private::bindings::gantry::step::types as wit;
+use crate::{Client, Error};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+/// Everything a step call knows: ids, environment, entity, input, upstream outputs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    step_id: String,
+    pipeline: String,
+    environment: String,
+    entity: String,
+    attempt: u32,
+    dry_run: bool,
+    input: String,
+    upstream: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Context {
+    pub(crate) fn from_wit(ctx: wit::Context) -> Self {
+        Self {
+            step_id: ctx.step_id,
+            pipeline: ctx.pipeline,
+            environment: ctx.environment,
+            entity: ctx.entity,
+            attempt: ctx.attempt,
+            dry_run: ctx.dry_run,
+            input: ctx.input,
+            upstream: ctx
+                .upstream
+                .into_iter()
+                .map(|u| (u.step, u.outputs.into_iter().collect()))
+                .collect(),
+        }
+    }
+
+    /// A context for unit tests of a step's pure logic.
+    ///
+    /// ```
+    /// let ctx = gantry_sdk::Context::for_test("check", serde_json::json!({"url": "http://x"}));
+    /// assert_eq!(ctx.step_id(), "check");
+    /// ```
+    pub fn for_test(step_id: &str, input: serde_json::Value) -> Self {
+        Self {
+            step_id: step_id.to_string(),
+            pipeline: "test".into(),
+            environment: "development".into(),
+            entity: "default".into(),
+            attempt: 1,
+            dry_run: false,
+            input: input.to_string(),
+            upstream: BTreeMap::new(),
+        }
+    }
+
+    /// Id of the step in its pipeline.
+    pub fn step_id(&self) -> &str {
+        &self.step_id
+    }
+
+    /// Name of the pipeline.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// Environment the pipeline runs for, e.g. `production`.
+    pub fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    /// Business entity the pipeline runs for, e.g. `the_7_space`.
+    pub fn entity(&self) -> &str {
+        &self.entity
+    }
+
+    /// 1 on the first attempt, 2 on the first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// True when the step must only report what it would change.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// The step's `with:` input as raw JSON text.
+    pub fn input_json(&self) -> &str {
+        &self.input
+    }
+
+    /// The step's `with:` input, deserialized into the plugin's input type.
+    ///
+    /// A mismatch becomes a non-retryable error naming the offending field.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize)]
+    /// struct Input { probes: u32 }
+    /// let ctx = gantry_sdk::Context::for_test("s", serde_json::json!({"probes": 3}));
+    /// let input: Input = ctx.input().unwrap();
+    /// assert_eq!(input.probes, 3);
+    /// ```
+    pub fn input<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        let text = if self.input.trim().is_empty() { "{}" } else { &self.input };
+        serde_json::from_str(text).map_err(|e| Error::failed(format!("invalid input for step `{}`: {e}", self.step_id)))
+    }
+
+    /// An output of an earlier step this step depends on.
+    pub fn upstream(&self, step: &str, output: &str) -> Option<&str> {
+        self.upstream.get(step)?.get(output).map(String::as_str)
+    }
+
+    /// The HTTP client; requests are performed by the host under the step's network policy.
+    pub fn http(&self) -> Client {
+        Client::new()
+    }
+}

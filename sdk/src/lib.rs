@@ -1,0 +1,166 @@
+//! Write gantry deployment-step plugins in Rust.
+//!
+//! A plugin is a type that implements [`Step`], exported with
+//! [`export_step!`]. The host calls [`Step::run`] with a [`Context`] that
+//! carries the step's typed input, and [`Step::rollback`] when a later step of
+//! the pipeline fails. Everything that leaves the sandbox goes through the
+//! host: HTTP via [`Context::http`], logs via [`info!`] and friends, time via
+//! [`now_ms`] and [`sleep_ms`]. Secrets are *used* by name
+//! ([`RequestBuilder::bearer_secret`]) and never read: the host fills them in
+//! only for origins the pipeline bound them to.
+//!
+//! ```no_run
+//! use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+//!
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! struct Input {
+//!     /// Page to fetch.
+//!     url: String,
+//! }
+//!
+//! struct Ping;
+//!
+//! impl Step for Ping {
+//!     fn describe() -> Describe {
+//!         Describe::new("ping", env!("CARGO_PKG_VERSION"))
+//!             .description("Fetches a page and reports its status")
+//!             .input::<Input>()
+//!             .capability("network")
+//!     }
+//!
+//!     fn run(ctx: &Context) -> Result<Outputs, Error> {
+//!         let input: Input = ctx.input()?;
+//!         let response = ctx.http().get(&input.url).send()?;
+//!         Ok(Outputs::new().with("status", response.status()))
+//!     }
+//! }
+//!
+//! gantry_sdk::export_step!(Ping);
+//! ```
+//!
+//! The host builds this crate for `wasm32-wasip1`; on other targets it
+//! compiles (for docs and unit tests) but calls into the host panic.
+
+mod context;
+mod describe;
+mod error;
+mod http;
+mod log;
+mod outputs;
+
+pub use context::Context;
+pub use describe::Describe;
+pub use error::Error;
+pub use http::{Client, HttpError, RequestBuilder, Response, Sigv4};
+pub use log::{log, Level};
+pub use outputs::Outputs;
+pub use schemars;
+pub use serde_json;
+
+/// Convenience alias for a step result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// A deployment step: what a plugin author implements.
+pub trait Step {
+    /// Describes the plugin: name, version, input schema, capabilities.
+    fn describe() -> Describe;
+
+    /// Does the step's work and returns its outputs.
+    fn run(ctx: &Context) -> Result<Outputs>;
+
+    /// Undoes what [`Step::run`] did; called when a later step fails.
+    ///
+    /// The default does nothing, for steps that change nothing.
+    fn rollback(ctx: &Context) -> Result<Outputs> {
+        let _ = ctx;
+        Ok(Outputs::new())
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the host's clock.
+pub fn now_ms() -> u64 {
+    bindings::gantry::step::host::now()
+}
+
+/// Waits `ms` milliseconds; the wait counts against the step's timeout.
+pub fn sleep_ms(ms: u64) {
+    bindings::gantry::step::host::sleep(ms)
+}
+
+/// Exports a [`Step`] implementation as the plugin's entry points.
+///
+/// ```no_run
+/// struct Noop;
+/// impl gantry_sdk::Step for Noop {
+///     fn describe() -> gantry_sdk::Describe { gantry_sdk::Describe::new("noop", "0.1.0") }
+///     fn run(_: &gantry_sdk::Context) -> gantry_sdk::Result<gantry_sdk::Outputs> {
+///         Ok(gantry_sdk::Outputs::new())
+///     }
+/// }
+/// gantry_sdk::export_step!(Noop);
+/// ```
+#[macro_export]
+macro_rules! export_step {
+    ($step:ty) => {
+        type __GantryStepExport = $crate::__private::Adapter<$step>;
+        $crate::__private::bindings::__export_step!(
+            __GantryStepExport with_types_in $crate::__private::bindings
+        );
+    };
+}
+
+// Lets the generated bindings name this crate by its public path.
+extern crate self as gantry_sdk;
+
+use __private::bindings;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Glue between the generated bindings and [`crate::Step`]; not a stable API.
+
+    use crate::{Context, Step};
+    use std::marker::PhantomData;
+
+    #[allow(missing_docs, clippy::all)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "wit",
+            world: "step",
+            pub_export_macro: true,
+            export_macro_name: "__export_step",
+            default_bindings_module: "::gantry_sdk::__private::bindings",
+            runtime_path: "::gantry_sdk::__private::wit_bindgen::rt",
+        });
+    }
+
+    pub use wit_bindgen;
+
+    use bindings::exports::gantry::step::plugin::Guest;
+    use bindings::gantry::step::types as wit;
+
+    /// Adapts a [`Step`] to the generated export trait.
+    pub struct Adapter<T>(PhantomData<T>);
+
+    impl<T: Step> Guest for Adapter<T> {
+        fn describe() -> wit::PluginInfo {
+            T::describe().into_wit()
+        }
+
+        fn run(ctx: wit::Context) -> Result<wit::Outcome, wit::StepError> {
+            let ctx = Context::from_wit(ctx);
+            T::run(&ctx)
+                .map(|outputs| outputs.into_wit())
+                .map_err(|e| e.into_wit())
+        }
+
+        fn rollback(ctx: wit::Context) -> Result<wit::Outcome, wit::StepError> {
+            let ctx = Context::from_wit(ctx);
+            T::rollback(&ctx)
+                .map(|outputs| outputs.into_wit())
+                .map_err(|e| e.into_wit())
+        }
+    }
+}
