@@ -1,0 +1,65 @@
+//! The `gantry` command line. Each subcommand is a few lines over a library call.
+//!
+//! Exit codes: 0 success, 1 a step failed, 2 bad usage or an unusable plugin.
+
+mod plugin;
+mod step;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// gantry: deployment pipelines whose steps are sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "gantry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build and inspect plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Run a single step outside a pipeline (a plugin author's inner loop).
+    #[command(subcommand)]
+    Step(step::StepCommand),
+}
+
+/// Exit code for a step that failed.
+pub const EXIT_STEP_FAILED: u8 = 1;
+/// Exit code for bad usage or an unusable plugin.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Parses arguments, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Plugin(cmd) => cmd.execute().await,
+            Command::Step(cmd) => cmd.execute().await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Logs go to stderr; `GANTRY_LOG` takes `tracing` filter directives.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

@@ -1,0 +1,8 @@
+//! Host-side bindings generated from the WIT contract in `sdk/wit`.
+
+wasmtime::component::bindgen!({
+    path: "../sdk/wit",
+    world: "step",
+    imports: { default: async },
+    exports: { default: async },
+});

@@ -1,0 +1,100 @@
+//! Checks that a binary is a component of world `gantry:step/step` built for
+//! a contract version this host speaks, before anything is instantiated.
+
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// The contract version this host implements.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+const PLUGIN_EXPORT: &str = "gantry:step/plugin";
+const HOST_IMPORT: &str = "gantry:step/host";
+
+/// What kind of WebAssembly binary some bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryKind {
+    /// A component (the component model's binary format).
+    Component,
+    /// A core module, e.g. a `cdylib` not yet componentized.
+    CoreModule,
+    /// Not WebAssembly.
+    Other,
+}
+
+/// Tells a component from a core module from anything else by the header.
+pub fn binary_kind(bytes: &[u8]) -> BinaryKind {
+    if wasmparser::Parser::is_component(bytes) {
+        BinaryKind::Component
+    } else if wasmparser::Parser::is_core_wasm(bytes) {
+        BinaryKind::CoreModule
+    } else {
+        BinaryKind::Other
+    }
+}
+
+/// Why a component is not a step this host can run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// It exports no `gantry:step/plugin` interface; carries what it exports.
+    NotAStep(Vec<String>),
+    /// It is a step for another contract version.
+    Version(String),
+}
+
+/// Whether two `0.x.y`/`x.y.z` versions are semver-compatible.
+fn compatible(found: &str) -> bool {
+    let major_minor = |v: &str| {
+        let mut parts = v.split('.');
+        let major = parts.next().unwrap_or_default().to_string();
+        let minor = parts.next().unwrap_or_default().to_string();
+        if major == "0" { (major, minor) } else { (major, String::new()) }
+    };
+    major_minor(found) == major_minor(CONTRACT_VERSION)
+}
+
+fn version_of<'a>(name: &'a str, interface: &str) -> Option<&'a str> {
+    let rest = name.strip_prefix(interface)?;
+    Some(rest.strip_prefix('@').unwrap_or(""))
+}
+
+/// Checks the component's exports and imports against the contract.
+pub fn check(engine: &Engine, component: &Component) -> Result<(), Mismatch> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+    let versions = exports
+        .iter()
+        .filter_map(|n| version_of(n, PLUGIN_EXPORT))
+        .chain(imports.iter().filter_map(|n| version_of(n, HOST_IMPORT)));
+    for version in versions {
+        if !compatible(version) {
+            let shown = if version.is_empty() { "an unversioned contract" } else { version };
+            return Err(Mismatch::Version(shown.to_string()));
+        }
+    }
+    if !exports.iter().any(|n| n.starts_with(PLUGIN_EXPORT)) {
+        return Err(Mismatch::NotAStep(exports));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_by_semver() {
+        assert!(compatible("0.1.0"));
+        assert!(compatible("0.1.7"));
+        assert!(!compatible("0.2.0"));
+        assert!(!compatible("1.1.0"));
+        assert!(!compatible(""));
+    }
+
+    #[test]
+    fn headers_tell_binaries_apart() {
+        assert_eq!(binary_kind(b"\0asm\x01\0\0\0"), BinaryKind::CoreModule);
+        assert_eq!(binary_kind(b"\0asm\x0d\0\x01\0"), BinaryKind::Component);
+        assert_eq!(binary_kind(b"#!/bin/sh"), BinaryKind::Other);
+    }
+}

@@ -1,0 +1,557 @@
+//! The wasmtime sandbox a step plugin runs in.
+//!
+//! A [`Runtime`] owns the engine, the linker with the host imports, the
+//! compile cache and the epoch ticker. [`Runtime::load`] turns a component
+//! file into a [`Plugin`] (checked against the contract, pre-instantiated);
+//! each [`Plugin::run`] gets a fresh `Store` with its own WASI context (no
+//! environment, no files, no sockets), memory limit and deadline, so one
+//! misbehaving call never affects the next.
+
+mod bindings;
+pub mod cache;
+pub mod contract;
+pub mod limits;
+mod outbound;
+
+pub use cache::{Cache, CacheStatus};
+pub use contract::CONTRACT_VERSION;
+pub use limits::Limits;
+pub use outbound::HttpLimits;
+
+use crate::capability::Grants;
+use bindings::gantry::step::types as wit;
+use bindings::{Step, StepPre};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How often the epoch advances; the granularity of timeouts.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A core module was given where a component is needed.
+    #[error("{path} is a core WebAssembly module, not a component: build it with `gantry plugin build <crate-dir>`, which componentizes it")]
+    CoreModule {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The bytes are not WebAssembly.
+    #[error("{path} is not a WebAssembly component")]
+    NotWasm {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A component of some other world.
+    #[error("{path} is not a gantry step: it does not export `gantry:step/plugin@{CONTRACT_VERSION}` (it exports: {exports}); build it with gantry-sdk and `gantry_sdk::export_step!`")]
+    NotAStep {
+        /// The file.
+        path: PathBuf,
+        /// What it exports instead.
+        exports: String,
+    },
+    /// A step built for another contract version.
+    #[error("{path} was built for contract gantry:step@{found}, but this host speaks gantry:step@{CONTRACT_VERSION}: rebuild it with a matching gantry-sdk")]
+    IncompatibleContract {
+        /// The file.
+        path: PathBuf,
+        /// The version it was built for.
+        found: String,
+    },
+    /// Compilation or linking failed.
+    #[error("cannot load {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What wasmtime said.
+        message: String,
+    },
+}
+
+/// Why a step call did not return outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned an error.
+    #[error("step `{step}` failed: {message}")]
+    Failed {
+        /// Step id.
+        step: String,
+        /// The plugin's message.
+        message: String,
+        /// Whether the plugin says a retry may help.
+        retryable: bool,
+    },
+    /// The call ran past its timeout and was stopped.
+    #[error("step `{step}` timed out after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// Step id.
+        step: String,
+        /// The timeout that was exceeded.
+        after: Duration,
+    },
+    /// The plugin tried to grow its memory past the limit.
+    #[error("step `{step}` exceeded its memory limit of {limit} bytes (tried to grow to {requested} bytes)")]
+    MemoryLimit {
+        /// Step id.
+        step: String,
+        /// The limit.
+        limit: usize,
+        /// The size the plugin asked for.
+        requested: usize,
+    },
+    /// The plugin trapped: a panic, stack overflow, unreachable code.
+    #[error("step `{step}` crashed: {message}")]
+    Trap {
+        /// Step id.
+        step: String,
+        /// The trap and its backtrace.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// Whether a retry may help: plugin-marked errors and timeouts.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CallError::Failed { retryable: true, .. } | CallError::Timeout { .. })
+    }
+
+    /// A short, stable name for the kind of failure, for reports and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Failed { .. } => "failed",
+            CallError::Timeout { .. } => "timeout",
+            CallError::MemoryLimit { .. } => "memory-limit",
+            CallError::Trap { .. } => "trap",
+        }
+    }
+}
+
+/// What the plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    /// Short name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// One-line description.
+    pub description: String,
+    /// JSON Schema of the `with:` input.
+    pub input_schema: serde_json::Value,
+    /// Capabilities it expects.
+    pub capabilities: Vec<String>,
+}
+
+/// Where a step call happens and what it is given.
+#[derive(Debug, Clone, Default)]
+pub struct StepContext {
+    /// Step id.
+    pub step_id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Environment, e.g. `staging`.
+    pub environment: String,
+    /// Business entity.
+    pub entity: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Report-only run.
+    pub dry_run: bool,
+    /// The `with:` input.
+    pub input: serde_json::Value,
+    /// Outputs of the steps this one depends on, by step id.
+    pub upstream: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One call of a step: context, grants and limits.
+#[derive(Debug, Clone, Default)]
+pub struct StepCall {
+    /// Context handed to the plugin.
+    pub context: StepContext,
+    /// Capabilities granted.
+    pub grants: Grants,
+    /// Memory, time and output limits.
+    pub limits: Limits,
+    /// Caps on outgoing HTTP.
+    pub http: HttpLimits,
+}
+
+/// Outputs of a successful call.
+pub type Outputs = BTreeMap<String, String>;
+
+/// Per-call store data: WASI context, limits and the outbound HTTP state.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    tracker: limits::Tracker,
+    outbound: outbound::Outbound,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wit::Host for State {}
+
+impl bindings::gantry::step::host::Host for State {
+    async fn log(&mut self, level: wit::Level, message: String) {
+        let step = self.outbound.step.as_str();
+        let message = self.outbound.grants.secrets.redact(&message);
+        match level {
+            wit::Level::Trace => tracing::trace!(target: "gantry::plugin", step, "{message}"),
+            wit::Level::Debug => tracing::debug!(target: "gantry::plugin", step, "{message}"),
+            wit::Level::Info => tracing::info!(target: "gantry::plugin", step, "{message}"),
+            wit::Level::Warn => tracing::warn!(target: "gantry::plugin", step, "{message}"),
+            wit::Level::Error => tracing::error!(target: "gantry::plugin", step, "{message}"),
+        }
+    }
+
+    async fn http(&mut self, req: wit::Request) -> Result<wit::Response, wit::HttpError> {
+        let deadline = self.tracker.deadline;
+        self.outbound.send(req, deadline).await
+    }
+
+    async fn sleep(&mut self, ms: u64) {
+        // Never past the deadline: the timeout then fires as it should.
+        let until = Instant::now() + Duration::from_millis(ms);
+        tokio::time::sleep_until(until.min(self.tracker.deadline).into()).await;
+    }
+
+    async fn now(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default()
+    }
+}
+
+/// Stops the epoch ticker thread when the last runtime handle goes.
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<State>,
+    cache: Option<Cache>,
+    client: reqwest::Client,
+    _ticker: Ticker,
+}
+
+/// The plugin host: engine, linker, cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+/// Configures a [`Runtime`].
+#[derive(Debug, Default)]
+pub struct RuntimeBuilder {
+    cache: Option<Option<PathBuf>>,
+}
+
+impl RuntimeBuilder {
+    /// Caches compiled components in `dir` instead of the user cache directory.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache = Some(Some(dir.into()));
+        self
+    }
+
+    /// Compiles every component on load, caching nothing.
+    pub fn no_cache(mut self) -> Self {
+        self.cache = Some(None);
+        self
+    }
+
+    /// Builds the runtime and starts its epoch ticker.
+    pub fn build(self) -> Result<Runtime, wasmtime::Error> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        std::thread::Builder::new().name("gantry-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        }).map_err(|e| wasmtime::Error::msg(format!("cannot start the epoch ticker: {e}")))?;
+
+        let cache = match self.cache {
+            Some(explicit) => explicit.map(Cache::new),
+            None => Cache::default_dir().map(Cache::new),
+        };
+        let client = reqwest::Client::builder()
+            // The host follows redirects itself so every hop is checked.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| wasmtime::Error::msg(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Runtime { inner: Arc::new(Inner { engine, linker, cache, client, _ticker: Ticker(stop) }) })
+    }
+}
+
+impl Runtime {
+    /// Starts configuring a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The compile cache, if any.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Loads a component file: checks it, compiles or loads it from cache, pre-instantiates it.
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        self.load_bytes(&bytes, path)
+    }
+
+    /// Loads a component from bytes; `path` names it in errors.
+    pub fn load_bytes(&self, bytes: &[u8], path: &Path) -> Result<Plugin, LoadError> {
+        let path_buf = path.to_path_buf();
+        match contract::binary_kind(bytes) {
+            contract::BinaryKind::Component => {}
+            contract::BinaryKind::CoreModule => return Err(LoadError::CoreModule { path: path_buf }),
+            contract::BinaryKind::Other => return Err(LoadError::NotWasm { path: path_buf }),
+        }
+        let sha256 = cache::sha256_hex(bytes);
+        let engine = &self.inner.engine;
+        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.to_path_buf(), message: format!("{e:#}") };
+        let started = Instant::now();
+        let (component, cache_status) = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(engine, &sha256, bytes).map_err(invalid)?,
+            None => (Component::new(engine, bytes).map_err(invalid)?, CacheStatus::Disabled),
+        };
+        let load_time = started.elapsed();
+        tracing::info!(plugin = %path.display(), %sha256, cache = ?cache_status, ms = load_time.as_secs_f64() * 1e3, "plugin loaded");
+        contract::check(engine, &component).map_err(|m| match m {
+            contract::Mismatch::NotAStep(exports) => LoadError::NotAStep {
+                path: path.to_path_buf(),
+                exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+            },
+            contract::Mismatch::Version(found) => LoadError::IncompatibleContract { path: path.to_path_buf(), found },
+        })?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(invalid)?;
+        let pre = StepPre::new(pre).map_err(invalid)?;
+        Ok(Plugin { runtime: self.clone(), pre, sha256, cache_status, load_time, path: path_buf })
+    }
+}
+
+/// A loaded, pre-instantiated plugin; each call instantiates it afresh.
+#[derive(Clone)]
+pub struct Plugin {
+    runtime: Runtime,
+    pre: StepPre<State>,
+    sha256: String,
+    cache_status: CacheStatus,
+    load_time: Duration,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("path", &self.path).field("sha256", &self.sha256).finish()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Entry {
+    Run,
+    Rollback,
+}
+
+impl Plugin {
+    /// Hex sha256 of the component bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Whether loading hit the compile cache.
+    pub fn cache_status(&self) -> CacheStatus {
+        self.cache_status
+    }
+
+    /// Time spent compiling or deserializing.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn store(&self, call: &StepCall) -> (Store<State>, MemoryOutputPipe, MemoryOutputPipe) {
+        let stdout = MemoryOutputPipe::new(call.limits.output_bytes);
+        let stderr = MemoryOutputPipe::new(call.limits.output_bytes);
+        // Nothing is inherited: no env, args, preopens, sockets or stdin.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            tracker: limits::Tracker::new(&call.limits),
+            outbound: outbound::Outbound {
+                step: call.context.step_id.clone(),
+                grants: call.grants.clone(),
+                limits: call.http,
+                client: self.runtime.inner.client.clone(),
+                requests: 0,
+            },
+        };
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.tracker);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let tracker = &mut ctx.data_mut().tracker;
+            if Instant::now() >= tracker.deadline {
+                tracker.timed_out = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yielding lets the tokio timeout below fire too.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        (store, stdout, stderr)
+    }
+
+    /// Asks the plugin to describe itself.
+    pub async fn describe(&self) -> Result<PluginInfo, CallError> {
+        let call = StepCall { context: StepContext { step_id: "describe".into(), ..Default::default() }, ..Default::default() };
+        let (mut store, stdout, stderr) = self.store(&call);
+        let result = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance.gantry_step_plugin().call_describe(&mut store).await
+        };
+        let result = tokio::time::timeout(call.limits.timeout, result).await;
+        forward_output(&call, &stdout, &stderr);
+        let info = self.settle(&call, &mut store, result)?;
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            input_schema: serde_json::from_str(&info.input_schema).unwrap_or(serde_json::Value::Null),
+            capabilities: info.capabilities,
+        })
+    }
+
+    /// Runs the step.
+    pub async fn run(&self, call: &StepCall) -> Result<Outputs, CallError> {
+        self.call(call, Entry::Run).await
+    }
+
+    /// Undoes the step.
+    pub async fn rollback(&self, call: &StepCall) -> Result<Outputs, CallError> {
+        self.call(call, Entry::Rollback).await
+    }
+
+    async fn call(&self, call: &StepCall, entry: Entry) -> Result<Outputs, CallError> {
+        let ctx = wit::Context {
+            step_id: call.context.step_id.clone(),
+            pipeline: call.context.pipeline.clone(),
+            environment: call.context.environment.clone(),
+            entity: call.context.entity.clone(),
+            attempt: call.context.attempt.max(1),
+            dry_run: call.context.dry_run,
+            input: call.context.input.to_string(),
+            upstream: call
+                .context
+                .upstream
+                .iter()
+                .map(|(step, outputs)| wit::Upstream {
+                    step: step.clone(),
+                    outputs: outputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
+                .collect(),
+        };
+        let (mut store, stdout, stderr) = self.store(call);
+        let result = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let plugin = instance.gantry_step_plugin();
+            match entry {
+                Entry::Run => plugin.call_run(&mut store, &ctx).await,
+                Entry::Rollback => plugin.call_rollback(&mut store, &ctx).await,
+            }
+        };
+        let result = tokio::time::timeout(call.limits.timeout, result).await;
+        forward_output(call, &stdout, &stderr);
+        let secrets = &call.grants.secrets;
+        match self.settle(call, &mut store, result)? {
+            Ok(outcome) => Ok(outcome.outputs.into_iter().map(|(k, v)| (k, secrets.redact(&v))).collect()),
+            Err(e) => Err(CallError::Failed {
+                step: call.context.step_id.clone(),
+                message: secrets.redact(&e.message),
+                retryable: e.retryable,
+            }),
+        }
+    }
+
+    /// Turns a finished, trapped or timed-out call into a value or a `CallError`.
+    fn settle<T>(
+        &self,
+        call: &StepCall,
+        store: &mut Store<State>,
+        result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CallError> {
+        let step = call.context.step_id.clone();
+        let tracker = &store.data().tracker;
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Err(_) => Err(CallError::Timeout { step, after: call.limits.timeout }),
+            Ok(Err(_)) if tracker.timed_out => Err(CallError::Timeout { step, after: call.limits.timeout }),
+            Ok(Err(_)) if tracker.memory_exceeded.is_some() => Err(CallError::MemoryLimit {
+                step,
+                limit: call.limits.memory_bytes,
+                requested: tracker.memory_exceeded.unwrap_or_default(),
+            }),
+            Ok(Err(e)) => Err(CallError::Trap { step, message: call.grants.secrets.redact(&format!("{e:#}")) }),
+        }
+    }
+}
+
+/// Sends what the plugin printed to stdout/stderr into the log, tagged with the step.
+fn forward_output(call: &StepCall, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) {
+    let step = call.context.step_id.as_str();
+    for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
+        let contents = pipe.contents();
+        for line in String::from_utf8_lossy(&contents).lines().filter(|l| !l.trim().is_empty()) {
+            tracing::info!(target: "gantry::plugin", step, stream, "{}", call.grants.secrets.redact(line));
+        }
+    }
+}
