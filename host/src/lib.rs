@@ -24,6 +24,6 @@
 //! ```
 
 pub mod build;
-pub mod cli;
 pub mod capability;
+pub mod cli;
 pub mod sandbox;

@@ -102,8 +102,13 @@ impl Context {
     /// assert_eq!(input.probes, 3);
     /// ```
     pub fn input<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        let text = if self.input.trim().is_empty() { "{}" } else { &self.input };
-        serde_json::from_str(text).map_err(|e| Error::failed(format!("invalid input for step `{}`: {e}", self.step_id)))
+        let text = if self.input.trim().is_empty() {
+            "{}"
+        } else {
+            &self.input
+        };
+        serde_json::from_str(text)
+            .map_err(|e| Error::failed(format!("invalid input for step `{}`: {e}", self.step_id)))
     }
 
     /// An output of an earlier step this step depends on.

@@ -31,7 +31,9 @@ impl fmt::Display for Toolchain {
 }
 
 fn rustup_has_target() -> bool {
-    let Ok(out) = Command::new("rustc").args(["--print", "sysroot"]).output() else { return false };
+    let Ok(out) = Command::new("rustc").args(["--print", "sysroot"]).output() else {
+        return false;
+    };
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     out.status.success() && sysroot.join("lib/rustlib").join(TARGET).is_dir()
 }
@@ -48,12 +50,19 @@ fn debian_complete() -> Result<(), String> {
     .map(|(_, pkg)| *pkg)
     .chain(which("wasm-ld").is_none().then_some("lld"))
     .collect();
-    if missing.is_empty() { Ok(()) } else { Err(missing.join(" ")) }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join(" "))
+    }
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 impl Toolchain {
@@ -77,7 +86,9 @@ impl Toolchain {
     /// A `cargo build --release --target wasm32-wasip1` command for this toolchain.
     pub fn cargo_build(&self) -> Command {
         let mut cmd = match self {
-            Toolchain::Rustup => Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+            Toolchain::Rustup => {
+                Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            }
             Toolchain::Debian => {
                 let mut cmd = Command::new(DEBIAN_CARGO);
                 // build-std needs nightly features; Debian's stable rustc allows
@@ -85,7 +96,10 @@ impl Toolchain {
                 // wasi-libc comes from Debian's package, not a bundled sysroot.
                 cmd.env("RUSTC", DEBIAN_RUSTC)
                     .env("RUSTC_BOOTSTRAP", "1")
-                    .env("RUSTFLAGS", format!("-C linker=wasm-ld -C link-self-contained=no -L {WASI_LIBC}"))
+                    .env(
+                        "RUSTFLAGS",
+                        format!("-C linker=wasm-ld -C link-self-contained=no -L {WASI_LIBC}"),
+                    )
                     .env_remove("CARGO_ENCODED_RUSTFLAGS")
                     .env_remove("RUSTUP_TOOLCHAIN");
                 cmd
@@ -97,7 +111,13 @@ impl Toolchain {
         }
         // Variables cargo sets for the process running us would point the
         // inner build at the outer one's crate and toolchain.
-        for var in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PRIMARY_PACKAGE", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER"] {
+        for var in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "RUSTC_WRAPPER",
+            "RUSTC_WORKSPACE_WRAPPER",
+        ] {
             cmd.env_remove(var);
         }
         cmd

@@ -43,7 +43,8 @@ impl Cache {
         if let Some(dir) = std::env::var_os("GANTRY_CACHE_DIR") {
             return Some(PathBuf::from(dir));
         }
-        directories::ProjectDirs::from("dev", "gantry", "gantry").map(|d| d.cache_dir().join("components"))
+        directories::ProjectDirs::from("dev", "gantry", "gantry")
+            .map(|d| d.cache_dir().join("components"))
     }
 
     /// The directory entries live in.
@@ -54,7 +55,8 @@ impl Cache {
     fn entry_path(&self, engine: &Engine, component_sha256: &str) -> PathBuf {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.dir.join(format!("{component_sha256}-{:016x}.cwasm", hasher.finish()))
+        self.dir
+            .join(format!("{component_sha256}-{:016x}.cwasm", hasher.finish()))
     }
 
     /// Loads the compiled form of a component, compiling and storing it on a miss.
@@ -78,10 +80,14 @@ impl Cache {
                             tracing::debug!(path = %path.display(), "component loaded from cache");
                             return Ok((component, CacheStatus::Hit));
                         }
-                        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cache entry rejected by the engine; recompiling"),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "cache entry rejected by the engine; recompiling")
+                        }
                     }
                 }
-                None => tracing::warn!(path = %path.display(), "cache entry failed verification; recompiling"),
+                None => {
+                    tracing::warn!(path = %path.display(), "cache entry failed verification; recompiling")
+                }
             }
             let _ = std::fs::remove_file(&path);
             status = CacheStatus::Recompiled;

@@ -47,7 +47,11 @@ fn compatible(found: &str) -> bool {
         let mut parts = v.split('.');
         let major = parts.next().unwrap_or_default().to_string();
         let minor = parts.next().unwrap_or_default().to_string();
-        if major == "0" { (major, minor) } else { (major, String::new()) }
+        if major == "0" {
+            (major, minor)
+        } else {
+            (major, String::new())
+        }
     };
     major_minor(found) == major_minor(CONTRACT_VERSION)
 }
@@ -60,15 +64,25 @@ fn version_of<'a>(name: &'a str, interface: &str) -> Option<&'a str> {
 /// Checks the component's exports and imports against the contract.
 pub fn check(engine: &Engine, component: &Component) -> Result<(), Mismatch> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
-    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let versions = exports
         .iter()
         .filter_map(|n| version_of(n, PLUGIN_EXPORT))
         .chain(imports.iter().filter_map(|n| version_of(n, HOST_IMPORT)));
     for version in versions {
         if !compatible(version) {
-            let shown = if version.is_empty() { "an unversioned contract" } else { version };
+            let shown = if version.is_empty() {
+                "an unversioned contract"
+            } else {
+                version
+            };
             return Err(Mismatch::Version(shown.to_string()));
         }
     }

@@ -1,0 +1,190 @@
+//! Test helpers: the gantry binary, plugin builds, and local peers that stop on drop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `gantry` binary of this build (same profile as the test binary).
+pub fn gantry_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("gantry");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A shared compile cache for tests that do not test the cache itself.
+pub fn shared_cache() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_path_buf()
+}
+
+/// `gantry <args>` with a given cache dir; returns the finished process.
+pub fn gantry_with_cache(cache: &Path, args: &[&str]) -> Output {
+    Command::new(gantry_bin())
+        .args(args)
+        .env("GANTRY_CACHE_DIR", cache)
+        .env("CARGO_TARGET_DIR", plugin_target_dir())
+        .env("GANTRY_LOG", "info")
+        .output()
+        .expect("gantry runs")
+}
+
+/// `gantry <args>` with the shared cache.
+pub fn gantry(args: &[&str]) -> Output {
+    gantry_with_cache(&shared_cache(), args)
+}
+
+/// Parses the JSON document gantry printed on stdout.
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// One target dir for all plugin builds, so std is built for wasm only once.
+pub fn plugin_target_dir() -> PathBuf {
+    repo().join("target").join("plugins")
+}
+
+/// Builds a plugin crate (relative to the repo) once per test run; returns the component path.
+pub fn plugin(crate_dir: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(crate_dir) {
+        return path.clone();
+    }
+    let dir = repo().join(crate_dir);
+    let target = plugin_target_dir();
+    let out = gantry(&[
+        "plugin",
+        "build",
+        dir.to_str().unwrap(),
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "building {crate_dir} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(stdout_json(&out)["path"].as_str().unwrap());
+    built.insert(crate_dir.to_string(), path.clone());
+    path
+}
+
+/// A canned HTTP answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    pub body: String,
+}
+
+/// A one-purpose HTTP server on 127.0.0.1 that counts requests; stops on drop.
+pub struct CountingServer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CountingServer {
+    /// Answers every request with `reply`.
+    pub fn start(reply: Reply) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s) = (hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = answer(stream, &reply);
+            }
+        });
+        Self {
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body)?;
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        reply.status,
+        reply.body.len(),
+        reply.body
+    )?;
+    stream.flush()
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so the thread sees the flag and ends; this
+        // wake-up connection is not counted because the flag is checked first.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
