@@ -1,0 +1,71 @@
+//! Sandbox benchmark: compile vs cache-hit load of a component, and one warm
+//! `run` call of http-check against a local server, each against its baseline
+//! in the same run. `cargo bench -p gantry-host --bench sandbox`.
+
+use gantry_host::build::{build_crate, BuildOptions};
+use gantry_host::capability::NetworkPolicy;
+use gantry_host::sandbox::{Runtime, StepCall};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Duration {
+    median((0..n).map(|_| { let t = Instant::now(); std::hint::black_box(f()); t.elapsed() }).collect())
+}
+
+/// Answers every connection with a tiny 200, so the call measures the host, not a server.
+fn serve() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    origin
+}
+
+fn component() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let options = BuildOptions { target_dir: Some(repo.join("target/plugins")), toolchain: None };
+    build_crate(&repo.join("plugins/http-check"), &options).expect("http-check builds").path
+}
+
+fn main() {
+    let wasm = component();
+    let bytes = std::fs::read(&wasm).unwrap();
+    println!("http-check component: {} bytes", bytes.len());
+
+    let cache = tempfile::tempdir().unwrap();
+    let uncached = Runtime::builder().no_cache().build().unwrap();
+    let cached = Runtime::builder().cache_dir(cache.path()).build().unwrap();
+    cached.load(&wasm).unwrap();
+    let compile = time(5, || uncached.load(&wasm).unwrap());
+    let hit = time(50, || cached.load(&wasm).unwrap());
+    println!("load: compile {compile:?} (baseline), cache hit {hit:?}, {:.0}x faster", compile.as_secs_f64() / hit.as_secs_f64());
+
+    let origin = serve();
+    let plugin = cached.load(&wasm).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut call = StepCall::default();
+    call.context.step_id = "bench".into();
+    call.context.input = serde_json::json!({"url": format!("{origin}/")});
+    call.grants.network = NetworkPolicy::parse(&[origin.as_str()]).unwrap();
+    rt.block_on(plugin.run(&call)).unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{origin}/");
+    let direct = time(200, || rt.block_on(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() }));
+    let step = time(200, || rt.block_on(plugin.run(&call)).unwrap());
+    println!(
+        "warm call: direct reqwest GET {direct:?} (baseline), http-check step run {step:?}, sandbox overhead {:?}",
+        step.saturating_sub(direct)
+    );
+}
