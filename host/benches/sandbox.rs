@@ -16,7 +16,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Duration {
-    median((0..n).map(|_| { let t = Instant::now(); std::hint::black_box(f()); t.elapsed() }).collect())
+    median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed()
+            })
+            .collect(),
+    )
 }
 
 /// Answers every connection with a tiny 200, so the call measures the host, not a server.
@@ -50,7 +58,10 @@ fn main() {
     cached.load(&wasm).unwrap();
     let compile = time(5, || uncached.load(&wasm).unwrap());
     let hit = time(50, || cached.load(&wasm).unwrap());
-    println!("load: compile {compile:?} (baseline), cache hit {hit:?}, {:.0}x faster", compile.as_secs_f64() / hit.as_secs_f64());
+    println!(
+        "load: compile {compile:?} (baseline), cache hit {hit:?}, {:.0}x faster",
+        compile.as_secs_f64() / hit.as_secs_f64()
+    );
 
     let origin = serve();
     let plugin = cached.load(&wasm).unwrap();

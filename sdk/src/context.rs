@@ -28,11 +28,7 @@ impl Context {
             attempt: ctx.attempt,
             dry_run: ctx.dry_run,
             input: ctx.input,
-            upstream: ctx
-                .upstream
-                .into_iter()
-                .map(|u| (u.step, u.outputs.into_iter().collect()))
-                .collect(),
+            upstream: ctx.upstream.into_iter().map(|u| (u.step, u.outputs.into_iter().collect())).collect(),
         }
     }
 
@@ -102,13 +98,8 @@ impl Context {
     /// assert_eq!(input.probes, 3);
     /// ```
     pub fn input<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        let text = if self.input.trim().is_empty() {
-            "{}"
-        } else {
-            &self.input
-        };
-        serde_json::from_str(text)
-            .map_err(|e| Error::failed(format!("invalid input for step `{}`: {e}", self.step_id)))
+        let text = if self.input.trim().is_empty() { "{}" } else { &self.input };
+        serde_json::from_str(text).map_err(|e| Error::failed(format!("invalid input for step `{}`: {e}", self.step_id)))
     }
 
     /// An output of an earlier step this step depends on.

@@ -13,18 +13,12 @@ pub struct Error {
 impl Error {
     /// A failure that another attempt will not fix (bad input, a failed check).
     pub fn failed(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-        }
+        Self { message: message.into(), retryable: false }
     }
 
     /// A failure that another attempt may fix (timeout, 503, rate limit).
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
+        Self { message: message.into(), retryable: true }
     }
 
     /// The message for a person.
@@ -38,10 +32,7 @@ impl Error {
     }
 
     pub(crate) fn into_wit(self) -> wit::StepError {
-        wit::StepError {
-            message: self.message,
-            retryable: self.retryable,
-        }
+        wit::StepError { message: self.message, retryable: self.retryable }
     }
 }
 

@@ -86,9 +86,7 @@ pub struct RequestBuilder {
 impl RequestBuilder {
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.request
-            .headers
-            .push((name.to_string(), value.to_string()));
+        self.request.headers.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -106,16 +104,9 @@ impl RequestBuilder {
 
     /// Sets a form body (`application/x-www-form-urlencoded`) from pairs.
     pub fn form(self, pairs: &[(&str, &str)]) -> Self {
-        let body = pairs
-            .iter()
-            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        self.header(
-            "content-type",
-            "application/x-www-form-urlencoded; charset=utf-8",
-        )
-        .body(body)
+        let body =
+            pairs.iter().map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v))).collect::<Vec<_>>().join("&");
+        self.header("content-type", "application/x-www-form-urlencoded; charset=utf-8").body(body)
     }
 
     /// Caps this request's duration; the step's own limit still applies.
@@ -134,58 +125,48 @@ impl RequestBuilder {
     /// # Ok::<(), gantry_sdk::Error>(())
     /// ```
     pub fn bearer_secret(mut self, secret: &str) -> Self {
-        self.request
-            .secrets
-            .push(wit::SecretUse::Bearer(secret.to_string()));
+        self.request.secrets.push(wit::SecretUse::Bearer(secret.to_string()));
         self
     }
 
     /// `<header>: <prefix><value of secret>`, filled in by the host.
     pub fn header_secret(mut self, header: &str, prefix: &str, secret: &str) -> Self {
-        self.request
-            .secrets
-            .push(wit::SecretUse::Header(wit::HeaderSecret {
-                header: header.to_string(),
-                secret: secret.to_string(),
-                prefix: prefix.to_string(),
-            }));
+        self.request.secrets.push(wit::SecretUse::Header(wit::HeaderSecret {
+            header: header.to_string(),
+            secret: secret.to_string(),
+            prefix: prefix.to_string(),
+        }));
         self
     }
 
     /// HTTP basic auth with a plain user name and a secret password.
     pub fn basic_secret(mut self, username: &str, password_secret: &str) -> Self {
-        self.request
-            .secrets
-            .push(wit::SecretUse::Basic(wit::BasicSecret {
-                username: username.to_string(),
-                password_secret: password_secret.to_string(),
-            }));
+        self.request.secrets.push(wit::SecretUse::Basic(wit::BasicSecret {
+            username: username.to_string(),
+            password_secret: password_secret.to_string(),
+        }));
         self
     }
 
     /// `<header>: <prefix><hex HMAC-SHA256 of the body>` keyed by a secret.
     pub fn hmac_sha256_secret(mut self, header: &str, prefix: &str, secret: &str) -> Self {
-        self.request
-            .secrets
-            .push(wit::SecretUse::HmacSha256(wit::HmacSecret {
-                header: header.to_string(),
-                secret: secret.to_string(),
-                prefix: prefix.to_string(),
-            }));
+        self.request.secrets.push(wit::SecretUse::HmacSha256(wit::HmacSecret {
+            header: header.to_string(),
+            secret: secret.to_string(),
+            prefix: prefix.to_string(),
+        }));
         self
     }
 
     /// Signs the request with AWS Signature Version 4.
     pub fn aws_sigv4(mut self, sigv4: Sigv4) -> Self {
-        self.request
-            .secrets
-            .push(wit::SecretUse::AwsSigv4(wit::Sigv4Secret {
-                service: sigv4.service,
-                region: sigv4.region,
-                access_key_id_secret: sigv4.access_key_id_secret,
-                secret_access_key_secret: sigv4.secret_access_key_secret,
-                session_token_secret: sigv4.session_token_secret,
-            }));
+        self.request.secrets.push(wit::SecretUse::AwsSigv4(wit::Sigv4Secret {
+            service: sigv4.service,
+            region: sigv4.region,
+            access_key_id_secret: sigv4.access_key_id_secret,
+            secret_access_key_secret: sigv4.secret_access_key_secret,
+            session_token_secret: sigv4.session_token_secret,
+        }));
         self
     }
 
@@ -199,9 +180,7 @@ fn form_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -225,11 +204,7 @@ impl Response {
 
     /// First value of a header, case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.0
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.0.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// All headers as received.
@@ -266,18 +241,12 @@ pub struct HttpError(wit::HttpError);
 impl HttpError {
     /// True when the network policy refused the origin or address.
     pub fn is_denied(&self) -> bool {
-        matches!(
-            self.0,
-            wit::HttpError::Denied(_) | wit::HttpError::SecretDenied(_)
-        )
+        matches!(self.0, wit::HttpError::Denied(_) | wit::HttpError::SecretDenied(_))
     }
 
     /// True when another attempt may succeed (timeouts, transport failures).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.0,
-            wit::HttpError::Timeout(_) | wit::HttpError::Transport(_)
-        )
+        matches!(self.0, wit::HttpError::Timeout(_) | wit::HttpError::Transport(_))
     }
 }
 

@@ -151,16 +151,12 @@ pub mod __private {
 
         fn run(ctx: wit::Context) -> Result<wit::Outcome, wit::StepError> {
             let ctx = Context::from_wit(ctx);
-            T::run(&ctx)
-                .map(|outputs| outputs.into_wit())
-                .map_err(|e| e.into_wit())
+            T::run(&ctx).map(|outputs| outputs.into_wit()).map_err(|e| e.into_wit())
         }
 
         fn rollback(ctx: wit::Context) -> Result<wit::Outcome, wit::StepError> {
             let ctx = Context::from_wit(ctx);
-            T::rollback(&ctx)
-                .map(|outputs| outputs.into_wit())
-                .map_err(|e| e.into_wit())
+            T::rollback(&ctx).map(|outputs| outputs.into_wit()).map_err(|e| e.into_wit())
         }
     }
 }

@@ -36,8 +36,6 @@ impl Outputs {
     }
 
     pub(crate) fn into_wit(self) -> wit::Outcome {
-        wit::Outcome {
-            outputs: self.0.into_iter().collect(),
-        }
+        wit::Outcome { outputs: self.0.into_iter().collect() }
     }
 }

@@ -4,45 +4,33 @@
 use crate::support::*;
 use gantry_host::capability::NetworkPolicy;
 use gantry_host::sandbox::{CacheStatus, CallError, Limits, Runtime, StepCall};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 const HTTP_CHECK: &str = "plugins/http-check";
 const MISBEHAVE: &str = "tests/plugins/misbehave";
 
 fn ok_server() -> CountingServer {
-    CountingServer::start(Reply {
-        status: 200,
-        body: "gallery is open".into(),
-    })
+    CountingServer::start(Reply { status: 200, body: "gallery is open".into() })
+}
+
+/// `gantry step run <plugin> --with url=<server>/ <extra..> --allow-net <grant> --json`.
+fn check(plugin_path: &Path, server: &CountingServer, grant: &str, extra: &[&str]) -> Output {
+    let url = format!("url={}/", server.origin());
+    let mut args = vec!["step", "run", plugin_path.to_str().unwrap(), "--with", &url];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--allow-net", grant, "--json"]);
+    gantry(&args)
 }
 
 #[test]
 fn http_check_reports_status_and_latency_of_a_local_site() {
     let server = ok_server();
-    let wasm = plugin(HTTP_CHECK);
-    let url = format!("{}/health", server.origin());
-    let out = gantry(&[
-        "step",
-        "run",
-        wasm.to_str().unwrap(),
-        "--with",
-        &format!("url={url}"),
-        "--with",
-        "probes=3",
-        "--with",
-        "expect_body=open",
-        "--allow-net",
-        &server.origin(),
-        "--json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result = stdout_json(&out);
-    let outputs = &result["outputs"];
+    let out =
+        check(&plugin(HTTP_CHECK), &server, &server.origin(), &["--with", "probes=3", "--with", "expect_body=open"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let outputs = &stdout_json(&out)["outputs"];
     assert_eq!(outputs["status"], "200");
     let p50: f64 = outputs["latency_ms_p50"].as_str().unwrap().parse().unwrap();
     let max: f64 = outputs["latency_ms_max"].as_str().unwrap().parse().unwrap();
@@ -52,29 +40,13 @@ fn http_check_reports_status_and_latency_of_a_local_site() {
 
 #[test]
 fn http_check_fails_on_a_status_mismatch_with_a_clear_message() {
-    let server = CountingServer::start(Reply {
-        status: 404,
-        body: "gone".into(),
-    });
-    let wasm = plugin(HTTP_CHECK);
-    let url = format!("{}/", server.origin());
-    let out = gantry(&[
-        "step",
-        "run",
-        wasm.to_str().unwrap(),
-        "--with",
-        &format!("url={url}"),
-        "--allow-net",
-        &server.origin(),
-        "--json",
-    ]);
+    let server = CountingServer::start(Reply { status: 404, body: "gone".into() });
+    let out = check(&plugin(HTTP_CHECK), &server, &server.origin(), &[]);
     assert_eq!(out.status.code(), Some(1));
     let error = &stdout_json(&out)["error"];
     assert_eq!(error["kind"], "failed");
-    assert_eq!(
-        error["message"],
-        format!("step `step` failed: expected status 200 from {url}, got 404")
-    );
+    let expected = format!("step `step` failed: expected status 200 from {}/, got 404", server.origin());
+    assert_eq!(error["message"], expected);
     assert_eq!(error["retryable"], false);
 }
 
@@ -82,97 +54,34 @@ fn http_check_fails_on_a_status_mismatch_with_a_clear_message() {
 fn http_check_body_and_latency_expectations_fail_the_step() {
     let server = ok_server();
     let wasm = plugin(HTTP_CHECK);
-    let url = format!("{}/", server.origin());
-    let body = gantry(&[
-        "step",
-        "run",
-        wasm.to_str().unwrap(),
-        "--with",
-        &format!("url={url}"),
-        "--with",
-        "expect_body=closed",
-        "--allow-net",
-        &server.origin(),
-        "--json",
-    ]);
+    let body = check(&wasm, &server, &server.origin(), &["--with", "expect_body=closed"]);
     assert_eq!(body.status.code(), Some(1));
-    assert!(stdout_json(&body)["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("does not contain \"closed\""));
-    let slow = gantry(&[
-        "step",
-        "run",
-        wasm.to_str().unwrap(),
-        "--with",
-        &format!("url={url}"),
-        "--with",
-        "max_latency_ms=0",
-        "--allow-net",
-        &server.origin(),
-        "--json",
-    ]);
+    assert!(stdout_json(&body)["error"]["message"].as_str().unwrap().contains("does not contain \"closed\""));
+    let slow = check(&wasm, &server, &server.origin(), &["--with", "max_latency_ms=0"]);
     assert_eq!(slow.status.code(), Some(1));
     let error = &stdout_json(&slow)["error"];
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("over max_latency_ms 0"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("over max_latency_ms 0"), "{error}");
     assert_eq!(error["retryable"], true);
 }
 
 #[test]
 fn network_is_denied_without_a_grant_and_nothing_reaches_the_server() {
     let server = ok_server();
-    let wasm = plugin(HTTP_CHECK);
-    let url = format!("{}/", server.origin());
     // A grant for another port of the same host does not count.
-    let other = "http://127.0.0.1:9";
-    let out = gantry(&[
-        "step",
-        "run",
-        wasm.to_str().unwrap(),
-        "--with",
-        &format!("url={url}"),
-        "--allow-net",
-        other,
-        "--json",
-    ]);
+    let out = check(&plugin(HTTP_CHECK), &server, "http://127.0.0.1:9", &[]);
     assert_eq!(out.status.code(), Some(1));
-    let message = stdout_json(&out)["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        message.contains(&format!(
-            "network access to {} denied for step `step`",
-            server.origin()
-        )),
-        "{message}"
-    );
-    assert!(
-        message.contains("add it to `network:`"),
-        "the error gives the remedy: {message}"
-    );
-    assert_eq!(
-        server.hits(),
-        0,
-        "a denied request must not reach the server"
-    );
+    let message = stdout_json(&out)["error"]["message"].as_str().unwrap().to_string();
+    let denied = format!("network access to {} denied for step `step`", server.origin());
+    assert!(message.contains(&denied), "{message}");
+    assert!(message.contains("add it to `network:`"), "the error gives the remedy: {message}");
+    assert_eq!(server.hits(), 0, "a denied request must not reach the server");
 }
 
 #[test]
 fn plugin_inspect_prints_describe_contract_and_sha256() {
     let wasm = plugin(HTTP_CHECK);
     let out = gantry(&["plugin", "inspect", wasm.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let info = stdout_json(&out);
     assert_eq!(info["plugin"]["name"], "http-check");
     assert_eq!(info["contract"], "gantry:step@0.1.0");
@@ -180,63 +89,36 @@ fn plugin_inspect_prints_describe_contract_and_sha256() {
     let schema = &info["plugin"]["input_schema"];
     assert_eq!(schema["required"], serde_json::json!(["url"]));
     assert!(schema["properties"]["probes"].is_object());
-    assert_eq!(
-        info["plugin"]["capabilities"],
-        serde_json::json!(["network"])
-    );
+    assert_eq!(info["plugin"]["capabilities"], serde_json::json!(["network"]));
 }
 
 fn call(action: &str, limits: Limits) -> StepCall {
-    let mut call = StepCall {
-        limits,
-        ..Default::default()
-    };
+    let mut call = StepCall { limits, ..Default::default() };
     call.context.step_id = action.to_string();
     call.context.input = serde_json::json!({"action": action});
     call
 }
 
 fn runtime() -> Runtime {
-    Runtime::builder()
-        .cache_dir(shared_cache())
-        .build()
-        .unwrap()
+    Runtime::builder().cache_dir(shared_cache()).build().unwrap()
 }
 
 #[tokio::test]
 async fn a_loop_is_stopped_by_the_timeout_and_the_host_runs_the_next_step() {
     let runtime = runtime();
     let plugin = runtime.load(&plugin(MISBEHAVE)).unwrap();
-    let limits = Limits {
-        timeout: Duration::from_millis(300),
-        ..Limits::default()
-    };
+    let limits = Limits { timeout: Duration::from_millis(300), ..Limits::default() };
     let err = plugin.run(&call("loop", limits)).await.unwrap_err();
-    assert_eq!(
-        err,
-        CallError::Timeout {
-            step: "loop".into(),
-            after: Duration::from_millis(300)
-        }
-    );
+    assert_eq!(err, CallError::Timeout { step: "loop".into(), after: Duration::from_millis(300) });
     assert!(err.is_retryable());
-    let outputs = plugin
-        .run(&call("ok", Limits::default()))
-        .await
-        .expect("the next call runs");
+    let outputs = plugin.run(&call("ok", Limits::default())).await.expect("the next call runs");
     assert_eq!(outputs["attempt"], "1");
 }
 
 #[tokio::test]
 async fn a_host_sleep_past_the_deadline_times_out() {
     let plugin = runtime().load(&plugin(MISBEHAVE)).unwrap();
-    let mut c = call(
-        "sleep",
-        Limits {
-            timeout: Duration::from_millis(200),
-            ..Limits::default()
-        },
-    );
+    let mut c = call("sleep", Limits { timeout: Duration::from_millis(200), ..Limits::default() });
     c.context.input = serde_json::json!({"action": "sleep", "ms": 60_000});
     let err = plugin.run(&c).await.unwrap_err();
     assert_eq!(err.kind(), "timeout");
@@ -246,42 +128,23 @@ async fn a_host_sleep_past_the_deadline_times_out() {
 async fn allocation_past_the_memory_limit_fails_and_the_host_runs_the_next_step() {
     let runtime = runtime();
     let plugin = runtime.load(&plugin(MISBEHAVE)).unwrap();
-    let limits = Limits {
-        memory_bytes: 32 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits { memory_bytes: 32 << 20, ..Limits::default() };
     match plugin.run(&call("alloc", limits)).await.unwrap_err() {
-        CallError::MemoryLimit {
-            step,
-            limit,
-            requested,
-        } => {
+        CallError::MemoryLimit { step, limit, requested } => {
             assert_eq!(step, "alloc");
             assert_eq!(limit, 32 << 20);
             assert!(requested > limit);
         }
         other => panic!("expected a memory limit error, got {other:?}"),
     }
-    plugin
-        .run(&call("ok", Limits::default()))
-        .await
-        .expect("the next call runs");
+    plugin.run(&call("ok", Limits::default())).await.expect("the next call runs");
 }
 
 #[tokio::test]
 async fn stack_overflow_and_panic_are_traps_that_name_the_cause() {
     let plugin = runtime().load(&plugin(MISBEHAVE)).unwrap();
-    let err = plugin
-        .run(&call("recurse", Limits::default()))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        CallError::Trap {
-            step: "recurse".into(),
-            message: "stack overflow".into()
-        }
-    );
+    let err = plugin.run(&call("recurse", Limits::default())).await.unwrap_err();
+    assert_eq!(err, CallError::Trap { step: "recurse".into(), message: "stack overflow".into() });
     let mut c = call("panic", Limits::default());
     c.context.input = serde_json::json!({"action": "panic", "message": "boom"});
     let err = plugin.run(&c).await.unwrap_err();
@@ -297,11 +160,7 @@ async fn plugin_errors_keep_their_retryable_flag() {
     let err = plugin.run(&c).await.unwrap_err();
     assert_eq!(
         err,
-        CallError::Failed {
-            step: "retryable".into(),
-            message: "503 from upstream".into(),
-            retryable: true
-        }
+        CallError::Failed { step: "retryable".into(), message: "503 from upstream".into(), retryable: true }
     );
     c.context.input = serde_json::json!({"action": "fail", "message": "bad input"});
     assert!(!plugin.run(&c).await.unwrap_err().is_retryable());
@@ -325,14 +184,7 @@ async fn the_wasi_sandbox_grants_no_network_by_default() {
 fn second_load_hits_the_cache_and_a_corrupt_entry_is_recompiled() {
     let cache = tempfile::tempdir().unwrap();
     let wasm = plugin(MISBEHAVE);
-    let load = || {
-        Runtime::builder()
-            .cache_dir(cache.path())
-            .build()
-            .unwrap()
-            .load(&wasm)
-            .unwrap()
-    };
+    let load = || Runtime::builder().cache_dir(cache.path()).build().unwrap().load(&wasm).unwrap();
     assert_eq!(load().cache_status(), CacheStatus::Miss);
     assert_eq!(load().cache_status(), CacheStatus::Hit);
 
@@ -346,24 +198,11 @@ fn second_load_hits_the_cache_and_a_corrupt_entry_is_recompiled() {
     bytes[middle] ^= 0xff;
     std::fs::write(&entry, &bytes).unwrap();
     assert_eq!(load().cache_status(), CacheStatus::Recompiled);
-    assert_eq!(
-        load().cache_status(),
-        CacheStatus::Hit,
-        "the recompiled entry is trusted again"
-    );
+    assert_eq!(load().cache_status(), CacheStatus::Hit, "the recompiled entry is trusted again");
 
     // Through the binary: the CLI reports the cache outcome too.
-    let out = gantry_with_cache(
-        cache.path(),
-        &[
-            "step",
-            "run",
-            wasm.to_str().unwrap(),
-            "--with",
-            "action=ok",
-            "--json",
-        ],
-    );
+    let out =
+        gantry_with_cache(cache.path(), &["step", "run", wasm.to_str().unwrap(), "--with", "action=ok", "--json"]);
     assert_eq!(stdout_json(&out)["plugin"]["cache"], "hit");
 }
 
@@ -371,19 +210,10 @@ fn second_load_hits_the_cache_and_a_corrupt_entry_is_recompiled() {
 fn a_core_module_is_refused_with_a_remedy() {
     let component = plugin(HTTP_CHECK);
     let core = component.with_file_name("http_check.wasm");
-    let out = gantry(&[
-        "step",
-        "run",
-        core.to_str().unwrap(),
-        "--with",
-        "url=http://127.0.0.1:9/",
-    ]);
+    let out = gantry(&["step", "run", core.to_str().unwrap(), "--with", "url=http://127.0.0.1:9/"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("is a core WebAssembly module, not a component"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("is a core WebAssembly module, not a component"), "{stderr}");
     assert!(stderr.contains("gantry plugin build"), "{stderr}");
 }
 
@@ -408,16 +238,19 @@ fn a_component_of_another_world_or_contract_version_is_refused() {
     let out = gantry(&["plugin", "inspect", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is not a gantry step: it does not export `gantry:step/plugin@0.1.0` (it exports: example:greeter/api)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "is not a gantry step: it does not export `gantry:step/plugin@0.1.0` (it exports: example:greeter/api)"
+        ),
+        "{stderr}"
+    );
 
     let newer = write_component(dir.path(), "newer.wasm", "gantry:step/plugin@0.2.0");
     let out = gantry(&["plugin", "inspect", newer.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(
-            "was built for contract gantry:step@0.2.0, but this host speaks gantry:step@0.1.0"
-        ),
+        stderr.contains("was built for contract gantry:step@0.2.0, but this host speaks gantry:step@0.1.0"),
         "{stderr}"
     );
 
@@ -442,17 +275,9 @@ fn step_run_builds_a_crate_directory_first() {
         &server.origin(),
         "--json",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let result = stdout_json(&out);
-    assert!(result["plugin"]["path"]
-        .as_str()
-        .unwrap()
-        .ends_with("http_check.component.wasm"));
+    assert!(result["plugin"]["path"].as_str().unwrap().ends_with("http_check.component.wasm"));
     assert_eq!(result["outputs"]["status"], "200");
 }
 

@@ -11,10 +11,7 @@ use std::time::Duration;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// The `gantry` binary of this build (same profile as the test binary).
@@ -32,9 +29,7 @@ pub fn gantry_bin() -> PathBuf {
 /// A shared compile cache for tests that do not test the cache itself.
 pub fn shared_cache() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap())
-        .path()
-        .to_path_buf()
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf()
 }
 
 /// `gantry <args>` with a given cache dir; returns the finished process.
@@ -57,10 +52,7 @@ pub fn gantry(args: &[&str]) -> Output {
 pub fn stdout_json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("stdout is not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
     })
 }
 
@@ -79,19 +71,8 @@ pub fn plugin(crate_dir: &str) -> PathBuf {
     }
     let dir = repo().join(crate_dir);
     let target = plugin_target_dir();
-    let out = gantry(&[
-        "plugin",
-        "build",
-        dir.to_str().unwrap(),
-        "--target-dir",
-        target.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "building {crate_dir} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = gantry(&["plugin", "build", dir.to_str().unwrap(), "--target-dir", target.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "building {crate_dir} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let path = PathBuf::from(stdout_json(&out)["path"].as_str().unwrap());
     built.insert(crate_dir.to_string(), path.clone());
     path
@@ -132,12 +113,7 @@ impl CountingServer {
                 let _ = answer(stream, &reply);
             }
         });
-        Self {
-            addr,
-            hits,
-            stop,
-            thread: Some(thread),
-        }
+        Self { addr, hits, stop, thread: Some(thread) }
     }
 
     /// `http://127.0.0.1:PORT`.

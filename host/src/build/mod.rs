@@ -82,51 +82,29 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     if !manifest.is_file() {
         return Err(BuildError::NotACrate(dir.to_path_buf()));
     }
-    let manifest = manifest.canonicalize().map_err(|source| BuildError::Io {
-        path: manifest.clone(),
-        source,
-    })?;
+    let manifest = manifest.canonicalize().map_err(|source| BuildError::Io { path: manifest.clone(), source })?;
     let toolchain = match &options.toolchain {
         Some(t) => t.clone(),
         None => Toolchain::detect()?,
     };
     let mut cmd: Command = toolchain.cargo_build();
-    cmd.arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--lib")
-        .arg("--message-format=json-render-diagnostics");
+    cmd.arg("--manifest-path").arg(&manifest).arg("--lib").arg("--message-format=json-render-diagnostics");
     if let Some(target_dir) = &options.target_dir {
         cmd.arg("--target-dir").arg(target_dir);
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     tracing::info!(crate_dir = %dir.display(), toolchain = %toolchain, "building plugin");
-    let output = cmd.output().map_err(|source| BuildError::Spawn {
-        program: toolchain.to_string(),
-        source,
-    })?;
+    let output = cmd.output().map_err(|source| BuildError::Spawn { program: toolchain.to_string(), source })?;
     if !output.status.success() {
         return Err(BuildError::Cargo(dir.to_path_buf()));
     }
     let core = core_artifact(&String::from_utf8_lossy(&output.stdout), &manifest)
         .ok_or_else(|| BuildError::NoArtifact(dir.to_path_buf()))?;
-    let bytes = std::fs::read(&core).map_err(|source| BuildError::Io {
-        path: core.clone(),
-        source,
-    })?;
-    let component = componentize(&bytes).map_err(|message| BuildError::Componentize {
-        path: core.clone(),
-        message,
-    })?;
+    let bytes = std::fs::read(&core).map_err(|source| BuildError::Io { path: core.clone(), source })?;
+    let component = componentize(&bytes).map_err(|message| BuildError::Componentize { path: core.clone(), message })?;
     let path = core.with_extension("component.wasm");
-    std::fs::write(&path, &component).map_err(|source| BuildError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(Built {
-        sha256: crate::sandbox::cache::sha256_hex(&component),
-        size: component.len() as u64,
-        path,
-    })
+    std::fs::write(&path, &component).map_err(|source| BuildError::Io { path: path.clone(), source })?;
+    Ok(Built { sha256: crate::sandbox::cache::sha256_hex(&component), size: component.len() as u64, path })
 }
 
 /// Finds the `.wasm` cdylib of the package at `manifest` in cargo's JSON messages.
@@ -136,11 +114,7 @@ fn core_artifact(messages: &str, manifest: &Path) -> Option<PathBuf> {
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
         .filter(|m| m["manifest_path"].as_str().map(Path::new) == Some(manifest))
-        .filter(|m| {
-            m["target"]["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "cdylib"))
-        })
+        .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib")))
         .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
         .filter_map(|f| f.as_str().map(PathBuf::from))
         .find(|f| f.extension().is_some_and(|e| e == "wasm"))
@@ -151,12 +125,7 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>, String> {
     wit_component::ComponentEncoder::default()
         .validate(true)
         .module(core)
-        .and_then(|e| {
-            e.adapter(
-                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-            )
-        })
+        .and_then(|e| e.adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER))
         .and_then(|mut e| e.encode())
         .map_err(|e| format!("{e:#}"))
 }
@@ -170,14 +139,8 @@ mod tests {
         let messages = r#"{"reason":"compiler-artifact","manifest_path":"/p/dep/Cargo.toml","target":{"kind":["cdylib"]},"filenames":["/t/dep.wasm"]}
 {"reason":"compiler-artifact","manifest_path":"/p/check/Cargo.toml","target":{"kind":["cdylib","rlib"]},"filenames":["/t/libcheck.rlib","/t/check.wasm"]}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(
-            core_artifact(messages, Path::new("/p/check/Cargo.toml")),
-            Some(PathBuf::from("/t/check.wasm"))
-        );
-        assert_eq!(
-            core_artifact(messages, Path::new("/p/other/Cargo.toml")),
-            None
-        );
+        assert_eq!(core_artifact(messages, Path::new("/p/check/Cargo.toml")), Some(PathBuf::from("/t/check.wasm")));
+        assert_eq!(core_artifact(messages, Path::new("/p/other/Cargo.toml")), None);
     }
 
     #[test]

@@ -58,11 +58,8 @@ fn debian_complete() -> Result<(), String> {
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
 }
 
 impl Toolchain {
@@ -86,9 +83,7 @@ impl Toolchain {
     /// A `cargo build --release --target wasm32-wasip1` command for this toolchain.
     pub fn cargo_build(&self) -> Command {
         let mut cmd = match self {
-            Toolchain::Rustup => {
-                Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            }
+            Toolchain::Rustup => Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
             Toolchain::Debian => {
                 let mut cmd = Command::new(DEBIAN_CARGO);
                 // build-std needs nightly features; Debian's stable rustc allows
@@ -96,10 +91,7 @@ impl Toolchain {
                 // wasi-libc comes from Debian's package, not a bundled sysroot.
                 cmd.env("RUSTC", DEBIAN_RUSTC)
                     .env("RUSTC_BOOTSTRAP", "1")
-                    .env(
-                        "RUSTFLAGS",
-                        format!("-C linker=wasm-ld -C link-self-contained=no -L {WASI_LIBC}"),
-                    )
+                    .env("RUSTFLAGS", format!("-C linker=wasm-ld -C link-self-contained=no -L {WASI_LIBC}"))
                     .env_remove("CARGO_ENCODED_RUSTFLAGS")
                     .env_remove("RUSTUP_TOOLCHAIN");
                 cmd

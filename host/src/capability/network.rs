@@ -34,13 +34,8 @@ fn default_port(scheme: &str) -> Option<u16> {
 impl Grant {
     /// Parses `https://api.notion.com`, `https://*.example.com:8443`, `http://127.0.0.1:5055/api`.
     pub fn parse(text: &str) -> Result<Self, GrantError> {
-        let err = |reason: &str| GrantError {
-            grant: text.to_string(),
-            reason: reason.to_string(),
-        };
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| err("expected scheme://host[:port]"))?;
+        let err = |reason: &str| GrantError { grant: text.to_string(), reason: reason.to_string() };
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| err("expected scheme://host[:port]"))?;
         let scheme = scheme.to_ascii_lowercase();
         let default = default_port(&scheme).ok_or_else(|| err("scheme must be http or https"))?;
         let (authority, path) = match rest.find('/') {
@@ -49,10 +44,7 @@ impl Grant {
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') && h.ends_with(']') => {
-                (
-                    h,
-                    p.parse::<u16>().map_err(|_| err("port must be a number"))?,
-                )
+                (h, p.parse::<u16>().map_err(|_| err("port must be a number"))?)
             }
             _ => (authority, default),
         };
@@ -62,19 +54,12 @@ impl Grant {
         }
         let bare = host.strip_prefix("*.").unwrap_or(&host);
         if bare.contains('*') {
-            return Err(err(
-                "a wildcard may only be a whole left-most label, as in https://*.example.com",
-            ));
+            return Err(err("a wildcard may only be a whole left-most label, as in https://*.example.com"));
         }
         if authority.contains('@') {
             return Err(err("user info is not allowed"));
         }
-        Ok(Self {
-            scheme,
-            host,
-            port,
-            path_prefix: path.trim_end_matches('/').to_string(),
-        })
+        Ok(Self { scheme, host, port, path_prefix: path.trim_end_matches('/').to_string() })
     }
 
     /// Whether a URL falls under this grant.
@@ -93,10 +78,7 @@ impl Grant {
         let path_ok = self.path_prefix.is_empty()
             || url.path() == self.path_prefix
             || url.path().starts_with(&format!("{}/", self.path_prefix));
-        url.scheme() == self.scheme
-            && host_ok
-            && url.port_or_known_default() == Some(self.port)
-            && path_ok
+        url.scheme() == self.scheme && host_ok && url.port_or_known_default() == Some(self.port) && path_ok
     }
 }
 
@@ -129,11 +111,7 @@ impl NetworkPolicy {
 
     /// Parses each grant text.
     pub fn parse<S: AsRef<str>>(grants: &[S]) -> Result<Self, GrantError> {
-        grants
-            .iter()
-            .map(|g| Grant::parse(g.as_ref()))
-            .collect::<Result<_, _>>()
-            .map(Self::new)
+        grants.iter().map(|g| Grant::parse(g.as_ref())).collect::<Result<_, _>>().map(Self::new)
     }
 
     /// The grants.
@@ -193,17 +171,8 @@ mod tests {
 
     #[test]
     fn bad_grants_say_why() {
-        assert!(Grant::parse("ftp://x")
-            .unwrap_err()
-            .reason
-            .contains("http or https"));
-        assert!(Grant::parse("127.0.0.1:80")
-            .unwrap_err()
-            .reason
-            .contains("scheme://"));
-        assert!(Grant::parse("http://u@h")
-            .unwrap_err()
-            .reason
-            .contains("user info"));
+        assert!(Grant::parse("ftp://x").unwrap_err().reason.contains("http or https"));
+        assert!(Grant::parse("127.0.0.1:80").unwrap_err().reason.contains("scheme://"));
+        assert!(Grant::parse("http://u@h").unwrap_err().reason.contains("user info"));
     }
 }

@@ -19,20 +19,14 @@ pub struct Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secret")
-            .field("value", &"***")
-            .field("bound_to", &self.bound_to)
-            .finish()
+        f.debug_struct("Secret").field("value", &"***").field("bound_to", &self.bound_to).finish()
     }
 }
 
 impl Secret {
     /// A secret that may be sent only to `bound_to`.
     pub fn new(value: impl Into<String>, bound_to: Vec<Grant>) -> Self {
-        Self {
-            value: value.into(),
-            bound_to,
-        }
+        Self { value: value.into(), bound_to }
     }
 
     /// Origins the secret is bound to.
@@ -85,51 +79,28 @@ impl Secrets {
 
     /// The value of `name` if it may be sent to `url`.
     fn value_for(&self, name: &str, url: &Url) -> Result<&str, SecretError> {
-        let secret = self.by_name.get(name).ok_or_else(|| SecretError::Unknown {
-            name: name.to_string(),
-        })?;
+        let secret = self.by_name.get(name).ok_or_else(|| SecretError::Unknown { name: name.to_string() })?;
         if secret.bound_to.iter().any(|g| g.allows(url)) {
             Ok(&secret.value)
         } else {
-            Err(SecretError::NotBound {
-                name: name.to_string(),
-                origin: origin_of(url),
-            })
+            Err(SecretError::NotBound { name: name.to_string(), origin: origin_of(url) })
         }
     }
 
     /// `Authorization: Bearer <secret>`.
     pub fn bearer(&self, name: &str, url: &Url) -> Result<Header, SecretError> {
-        Ok((
-            "authorization".into(),
-            format!("Bearer {}", self.value_for(name, url)?),
-        ))
+        Ok(("authorization".into(), format!("Bearer {}", self.value_for(name, url)?)))
     }
 
     /// `<header>: <prefix><secret>`.
-    pub fn header(
-        &self,
-        header: &str,
-        prefix: &str,
-        name: &str,
-        url: &Url,
-    ) -> Result<Header, SecretError> {
-        Ok((
-            header.to_string(),
-            format!("{prefix}{}", self.value_for(name, url)?),
-        ))
+    pub fn header(&self, header: &str, prefix: &str, name: &str, url: &Url) -> Result<Header, SecretError> {
+        Ok((header.to_string(), format!("{prefix}{}", self.value_for(name, url)?)))
     }
 
     /// `Authorization: Basic base64(user:secret)`.
     pub fn basic(&self, username: &str, password: &str, url: &Url) -> Result<Header, SecretError> {
         let pair = format!("{username}:{}", self.value_for(password, url)?);
-        Ok((
-            "authorization".into(),
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            ),
-        ))
+        Ok(("authorization".into(), format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))))
     }
 
     /// `<header>: <prefix><hex hmac-sha256(secret, body)>`.
@@ -142,13 +113,9 @@ impl Secrets {
         body: &[u8],
     ) -> Result<Header, SecretError> {
         let key = self.value_for(name, url)?;
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
         mac.update(body);
-        Ok((
-            header.to_string(),
-            format!("{prefix}{}", hex::encode(mac.finalize().into_bytes())),
-        ))
+        Ok((header.to_string(), format!("{prefix}{}", hex::encode(mac.finalize().into_bytes()))))
     }
 
     /// Replaces every granted secret value in `text` with `***`.
@@ -169,13 +136,7 @@ mod tests {
 
     fn secrets() -> Secrets {
         let mut s = Secrets::default();
-        s.insert(
-            "TOKEN",
-            Secret::new(
-                "s3cr3t",
-                vec![Grant::parse("https://api.notion.com").unwrap()],
-            ),
-        );
+        s.insert("TOKEN", Secret::new("s3cr3t", vec![Grant::parse("https://api.notion.com").unwrap()]));
         s
     }
 
@@ -189,35 +150,21 @@ mod tests {
     fn other_origin_is_refused() {
         let url = Url::parse("https://evil.example.com/").unwrap();
         let err = secrets().bearer("TOKEN", &url).unwrap_err();
-        assert_eq!(err.to_string(), "secret `TOKEN` is not bound to https://evil.example.com: bind it to that origin in the pipeline");
-        assert!(matches!(
-            secrets().bearer("NOPE", &url),
-            Err(SecretError::Unknown { .. })
-        ));
+        assert_eq!(
+            err.to_string(),
+            "secret `TOKEN` is not bound to https://evil.example.com: bind it to that origin in the pipeline"
+        );
+        assert!(matches!(secrets().bearer("NOPE", &url), Err(SecretError::Unknown { .. })));
     }
 
     #[test]
     fn hmac_matches_a_known_vector() {
         // RFC 4231 test case 2.
         let mut s = Secrets::default();
-        s.insert(
-            "K",
-            Secret::new("Jefe", vec![Grant::parse("http://h").unwrap()]),
-        );
+        s.insert("K", Secret::new("Jefe", vec![Grant::parse("http://h").unwrap()]));
         let url = Url::parse("http://h/").unwrap();
-        let (_, v) = s
-            .hmac_sha256(
-                "x-sig",
-                "sha256=",
-                "K",
-                &url,
-                b"what do ya want for nothing?",
-            )
-            .unwrap();
-        assert_eq!(
-            v,
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+        let (_, v) = s.hmac_sha256("x-sig", "sha256=", "K", &url, b"what do ya want for nothing?").unwrap();
+        assert_eq!(v, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
     }
 
     #[test]

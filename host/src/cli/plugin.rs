@@ -32,17 +32,9 @@ pub(crate) enum PluginCommand {
 impl PluginCommand {
     pub(crate) async fn execute(self) -> anyhow::Result<u8> {
         match self {
-            PluginCommand::Build {
-                crate_dir,
-                target_dir,
-                json,
-            } => {
-                let options = BuildOptions {
-                    target_dir,
-                    toolchain: None,
-                };
-                let built = tokio::task::spawn_blocking(move || build_crate(&crate_dir, &options))
-                    .await??;
+            PluginCommand::Build { crate_dir, target_dir, json } => {
+                let options = BuildOptions { target_dir, toolchain: None };
+                let built = tokio::task::spawn_blocking(move || build_crate(&crate_dir, &options)).await??;
                 if json {
                     let value = serde_json::json!({"path": built.path, "sha256": built.sha256, "size": built.size});
                     println!("{value}");
@@ -53,14 +45,9 @@ impl PluginCommand {
                 Ok(0)
             }
             PluginCommand::Inspect { file, json } => {
-                let runtime = Runtime::builder()
-                    .build()
-                    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                let runtime = Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 let plugin = runtime.load(&file)?;
-                let info = plugin
-                    .describe()
-                    .await
-                    .with_context(|| format!("describing {}", file.display()))?;
+                let info = plugin.describe().await.with_context(|| format!("describing {}", file.display()))?;
                 if json {
                     let value = serde_json::json!({
                         "plugin": info,
@@ -76,10 +63,7 @@ impl PluginCommand {
                     println!("contract:     gantry:step@{CONTRACT_VERSION}");
                     println!("sha256:       {}", plugin.sha256());
                     println!("capabilities: {}", info.capabilities.join(", "));
-                    println!(
-                        "input schema:\n{}",
-                        serde_json::to_string_pretty(&info.input_schema)?
-                    );
+                    println!("input schema:\n{}", serde_json::to_string_pretty(&info.input_schema)?);
                 }
                 Ok(0)
             }

@@ -61,11 +61,8 @@ impl StepCommand {
 fn input_from(pairs: &[String]) -> anyhow::Result<serde_json::Value> {
     let mut input = serde_json::Map::new();
     for pair in pairs {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--with {pair:?}: expected KEY=VALUE"))?;
-        let value = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        let (key, value) = pair.split_once('=').ok_or_else(|| anyhow!("--with {pair:?}: expected KEY=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
         input.insert(key.to_string(), value);
     }
     Ok(serde_json::Value::Object(input))
@@ -73,17 +70,12 @@ fn input_from(pairs: &[String]) -> anyhow::Result<serde_json::Value> {
 
 /// Parses `NAME=env:VAR@ORIGIN` or `NAME=file:PATH@ORIGIN`.
 fn secret_from(spec: &str) -> anyhow::Result<(String, Secret)> {
-    let (name, rest) = spec
-        .split_once('=')
-        .ok_or_else(|| anyhow!("--secret {spec:?}: expected NAME=SOURCE@ORIGIN"))?;
+    let (name, rest) = spec.split_once('=').ok_or_else(|| anyhow!("--secret {spec:?}: expected NAME=SOURCE@ORIGIN"))?;
     let (source, origin) = rest.rsplit_once('@').ok_or_else(|| {
-        anyhow!(
-            "--secret {spec:?}: bind it to an origin, e.g. {name}=env:VAR@https://api.example.com"
-        )
+        anyhow!("--secret {spec:?}: bind it to an origin, e.g. {name}=env:VAR@https://api.example.com")
     })?;
     let value = if let Some(var) = source.strip_prefix("env:") {
-        std::env::var(var)
-            .with_context(|| format!("--secret {name}: environment variable {var} is not set"))?
+        std::env::var(var).with_context(|| format!("--secret {name}: environment variable {var} is not set"))?
     } else if let Some(path) = source.strip_prefix("file:") {
         std::fs::read_to_string(path)
             .with_context(|| format!("--secret {name}: cannot read {path}"))?
@@ -92,10 +84,7 @@ fn secret_from(spec: &str) -> anyhow::Result<(String, Secret)> {
     } else {
         bail!("--secret {name}: source must be env:VAR or file:PATH, got {source:?}");
     };
-    Ok((
-        name.to_string(),
-        Secret::new(value, vec![Grant::parse(origin)?]),
-    ))
+    Ok((name.to_string(), Secret::new(value, vec![Grant::parse(origin)?])))
 }
 
 /// A component file as given, or the component built from a crate directory.
@@ -109,21 +98,14 @@ pub(crate) fn resolve_plugin(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let mut grants = Grants {
-        network: NetworkPolicy::parse(&args.allow_net)?,
-        ..Default::default()
-    };
+    let mut grants = Grants { network: NetworkPolicy::parse(&args.allow_net)?, ..Default::default() };
     for spec in &args.secrets {
         let (name, secret) = secret_from(spec)?;
         grants.secrets.insert(name, secret);
     }
     let mut call = StepCall {
         grants,
-        limits: Limits {
-            memory_bytes: args.memory,
-            timeout: args.timeout,
-            ..Limits::default()
-        },
+        limits: Limits { memory_bytes: args.memory, timeout: args.timeout, ..Limits::default() },
         ..Default::default()
     };
     call.context.step_id = args.id.clone();
@@ -138,11 +120,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let runtime = Runtime::builder().build().map_err(|e| anyhow!("{e:#}"))?;
     let plugin = runtime.load(&file)?;
     let started = Instant::now();
-    let result = if args.rollback {
-        plugin.rollback(&call).await
-    } else {
-        plugin.run(&call).await
-    };
+    let result = if args.rollback { plugin.rollback(&call).await } else { plugin.run(&call).await };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let plugin_json = serde_json::json!({"path": file, "sha256": plugin.sha256(), "cache": plugin.cache_status()});
     match result {
@@ -185,34 +163,19 @@ mod tests {
 
     #[test]
     fn with_values_are_json_when_they_parse() {
-        let input = input_from(&[
-            "url=http://x/a=b".into(),
-            "probes=3".into(),
-            "flag=true".into(),
-            "name=abc".into(),
-        ])
-        .unwrap();
-        assert_eq!(
-            input,
-            serde_json::json!({"url": "http://x/a=b", "probes": 3, "flag": true, "name": "abc"})
-        );
+        let input =
+            input_from(&["url=http://x/a=b".into(), "probes=3".into(), "flag=true".into(), "name=abc".into()]).unwrap();
+        assert_eq!(input, serde_json::json!({"url": "http://x/a=b", "probes": 3, "flag": true, "name": "abc"}));
         assert!(input_from(&["novalue".into()]).is_err());
     }
 
     #[test]
     fn secrets_must_be_bound() {
         std::env::set_var("GANTRY_TEST_SECRET_SPEC", "v");
-        let (name, secret) =
-            secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC@https://api.notion.com").unwrap();
+        let (name, secret) = secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC@https://api.notion.com").unwrap();
         assert_eq!(name, "TOKEN");
         assert_eq!(secret.bound_to()[0].to_string(), "https://api.notion.com");
-        assert!(secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC")
-            .unwrap_err()
-            .to_string()
-            .contains("bind it"));
-        assert!(secret_from("TOKEN=vault:x@https://a")
-            .unwrap_err()
-            .to_string()
-            .contains("env:VAR or file:PATH"));
+        assert!(secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC").unwrap_err().to_string().contains("bind it"));
+        assert!(secret_from("TOKEN=vault:x@https://a").unwrap_err().to_string().contains("env:VAR or file:PATH"));
     }
 }

@@ -43,8 +43,7 @@ impl Cache {
         if let Some(dir) = std::env::var_os("GANTRY_CACHE_DIR") {
             return Some(PathBuf::from(dir));
         }
-        directories::ProjectDirs::from("dev", "gantry", "gantry")
-            .map(|d| d.cache_dir().join("components"))
+        directories::ProjectDirs::from("dev", "gantry", "gantry").map(|d| d.cache_dir().join("components"))
     }
 
     /// The directory entries live in.
@@ -55,8 +54,7 @@ impl Cache {
     fn entry_path(&self, engine: &Engine, component_sha256: &str) -> PathBuf {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.dir
-            .join(format!("{component_sha256}-{:016x}.cwasm", hasher.finish()))
+        self.dir.join(format!("{component_sha256}-{:016x}.cwasm", hasher.finish()))
     }
 
     /// Loads the compiled form of a component, compiling and storing it on a miss.

@@ -64,25 +64,15 @@ fn version_of<'a>(name: &'a str, interface: &str) -> Option<&'a str> {
 /// Checks the component's exports and imports against the contract.
 pub fn check(engine: &Engine, component: &Component) -> Result<(), Mismatch> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    let imports: Vec<String> = ty
-        .imports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
     let versions = exports
         .iter()
         .filter_map(|n| version_of(n, PLUGIN_EXPORT))
         .chain(imports.iter().filter_map(|n| version_of(n, HOST_IMPORT)));
     for version in versions {
         if !compatible(version) {
-            let shown = if version.is_empty() {
-                "an unversioned contract"
-            } else {
-                version
-            };
+            let shown = if version.is_empty() { "an unversioned contract" } else { version };
             return Err(Mismatch::Version(shown.to_string()));
         }
     }

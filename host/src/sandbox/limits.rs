@@ -16,11 +16,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            memory_bytes: 64 << 20,
-            timeout: Duration::from_secs(30),
-            output_bytes: 1 << 20,
-        }
+        Self { memory_bytes: 64 << 20, timeout: Duration::from_secs(30), output_bytes: 1 << 20 }
     }
 }
 
@@ -48,12 +44,7 @@ impl Tracker {
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl wasmtime::ResourceLimiter for Tracker {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.memory_exceeded = Some(desired);
             // Trapping (instead of returning false) stops the plugin at once
@@ -63,12 +54,7 @@ impl wasmtime::ResourceLimiter for Tracker {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -78,9 +64,7 @@ pub fn parse_memory(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("invalid memory size {text:?}: expected e.g. 64MiB"))?;
+    let n: usize = digits.parse().map_err(|_| format!("invalid memory size {text:?}: expected e.g. 64MiB"))?;
     let factor: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,
@@ -89,14 +73,9 @@ pub fn parse_memory(text: &str) -> Result<usize, String> {
         "KB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "invalid memory unit {other:?} in {text:?}: use B, KiB, MiB or GiB"
-            ))
-        }
+        other => return Err(format!("invalid memory unit {other:?} in {text:?}: use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("memory size {text:?} is too large"))
+    n.checked_mul(factor).ok_or_else(|| format!("memory size {text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -109,9 +88,7 @@ mod tests {
         assert_eq!(parse_memory("512KiB"), Ok(512 << 10));
         assert_eq!(parse_memory("1000"), Ok(1000));
         assert_eq!(parse_memory("2MB"), Ok(2_000_000));
-        assert!(parse_memory("64 furlongs")
-            .unwrap_err()
-            .contains("invalid memory unit"));
+        assert!(parse_memory("64 furlongs").unwrap_err().contains("invalid memory unit"));
         assert!(parse_memory("MiB").is_err());
     }
 }

@@ -127,13 +127,7 @@ pub enum CallError {
 impl CallError {
     /// Whether a retry may help: plugin-marked errors and timeouts.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            CallError::Failed {
-                retryable: true,
-                ..
-            } | CallError::Timeout { .. }
-        )
+        matches!(self, CallError::Failed { retryable: true, .. } | CallError::Timeout { .. })
     }
 
     /// A short, stable name for the kind of failure, for reports and tests.
@@ -209,10 +203,7 @@ struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -328,15 +319,7 @@ impl RuntimeBuilder {
             .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| wasmtime::Error::msg(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                engine,
-                linker,
-                cache,
-                client,
-                _ticker: Ticker(stop),
-            }),
-        })
+        Ok(Runtime { inner: Arc::new(Inner { engine, linker, cache, client, _ticker: Ticker(stop) }) })
     }
 }
 
@@ -353,10 +336,7 @@ impl Runtime {
 
     /// Loads a component file: checks it, compiles or loads it from cache, pre-instantiates it.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
         self.load_bytes(&bytes, path)
     }
 
@@ -365,57 +345,29 @@ impl Runtime {
         let path_buf = path.to_path_buf();
         match contract::binary_kind(bytes) {
             contract::BinaryKind::Component => {}
-            contract::BinaryKind::CoreModule => {
-                return Err(LoadError::CoreModule { path: path_buf })
-            }
+            contract::BinaryKind::CoreModule => return Err(LoadError::CoreModule { path: path_buf }),
             contract::BinaryKind::Other => return Err(LoadError::NotWasm { path: path_buf }),
         }
         let sha256 = cache::sha256_hex(bytes);
         let engine = &self.inner.engine;
-        let invalid = |e: wasmtime::Error| LoadError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        };
+        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.to_path_buf(), message: format!("{e:#}") };
         let started = Instant::now();
         let (component, cache_status) = match &self.inner.cache {
-            Some(cache) => cache
-                .load_or_compile(engine, &sha256, bytes)
-                .map_err(invalid)?,
-            None => (
-                Component::new(engine, bytes).map_err(invalid)?,
-                CacheStatus::Disabled,
-            ),
+            Some(cache) => cache.load_or_compile(engine, &sha256, bytes).map_err(invalid)?,
+            None => (Component::new(engine, bytes).map_err(invalid)?, CacheStatus::Disabled),
         };
         let load_time = started.elapsed();
         tracing::info!(plugin = %path.display(), %sha256, cache = ?cache_status, ms = load_time.as_secs_f64() * 1e3, "plugin loaded");
         contract::check(engine, &component).map_err(|m| match m {
             contract::Mismatch::NotAStep(exports) => LoadError::NotAStep {
                 path: path.to_path_buf(),
-                exports: if exports.is_empty() {
-                    "nothing".into()
-                } else {
-                    exports.join(", ")
-                },
+                exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
             },
-            contract::Mismatch::Version(found) => LoadError::IncompatibleContract {
-                path: path.to_path_buf(),
-                found,
-            },
+            contract::Mismatch::Version(found) => LoadError::IncompatibleContract { path: path.to_path_buf(), found },
         })?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(invalid)?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = StepPre::new(pre).map_err(invalid)?;
-        Ok(Plugin {
-            runtime: self.clone(),
-            pre,
-            sha256,
-            cache_status,
-            load_time,
-            path: path_buf,
-        })
+        Ok(Plugin { runtime: self.clone(), pre, sha256, cache_status, load_time, path: path_buf })
     }
 }
 
@@ -432,10 +384,7 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
-            .field("path", &self.path)
-            .field("sha256", &self.sha256)
-            .finish()
+        f.debug_struct("Plugin").field("path", &self.path).field("sha256", &self.sha256).finish()
     }
 }
 
@@ -508,19 +457,13 @@ impl Plugin {
     /// Asks the plugin to describe itself.
     pub async fn describe(&self) -> Result<PluginInfo, CallError> {
         let call = StepCall {
-            context: StepContext {
-                step_id: "describe".into(),
-                ..Default::default()
-            },
+            context: StepContext { step_id: "describe".into(), ..Default::default() },
             ..Default::default()
         };
         let (mut store, stdout, stderr) = self.store(&call);
         let result = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
-            instance
-                .gantry_step_plugin()
-                .call_describe(&mut store)
-                .await
+            instance.gantry_step_plugin().call_describe(&mut store).await
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
         let stderr = forward_output(&call, &stdout, &stderr);
@@ -529,8 +472,7 @@ impl Plugin {
             name: info.name,
             version: info.version,
             description: info.description,
-            input_schema: serde_json::from_str(&info.input_schema)
-                .unwrap_or(serde_json::Value::Null),
+            input_schema: serde_json::from_str(&info.input_schema).unwrap_or(serde_json::Value::Null),
             capabilities: info.capabilities,
         })
     }
@@ -560,10 +502,7 @@ impl Plugin {
                 .iter()
                 .map(|(step, outputs)| wit::Upstream {
                     step: step.clone(),
-                    outputs: outputs
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                    outputs: outputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 })
                 .collect(),
         };
@@ -580,11 +519,7 @@ impl Plugin {
         let stderr = forward_output(call, &stdout, &stderr);
         let secrets = &call.grants.secrets;
         match self.settle(call, &mut store, result, &stderr)? {
-            Ok(outcome) => Ok(outcome
-                .outputs
-                .into_iter()
-                .map(|(k, v)| (k, secrets.redact(&v)))
-                .collect()),
+            Ok(outcome) => Ok(outcome.outputs.into_iter().map(|(k, v)| (k, secrets.redact(&v))).collect()),
             Err(e) => Err(CallError::Failed {
                 step: call.context.step_id.clone(),
                 message: secrets.redact(&e.message),
@@ -605,14 +540,8 @@ impl Plugin {
         let tracker = &store.data().tracker;
         match result {
             Ok(Ok(value)) => Ok(value),
-            Err(_) => Err(CallError::Timeout {
-                step,
-                after: call.limits.timeout,
-            }),
-            Ok(Err(_)) if tracker.timed_out => Err(CallError::Timeout {
-                step,
-                after: call.limits.timeout,
-            }),
+            Err(_) => Err(CallError::Timeout { step, after: call.limits.timeout }),
+            Ok(Err(_)) if tracker.timed_out => Err(CallError::Timeout { step, after: call.limits.timeout }),
             Ok(Err(_)) if tracker.memory_exceeded.is_some() => Err(CallError::MemoryLimit {
                 step,
                 limit: call.limits.memory_bytes,
@@ -620,10 +549,7 @@ impl Plugin {
             }),
             Ok(Err(e)) => {
                 tracing::debug!(step = %step, "plugin trapped: {e:?}");
-                Err(CallError::Trap {
-                    step,
-                    message: call.grants.secrets.redact(&trap_message(&e, stderr)),
-                })
+                Err(CallError::Trap { step, message: call.grants.secrets.redact(&trap_message(&e, stderr)) })
             }
         }
     }
@@ -633,24 +559,14 @@ impl Plugin {
 fn trap_message(e: &wasmtime::Error, stderr: &str) -> String {
     let reason = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::StackOverflow) => "stack overflow".to_string(),
-        Some(wasmtime::Trap::UnreachableCodeReached) => {
-            "the plugin aborted (wasm `unreachable`)".to_string()
-        }
+        Some(wasmtime::Trap::UnreachableCodeReached) => "the plugin aborted (wasm `unreachable`)".to_string(),
         Some(trap) => trap.to_string(),
         None => e.root_cause().to_string(),
     };
     // Rust prints `thread '..' panicked at file:line:col:` then the message.
     let lines: Vec<&str> = stderr.lines().collect();
     match lines.iter().position(|l| l.contains("panicked at")) {
-        Some(i) => format!(
-            "{reason}: {}",
-            lines[i..]
-                .iter()
-                .take(2)
-                .map(|l| l.trim())
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
+        Some(i) => format!("{reason}: {}", lines[i..].iter().take(2).map(|l| l.trim()).collect::<Vec<_>>().join(" ")),
         None => reason,
     }
 }
@@ -661,10 +577,7 @@ fn forward_output(call: &StepCall, stdout: &MemoryOutputPipe, stderr: &MemoryOut
     let step = call.context.step_id.as_str();
     for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
         let contents = pipe.contents();
-        for line in String::from_utf8_lossy(&contents)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-        {
+        for line in String::from_utf8_lossy(&contents).lines().filter(|l| !l.trim().is_empty()) {
             tracing::info!(target: "gantry::plugin", step, stream, "{}", call.grants.secrets.redact(line));
         }
     }

@@ -52,34 +52,21 @@ fn denied(step: &str, url: &Url) -> HttpError {
 
 impl Outbound {
     /// Performs the request; `deadline` is the step call's own.
-    pub(crate) async fn send(
-        &mut self,
-        req: Request,
-        deadline: Instant,
-    ) -> Result<Response, HttpError> {
+    pub(crate) async fn send(&mut self, req: Request, deadline: Instant) -> Result<Response, HttpError> {
         let method = req.method.to_ascii_uppercase();
         if !METHODS.contains(&method.as_str()) {
-            return Err(HttpError::Invalid(format!(
-                "method {:?} is not supported",
-                req.method
-            )));
+            return Err(HttpError::Invalid(format!("method {:?} is not supported", req.method)));
         }
-        let mut url = Url::parse(&req.url)
-            .map_err(|e| HttpError::Invalid(format!("invalid URL {:?}: {e}", req.url)))?;
+        let mut url =
+            Url::parse(&req.url).map_err(|e| HttpError::Invalid(format!("invalid URL {:?}: {e}", req.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(HttpError::Invalid(format!(
-                "URL {:?} is not http or https",
-                req.url
-            )));
+            return Err(HttpError::Invalid(format!("URL {:?} is not http or https", req.url)));
         }
-        let per_request = req
-            .timeout_ms
-            .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(self.limits.request_timeout);
+        let per_request =
+            req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(self.limits.request_timeout);
         let started = Instant::now();
         let until = deadline.min(started + per_request);
-        let mut method =
-            reqwest::Method::from_bytes(method.as_bytes()).expect("listed methods parse");
+        let mut method = reqwest::Method::from_bytes(method.as_bytes()).expect("listed methods parse");
         let mut body = req.body;
         for _hop in 0..=self.limits.max_redirects {
             if !self.grants.network.allows(&url) {
@@ -103,26 +90,18 @@ impl Outbound {
             }
             let remaining = until.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(HttpError::Timeout(format!(
-                    "request to {} ran out of time",
-                    origin_of(&url)
-                )));
+                return Err(HttpError::Timeout(format!("request to {} ran out of time", origin_of(&url))));
             }
-            let response = builder
-                .body(body.clone())
-                .timeout(remaining)
-                .send()
-                .await
-                .map_err(|e| transport(&url, e))?;
+            let response =
+                builder.body(body.clone()).timeout(remaining).send().await.map_err(|e| transport(&url, e))?;
             let status = response.status();
             if status.is_redirection() {
                 if let Some(location) = response.headers().get(reqwest::header::LOCATION) {
-                    let location = location
-                        .to_str()
-                        .map_err(|_| HttpError::Invalid("redirect location is not text".into()))?;
-                    let next = url.join(location).map_err(|e| {
-                        HttpError::Invalid(format!("bad redirect location {location:?}: {e}"))
-                    })?;
+                    let location =
+                        location.to_str().map_err(|_| HttpError::Invalid("redirect location is not text".into()))?;
+                    let next = url
+                        .join(location)
+                        .map_err(|e| HttpError::Invalid(format!("bad redirect location {location:?}: {e}")))?;
                     // 303, and 301/302 after POST, turn into GET as browsers and curl do.
                     if status == reqwest::StatusCode::SEE_OTHER
                         || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST)
@@ -137,12 +116,7 @@ impl Outbound {
             let headers = response
                 .headers()
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect();
             let body = self.read_body(response, &url).await?;
             return Ok(Response {
@@ -152,26 +126,16 @@ impl Outbound {
                 elapsed_us: started.elapsed().as_micros() as u64,
             });
         }
-        Err(HttpError::Limit(format!(
-            "more than {} redirects from {}",
-            self.limits.max_redirects, req.url
-        )))
+        Err(HttpError::Limit(format!("more than {} redirects from {}", self.limits.max_redirects, req.url)))
     }
 
-    fn secret_header(
-        &self,
-        use_: &SecretUse,
-        url: &Url,
-        body: &[u8],
-    ) -> Result<(String, String), HttpError> {
+    fn secret_header(&self, use_: &SecretUse, url: &Url, body: &[u8]) -> Result<(String, String), HttpError> {
         let secrets = &self.grants.secrets;
         let result = match use_ {
             SecretUse::Bearer(name) => secrets.bearer(name, url),
             SecretUse::Header(h) => secrets.header(&h.header, &h.prefix, &h.secret, url),
             SecretUse::Basic(b) => secrets.basic(&b.username, &b.password_secret, url),
-            SecretUse::HmacSha256(h) => {
-                secrets.hmac_sha256(&h.header, &h.prefix, &h.secret, url, body)
-            }
+            SecretUse::HmacSha256(h) => secrets.hmac_sha256(&h.header, &h.prefix, &h.secret, url, body),
             SecretUse::AwsSigv4(_) => Err(crate::capability::secrets::SecretError::Unsupported(
                 "AWS SigV4 signing is not available in this host yet".into(),
             )),
@@ -179,19 +143,12 @@ impl Outbound {
         result.map_err(|e| HttpError::SecretDenied(format!("step `{}`: {e}", self.step)))
     }
 
-    async fn read_body(
-        &self,
-        mut response: reqwest::Response,
-        url: &Url,
-    ) -> Result<Vec<u8>, HttpError> {
+    async fn read_body(&self, mut response: reqwest::Response, url: &Url) -> Result<Vec<u8>, HttpError> {
         let cap = self.limits.max_response_bytes;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| transport(url, e))? {
             if body.len() + chunk.len() > cap {
-                return Err(HttpError::Limit(format!(
-                    "response from {} is larger than {cap} bytes",
-                    origin_of(url)
-                )));
+                return Err(HttpError::Limit(format!("response from {} is larger than {cap} bytes", origin_of(url))));
             }
             body.extend_from_slice(&chunk);
         }

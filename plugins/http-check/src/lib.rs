@@ -66,10 +66,7 @@ pub struct Probe {
 /// Checks one probe against the input; the error says what differed.
 pub fn check_probe(input: &Input, probe: &Probe) -> Result<(), Error> {
     if probe.status != input.expect_status {
-        let message = format!(
-            "expected status {} from {}, got {}",
-            input.expect_status, input.url, probe.status
-        );
+        let message = format!("expected status {} from {}, got {}", input.expect_status, input.url, probe.status);
         // A 5xx during a rollout is often the service still starting.
         return Err(if probe.status >= 500 { Error::retryable(message) } else { Error::failed(message) });
     }
@@ -120,11 +117,8 @@ impl Step for HttpCheck {
                 Some(needle) => response.text().contains(needle.as_str()),
                 None => true,
             };
-            let probe = Probe {
-                status: response.status(),
-                latency_ms: response.elapsed_us() as f64 / 1000.0,
-                body_matches,
-            };
+            let probe =
+                Probe { status: response.status(), latency_ms: response.elapsed_us() as f64 / 1000.0, body_matches };
             gantry_sdk::debug!("probe {i}: {} in {:.3} ms", probe.status, probe.latency_ms);
             check_probe(&input, &probe)?;
             status = probe.status;
@@ -167,9 +161,7 @@ mod tests {
 
     #[test]
     fn unknown_field_is_rejected() {
-        let err = Context::for_test("check", serde_json::json!({"url": "x", "probe": 2}))
-            .input::<Input>()
-            .unwrap_err();
+        let err = Context::for_test("check", serde_json::json!({"url": "x", "probe": 2})).input::<Input>().unwrap_err();
         assert!(err.message().contains("unknown field `probe`"), "{err}");
     }
 
