@@ -105,7 +105,12 @@ pub fn sleep_ms(ms: u64) {
 #[macro_export]
 macro_rules! export_step {
     ($step:ty) => {
+        // Exports exist only in the wasm build: native builds of a plugin
+        // crate (unit tests, docs) cannot link symbols named like
+        // `gantry:step/plugin@0.1.0#run`.
+        #[cfg(target_arch = "wasm32")]
         type __GantryStepExport = $crate::__private::Adapter<$step>;
+        #[cfg(target_arch = "wasm32")]
         $crate::__private::bindings::__export_step!(
             __GantryStepExport with_types_in $crate::__private::bindings
         );
