@@ -26,4 +26,5 @@
 pub mod build;
 pub mod capability;
 pub mod cli;
+pub mod pipeline;
 pub mod sandbox;

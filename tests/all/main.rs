@@ -1,5 +1,6 @@
 //! End-to-end tests in one binary (one link step): the real `gantry` binary,
 //! plugins built from source with the SDK, peers on 127.0.0.1.
 
+mod pipelines;
 mod sandbox;
 mod support;

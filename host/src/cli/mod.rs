@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 a step failed, 2 bad usage or an unusable plugin.
 
+mod pipeline;
 mod plugin;
 mod step;
 
@@ -24,6 +25,16 @@ enum Command {
     /// Run a single step outside a pipeline (a plugin author's inner loop).
     #[command(subcommand)]
     Step(step::StepCommand),
+    /// Check a pipeline file and report every problem with file:line:column.
+    Validate {
+        /// The pipeline file.
+        file: std::path::PathBuf,
+        /// Print the problems as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of pipeline files, for editors.
+    Schema,
 }
 
 /// Exit code for a step that failed.
@@ -46,6 +57,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Plugin(cmd) => cmd.execute().await,
             Command::Step(cmd) => cmd.execute().await,
+            Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
+            Command::Schema => Ok(pipeline::schema()),
         }
     });
     match result {

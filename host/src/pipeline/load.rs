@@ -1,0 +1,142 @@
+//! Reads a pipeline file through the three passes: syntax, structure, meaning.
+
+use super::model::{Pipeline, Position};
+use super::{schema_walk, validate, Problem, Problems};
+use marked_yaml::{LoaderOptions, Node};
+use std::path::{Path, PathBuf};
+
+/// A pipeline that passed every check.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The typed model.
+    pub pipeline: Pipeline,
+    /// Each step's `with:` as JSON, in step order.
+    pub inputs: Vec<serde_json::Value>,
+    /// Each step's `with:` strings with their positions, for expression checks.
+    pub(crate) input_strings: Vec<Vec<Located>>,
+}
+
+/// A string found in `with:`, where it is and under which field.
+#[derive(Debug, Clone)]
+pub(crate) struct Located {
+    pub at: Position,
+    pub field: String,
+    pub text: String,
+}
+
+/// Loads and checks a pipeline file.
+pub fn load(path: &Path) -> Result<Loaded, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![Problem {
+            file: path.to_path_buf(),
+            at: Position::default(),
+            field: "(file)".into(),
+            message: format!("cannot read the pipeline: {e}"),
+        }])
+    })?;
+    load_str(path, &text)
+}
+
+/// Loads and checks pipeline text; `path` names it in problems and anchors relative plugin paths.
+pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
+    let problem = |at: Position, field: &str, message: String| Problem {
+        file: path.to_path_buf(),
+        at,
+        field: field.to_string(),
+        message,
+    };
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let node =
+        marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| Problems(vec![syntax_problem(path, &e)]))?;
+
+    let schema = super::json_schema();
+    let mut found = Vec::new();
+    schema_walk::check(&node, &schema, &schema, "", &mut found);
+    if !found.is_empty() {
+        return Err(Problems(found.into_iter().map(|(at, field, message)| problem(at, &field, message)).collect()));
+    }
+    let pipeline: Pipeline = marked_yaml::from_node(&node).map_err(|e| {
+        let (field, message) = (e.path().unwrap_or("(document)").to_string(), e.to_string());
+        let at = e.into_inner().start_mark().map(|m| Position { line: m.line(), column: m.column() });
+        Problems(vec![problem(at.unwrap_or_default(), &field, message)])
+    })?;
+
+    let steps = node.as_mapping().and_then(|m| m.get_node("steps")).and_then(Node::as_sequence);
+    let mut inputs = Vec::new();
+    let mut input_strings = Vec::new();
+    for i in 0..pipeline.steps.len() {
+        let with = steps.and_then(|s| s.get(i)).and_then(Node::as_mapping).and_then(|m| m.get_node("with"));
+        let mut strings = Vec::new();
+        let json = match with {
+            Some(node) => to_json(node, &format!("steps[{i}].with"), &mut strings),
+            None => serde_json::Value::Object(Default::default()),
+        };
+        let json = if json.is_null() { serde_json::Value::Object(Default::default()) } else { json };
+        inputs.push(json);
+        input_strings.push(strings);
+    }
+    let loaded = Loaded { path: path.to_path_buf(), pipeline, inputs, input_strings };
+    let mut problems = validate::check(&loaded);
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        problems.sort_by_key(|p| p.at);
+        Err(Problems(problems))
+    }
+}
+
+fn syntax_problem(path: &Path, e: &marked_yaml::LoadError) -> Problem {
+    use marked_yaml::LoadError::*;
+    let marker = match e {
+        TopLevelMustBeMapping(m)
+        | TopLevelMustBeSequence(m)
+        | UnexpectedAnchor(m)
+        | MappingKeyMustBeScalar(m)
+        | UnexpectedTag(m)
+        | ScanError(m, _) => Some(*m),
+        DuplicateKey(inner) => inner.key.span().start().copied(),
+    };
+    let at = marker.map(|m| Position { line: m.line(), column: m.column() }).unwrap_or_default();
+    let message = match e {
+        ScanError(_, scan) => format!("invalid YAML: {scan}"),
+        TopLevelMustBeMapping(_) => "a pipeline file must be a mapping with `name:` and `steps:`".into(),
+        UnexpectedAnchor(_) => "YAML anchors and aliases are not supported in pipeline files".into(),
+        DuplicateKey(inner) => format!("duplicate key `{}`", inner.key.as_str()),
+        other => format!("invalid YAML: {other}"),
+    };
+    Problem { file: path.to_path_buf(), at, field: "(syntax)".into(), message }
+}
+
+/// YAML node → JSON, typing plain scalars as YAML 1.2's core schema does.
+fn to_json(node: &Node, field: &str, strings: &mut Vec<Located>) -> serde_json::Value {
+    use serde_json::Value;
+    match node {
+        Node::Mapping(map) => Value::Object(
+            map.iter().map(|(k, v)| (k.to_string(), to_json(v, &format!("{field}.{}", k.as_str()), strings))).collect(),
+        ),
+        Node::Sequence(seq) => {
+            Value::Array(seq.iter().enumerate().map(|(i, v)| to_json(v, &format!("{field}[{i}]"), strings)).collect())
+        }
+        Node::Scalar(s) => {
+            let text = s.as_str();
+            if s.may_coerce() {
+                if matches!(text, "" | "~" | "null" | "Null" | "NULL") {
+                    return Value::Null;
+                }
+                if let Some(b) = s.as_bool() {
+                    return Value::Bool(b);
+                }
+                if let Ok(i) = text.parse::<i64>() {
+                    return Value::from(i);
+                }
+                if let Some(f) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                    return Value::Number(f);
+                }
+            }
+            strings.push(Located { at: Position::of(s.span()), field: field.to_string(), text: text.to_string() });
+            Value::String(text.to_string())
+        }
+    }
+}

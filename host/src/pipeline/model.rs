@@ -1,0 +1,213 @@
+//! The typed pipeline file. Every node a semantic error can point at keeps its
+//! position ([`Loc`]); the JSON Schema published by `gantry schema` is derived
+//! from these same types, so the parser and the schema cannot drift.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A 1-based line and column in a pipeline file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+impl Position {
+    pub(crate) fn of(span: &marked_yaml::Span) -> Self {
+        span.start().map(|m| Position { line: m.line(), column: m.column() }).unwrap_or_default()
+    }
+}
+
+/// A value with the position it was written at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loc<T> {
+    /// The value.
+    pub value: T,
+    /// Where it starts in the file.
+    pub at: Position,
+}
+
+impl<T> std::ops::Deref for Loc<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for Loc<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = marked_yaml::Spanned::<T>::deserialize(deserializer)?;
+        let at = Position::of(spanned.span());
+        // marked-yaml offers no way to move the value out of its wrapper.
+        Ok(Loc { value: (*spanned).clone(), at })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Loc<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+}
+
+/// A deployment pipeline.
+///
+/// Example:
+/// ```yaml
+/// name: gallery-release
+/// steps:
+///   - id: health
+///     uses: plugins/http-check
+///     with: { url: "https://the7space.example/health" }
+///     network: ["https://the7space.example"]
+/// ```
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Name of the pipeline; runs and locks are keyed by it.
+    pub name: Loc<String>,
+    /// Variables for `${{ env.NAME }}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, Loc<String>>,
+    /// Allows `${VAR}` / `${VAR:-default}` from the process environment in `env:` values.
+    #[serde(default)]
+    pub process_env: bool,
+    /// Secrets steps may use, by name. Example: `NOTION_TOKEN: { from: "env:NOTION_TOKEN", bind: ["https://api.notion.com"] }`
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretDef>,
+    /// Per-environment overrides, e.g. `development`, `staging`, `production`.
+    #[serde(default)]
+    pub environments: BTreeMap<String, Overlay>,
+    /// Per-business-entity overrides, e.g. `the_7_space`.
+    #[serde(default)]
+    pub entities: BTreeMap<String, Overlay>,
+    /// The steps, a DAG through `needs:`.
+    pub steps: Vec<StepDef>,
+}
+
+/// Where a secret comes from and where it may be sent.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDef {
+    /// `env:NAME` or `file:PATH`.
+    pub from: Loc<String>,
+    /// Origins the secret may be sent to.
+    pub bind: Vec<Loc<String>>,
+}
+
+/// What an environment or entity changes.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// Variables that override the pipeline's `env:`.
+    #[serde(default)]
+    pub env: BTreeMap<String, Loc<String>>,
+    /// Secret sources that override the pipeline's, by secret name (`env:` or `file:`).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Loc<String>>,
+    /// Plugin swaps: step id → `uses:` value.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Loc<String>>,
+    /// Network narrowing: step id → the only origins it keeps (must be a subset of the step's).
+    #[serde(default)]
+    pub network: BTreeMap<String, Vec<Loc<String>>>,
+}
+
+/// Retry policy for errors the plugin marks retryable, and for timeouts.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Total attempts, including the first (≥ 1).
+    pub attempts: Loc<u32>,
+    /// Wait before the first retry, doubled each time, e.g. `500ms`.
+    #[serde(default)]
+    pub backoff: Option<Loc<String>>,
+}
+
+/// One step of a pipeline.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    /// Unique id, referenced by `needs:` and `steps.<id>.outputs`.
+    pub id: Loc<String>,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Plugin: a crate directory, a `.wasm` file, optionally `@sha256:<hex>`.
+    pub uses: Loc<String>,
+    /// Input for the plugin; string values may use `${{ ... }}` expressions.
+    #[serde(default, rename = "with")]
+    pub with: Option<Input>,
+    /// Steps that must finish first.
+    #[serde(default)]
+    pub needs: Vec<Loc<String>>,
+    /// Run condition: `success()` (default), `failure()`, `always()`, or an expression.
+    #[serde(default, rename = "if")]
+    pub condition: Option<Loc<String>>,
+    /// Variables for this step, overriding the pipeline's.
+    #[serde(default)]
+    pub env: BTreeMap<String, Loc<String>>,
+    /// Origins the step may reach.
+    #[serde(default)]
+    pub network: Vec<Loc<String>>,
+    /// Names of the pipeline secrets the step may use.
+    #[serde(default)]
+    pub secrets: Vec<Loc<String>>,
+    /// Directories granted read-only.
+    #[serde(default)]
+    pub files: Vec<Loc<String>>,
+    /// Wall-clock limit per attempt, e.g. `30s`.
+    #[serde(default)]
+    pub timeout: Option<Loc<String>>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: Option<Retry>,
+    /// A failure of this step does not fail the pipeline.
+    #[serde(default)]
+    pub continue_on_error: bool,
+    /// Whether this step is undone when a later one fails (default true).
+    #[serde(default = "yes")]
+    pub rollback: bool,
+}
+
+/// A step's `with:` mapping. Its JSON form, with YAML scalars typed, is built
+/// from the parsed nodes by the loader ([`crate::pipeline::Loaded::inputs`]).
+#[derive(Debug, Clone, Default)]
+pub struct Input;
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Input)
+    }
+}
+
+impl JsonSchema for Input {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Input".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object", "description": "Input for the plugin, checked against its input schema."})
+    }
+}
+
+fn yes() -> bool {
+    true
+}

@@ -1,0 +1,148 @@
+//! The structural pass: walks the parsed YAML nodes against the JSON Schema
+//! derived from the model and reports every unknown field, wrong type and
+//! missing field with its position. serde stops at the first error; this does not.
+
+use super::model::Position;
+use marked_yaml::Node;
+use serde_json::Value;
+
+/// A structural problem: where, which field, what.
+pub(crate) type Found = (Position, String, String);
+
+/// Checks `node` against `schema`, pushing problems onto `out`.
+pub(crate) fn check(node: &Node, schema: &Value, root: &Value, field: &str, out: &mut Vec<Found>) {
+    let schema = resolve(schema, root);
+    if let Some(any_of) = schema.get("anyOf").and_then(Value::as_array) {
+        if is_null(node) && any_of.iter().any(|s| resolve(s, root).get("type") == Some(&Value::from("null"))) {
+            return;
+        }
+        if let Some(first) = any_of.iter().find(|s| resolve(s, root).get("type") != Some(&Value::from("null"))) {
+            check(node, first, root, field, out);
+        }
+        return;
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return, // `true` or no type: anything goes
+    };
+    if types.contains(&"null") && is_null(node) {
+        return;
+    }
+    let at = Position::of(node.span());
+    match node {
+        Node::Mapping(map) if types.contains(&"object") => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties");
+            for (key, value) in map.iter() {
+                let child = if field.is_empty() { key.to_string() } else { format!("{field}.{}", key.as_str()) };
+                match properties.and_then(|p| p.get(key.as_str())) {
+                    Some(s) => check(value, s, root, &child, out),
+                    None => match additional {
+                        Some(Value::Bool(false)) => {
+                            let known: Vec<&str> =
+                                properties.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                            out.push((Position::of(key.span()), child, unknown_field(key.as_str(), &known)));
+                        }
+                        Some(s @ Value::Object(_)) => check(value, s, root, &child, out),
+                        _ => {}
+                    },
+                }
+            }
+            // A mapping's own span starts oddly in marked-yaml; its first key is where a reader looks.
+            let map_at = map.keys().next().map(|k| Position::of(k.span())).unwrap_or(at);
+            for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                let name = required.as_str().unwrap_or_default();
+                if map.get_node(name).is_none() {
+                    let target = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
+                    out.push((map_at, target, format!("missing required field `{name}`")));
+                }
+            }
+        }
+        Node::Sequence(seq) if types.contains(&"array") => {
+            if let Some(items) = schema.get("items") {
+                for (i, item) in seq.iter().enumerate() {
+                    check(item, items, root, &format!("{field}[{i}]"), out);
+                }
+            }
+        }
+        Node::Scalar(s) => {
+            let text = s.as_str();
+            let fits = types.iter().any(|t| match *t {
+                "string" => true,
+                "boolean" => s.as_bool().is_some(),
+                "integer" => text.parse::<i64>().is_ok(),
+                "number" => text.parse::<f64>().is_ok(),
+                _ => false,
+            });
+            if !fits {
+                out.push((at, field.to_string(), format!("expected {}, found {text:?}", describe(&types))));
+            }
+        }
+        _ => out.push((at, field.to_string(), format!("expected {}, found {}", describe(&types), kind(node)))),
+    }
+}
+
+fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/")) {
+        Some(name) => root.get("$defs").and_then(|d| d.get(name)).map(|s| resolve(s, root)).unwrap_or(schema),
+        None => schema,
+    }
+}
+
+fn is_null(node: &Node) -> bool {
+    node.as_scalar().is_some_and(|s| s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+}
+
+fn kind(node: &Node) -> &'static str {
+    match node {
+        Node::Scalar(_) => "a scalar",
+        Node::Mapping(_) => "a mapping",
+        Node::Sequence(_) => "a list",
+    }
+}
+
+fn describe(types: &[&str]) -> String {
+    let names: Vec<&str> = types
+        .iter()
+        .filter(|t| **t != "null")
+        .map(|t| match *t {
+            "object" => "a mapping",
+            "array" => "a list",
+            "string" => "a string",
+            "boolean" => "true or false",
+            "integer" => "a whole number",
+            "number" => "a number",
+            other => other,
+        })
+        .collect();
+    names.join(" or ")
+}
+
+/// "unknown field `nedds`; did you mean `needs`? (expected one of ...)".
+pub(crate) fn unknown_field(name: &str, known: &[&str]) -> String {
+    // Close enough to be a typo, but not so loose that short names match anything.
+    let best = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+        .filter(|(d, k)| *d <= 1.max(k.len() / 3) && *d < name.len())
+        .min();
+    let mut known = known.to_vec();
+    known.sort_unstable();
+    known.dedup();
+    match best {
+        Some((_, k)) => format!("unknown field `{name}`; did you mean `{k}`?"),
+        None => format!("unknown field `{name}`; expected one of: {}", known.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_come_from_the_known_fields() {
+        assert_eq!(unknown_field("nedds", &["needs", "name"]), "unknown field `nedds`; did you mean `needs`?");
+        assert_eq!(unknown_field("zzzzzz", &["id", "uses"]), "unknown field `zzzzzz`; expected one of: id, uses");
+    }
+}

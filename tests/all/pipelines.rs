@@ -1,0 +1,94 @@
+//! Pipeline files: a corpus of broken files, each reporting exactly the
+//! problems listed in `tests/pipelines/broken/expected.txt`.
+
+use crate::support::*;
+use std::collections::BTreeMap;
+
+#[test]
+fn every_broken_pipeline_reports_its_exact_problems() {
+    let dir = repo().join("tests/pipelines/broken");
+    let expected_text = std::fs::read_to_string(dir.join("expected.txt")).unwrap();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in expected_text.lines().filter(|l| !l.trim().is_empty()) {
+        let file = line.split(':').next().unwrap().to_string();
+        expected.entry(file).or_default().push(line.to_string());
+    }
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    assert!(files.len() >= 30, "the corpus has {} files", files.len());
+    for file in files {
+        let out = std::process::Command::new(gantry_bin())
+            .args(["validate", "--json", &file])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{file} must be refused");
+        let report = stdout_json(&out);
+        assert_eq!(report["ok"], false);
+        let got: Vec<String> = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}:{}: {}: {}",
+                    p["file"].as_str().unwrap(),
+                    p["line"],
+                    p["column"],
+                    p["field"].as_str().unwrap(),
+                    p["message"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let want = expected.get(&file).unwrap_or_else(|| panic!("no expectation for {file}"));
+        assert_eq!(&got, want, "problems of {file}");
+    }
+}
+
+#[test]
+fn a_valid_pipeline_passes_and_problems_print_as_file_line_column() {
+    let out = gantry(&["validate", repo().join("pipelines/health.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 steps)"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, "name: p\nsteps:\n  - id: a\n    uses: ./nowhere\n    needs: [b]\n").unwrap();
+    let out = gantry(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = file.display();
+    assert!(stderr.contains(&format!("{path}:4:11: steps[0].uses: plugin `./nowhere` not found")), "{stderr}");
+    assert!(stderr.contains(&format!("{path}:5:13: steps[0].needs[0]: unknown step in `needs`")), "{stderr}");
+    assert!(stderr.contains("2 problems in"), "{stderr}");
+}
+
+#[test]
+fn schema_describes_every_step_field() {
+    let out = gantry(&["schema"]);
+    assert!(out.status.success());
+    let schema = stdout_json(&out);
+    let step = &schema["$defs"]["StepDef"];
+    for field in [
+        "id",
+        "uses",
+        "with",
+        "needs",
+        "if",
+        "env",
+        "network",
+        "secrets",
+        "files",
+        "timeout",
+        "retry",
+        "continue_on_error",
+        "rollback",
+    ] {
+        assert!(step["properties"][field].is_object(), "schema lacks steps[].{field}");
+    }
+    assert_eq!(step["additionalProperties"], false);
+    assert_eq!(schema["required"], serde_json::json!(["name", "steps"]));
+}
