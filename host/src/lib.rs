@@ -27,4 +27,5 @@ pub mod build;
 pub mod capability;
 pub mod cli;
 pub mod pipeline;
+pub mod plan;
 pub mod sandbox;

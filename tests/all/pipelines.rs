@@ -92,3 +92,77 @@ fn schema_describes_every_step_field() {
     assert_eq!(step["additionalProperties"], false);
     assert_eq!(schema["required"], serde_json::json!(["name", "steps"]));
 }
+
+#[test]
+fn plan_resolves_environment_entity_swaps_grants_and_parallel_waves() {
+    let http_check = repo().join("plugins/http-check");
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("release.yaml");
+    let text = format!(
+        r#"name: release
+env:
+  SITE: http://127.0.0.1:8080
+secrets:
+  CRM_TOKEN: {{ from: "env:CRM_TOKEN", bind: ["https://api.notion.com"] }}
+environments:
+  staging: {{}}
+  production:
+    env: {{ SITE: "https://the7space.example" }}
+    network: {{ audit: ["https://the7space.example"] }}
+entities:
+  the_7_space: {{}}
+  am_consulting:
+    plugins: {{ sync: {misbehave} }}
+    secrets: {{ CRM_TOKEN: "env:AM_CRM_TOKEN" }}
+steps:
+  - id: audit
+    uses: {http_check}
+    with: {{ url: "${{{{ env.SITE }}}}/health", probes: 2 }}
+    network: ["http://127.0.0.1:8080", "https://the7space.example"]
+  - id: sync
+    uses: {http_check}
+    needs: [audit]
+    secrets: [CRM_TOKEN]
+    with: {{ url: "${{{{ env.SITE }}}}/${{{{ entity }}}}", after: "${{{{ steps.audit.outputs.status }}}}" }}
+  - id: check
+    uses: {http_check}
+    needs: [audit]
+  - id: notify
+    uses: {http_check}
+    needs: [sync, check]
+    if: failure()
+"#,
+        misbehave = misbehave.display(),
+        http_check = http_check.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = gantry(&["plan", file.to_str().unwrap(), "--env", "production", "--entity", "am_consulting", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = stdout_json(&out);
+    assert_eq!(plan["groups"], serde_json::json!([["audit"], ["sync", "check"], ["notify"]]));
+    let steps = plan["steps"].as_array().unwrap();
+    let step = |id: &str| steps.iter().find(|s| s["id"] == id).unwrap().clone();
+    assert_eq!(step("audit")["network"], serde_json::json!(["https://the7space.example"]), "production narrows");
+    assert_eq!(step("audit")["input"], serde_json::json!({"url": "https://the7space.example/health", "probes": 2}));
+    assert_eq!(step("sync")["uses"], misbehave.display().to_string(), "the entity swaps the plugin");
+    assert_ne!(step("sync")["sha256"], step("audit")["sha256"]);
+    assert_eq!(
+        step("sync")["secrets"],
+        serde_json::json!([{"name": "CRM_TOKEN", "source": "env:AM_CRM_TOKEN", "bound_to": ["https://api.notion.com"]}])
+    );
+    assert_eq!(step("sync")["input"]["url"], "https://the7space.example/am_consulting", "entity and env are resolved");
+    assert_eq!(step("sync")["input"]["after"], "${{ steps.audit.outputs.status }}", "outputs wait for run time");
+    assert_eq!(step("notify")["condition"], "failure()");
+
+    let other = gantry(&["plan", file.to_str().unwrap(), "--env", "staging", "--entity", "the_7_space", "--json"]);
+    let plan = stdout_json(&other);
+    let sync = plan["steps"].as_array().unwrap().iter().find(|s| s["id"] == "sync").unwrap().clone();
+    assert!(sync["uses"].as_str().unwrap().ends_with("plugins/http-check"), "no swap for this entity");
+    assert_eq!(sync["input"]["url"], "http://127.0.0.1:8080/the_7_space");
+
+    let unknown = gantry(&["plan", file.to_str().unwrap(), "--env", "prod"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr)
+        .contains("environment `prod` is not declared; declared: production, staging"));
+}

@@ -35,6 +35,20 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files, for editors.
     Schema,
+    /// Show what a pipeline would run for an environment and entity, with every step's capabilities.
+    Plan {
+        /// The pipeline file.
+        file: std::path::PathBuf,
+        /// Environment, e.g. production.
+        #[arg(long = "env", default_value = "development")]
+        environment: String,
+        /// Business entity.
+        #[arg(long, default_value = "default")]
+        entity: String,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit code for a step that failed.
@@ -59,6 +73,7 @@ pub fn main() -> ExitCode {
             Command::Step(cmd) => cmd.execute().await,
             Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
             Command::Schema => Ok(pipeline::schema()),
+            Command::Plan { file, environment, entity, json } => pipeline::plan(file, environment, entity, json),
         }
     });
     match result {
