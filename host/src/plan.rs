@@ -150,6 +150,11 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
     for layer in &layers {
         vars.extend(layer.env.iter().map(|(k, v)| (k.clone(), v.value.clone())));
     }
+    if p.process_env {
+        for value in vars.values_mut() {
+            *value = expand_process_env(value, |name| std::env::var(name).ok());
+        }
+    }
 
     let mut steps = Vec::new();
     for (i, def) in p.steps.iter().enumerate() {
@@ -255,6 +260,30 @@ fn waves(steps: &[PlannedStep]) -> Vec<Vec<String>> {
     groups
 }
 
+/// Expands `${VAR}` and `${VAR:-default}` (not `${{`), for files that opt in with `process_env: true`.
+fn expand_process_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        if after.starts_with('{') {
+            out.push_str(&rest[..start + 3]);
+            rest = &rest[start + 3..];
+            continue;
+        }
+        let Some(end) = after.find('}') else { break };
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (&after[..end], None),
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&lookup(name).or_else(|| default.map(str::to_string)).unwrap_or_default());
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Renders `env`, `entity` and `environment` in every string of an input; leaves step outputs for run time.
 fn render(
     value: &serde_json::Value,
@@ -302,6 +331,15 @@ fn render_str(text: &str, vars: &BTreeMap<String, String>, environment: &str, en
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_env_expands_with_defaults_and_leaves_expressions() {
+        let lookup = |name: &str| (name == "REGION").then(|| "eu-west-1".to_string());
+        assert_eq!(
+            expand_process_env("${REGION}/${ZONE:-a}/${MISSING}/${{ env.X }}", lookup),
+            "eu-west-1/a//${{ env.X }}"
+        );
+    }
 
     #[test]
     fn rendering_keeps_step_outputs_for_run_time() {
