@@ -28,4 +28,5 @@ pub mod capability;
 pub mod cli;
 pub mod pipeline;
 pub mod plan;
+pub mod run;
 pub mod sandbox;

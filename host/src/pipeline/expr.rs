@@ -204,32 +204,39 @@ pub fn template(text: &str) -> Result<Vec<(usize, Expr)>, (usize, String)> {
     Ok(found)
 }
 
+/// Calls `f` on every node of an expression, parents first.
+fn visit<'a>(expr: &'a Expr, f: &mut impl FnMut(&'a Expr)) {
+    f(expr);
+    match expr {
+        Expr::Not(e) => visit(e, f),
+        Expr::Binary(_, a, b) => {
+            visit(a, f);
+            visit(b, f);
+        }
+        _ => {}
+    }
+}
+
 /// Every dotted reference in an expression.
 pub fn refs(expr: &Expr) -> Vec<&[String]> {
-    match expr {
-        Expr::Ref(path) => vec![path.as_slice()],
-        Expr::Not(e) => refs(e),
-        Expr::Binary(_, a, b) => {
-            let mut v = refs(a);
-            v.extend(refs(b));
-            v
+    let mut found = Vec::new();
+    visit(expr, &mut |e| {
+        if let Expr::Ref(path) = e {
+            found.push(path.as_slice());
         }
-        _ => Vec::new(),
-    }
+    });
+    found
 }
 
 /// Every function call in an expression.
 pub fn calls(expr: &Expr) -> Vec<&str> {
-    match expr {
-        Expr::Call(name) => vec![name.as_str()],
-        Expr::Not(e) => calls(e),
-        Expr::Binary(_, a, b) => {
-            let mut v = calls(a);
-            v.extend(calls(b));
-            v
+    let mut found = Vec::new();
+    visit(expr, &mut |e| {
+        if let Expr::Call(name) = e {
+            found.push(name.as_str());
         }
-        _ => Vec::new(),
-    }
+    });
+    found
 }
 
 #[cfg(test)]

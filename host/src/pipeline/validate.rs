@@ -72,6 +72,11 @@ fn located(value: &Loc<String>, field: &str) -> Located {
     Located { at: value.at, field: field.to_string(), text: value.value.clone() }
 }
 
+/// "no step has the id `x`; did you mean `y`?".
+fn unknown_step(id: &str, known: &[&str]) -> String {
+    unknown_field(id, known).replace("unknown field", "no step has the id")
+}
+
 fn undeclared_secret(name: &str, known: &[&str]) -> String {
     let hint = if known.is_empty() {
         "declare it under the pipeline's `secrets:`".to_string()
@@ -115,7 +120,7 @@ impl<'a> Checker<'a> {
                 if need.value == step.id.value {
                     self.push(need.at, &field, format!("step `{}` cannot need itself", need.value));
                 } else if !self.ids.contains_key(need.as_str()) {
-                    let hint = unknown_field(need, &known).replace("unknown field", "no step has the id");
+                    let hint = unknown_step(need, &known);
                     self.push(need.at, &field, format!("unknown step in `needs`: {hint}"));
                 }
             }
@@ -336,14 +341,14 @@ impl<'a> Checker<'a> {
             if steps.contains_key(id.as_str()) {
                 self.uses(uses, &format!("{field}.plugins.{id}"));
             } else {
-                let hint = unknown_field(id, &known).replace("unknown field", "no step has the id");
+                let hint = unknown_step(id, &known);
                 self.push(uses.at, &format!("{field}.plugins.{id}"), hint);
             }
         }
         for (id, origins) in &overlay.network {
             let Some(&i) = steps.get(id.as_str()) else {
                 let at = origins.first().map(|o| o.at).unwrap_or_default();
-                let hint = unknown_field(id, &known).replace("unknown field", "no step has the id");
+                let hint = unknown_step(id, &known);
                 self.push(at, &format!("{field}.network.{id}"), hint);
                 continue;
             };

@@ -13,6 +13,23 @@ struct Input {
     ms: u64,
     #[serde(default)]
     message: String,
+    /// Where `record` reports run and rollback calls.
+    #[serde(default)]
+    url: Option<String>,
+    /// `flaky` succeeds from this attempt on.
+    #[serde(default)]
+    succeed_on: u32,
+    /// Makes `rollback` fail.
+    #[serde(default)]
+    rollback_fails: bool,
+}
+
+/// Tells the recording server what happened, so tests can count calls and order.
+fn record(ctx: &Context, input: &Input, what: &str) -> Result<(), Error> {
+    if let Some(url) = &input.url {
+        ctx.http().post(url).body(format!("{what} {}", ctx.step_id())).send()?;
+    }
+    Ok(())
 }
 
 struct Misbehave;
@@ -30,6 +47,21 @@ impl Step for Misbehave {
     fn run(ctx: &Context) -> Result<Outputs, Error> {
         let input: Input = ctx.input()?;
         match input.action.as_str() {
+            "record" => {
+                if input.ms > 0 {
+                    gantry_sdk::sleep_ms(input.ms);
+                }
+                record(ctx, &input, "run")?;
+                Ok(Outputs::new().with("step", ctx.step_id()).with("attempt", ctx.attempt()))
+            }
+            "flaky" if ctx.attempt() < input.succeed_on => {
+                record(ctx, &input, "attempt")?;
+                Err(Error::retryable(format!("flaky: attempt {} of {}", ctx.attempt(), input.succeed_on)))
+            }
+            "flaky" => {
+                record(ctx, &input, "attempt")?;
+                Ok(Outputs::new().with("attempt", ctx.attempt()))
+            }
             "ok" => {
                 let mut out = Outputs::new().with("attempt", ctx.attempt()).with("entity", ctx.entity());
                 for (k, v) in input.outputs {
@@ -62,10 +94,22 @@ impl Step for Misbehave {
                 gantry_sdk::info!("log: {}", input.message);
                 Ok(Outputs::new())
             }
-            "fail" => Err(Error::failed(input.message)),
+            "fail" => {
+                record(ctx, &input, "run")?;
+                Err(Error::failed(input.message))
+            }
             "retryable" => Err(Error::retryable(input.message)),
             other => Err(Error::failed(format!("unknown action {other:?}"))),
         }
+    }
+
+    fn rollback(ctx: &Context) -> Result<Outputs, Error> {
+        let input: Input = ctx.input()?;
+        record(ctx, &input, "rollback")?;
+        if input.rollback_fails {
+            return Err(Error::failed("rollback refused on purpose"));
+        }
+        Ok(Outputs::new())
     }
 }
 

@@ -1,0 +1,595 @@
+//! Runs a [`Plan`]: a tokio executor over the step DAG with bounded
+//! concurrency, `if:` conditions, timeouts and retries; on failure it cancels
+//! what is still running, runs the steps whose condition asks for it
+//! (`failure()`, `always()`), then rolls back completed steps in reverse
+//! completion order. Every event goes to the journal and the event stream.
+
+pub mod journal;
+
+use crate::capability::{Grant, Grants, NetworkPolicy, Secret, Secrets};
+use crate::pipeline::expr::{self, Expr, Op};
+use crate::plan::{Plan, PlannedStep};
+use crate::sandbox::{CallError, Limits, Outputs, Plugin, Runtime, StepCall, StepContext};
+use journal::{Journal, Record};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Something that happened during a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The run began.
+    RunStarted {
+        /// Run id.
+        run_id: String,
+        /// Pipeline name.
+        pipeline: String,
+        /// Environment.
+        environment: String,
+        /// Entity.
+        entity: String,
+        /// Plugin sha256 by step id.
+        plugins: BTreeMap<String, String>,
+    },
+    /// An attempt of a step began.
+    StepStarted {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// A step succeeded.
+    StepFinished {
+        /// Step id.
+        step: String,
+        /// Its outputs.
+        outputs: Outputs,
+    },
+    /// An attempt failed and will be retried.
+    StepRetrying {
+        /// Step id.
+        step: String,
+        /// The failed attempt.
+        attempt: u32,
+        /// Why.
+        error: String,
+        /// Wait before the next attempt.
+        backoff_ms: u64,
+    },
+    /// A step failed for good.
+    StepFailed {
+        /// Step id.
+        step: String,
+        /// Error kind: failed, timeout, memory-limit, trap, cancelled.
+        kind: String,
+        /// Message.
+        error: String,
+        /// Whether the pipeline carries on regardless.
+        continue_on_error: bool,
+    },
+    /// A step did not run.
+    StepSkipped {
+        /// Step id.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// A completed step was undone.
+    RolledBack {
+        /// Step id.
+        step: String,
+    },
+    /// Undoing a step failed.
+    RollbackFailed {
+        /// Step id.
+        step: String,
+        /// Why.
+        error: String,
+    },
+    /// The run ended.
+    RunFinished {
+        /// succeeded, failed or rollback-failed.
+        status: String,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Every step that had to run succeeded.
+    Succeeded,
+    /// A step failed and rollback succeeded.
+    Failed,
+    /// A step failed and rollback failed: a person must look.
+    RollbackFailed,
+}
+
+impl Status {
+    /// The process exit code: 0, 1 or 3.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Succeeded => 0,
+            Status::Failed => 1,
+            Status::RollbackFailed => 3,
+        }
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A plugin did not load.
+    #[error("step `{step}`: {source}")]
+    Load {
+        /// Step id.
+        step: String,
+        /// Cause.
+        source: crate::sandbox::LoadError,
+    },
+    /// A secret source could not be read.
+    #[error("secret `{name}`: {message}")]
+    Secret {
+        /// Secret name.
+        name: String,
+        /// Cause.
+        message: String,
+    },
+    /// A grant or limit in the plan is invalid.
+    #[error("step `{step}`: {message}")]
+    Invalid {
+        /// Step id.
+        step: String,
+        /// Cause.
+        message: String,
+    },
+    /// The journal could not be written.
+    #[error("journal: {0}")]
+    Journal(#[from] std::io::Error),
+}
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run id (names the run directory).
+    pub run_id: String,
+    /// Most steps running at once.
+    pub jobs: usize,
+    /// Steps report changes without making them.
+    pub dry_run: bool,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// How it ended.
+    pub status: Status,
+    /// Outputs of succeeded steps.
+    pub outputs: BTreeMap<String, Outputs>,
+    /// Steps that failed.
+    pub failed: Vec<String>,
+    /// Steps that did not run.
+    pub skipped: Vec<String>,
+    /// Steps undone, in the order they were undone.
+    pub rolled_back: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Pending,
+    Running,
+    Succeeded(Outputs),
+    Failed,
+    Skipped,
+}
+
+struct Ctx {
+    plan: Plan,
+    plugins: BTreeMap<String, Plugin>,
+    grants: BTreeMap<String, Grants>,
+    journal: Arc<dyn Journal>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    dry_run: bool,
+}
+
+impl Ctx {
+    fn emit(&self, event: Event) -> Result<(), RunError> {
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or_default();
+        self.journal.append(&Record { ts_ms, event: event.clone() })?;
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+        Ok(())
+    }
+
+    fn step(&self, id: &str) -> &PlannedStep {
+        self.plan.steps.iter().find(|s| s.id == id).expect("plan steps are indexed by id")
+    }
+}
+
+fn read_secret(source: &str) -> Result<String, String> {
+    if let Some(var) = source.strip_prefix("env:") {
+        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+    } else if let Some(path) = source.strip_prefix("file:") {
+        std::fs::read_to_string(path).map(|s| s.trim_end().to_string()).map_err(|e| format!("cannot read {path}: {e}"))
+    } else {
+        Err(format!("unknown source {source}"))
+    }
+}
+
+fn grants_for(step: &PlannedStep) -> Result<Grants, RunError> {
+    let invalid = |message: String| RunError::Invalid { step: step.id.clone(), message };
+    let network = NetworkPolicy::parse(&step.network).map_err(|e| invalid(e.to_string()))?;
+    let mut secrets = Secrets::default();
+    for s in &step.secrets {
+        let value = read_secret(&s.source).map_err(|message| RunError::Secret { name: s.name.clone(), message })?;
+        let bound = s
+            .bound_to
+            .iter()
+            .map(|o| Grant::parse(o))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        secrets.insert(s.name.clone(), Secret::new(value, bound));
+    }
+    Ok(Grants { network, secrets })
+}
+
+/// Evaluates an `if:` condition; `failed` says whether the pipeline has failed so far.
+fn condition(text: &str, failed: bool, environment: &str, entity: &str, outputs: &BTreeMap<String, Outputs>) -> bool {
+    let inner = text.trim();
+    let inner = inner.strip_prefix("${{").and_then(|t| t.strip_suffix("}}")).unwrap_or(inner);
+    let Ok(e) = expr::parse(inner) else { return false };
+    fn value(e: &Expr, failed: bool, env: &str, entity: &str, outputs: &BTreeMap<String, Outputs>) -> String {
+        match e {
+            Expr::Str(s) => s.clone(),
+            Expr::Bool(b) => b.to_string(),
+            Expr::Ref(path) => match path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["environment"] => env.to_string(),
+                ["entity"] => entity.to_string(),
+                ["steps", id, "outputs", name] => {
+                    outputs.get(*id).and_then(|o| o.get(*name)).cloned().unwrap_or_default()
+                }
+                _ => String::new(),
+            },
+            Expr::Call(f) => match f.as_str() {
+                "success" => !failed,
+                "failure" => failed,
+                "always" => true,
+                _ => false,
+            }
+            .to_string(),
+            Expr::Not(inner) => (value(inner, failed, env, entity, outputs) != "true").to_string(),
+            Expr::Binary(op, a, b) => {
+                let (a, b) = (value(a, failed, env, entity, outputs), value(b, failed, env, entity, outputs));
+                match op {
+                    Op::Eq => a == b,
+                    Op::Ne => a != b,
+                    Op::And => a == "true" && b == "true",
+                    Op::Or => a == "true" || b == "true",
+                }
+                .to_string()
+            }
+        }
+    }
+    value(&e, failed, environment, entity, outputs) == "true"
+}
+
+/// Replaces `${{ steps.<id>.outputs.<name> }}` in every string of an input.
+fn render_outputs(value: &serde_json::Value, outputs: &BTreeMap<String, Outputs>) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            let mut text = s.clone();
+            for (id, outs) in outputs {
+                for (name, v) in outs {
+                    for form in
+                        [format!("${{{{ steps.{id}.outputs.{name} }}}}"), format!("${{{{steps.{id}.outputs.{name}}}}}")]
+                    {
+                        text = text.replace(&form, v);
+                    }
+                }
+            }
+            Value::String(text)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|v| render_outputs(v, outputs)).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), render_outputs(v, outputs))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn upstream_of(plan: &Plan, id: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![id.to_string()];
+    while let Some(k) = todo.pop() {
+        if let Some(step) = plan.steps.iter().find(|s| s.id == k) {
+            for n in &step.needs {
+                if seen.insert(n.clone()) {
+                    todo.push(n.clone());
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// Runs one step with its retries.
+async fn attempt_step(
+    ctx: Arc<Ctx>,
+    id: String,
+    input: serde_json::Value,
+    upstream: BTreeMap<String, Outputs>,
+) -> Result<Outputs, CallError> {
+    let step = ctx.step(&id).clone();
+    let plugin = ctx.plugins[&id].clone();
+    let timeout =
+        step.timeout.as_deref().and_then(|t| humantime::parse_duration(t).ok()).unwrap_or(Duration::from_secs(30));
+    let mut backoff =
+        step.backoff.as_deref().and_then(|b| humantime::parse_duration(b).ok()).unwrap_or(Duration::from_millis(500));
+    let mut attempt = 1;
+    loop {
+        let _ = ctx.emit(Event::StepStarted { step: id.clone(), attempt });
+        let call = StepCall {
+            context: StepContext {
+                step_id: id.clone(),
+                pipeline: ctx.plan.pipeline.clone(),
+                environment: ctx.plan.environment.clone(),
+                entity: ctx.plan.entity.clone(),
+                attempt,
+                dry_run: ctx.dry_run,
+                input: input.clone(),
+                upstream: upstream.clone(),
+            },
+            grants: ctx.grants[&id].clone(),
+            limits: Limits { timeout, ..Limits::default() },
+            ..Default::default()
+        };
+        match plugin.run(&call).await {
+            Ok(outputs) => return Ok(outputs),
+            Err(e) if e.is_retryable() && attempt < step.attempts => {
+                let _ = ctx.emit(Event::StepRetrying {
+                    step: id.clone(),
+                    attempt,
+                    error: e.to_string(),
+                    backoff_ms: backoff.as_millis() as u64,
+                });
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Loads every plugin of the plan and resolves every grant, before any step runs.
+pub fn prepare(
+    runtime: &Runtime,
+    plan: &Plan,
+) -> Result<(BTreeMap<String, Plugin>, BTreeMap<String, Grants>), RunError> {
+    let mut plugins = BTreeMap::new();
+    let mut grants = BTreeMap::new();
+    for step in &plan.steps {
+        let plugin = runtime.load(&step.plugin).map_err(|source| RunError::Load { step: step.id.clone(), source })?;
+        if plugin.sha256() != step.sha256 {
+            return Err(RunError::Invalid {
+                step: step.id.clone(),
+                message: format!(
+                    "plugin changed since planning: {} is now sha256 {}",
+                    step.plugin.display(),
+                    plugin.sha256()
+                ),
+            });
+        }
+        plugins.insert(step.id.clone(), plugin);
+        grants.insert(step.id.clone(), grants_for(step)?);
+    }
+    Ok((plugins, grants))
+}
+
+/// Runs the plan, writing every event to `journal` and, when given, to `events`.
+pub async fn run(
+    runtime: &Runtime,
+    plan: &Plan,
+    options: &RunOptions,
+    journal: Arc<dyn Journal>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> Result<RunResult, RunError> {
+    let (plugins, grants) = prepare(runtime, plan)?;
+    let ctx = Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: options.dry_run });
+    ctx.emit(Event::RunStarted {
+        run_id: options.run_id.clone(),
+        pipeline: plan.pipeline.clone(),
+        environment: plan.environment.clone(),
+        entity: plan.entity.clone(),
+        plugins: plan.steps.iter().map(|s| (s.id.clone(), s.sha256.clone())).collect(),
+    })?;
+
+    let mut state: BTreeMap<String, State> = plan.steps.iter().map(|s| (s.id.clone(), State::Pending)).collect();
+    let mut completed_order: Vec<String> = Vec::new();
+    let mut failed = false;
+    let mut tasks: tokio::task::JoinSet<(String, Result<Outputs, CallError>)> = tokio::task::JoinSet::new();
+    let mut running: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
+    let jobs = options.jobs.max(1);
+
+    loop {
+        // Start every step whose needs are settled, within the concurrency bound.
+        let outputs: BTreeMap<String, Outputs> = state
+            .iter()
+            .filter_map(|(k, s)| if let State::Succeeded(o) = s { Some((k.clone(), o.clone())) } else { None })
+            .collect();
+        for step in &plan.steps {
+            if state[&step.id] != State::Pending || running.len() >= jobs {
+                continue;
+            }
+            let settled = step.needs.iter().all(|n| !matches!(state[n], State::Pending | State::Running));
+            if !settled {
+                continue;
+            }
+            let needs_ok = step.needs.iter().all(|n| {
+                matches!(state[n], State::Succeeded(_)) || (ctx.step(n).continue_on_error && state[n] == State::Failed)
+            });
+            let wants = condition(&step.condition, failed, &plan.environment, &plan.entity, &outputs);
+            let default_condition = step.condition.trim() == "success()";
+            if !wants || (default_condition && !needs_ok) {
+                let reason = if !wants {
+                    format!("condition `{}` is false", step.condition)
+                } else {
+                    "a needed step did not succeed".into()
+                };
+                ctx.emit(Event::StepSkipped { step: step.id.clone(), reason })?;
+                state.insert(step.id.clone(), State::Skipped);
+                continue;
+            }
+            let upstream: BTreeMap<String, Outputs> = upstream_of(plan, &step.id)
+                .into_iter()
+                .filter_map(|id| outputs.get(&id).map(|o| (id, o.clone())))
+                .collect();
+            let input = render_outputs(&step.input, &outputs);
+            let handle = tasks.spawn({
+                let (ctx, id) = (ctx.clone(), step.id.clone());
+                async move {
+                    let result = attempt_step(ctx, id.clone(), input, upstream).await;
+                    (id, result)
+                }
+            });
+            running.insert(handle.id(), step.id.clone());
+            state.insert(step.id.clone(), State::Running);
+        }
+        // A skipped step can settle others: loop again before waiting.
+        let progressed_by_skip = plan.steps.iter().any(|s| {
+            state[&s.id] == State::Pending
+                && s.needs.iter().all(|n| !matches!(state[n], State::Pending | State::Running))
+        });
+        if running.is_empty() && !progressed_by_skip {
+            break;
+        }
+        if running.is_empty() {
+            continue;
+        }
+        let Some(joined) = tasks.join_next_with_id().await else { break };
+        let (task_id, (id, result)) = match joined {
+            Ok((task_id, value)) => (task_id, value),
+            Err(e) => {
+                let id = running.get(&e.id()).cloned().unwrap_or_default();
+                (e.id(), (id.clone(), Err(CallError::Trap { step: id, message: format!("step task ended: {e}") })))
+            }
+        };
+        running.remove(&task_id);
+        match result {
+            Ok(outputs) => {
+                ctx.emit(Event::StepFinished { step: id.clone(), outputs: outputs.clone() })?;
+                completed_order.push(id.clone());
+                state.insert(id, State::Succeeded(outputs));
+            }
+            Err(e) => {
+                let continue_on_error = ctx.step(&id).continue_on_error;
+                ctx.emit(Event::StepFailed {
+                    step: id.clone(),
+                    kind: e.kind().into(),
+                    error: e.to_string(),
+                    continue_on_error,
+                })?;
+                state.insert(id.clone(), State::Failed);
+                if !continue_on_error && !failed {
+                    failed = true;
+                    // Cancel what is still running: it ran for a pipeline that has failed.
+                    for (task, other) in std::mem::take(&mut running) {
+                        let _ = task;
+                        ctx.emit(Event::StepFailed {
+                            step: other.clone(),
+                            kind: "cancelled".into(),
+                            error: format!("cancelled because `{id}` failed"),
+                            continue_on_error: false,
+                        })?;
+                        state.insert(other, State::Failed);
+                    }
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
+            }
+        }
+    }
+
+    let mut rolled_back = Vec::new();
+    let mut rollback_failed = false;
+    if failed {
+        for id in completed_order.iter().rev() {
+            let step = ctx.step(id);
+            if !step.rollback {
+                continue;
+            }
+            let State::Succeeded(_) = &state[id] else { continue };
+            let call = StepCall {
+                context: StepContext {
+                    step_id: id.clone(),
+                    pipeline: plan.pipeline.clone(),
+                    environment: plan.environment.clone(),
+                    entity: plan.entity.clone(),
+                    attempt: 1,
+                    dry_run: options.dry_run,
+                    input: render_outputs(&step.input, &BTreeMap::new()),
+                    upstream: BTreeMap::new(),
+                },
+                grants: ctx.grants[id].clone(),
+                ..Default::default()
+            };
+            match ctx.plugins[id].rollback(&call).await {
+                Ok(_) => {
+                    ctx.emit(Event::RolledBack { step: id.clone() })?;
+                    rolled_back.push(id.clone());
+                }
+                Err(e) => {
+                    ctx.emit(Event::RollbackFailed { step: id.clone(), error: e.to_string() })?;
+                    rollback_failed = true;
+                }
+            }
+        }
+    }
+    let status = match (failed, rollback_failed) {
+        (false, _) => Status::Succeeded,
+        (true, false) => Status::Failed,
+        (true, true) => Status::RollbackFailed,
+    };
+    ctx.emit(Event::RunFinished {
+        status: serde_json::to_value(status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+    })?;
+    Ok(RunResult {
+        status,
+        outputs: state
+            .iter()
+            .filter_map(|(k, s)| if let State::Succeeded(o) = s { Some((k.clone(), o.clone())) } else { None })
+            .collect(),
+        failed: state.iter().filter(|(_, s)| **s == State::Failed).map(|(k, _)| k.clone()).collect(),
+        skipped: state.iter().filter(|(_, s)| **s == State::Skipped).map(|(k, _)| k.clone()).collect(),
+        rolled_back,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_follow_the_pipeline_status() {
+        let none = BTreeMap::new();
+        assert!(condition("success()", false, "production", "e", &none));
+        assert!(!condition("success()", true, "production", "e", &none));
+        assert!(condition("${{ failure() }}", true, "production", "e", &none));
+        assert!(condition("always()", true, "production", "e", &none));
+        assert!(condition("environment == 'production' && !failure()", false, "production", "e", &none));
+        assert!(!condition("environment != 'production'", false, "production", "e", &none));
+    }
+
+    #[test]
+    fn outputs_render_into_inputs() {
+        let outputs = BTreeMap::from([("a".to_string(), Outputs::from([("id".to_string(), "42".to_string())]))]);
+        let input = serde_json::json!({"url": "http://h/${{ steps.a.outputs.id }}", "n": 1});
+        assert_eq!(render_outputs(&input, &outputs), serde_json::json!({"url": "http://h/42", "n": 1}));
+    }
+}
