@@ -2,5 +2,6 @@
 //! plugins built from source with the SDK, peers on 127.0.0.1.
 
 mod pipelines;
+mod runs;
 mod sandbox;
 mod support;

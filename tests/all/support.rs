@@ -32,15 +32,21 @@ pub fn shared_cache() -> PathBuf {
     DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf()
 }
 
+/// A `gantry` command using `cache` and the shared plugin target dir.
+fn command(cache: &Path) -> Command {
+    let mut cmd = Command::new(gantry_bin());
+    cmd.env("GANTRY_CACHE_DIR", cache).env("CARGO_TARGET_DIR", plugin_target_dir()).env("GANTRY_LOG", "info");
+    cmd
+}
+
 /// `gantry <args>` with a given cache dir; returns the finished process.
 pub fn gantry_with_cache(cache: &Path, args: &[&str]) -> Output {
-    Command::new(gantry_bin())
-        .args(args)
-        .env("GANTRY_CACHE_DIR", cache)
-        .env("CARGO_TARGET_DIR", plugin_target_dir())
-        .env("GANTRY_LOG", "info")
-        .output()
-        .expect("gantry runs")
+    command(cache).args(args).output().expect("gantry runs")
+}
+
+/// `gantry <args>` run in `dir` (where `.gantry/runs` is written).
+pub fn gantry_in(dir: &Path, args: &[&str]) -> Output {
+    command(&shared_cache()).args(args).current_dir(dir).output().expect("gantry runs")
 }
 
 /// `gantry <args>` with the shared cache.
@@ -91,6 +97,7 @@ pub struct Reply {
 pub struct CountingServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -102,7 +109,8 @@ impl CountingServer {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, s) = (hits.clone(), stop.clone());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (h, s, r) = (hits.clone(), stop.clone(), requests.clone());
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -110,10 +118,12 @@ impl CountingServer {
                 }
                 let Ok(stream) = stream else { continue };
                 h.fetch_add(1, Ordering::SeqCst);
-                let _ = answer(stream, &reply);
+                if let Ok(line) = answer(stream, &reply) {
+                    r.lock().unwrap().push(line);
+                }
             }
         });
-        Self { addr, hits, stop, thread: Some(thread) }
+        Self { addr, hits, requests, stop, thread: Some(thread) }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -125,12 +135,21 @@ impl CountingServer {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// Each request so far as `METHOD body`, in arrival order.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
 }
 
-fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<()> {
+/// Answers one request; returns it as `METHOD body`.
+fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut content_length = 0usize;
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let method = request_line.split(' ').next().unwrap_or_default().to_string();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
@@ -150,7 +169,8 @@ fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<()> {
         reply.body.len(),
         reply.body
     )?;
-    stream.flush()
+    stream.flush()?;
+    Ok(format!("{method} {}", String::from_utf8_lossy(&body)).trim_end().to_string())
 }
 
 impl Drop for CountingServer {

@@ -1,6 +1,7 @@
 //! The `gantry` command line. Each subcommand is a few lines over a library call.
 //!
-//! Exit codes: 0 success, 1 a step failed, 2 bad usage or an unusable plugin.
+//! Exit codes: 0 success, 1 a step failed (and was rolled back), 2 bad usage,
+//! an invalid pipeline or an unusable plugin, 3 a rollback failed.
 
 mod pipeline;
 mod plugin;
@@ -49,6 +50,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 2 invalid.
+    Run {
+        /// The pipeline file.
+        file: std::path::PathBuf,
+        /// Environment, e.g. production.
+        #[arg(long = "env", default_value = "development")]
+        environment: String,
+        /// Business entity.
+        #[arg(long, default_value = "default")]
+        entity: String,
+        /// Steps report what they would change without changing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Most steps running at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Print newline-delimited JSON events.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit code for a step that failed.
@@ -74,6 +95,9 @@ pub fn main() -> ExitCode {
             Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
             Command::Schema => Ok(pipeline::schema()),
             Command::Plan { file, environment, entity, json } => pipeline::plan(file, environment, entity, json),
+            Command::Run { file, environment, entity, dry_run, jobs, json } => {
+                pipeline::run(pipeline::RunArgs { file, environment, entity, dry_run, jobs, json }).await
+            }
         }
     });
     match result {

@@ -79,3 +79,84 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
     }
     Ok(0)
 }
+
+/// Options of `gantry run`.
+pub(crate) struct RunArgs {
+    pub file: PathBuf,
+    pub environment: String,
+    pub entity: String,
+    pub dry_run: bool,
+    pub jobs: usize,
+    pub json: bool,
+}
+
+/// Validates, plans and runs a pipeline; exit 0, 1 (failed, rolled back), 3 (rollback failed) or 2.
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    use crate::run::{journal::FileJournal, Event, RunOptions};
+    let loaded = match pipeline::load(&args.file) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return Ok(super::EXIT_USAGE);
+        }
+    };
+    let plan = crate::plan::plan(&loaded, &args.environment, &args.entity, &crate::build::BuildOptions::default())?;
+    let run_id = format!(
+        "{}-{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default(),
+        std::process::id()
+    );
+    let dir = PathBuf::from(".gantry").join("runs").join(&run_id);
+    let journal = std::sync::Arc::new(FileJournal::create(&dir)?);
+    let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let json = args.json;
+    let printer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if json {
+                println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            } else {
+                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+                println!("{now} {}", describe(&event));
+            }
+        }
+    });
+    let options = RunOptions { run_id: run_id.clone(), jobs: args.jobs, dry_run: args.dry_run };
+    let result = crate::run::run(&runtime, &plan, &options, journal, Some(tx)).await;
+    let _ = printer.await;
+    match result {
+        Ok(result) => {
+            if !json {
+                println!("run {run_id}: {:?}; journal {}", result.status, dir.join("journal.jsonl").display());
+            }
+            Ok(result.status.exit_code())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(super::EXIT_USAGE)
+        }
+    }
+}
+
+fn describe(event: &crate::run::Event) -> String {
+    use crate::run::Event::*;
+    match event {
+        RunStarted { run_id, pipeline, environment, entity, .. } => {
+            format!("run {run_id} started: {pipeline} environment={environment} entity={entity}")
+        }
+        StepStarted { step, attempt } => format!("{step}: started (attempt {attempt})"),
+        StepFinished { step, outputs } => {
+            format!("{step}: succeeded {}", serde_json::to_string(outputs).unwrap_or_default())
+        }
+        StepRetrying { step, attempt, error, backoff_ms } => {
+            format!("{step}: attempt {attempt} failed ({error}); retrying in {backoff_ms} ms")
+        }
+        StepFailed { step, kind, error, continue_on_error } => {
+            format!("{step}: {kind}: {error}{}", if *continue_on_error { " (continue_on_error)" } else { "" })
+        }
+        StepSkipped { step, reason } => format!("{step}: skipped ({reason})"),
+        RolledBack { step } => format!("{step}: rolled back"),
+        RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
+        RunFinished { status } => format!("run finished: {status}"),
+    }
+}

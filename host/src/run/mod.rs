@@ -484,7 +484,10 @@ pub async fn run(
         match result {
             Ok(outputs) => {
                 ctx.emit(Event::StepFinished { step: id.clone(), outputs: outputs.clone() })?;
-                completed_order.push(id.clone());
+                // Steps that ran because the pipeline failed (notifiers) are not part of what is undone.
+                if !failed {
+                    completed_order.push(id.clone());
+                }
                 state.insert(id, State::Succeeded(outputs));
             }
             Err(e) => {

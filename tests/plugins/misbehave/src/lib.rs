@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 /// What to do, chosen by `with: { action: ... }`.
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 struct Input {
+    #[serde(default = "default_action")]
     action: String,
     #[serde(default)]
     outputs: BTreeMap<String, String>,
@@ -30,6 +31,10 @@ fn record(ctx: &Context, input: &Input, what: &str) -> Result<(), Error> {
         ctx.http().post(url).body(format!("{what} {}", ctx.step_id())).send()?;
     }
     Ok(())
+}
+
+fn default_action() -> String {
+    "record".into()
 }
 
 struct Misbehave;

@@ -1,0 +1,185 @@
+//! `gantry run`: real plugins, a recording server on 127.0.0.1, the journal.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+
+fn recorder() -> CountingServer {
+    CountingServer::start(Reply { status: 200, body: "ok".into() })
+}
+
+/// Writes a pipeline whose steps use the misbehave plugin against `server`.
+fn pipeline(dir: &Path, server: &CountingServer, steps: &str) -> PathBuf {
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let text = format!(
+        "name: run-test\nenv:\n  REC: {origin}/record\nsteps:\n{steps}",
+        origin = server.origin(),
+        steps = steps.replace("PLUGIN", &misbehave.display().to_string()).replace("ORIGIN", &server.origin())
+    );
+    let file = dir.join("pipeline.yaml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// A step recording to the server: `(id, needs, extra lines)`.
+fn step(id: &str, needs: &str, extra: &str) -> String {
+    format!(
+        "  - id: {id}\n    uses: PLUGIN\n    needs: [{needs}]\n    network: [\"ORIGIN\"]\n    with: {{ url: \"${{{{ env.REC }}}}\"{extra} }}\n"
+    )
+}
+
+fn journal(dir: &Path) -> Vec<serde_json::Value> {
+    let runs = dir.join(".gantry/runs");
+    let run = std::fs::read_dir(&runs).unwrap().next().expect("a run directory").unwrap().path();
+    std::fs::read_to_string(run.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn at(journal: &[serde_json::Value], event: &str, step: &str) -> f64 {
+    journal.iter().find(|e| e["event"] == event && e["step"] == step).unwrap_or_else(|| panic!("no {event} for {step}"))
+        ["ts_ms"]
+        .as_f64()
+        .unwrap()
+}
+
+fn run(dir: &Path, file: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    gantry_in(dir, &args)
+}
+
+#[test]
+fn a_diamond_runs_its_middle_steps_in_parallel() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps =
+        [step("a", "", ""), step("b", "a", ", ms: 400"), step("c", "a", ", ms: 400"), step("d", "b, c", "")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = journal(dir.path());
+    // Overlap, read from the journal: each middle step started before the other finished.
+    assert!(at(&j, "step_started", "b") < at(&j, "step_finished", "c"));
+    assert!(at(&j, "step_started", "c") < at(&j, "step_finished", "b"));
+    assert!(at(&j, "step_finished", "a") <= at(&j, "step_started", "b"));
+    assert!(at(&j, "step_finished", "b").max(at(&j, "step_finished", "c")) <= at(&j, "step_started", "d"));
+    let mut calls = server.requests();
+    calls.sort();
+    assert_eq!(calls, ["POST run a", "POST run b", "POST run c", "POST run d"]);
+    assert_eq!(j.last().unwrap()["status"], "succeeded");
+}
+
+#[test]
+fn a_failing_step_rolls_back_completed_steps_in_reverse_order() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps =
+        [step("a", "", ""), step("b", "a", ""), step("c", "b", ", action: fail, message: \"deploy refused\"")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(server.requests(), ["POST run a", "POST run b", "POST run c", "POST rollback b", "POST rollback a"]);
+    let j = journal(dir.path());
+    let failed = j.iter().find(|e| e["event"] == "step_failed").unwrap();
+    assert_eq!(failed["step"], "c");
+    assert!(failed["error"].as_str().unwrap().contains("deploy refused"));
+    let rolled: Vec<&str> =
+        j.iter().filter(|e| e["event"] == "rolled_back").map(|e| e["step"].as_str().unwrap()).collect();
+    assert_eq!(rolled, ["b", "a"]);
+    assert_eq!(j.last().unwrap()["status"], "failed");
+}
+
+#[test]
+fn a_failed_rollback_exits_3() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("a", "", ", rollback_fails: true"), step("b", "a", ", action: fail")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let j = journal(dir.path());
+    assert!(j.iter().any(|e| e["event"] == "rollback_failed" && e["step"] == "a"));
+    assert_eq!(j.last().unwrap()["status"], "rollback-failed");
+}
+
+#[test]
+fn a_retryable_error_succeeds_on_the_second_attempt() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = step("flaky", "", ", action: flaky, succeed_on: 2") + "    retry: { attempts: 3, backoff: 10ms }\n";
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(server.requests(), ["POST attempt flaky", "POST attempt flaky"]);
+    let j = journal(dir.path());
+    assert_eq!(j.iter().filter(|e| e["event"] == "step_retrying").count(), 1);
+    let finished = j.iter().find(|e| e["event"] == "step_finished").unwrap();
+    assert_eq!(finished["outputs"]["attempt"], "2");
+    // --json prints the same events, one per line.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.lines().count(), j.len());
+}
+
+#[test]
+fn a_step_that_times_out_is_retried_then_fails() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = step("slow", "", ", action: loop") + "    timeout: 300ms\n    retry: { attempts: 2, backoff: 10ms }\n";
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = journal(dir.path());
+    assert_eq!(j.iter().filter(|e| e["event"] == "step_started").count(), 2);
+    let failed = j.iter().find(|e| e["event"] == "step_failed").unwrap();
+    assert_eq!(failed["kind"], "timeout");
+}
+
+#[test]
+fn a_failure_notifier_runs_only_on_failure() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [
+        step("deploy", "", ", action: fail"),
+        step("verify", "deploy", ""),
+        step("notify", "deploy", "") + "    if: failure()\n",
+        step("celebrate", "deploy", "") + "    if: success()\n",
+    ]
+    .concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(server.requests(), ["POST run deploy", "POST run notify"]);
+    let j = journal(dir.path());
+    for skipped in ["verify", "celebrate"] {
+        assert!(j.iter().any(|e| e["event"] == "step_skipped" && e["step"] == skipped), "{skipped} is skipped");
+    }
+}
+
+#[test]
+fn an_entity_swap_runs_the_other_plugin() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let http_check = repo().join("plugins/http-check");
+    let text = format!(
+        "entities:\n  the_7_space: {{}}\n  am_consulting:\n    plugins: {{ sync: {} }}\n",
+        http_check.display()
+    );
+    let file = pipeline(dir.path(), &server, &step("sync", "", ""));
+    let body = std::fs::read_to_string(&file).unwrap().replace("steps:\n", &format!("{text}steps:\n"));
+    std::fs::write(&file, body).unwrap();
+
+    let out = run(dir.path(), &file, &["--entity", "the_7_space"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(dir.path(), &file, &["--entity", "am_consulting"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // misbehave POSTs its step id; http-check GETs the URL.
+    assert_eq!(server.requests(), ["POST run sync", "GET"]);
+}
