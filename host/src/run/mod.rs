@@ -389,7 +389,7 @@ pub fn prepare(
         plugins.insert(step.id.clone(), plugin);
         grants.insert(step.id.clone(), grants_for(step)?);
     }
-    Ok((plugins, grants))
+    Ok(Prepared { plugins, grants })
 }
 
 /// Runs the plan, writing every event to `journal` and, when given, to `events`.
@@ -400,7 +400,7 @@ pub async fn run(
     journal: Arc<dyn Journal>,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
-    let (plugins, grants) = prepare(runtime, plan)?;
+    let Prepared { plugins, grants } = prepare(runtime, plan)?;
     let ctx = Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: options.dry_run });
     ctx.emit(Event::RunStarted {
         run_id: options.run_id.clone(),
