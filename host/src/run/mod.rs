@@ -367,11 +367,16 @@ async fn attempt_step(
     }
 }
 
+/// Loaded plugins and resolved grants by step id.
+pub struct Prepared {
+    /// Plugins, checked against the plan's hashes.
+    pub plugins: BTreeMap<String, Plugin>,
+    /// Grants, with secret values read from their sources.
+    pub grants: BTreeMap<String, Grants>,
+}
+
 /// Loads every plugin of the plan and resolves every grant, before any step runs.
-pub fn prepare(
-    runtime: &Runtime,
-    plan: &Plan,
-) -> Result<(BTreeMap<String, Plugin>, BTreeMap<String, Grants>), RunError> {
+pub fn prepare(runtime: &Runtime, plan: &Plan) -> Result<Prepared, RunError> {
     let mut plugins = BTreeMap::new();
     let mut grants = BTreeMap::new();
     for step in &plan.steps {
