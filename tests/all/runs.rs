@@ -183,3 +183,31 @@ fn an_entity_swap_runs_the_other_plugin() {
     // misbehave POSTs its step id; http-check GETs the URL.
     assert_eq!(server.requests(), ["POST run sync", "GET"]);
 }
+
+#[test]
+fn a_second_run_of_the_same_pipeline_environment_and_entity_is_refused() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(dir.path(), &server, &step("a", "", ""));
+    let locks = dir.path().join(".gantry/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    // A live holder: this test process.
+    let lock = locks.join("run-test.production.the_7_space.lock");
+    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    let out = run(dir.path(), &file, &["--env", "production", "--entity", "the_7_space"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("run-test/production/the_7_space is already running (pid {})", std::process::id())),
+        "{stderr}"
+    );
+    assert_eq!(server.hits(), 0, "nothing ran");
+    // Another entity is not blocked, and the holder's lock is left alone.
+    let out = run(dir.path(), &file, &["--env", "production", "--entity", "am_consulting"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lock.exists());
+    std::fs::remove_file(&lock).unwrap();
+    let out = run(dir.path(), &file, &["--env", "production", "--entity", "the_7_space"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!lock.exists(), "released when the run ends");
+}

@@ -106,6 +106,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default(),
         std::process::id()
     );
+    let _lock = crate::run::journal::Lock::acquire(
+        &PathBuf::from(".gantry").join("locks"),
+        &plan.pipeline,
+        &plan.environment,
+        &plan.entity,
+    )?;
     let dir = PathBuf::from(".gantry").join("runs").join(&run_id);
     let journal = std::sync::Arc::new(FileJournal::create(&dir)?);
     let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
