@@ -211,3 +211,25 @@ fn a_second_run_of_the_same_pipeline_environment_and_entity_is_refused() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!lock.exists(), "released when the run ends");
 }
+
+#[test]
+fn runs_lists_runs_and_shows_a_journal() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("a", "", ""), step("b", "a", ", action: fail, message: \"boom\"")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    assert_eq!(run(dir.path(), &file, &["--env", "staging"]).status.code(), Some(1));
+    let list = gantry_in(dir.path(), &["runs"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let line = text.lines().next().expect("one run listed");
+    assert!(line.contains("failed") && line.contains("run-test environment=staging entity=default"), "{line}");
+    let id = line.split_whitespace().next().unwrap();
+    let show = gantry_in(dir.path(), &["runs", "show", id]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.contains("a: succeeded"), "{shown}");
+    assert!(shown.contains("b: failed: step `b` failed: boom"), "{shown}");
+    assert!(shown.contains("a: rolled back"), "{shown}");
+    assert!(shown.trim_end().ends_with("run finished: failed"), "{shown}");
+    let missing = gantry_in(dir.path(), &["runs", "show", "nope"]);
+    assert_eq!(missing.status.code(), Some(2));
+}

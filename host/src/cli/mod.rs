@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List runs recorded under .gantry/runs, or print one run's journal.
+    Runs {
+        /// `show`.
+        #[arg(value_parser = ["show"])]
+        action: Option<String>,
+        /// Run id, with `show`.
+        id: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 2 invalid.
     Run {
         /// The pipeline file.
@@ -95,6 +106,11 @@ pub fn main() -> ExitCode {
             Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
             Command::Schema => Ok(pipeline::schema()),
             Command::Plan { file, environment, entity, json } => pipeline::plan(file, environment, entity, json),
+            Command::Runs { action, id, json } => match (action, id) {
+                (Some(_), Some(id)) => pipeline::runs(Some(id), json),
+                (Some(_), None) => Err(anyhow::anyhow!("`gantry runs show` needs a run id")),
+                (None, _) => pipeline::runs(None, json),
+            },
             Command::Run { file, environment, entity, dry_run, jobs, json } => {
                 pipeline::run(pipeline::RunArgs { file, environment, entity, dry_run, jobs, json }).await
             }

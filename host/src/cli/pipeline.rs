@@ -166,3 +166,47 @@ fn describe(event: &crate::run::Event) -> String {
         RunFinished { status } => format!("run finished: {status}"),
     }
 }
+
+/// `gantry runs [show ID]`: lists runs under `.gantry/runs`, or prints one journal.
+pub(crate) fn runs(show: Option<String>, json: bool) -> anyhow::Result<u8> {
+    use crate::run::{journal, Event};
+    let root = PathBuf::from(".gantry").join("runs");
+    if let Some(id) = show {
+        let path = root.join(&id).join("journal.jsonl");
+        let records =
+            journal::read(&path).map_err(|e| anyhow::anyhow!("run {id}: cannot read {}: {e}", path.display()))?;
+        for record in records {
+            if json {
+                println!("{}", serde_json::to_string(&record)?);
+            } else {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(record.ts_ms / 1e3);
+                println!("{} {}", humantime::format_rfc3339_millis(at), describe(&record.event));
+            }
+        }
+        return Ok(0);
+    }
+    let mut ids: Vec<String> = match std::fs::read_dir(&root) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    ids.sort();
+    for id in ids {
+        let records = journal::read(&root.join(&id).join("journal.jsonl")).unwrap_or_default();
+        let (mut what, mut status) = (String::from("?"), String::from("incomplete"));
+        for record in &records {
+            match &record.event {
+                Event::RunStarted { pipeline, environment, entity, .. } => {
+                    what = format!("{pipeline} environment={environment} entity={entity}")
+                }
+                Event::RunFinished { status: s } => status = s.clone(),
+                _ => {}
+            }
+        }
+        if json {
+            println!("{}", serde_json::json!({"id": id, "run": what, "status": status, "events": records.len()}));
+        } else {
+            println!("{id}  {status:<16} {what}");
+        }
+    }
+    Ok(0)
+}
