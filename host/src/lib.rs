@@ -23,6 +23,29 @@
 //! # Ok(()) }
 //! ```
 
+//! Running a whole pipeline is the same flow the `gantry run` command uses:
+//! load (validates everything) → plan → run, with events streamed as they happen.
+//!
+//! ```no_run
+//! use gantry_host::{build::BuildOptions, pipeline, plan, run, sandbox::Runtime};
+//! use std::sync::Arc;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = pipeline::load("pipelines/health.yaml".as_ref())?;
+//! let plan = plan::plan(&loaded, "production", "default", &BuildOptions::default())?;
+//! let journal = Arc::new(run::journal::FileJournal::create(".gantry/runs/embedded".as_ref())?);
+//! let (events, mut stream) = tokio::sync::mpsc::unbounded_channel();
+//! tokio::spawn(async move {
+//!     while let Some(event) = stream.recv().await {
+//!         println!("{event:?}");
+//!     }
+//! });
+//! let options = run::RunOptions { run_id: "embedded".into(), jobs: 4, dry_run: false };
+//! let result = run::run(&Runtime::builder().build()?, &plan, &options, journal, Some(events)).await?;
+//! std::process::exit(result.status.exit_code().into());
+//! # }
+//! ```
+
 pub mod build;
 pub mod capability;
 pub mod cli;
