@@ -40,7 +40,7 @@
 //!         println!("{event:?}");
 //!     }
 //! });
-//! let options = run::RunOptions { run_id: "embedded".into(), jobs: 4, dry_run: false };
+//! let options = run::RunOptions { run_id: "embedded".into(), jobs: 4, dry_run: false, file: None, completed: vec![] };
 //! let result = run::run(&Runtime::builder().build()?, &plan, &options, journal, Some(events)).await?;
 //! std::process::exit(result.status.exit_code().into());
 //! # }

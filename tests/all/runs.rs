@@ -233,3 +233,67 @@ fn runs_lists_runs_and_shows_a_journal() {
     let missing = gantry_in(dir.path(), &["runs", "show", "nope"]);
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn resume_after_kill_9_runs_every_step_exactly_once_and_rollback_undoes_the_run() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("a", "", ""), step("b", "a", ", ms: 4000"), step("c", "b", "")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let mut child = command(&shared_cache())
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until `a` is done and `b` is under way, then kill the runner outright.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let started_b = dir.path().join(".gantry/runs").exists()
+            && journal(dir.path()).iter().any(|e| e["event"] == "step_started" && e["step"] == "b");
+        if started_b {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never reached step b");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(server.requests(), ["POST run a"]);
+    let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
+    let id = id.to_str().unwrap();
+
+    // A changed plugin is refused.
+    let original = std::fs::read_to_string(&file).unwrap();
+    let misbehave = repo().join("tests/plugins/misbehave").display().to_string();
+    let http_check = repo().join("plugins/http-check").display().to_string();
+    let (head, tail) = original.rsplit_once(&misbehave).unwrap();
+    std::fs::write(&file, format!("{head}{http_check}{tail}")).unwrap();
+    let refused = gantry_in(dir.path(), &["resume", id]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("the plugin of step `c` changed since the run started"));
+    std::fs::write(&file, original).unwrap();
+
+    let resumed = gantry_in(dir.path(), &["resume", id]);
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&resumed.stdout),
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(server.requests(), ["POST run a", "POST run b", "POST run c"], "every step ran exactly once");
+    assert_eq!(journal(dir.path()).last().unwrap()["status"], "succeeded");
+    let again = gantry_in(dir.path(), &["resume", id]);
+    assert_eq!(again.status.code(), Some(2), "a finished run is not resumed");
+
+    let undone = gantry_in(dir.path(), &["rollback", id]);
+    assert_eq!(undone.status.code(), Some(0), "{}", String::from_utf8_lossy(&undone.stderr));
+    assert_eq!(
+        server.requests()[3..],
+        ["POST rollback c", "POST rollback b", "POST rollback a"],
+        "undone newest first"
+    );
+    assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
+}

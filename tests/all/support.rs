@@ -33,7 +33,7 @@ pub fn shared_cache() -> PathBuf {
 }
 
 /// A `gantry` command using `cache` and the shared plugin target dir.
-fn command(cache: &Path) -> Command {
+pub fn command(cache: &Path) -> Command {
     let mut cmd = Command::new(gantry_bin());
     cmd.env("GANTRY_CACHE_DIR", cache).env("CARGO_TARGET_DIR", plugin_target_dir()).env("GANTRY_LOG", "info");
     cmd

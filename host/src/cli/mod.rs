@@ -61,6 +61,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Continue an interrupted run after its last completed step, with the same plugins.
+    Resume {
+        /// Run id (see `gantry runs`).
+        id: String,
+        /// Most steps running at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Print newline-delimited JSON events.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo the completed steps of a run, newest first. Exit 0, or 3 when a rollback fails.
+    Rollback {
+        /// Run id (see `gantry runs`).
+        id: String,
+        /// Print newline-delimited JSON events.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 2 invalid.
     Run {
         /// The pipeline file.
@@ -111,6 +130,8 @@ pub fn main() -> ExitCode {
                 (Some(_), None) => Err(anyhow::anyhow!("`gantry runs show` needs a run id")),
                 (None, _) => pipeline::runs(None, json),
             },
+            Command::Resume { id, jobs, json } => pipeline::resume(id, jobs, json).await,
+            Command::Rollback { id, json } => pipeline::rollback(id, json).await,
             Command::Run { file, environment, entity, dry_run, jobs, json } => {
                 pipeline::run(pipeline::RunArgs { file, environment, entity, dry_run, jobs, json }).await
             }

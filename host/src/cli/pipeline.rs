@@ -92,7 +92,7 @@ pub(crate) struct RunArgs {
 
 /// Validates, plans and runs a pipeline; exit 0, 1 (failed, rolled back), 3 (rollback failed) or 2.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    use crate::run::{journal::FileJournal, Event, RunOptions};
+    use crate::run::{journal::FileJournal, RunOptions};
     let loaded = match pipeline::load(&args.file) {
         Ok(loaded) => loaded,
         Err(problems) => {
@@ -115,19 +115,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let dir = PathBuf::from(".gantry").join("runs").join(&run_id);
     let journal = std::sync::Arc::new(FileJournal::create(&dir)?);
     let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let (tx, printer) = printer(args.json);
     let json = args.json;
-    let printer = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            if json {
-                println!("{}", serde_json::to_string(&event).unwrap_or_default());
-            } else {
-                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-                println!("{now} {}", describe(&event));
-            }
-        }
-    });
-    let options = RunOptions { run_id: run_id.clone(), jobs: args.jobs, dry_run: args.dry_run };
+    let options = RunOptions {
+        run_id: run_id.clone(),
+        jobs: args.jobs,
+        dry_run: args.dry_run,
+        file: Some(args.file.canonicalize()?),
+        completed: Vec::new(),
+    };
     let result = crate::run::run(&runtime, &plan, &options, journal, Some(tx)).await;
     let _ = printer.await;
     match result {
@@ -209,4 +205,104 @@ pub(crate) fn runs(show: Option<String>, json: bool) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// What an earlier run left in its journal, re-planned with the same plugins.
+struct Reopened {
+    plan: crate::plan::Plan,
+    completed: Vec<(String, crate::sandbox::Outputs)>,
+    finished: Option<String>,
+    journal: std::sync::Arc<crate::run::journal::FileJournal>,
+    file: PathBuf,
+}
+
+fn reopen(id: &str) -> anyhow::Result<Reopened> {
+    use crate::run::{journal, Event};
+    let dir = PathBuf::from(".gantry").join("runs").join(id);
+    let records = journal::read(&dir.join("journal.jsonl"))
+        .map_err(|e| anyhow::anyhow!("run {id}: cannot read its journal: {e}"))?;
+    let mut started = None;
+    let mut completed: Vec<(String, crate::sandbox::Outputs)> = Vec::new();
+    let mut finished = None;
+    for record in records {
+        match record.event {
+            Event::RunStarted { file, environment, entity, plugins, .. } if started.is_none() => {
+                started = Some((file, environment, entity, plugins))
+            }
+            Event::StepFinished { step, outputs } => completed.push((step, outputs)),
+            Event::RolledBack { step } => completed.retain(|(s, _)| *s != step),
+            Event::RunFinished { status } => finished = Some(status),
+            _ => {}
+        }
+    }
+    let (file, environment, entity, hashes) =
+        started.ok_or_else(|| anyhow::anyhow!("run {id}: the journal has no start"))?;
+    let file = file.ok_or_else(|| anyhow::anyhow!("run {id}: the journal does not name its pipeline file"))?;
+    let loaded = pipeline::load(&file).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
+    for step in &plan.steps {
+        let recorded = hashes.get(&step.id).map(String::as_str).unwrap_or("none");
+        if recorded != step.sha256 {
+            anyhow::bail!(
+                "run {id}: the plugin of step `{}` changed since the run started (sha256 {recorded} then, {} now); refusing to mix plugins in one run",
+                step.id,
+                step.sha256
+            );
+        }
+    }
+    let journal = std::sync::Arc::new(crate::run::journal::FileJournal::create(&dir)?);
+    Ok(Reopened { plan, completed, finished, journal, file })
+}
+
+/// `gantry resume <id>`: continues an interrupted run after its last completed step.
+pub(crate) async fn resume(id: String, jobs: usize, json: bool) -> anyhow::Result<u8> {
+    let r = reopen(&id)?;
+    if let Some(status) = &r.finished {
+        anyhow::bail!("run {id} already finished ({status}); nothing to resume");
+    }
+    let _lock = crate::run::journal::Lock::acquire(
+        &PathBuf::from(".gantry").join("locks"),
+        &r.plan.pipeline,
+        &r.plan.environment,
+        &r.plan.entity,
+    )?;
+    let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let options =
+        crate::run::RunOptions { run_id: id.clone(), jobs, dry_run: false, file: Some(r.file), completed: r.completed };
+    let (tx, printer) = printer(json);
+    let result = crate::run::run(&runtime, &r.plan, &options, r.journal, Some(tx)).await;
+    let _ = printer.await;
+    Ok(result?.status.exit_code())
+}
+
+/// `gantry rollback <id>`: undoes the completed steps of a run, newest first.
+pub(crate) async fn rollback(id: String, json: bool) -> anyhow::Result<u8> {
+    let r = reopen(&id)?;
+    let _lock = crate::run::journal::Lock::acquire(
+        &PathBuf::from(".gantry").join("locks"),
+        &r.plan.pipeline,
+        &r.plan.environment,
+        &r.plan.entity,
+    )?;
+    let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let (tx, printer) = printer(json);
+    let result = crate::run::rollback(&runtime, &r.plan, &r.completed, r.journal, Some(tx)).await;
+    let _ = printer.await;
+    Ok(result?.status.exit_code())
+}
+
+/// Prints events as they arrive: timestamped lines, or JSON lines.
+fn printer(json: bool) -> (tokio::sync::mpsc::UnboundedSender<crate::run::Event>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::run::Event>();
+    let handle = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if json {
+                println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            } else {
+                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+                println!("{now} {}", describe(&event));
+            }
+        }
+    });
+    (tx, handle)
 }

@@ -13,6 +13,7 @@ use crate::sandbox::{CallError, Limits, Outputs, Plugin, Runtime, StepCall, Step
 use journal::{Journal, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,6 +34,9 @@ pub enum Event {
         entity: String,
         /// Plugin sha256 by step id.
         plugins: BTreeMap<String, String>,
+        /// The pipeline file, for resume and rollback.
+        #[serde(default)]
+        file: Option<PathBuf>,
     },
     /// An attempt of a step began.
     StepStarted {
@@ -106,6 +110,8 @@ pub enum Status {
     Failed,
     /// A step failed and rollback failed: a person must look.
     RollbackFailed,
+    /// Completed steps were undone on request (`gantry rollback`).
+    RolledBack,
 }
 
 impl Status {
@@ -115,6 +121,7 @@ impl Status {
             Status::Succeeded => 0,
             Status::Failed => 1,
             Status::RollbackFailed => 3,
+            Status::RolledBack => 0,
         }
     }
 }
@@ -160,6 +167,10 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Steps report changes without making them.
     pub dry_run: bool,
+    /// The pipeline file, recorded so the run can be resumed or rolled back.
+    pub file: Option<PathBuf>,
+    /// Steps already completed by an earlier, interrupted attempt of this run, in completion order.
+    pub completed: Vec<(String, Outputs)>,
 }
 
 /// The result of a run.
@@ -413,10 +424,17 @@ pub async fn run(
         environment: plan.environment.clone(),
         entity: plan.entity.clone(),
         plugins: plan.steps.iter().map(|s| (s.id.clone(), s.sha256.clone())).collect(),
+        file: options.file.clone(),
     })?;
 
     let mut state: BTreeMap<String, State> = plan.steps.iter().map(|s| (s.id.clone(), State::Pending)).collect();
     let mut completed_order: Vec<String> = Vec::new();
+    for (id, outputs) in &options.completed {
+        if state.contains_key(id) {
+            state.insert(id.clone(), State::Succeeded(outputs.clone()));
+            completed_order.push(id.clone());
+        }
+    }
     let mut failed = false;
     let mut tasks: tokio::task::JoinSet<(String, Result<Outputs, CallError>)> = tokio::task::JoinSet::new();
     let mut running: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
@@ -524,59 +542,98 @@ pub async fn run(
         }
     }
 
-    let mut rolled_back = Vec::new();
-    let mut rollback_failed = false;
-    if failed {
-        for id in completed_order.iter().rev() {
-            let step = ctx.step(id);
-            if !step.rollback {
-                continue;
-            }
-            let State::Succeeded(_) = &state[id] else { continue };
-            let call = StepCall {
-                context: StepContext {
-                    step_id: id.clone(),
-                    pipeline: plan.pipeline.clone(),
-                    environment: plan.environment.clone(),
-                    entity: plan.entity.clone(),
-                    attempt: 1,
-                    dry_run: options.dry_run,
-                    input: render_outputs(&step.input, &BTreeMap::new()),
-                    upstream: BTreeMap::new(),
-                },
-                grants: ctx.grants[id].clone(),
-                ..Default::default()
-            };
-            match ctx.plugins[id].rollback(&call).await {
-                Ok(_) => {
-                    ctx.emit(Event::RolledBack { step: id.clone() })?;
-                    rolled_back.push(id.clone());
-                }
-                Err(e) => {
-                    ctx.emit(Event::RollbackFailed { step: id.clone(), error: e.to_string() })?;
-                    rollback_failed = true;
-                }
-            }
-        }
-    }
+    let (rolled_back, rollback_failed) = if failed {
+        let outputs = succeeded(&state);
+        undo(&ctx, &completed_order, &outputs).await?
+    } else {
+        (Vec::new(), false)
+    };
     let status = match (failed, rollback_failed) {
         (false, _) => Status::Succeeded,
         (true, false) => Status::Failed,
         (true, true) => Status::RollbackFailed,
     };
-    ctx.emit(Event::RunFinished {
-        status: serde_json::to_value(status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-    })?;
+    finish(&ctx, status)?;
     Ok(RunResult {
         status,
-        outputs: state
-            .iter()
-            .filter_map(|(k, s)| if let State::Succeeded(o) = s { Some((k.clone(), o.clone())) } else { None })
-            .collect(),
+        outputs: succeeded(&state),
         failed: state.iter().filter(|(_, s)| **s == State::Failed).map(|(k, _)| k.clone()).collect(),
         skipped: state.iter().filter(|(_, s)| **s == State::Skipped).map(|(k, _)| k.clone()).collect(),
         rolled_back,
     })
+}
+
+fn succeeded(state: &BTreeMap<String, State>) -> BTreeMap<String, Outputs> {
+    state
+        .iter()
+        .filter_map(|(k, s)| if let State::Succeeded(o) = s { Some((k.clone(), o.clone())) } else { None })
+        .collect()
+}
+
+fn finish(ctx: &Ctx, status: Status) -> Result<(), RunError> {
+    ctx.emit(Event::RunFinished {
+        status: serde_json::to_value(status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+    })?;
+    Ok(())
+}
+
+/// Rolls back `order` (completion order) in reverse, for steps that allow it.
+async fn undo(
+    ctx: &Ctx,
+    order: &[String],
+    outputs: &BTreeMap<String, Outputs>,
+) -> Result<(Vec<String>, bool), RunError> {
+    let mut rolled_back = Vec::new();
+    let mut failed = false;
+    for id in order.iter().rev() {
+        let step = ctx.step(id);
+        if !step.rollback {
+            continue;
+        }
+        let call = StepCall {
+            context: StepContext {
+                step_id: id.clone(),
+                pipeline: ctx.plan.pipeline.clone(),
+                environment: ctx.plan.environment.clone(),
+                entity: ctx.plan.entity.clone(),
+                attempt: 1,
+                dry_run: ctx.dry_run,
+                input: render_outputs(&step.input, outputs),
+                upstream: BTreeMap::new(),
+            },
+            grants: ctx.grants[id].clone(),
+            ..Default::default()
+        };
+        match ctx.plugins[id].rollback(&call).await {
+            Ok(_) => {
+                ctx.emit(Event::RolledBack { step: id.clone() })?;
+                rolled_back.push(id.clone());
+            }
+            Err(e) => {
+                ctx.emit(Event::RollbackFailed { step: id.clone(), error: e.to_string() })?;
+                failed = true;
+            }
+        }
+    }
+    Ok((rolled_back, failed))
+}
+
+/// Undoes the completed steps of an earlier run (`gantry rollback <id>`), newest first.
+pub async fn rollback(
+    runtime: &Runtime,
+    plan: &Plan,
+    completed: &[(String, Outputs)],
+    journal: Arc<dyn Journal>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> Result<RunResult, RunError> {
+    let Prepared { plugins, grants } = prepare(runtime, plan)?;
+    let ctx = Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: false };
+    let order: Vec<String> = completed.iter().map(|(id, _)| id.clone()).collect();
+    let outputs: BTreeMap<String, Outputs> = completed.iter().cloned().collect();
+    let (rolled_back, failed) = undo(&ctx, &order, &outputs).await?;
+    let status = if failed { Status::RollbackFailed } else { Status::RolledBack };
+    finish(&ctx, status)?;
+    Ok(RunResult { status, outputs: BTreeMap::new(), failed: Vec::new(), skipped: Vec::new(), rolled_back })
 }
 
 #[cfg(test)]
