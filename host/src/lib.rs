@@ -51,5 +51,6 @@ pub mod capability;
 pub mod cli;
 pub mod pipeline;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod sandbox;

@@ -297,3 +297,39 @@ fn resume_after_kill_9_runs_every_step_exactly_once_and_rollback_undoes_the_run(
     );
     assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
 }
+
+#[test]
+fn reports_for_ci_junit_json_and_github_annotations() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps =
+        [step("a", "", ""), step("b", "a", ", action: fail, message: \"smoke test failed\""), step("c", "b", "")]
+            .concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let junit = dir.path().join("junit.xml");
+    let json = dir.path().join("report.json");
+    let out = command(&shared_cache())
+        .args(["run", file.to_str().unwrap(), "--report"])
+        .arg(format!("junit={}", junit.display()))
+        .arg("--report")
+        .arg(format!("json={}", json.display()))
+        .current_dir(dir.path())
+        .env("GITHUB_ACTIONS", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l == "::error title=gantry step b::step `b` failed%3A smoke test failed"),
+        "{stdout}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"tests="3" failures="1" skipped="1""#), "{xml}");
+    assert!(xml.contains(r#"<testcase name="b" classname="run-test""#), "{xml}");
+    assert!(xml.contains("smoke test failed</failure>"), "{xml}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["status"], "failed");
+    let statuses: Vec<&str> =
+        report["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["rolled-back", "failed", "skipped"]);
+}

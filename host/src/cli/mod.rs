@@ -99,6 +99,9 @@ enum Command {
         /// Print newline-delimited JSON events.
         #[arg(long)]
         json: bool,
+        /// Write a report after the run: junit=PATH or json=PATH (repeatable).
+        #[arg(long = "report", value_name = "KIND=PATH")]
+        reports: Vec<String>,
     },
 }
 
@@ -132,8 +135,8 @@ pub fn main() -> ExitCode {
             },
             Command::Resume { id, jobs, json } => pipeline::resume(id, jobs, json).await,
             Command::Rollback { id, json } => pipeline::rollback(id, json).await,
-            Command::Run { file, environment, entity, dry_run, jobs, json } => {
-                pipeline::run(pipeline::RunArgs { file, environment, entity, dry_run, jobs, json }).await
+            Command::Run { file, environment, entity, dry_run, jobs, json, reports } => {
+                pipeline::run(pipeline::RunArgs { file, environment, entity, dry_run, jobs, json, reports }).await
             }
         }
     });

@@ -88,6 +88,7 @@ pub(crate) struct RunArgs {
     pub dry_run: bool,
     pub jobs: usize,
     pub json: bool,
+    pub reports: Vec<String>,
 }
 
 /// Validates, plans and runs a pipeline; exit 0, 1 (failed, rolled back), 3 (rollback failed) or 2.
@@ -131,6 +132,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
             if !json {
                 println!("run {run_id}: {:?}; journal {}", result.status, dir.join("journal.jsonl").display());
             }
+            write_reports(&dir, &args.reports)?;
             Ok(result.status.exit_code())
         }
         Err(e) => {
@@ -305,4 +307,27 @@ fn printer(json: bool) -> (tokio::sync::mpsc::UnboundedSender<crate::run::Event>
         }
     });
     (tx, handle)
+}
+
+/// Writes `junit=PATH` / `json=PATH` reports from the journal, and GitHub annotations when running in Actions.
+fn write_reports(dir: &std::path::Path, reports: &[String]) -> anyhow::Result<()> {
+    let records = crate::run::journal::read(&dir.join("journal.jsonl"))?;
+    let summary = crate::report::Summary::from_records(&records);
+    for spec in reports {
+        let (kind, path) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--report {spec:?}: expected junit=PATH or json=PATH"))?;
+        let text = match kind {
+            "junit" => summary.junit(),
+            "json" => serde_json::to_string_pretty(&summary)?,
+            other => anyhow::bail!("--report {other}: the kinds are junit and json"),
+        };
+        std::fs::write(path, text).map_err(|e| anyhow::anyhow!("--report {spec}: {e}"))?;
+    }
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        for line in summary.github_annotations() {
+            println!("{line}");
+        }
+    }
+    Ok(())
 }
