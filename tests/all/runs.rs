@@ -333,3 +333,31 @@ fn reports_for_ci_junit_json_and_github_annotations() {
         report["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["rolled-back", "failed", "skipped"]);
 }
+
+#[test]
+fn a_terminal_gets_a_live_view_and_a_pipe_gets_timestamped_lines() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(dir.path(), &server, &[step("first", "", ""), step("second", "first", ", ms: 300")].concat());
+    // `script` gives the runner a pseudo-terminal, as an operator's shell would.
+    let gantry = format!("{} run {}", gantry_bin().display(), file.display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &gantry, "/dev/null"])
+        .current_dir(dir.path())
+        .env("GANTRY_CACHE_DIR", shared_cache())
+        .env("CARGO_TARGET_DIR", plugin_target_dir())
+        .env("GANTRY_LOG", "warn")
+        .output()
+        .expect("script (util-linux) runs");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("\u{1b}["), "the live view redraws with terminal escapes");
+    assert!(screen.contains("second               running (attempt 1)"), "{screen}");
+    assert!(screen.contains("second               succeeded"), "{screen}");
+    assert!(!screen.contains("Z second: started"), "no log lines on a terminal");
+
+    let piped = gantry_in(dir.path(), &["run", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&piped.stdout);
+    let started = text.lines().find(|l| l.ends_with("second: started (attempt 1)")).expect("a line per event");
+    assert!(humantime::parse_rfc3339(started.split(' ').next().unwrap()).is_ok(), "{started}");
+    assert!(!text.contains("\u{1b}["), "no escapes in a CI log");
+}

@@ -293,13 +293,19 @@ pub(crate) async fn rollback(id: String, json: bool) -> anyhow::Result<u8> {
     Ok(result?.status.exit_code())
 }
 
-/// Prints events as they arrive: timestamped lines, or JSON lines.
+/// Prints events as they arrive: a live view on a terminal, timestamped lines
+/// otherwise (CI logs), or JSON lines with `--json`.
 fn printer(json: bool) -> (tokio::sync::mpsc::UnboundedSender<crate::run::Event>, tokio::task::JoinHandle<()>) {
+    use std::io::IsTerminal;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::run::Event>();
+    let live = !json && std::io::stdout().is_terminal();
     let handle = tokio::spawn(async move {
+        let mut view = live.then(LiveView::default);
         while let Some(event) = rx.recv().await {
             if json {
                 println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            } else if let Some(view) = view.as_mut() {
+                view.show(&event);
             } else {
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
                 println!("{now} {}", describe(&event));
@@ -307,6 +313,46 @@ fn printer(json: bool) -> (tokio::sync::mpsc::UnboundedSender<crate::run::Event>
         }
     });
     (tx, handle)
+}
+
+/// One spinner per step with its state and elapsed time, redrawn in place.
+#[derive(Default)]
+struct LiveView {
+    bars: indicatif::MultiProgress,
+    steps: std::collections::BTreeMap<String, indicatif::ProgressBar>,
+}
+
+impl LiveView {
+    fn bar(&mut self, step: &str) -> indicatif::ProgressBar {
+        let bars = &self.bars;
+        self.steps
+            .entry(step.to_string())
+            .or_insert_with(|| {
+                let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<20} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+                let bar =
+                    bars.add(indicatif::ProgressBar::new_spinner().with_style(style).with_prefix(step.to_string()));
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                bar
+            })
+            .clone()
+    }
+
+    fn show(&mut self, event: &crate::run::Event) {
+        use crate::run::Event::*;
+        match event {
+            StepStarted { step, attempt } => self.bar(step).set_message(format!("running (attempt {attempt})")),
+            StepRetrying { step, backoff_ms, .. } => self.bar(step).set_message(format!("retrying in {backoff_ms} ms")),
+            StepFinished { step, .. } => self.bar(step).finish_with_message("succeeded"),
+            StepFailed { step, kind, error, .. } => self.bar(step).finish_with_message(format!("{kind}: {error}")),
+            StepSkipped { step, reason } => self.bar(step).finish_with_message(format!("skipped ({reason})")),
+            RolledBack { step } => self.bar(step).finish_with_message("rolled back"),
+            RollbackFailed { step, error } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
+            RunStarted { .. } | RunFinished { .. } => {
+                let _ = self.bars.println(describe(event));
+            }
+        }
+    }
 }
 
 /// Writes `junit=PATH` / `json=PATH` reports from the journal, and GitHub annotations when running in Actions.
