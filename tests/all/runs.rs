@@ -361,3 +361,20 @@ fn a_terminal_gets_a_live_view_and_a_pipe_gets_timestamped_lines() {
     assert!(humantime::parse_rfc3339(started.split(' ').next().unwrap()).is_ok(), "{started}");
     assert!(!text.contains("\u{1b}["), "no escapes in a CI log");
 }
+
+#[test]
+fn a_failure_cancels_what_is_still_running() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("slow", "", ", ms: 20000"), step("broken", "", ", action: fail")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = journal(dir.path());
+    let slow = j.iter().find(|e| e["event"] == "step_failed" && e["step"] == "slow").expect("slow is reported");
+    assert_eq!(slow["kind"], "cancelled");
+    assert_eq!(slow["error"], "cancelled because `broken` failed");
+    // Cancelled inside its 20 s sleep: it never reached its request, and is not rolled back.
+    assert_eq!(server.requests(), ["POST run broken"]);
+    assert!(!j.iter().any(|e| e["event"] == "rolled_back"));
+}
