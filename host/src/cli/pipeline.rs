@@ -209,51 +209,9 @@ pub(crate) fn runs(show: Option<String>, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// What an earlier run left in its journal, re-planned with the same plugins.
-struct Reopened {
-    plan: crate::plan::Plan,
-    completed: Vec<(String, crate::sandbox::Outputs)>,
-    finished: Option<String>,
-    journal: std::sync::Arc<crate::run::journal::FileJournal>,
-    file: PathBuf,
-}
-
-fn reopen(id: &str) -> anyhow::Result<Reopened> {
-    use crate::run::{journal, Event};
-    let dir = PathBuf::from(".gantry").join("runs").join(id);
-    let records = journal::read(&dir.join("journal.jsonl"))
-        .map_err(|e| anyhow::anyhow!("run {id}: cannot read its journal: {e}"))?;
-    let mut started = None;
-    let mut completed: Vec<(String, crate::sandbox::Outputs)> = Vec::new();
-    let mut finished = None;
-    for record in records {
-        match record.event {
-            Event::RunStarted { file, environment, entity, plugins, .. } if started.is_none() => {
-                started = Some((file, environment, entity, plugins))
-            }
-            Event::StepFinished { step, outputs } => completed.push((step, outputs)),
-            Event::RolledBack { step } => completed.retain(|(s, _)| *s != step),
-            Event::RunFinished { status } => finished = Some(status),
-            _ => {}
-        }
-    }
-    let (file, environment, entity, hashes) =
-        started.ok_or_else(|| anyhow::anyhow!("run {id}: the journal has no start"))?;
-    let file = file.ok_or_else(|| anyhow::anyhow!("run {id}: the journal does not name its pipeline file"))?;
-    let loaded = pipeline::load(&file).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
-    for step in &plan.steps {
-        let recorded = hashes.get(&step.id).map(String::as_str).unwrap_or("none");
-        if recorded != step.sha256 {
-            anyhow::bail!(
-                "run {id}: the plugin of step `{}` changed since the run started (sha256 {recorded} then, {} now); refusing to mix plugins in one run",
-                step.id,
-                step.sha256
-            );
-        }
-    }
-    let journal = std::sync::Arc::new(crate::run::journal::FileJournal::create(&dir)?);
-    Ok(Reopened { plan, completed, finished, journal, file })
+fn reopen(id: &str) -> anyhow::Result<crate::run::resume::Reopened> {
+    let runs = PathBuf::from(".gantry").join("runs");
+    Ok(crate::run::resume::reopen(&runs, id, &crate::build::BuildOptions::default())?)
 }
 
 /// `gantry resume <id>`: continues an interrupted run after its last completed step.
@@ -272,7 +230,7 @@ pub(crate) async fn resume(id: String, jobs: usize, json: bool) -> anyhow::Resul
     let options =
         crate::run::RunOptions { run_id: id.clone(), jobs, dry_run: false, file: Some(r.file), completed: r.completed };
     let (tx, printer) = printer(json);
-    let result = crate::run::run(&runtime, &r.plan, &options, r.journal, Some(tx)).await;
+    let result = crate::run::run(&runtime, &r.plan, &options, std::sync::Arc::new(r.journal), Some(tx)).await;
     let _ = printer.await;
     Ok(result?.status.exit_code())
 }
@@ -288,7 +246,7 @@ pub(crate) async fn rollback(id: String, json: bool) -> anyhow::Result<u8> {
     )?;
     let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let (tx, printer) = printer(json);
-    let result = crate::run::rollback(&runtime, &r.plan, &r.completed, r.journal, Some(tx)).await;
+    let result = crate::run::rollback(&runtime, &r.plan, &r.completed, std::sync::Arc::new(r.journal), Some(tx)).await;
     let _ = printer.await;
     Ok(result?.status.exit_code())
 }

@@ -5,6 +5,7 @@
 //! completion order. Every event goes to the journal and the event stream.
 
 pub mod journal;
+pub mod resume;
 
 use crate::capability::{Grant, Grants, NetworkPolicy, Secret, Secrets};
 use crate::pipeline::expr::{self, Expr, Op};
