@@ -197,6 +197,7 @@ mod tests {
                     entity: "e".into(),
                     plugins: BTreeMap::new(),
                     file: None,
+                    plan: serde_json::Value::Null,
                 },
             ),
             record(1.0, Event::StepStarted { step: "a".into(), attempt: 1 }),

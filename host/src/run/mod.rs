@@ -38,6 +38,9 @@ pub enum Event {
         /// The pipeline file, for resume and rollback.
         #[serde(default)]
         file: Option<PathBuf>,
+        /// The resolved plan the run executes.
+        #[serde(default)]
+        plan: serde_json::Value,
     },
     /// An attempt of a step began.
     StepStarted {
@@ -426,6 +429,7 @@ pub async fn run(
         entity: plan.entity.clone(),
         plugins: plan.steps.iter().map(|s| (s.id.clone(), s.sha256.clone())).collect(),
         file: options.file.clone(),
+        plan: serde_json::to_value(plan).unwrap_or_default(),
     })?;
 
     let mut state: BTreeMap<String, State> = plan.steps.iter().map(|s| (s.id.clone(), State::Pending)).collect();
