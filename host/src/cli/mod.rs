@@ -38,14 +38,8 @@ enum Command {
     Schema,
     /// Show what a pipeline would run for an environment and entity, with every step's capabilities.
     Plan {
-        /// The pipeline file.
-        file: std::path::PathBuf,
-        /// Environment, e.g. production.
-        #[arg(long = "env", default_value = "development")]
-        environment: String,
-        /// Business entity.
-        #[arg(long, default_value = "default")]
-        entity: String,
+        #[command(flatten)]
+        target: Target,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -82,14 +76,8 @@ enum Command {
     },
     /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 2 invalid.
     Run {
-        /// The pipeline file.
-        file: std::path::PathBuf,
-        /// Environment, e.g. production.
-        #[arg(long = "env", default_value = "development")]
-        environment: String,
-        /// Business entity.
-        #[arg(long, default_value = "default")]
-        entity: String,
+        #[command(flatten)]
+        target: Target,
         /// Steps report what they would change without changing it.
         #[arg(long)]
         dry_run: bool,
@@ -103,6 +91,19 @@ enum Command {
         #[arg(long = "report", value_name = "KIND=PATH")]
         reports: Vec<String>,
     },
+}
+
+/// Which pipeline, for which environment and entity.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The pipeline file.
+    file: std::path::PathBuf,
+    /// Environment, e.g. production.
+    #[arg(long = "env", default_value = "development")]
+    environment: String,
+    /// Business entity.
+    #[arg(long, default_value = "default")]
+    entity: String,
 }
 
 /// Exit code for a step that failed.
@@ -127,7 +128,7 @@ pub fn main() -> ExitCode {
             Command::Step(cmd) => cmd.execute().await,
             Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
             Command::Schema => Ok(pipeline::schema()),
-            Command::Plan { file, environment, entity, json } => pipeline::plan(file, environment, entity, json),
+            Command::Plan { target, json } => pipeline::plan(target.file, target.environment, target.entity, json),
             Command::Runs { action, id, json } => match (action, id) {
                 (Some(_), Some(id)) => pipeline::runs(Some(id), json),
                 (Some(_), None) => Err(anyhow::anyhow!("`gantry runs show` needs a run id")),
@@ -135,7 +136,8 @@ pub fn main() -> ExitCode {
             },
             Command::Resume { id, jobs, json } => pipeline::resume(id, jobs, json).await,
             Command::Rollback { id, json } => pipeline::rollback(id, json).await,
-            Command::Run { file, environment, entity, dry_run, jobs, json, reports } => {
+            Command::Run { target, dry_run, jobs, json, reports } => {
+                let Target { file, environment, entity } = target;
                 pipeline::run(pipeline::RunArgs { file, environment, entity, dry_run, jobs, json, reports }).await
             }
         }

@@ -107,12 +107,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default(),
         std::process::id()
     );
-    let _lock = crate::run::journal::Lock::acquire(
-        &PathBuf::from(".gantry").join("locks"),
-        &plan.pipeline,
-        &plan.environment,
-        &plan.entity,
-    )?;
+    let _lock = lock(&plan)?;
     let dir = PathBuf::from(".gantry").join("runs").join(&run_id);
     let journal = std::sync::Arc::new(FileJournal::create(&dir)?);
     let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -214,18 +209,19 @@ fn reopen(id: &str) -> anyhow::Result<crate::run::resume::Reopened> {
     Ok(crate::run::resume::reopen(&runs, id, &crate::build::BuildOptions::default())?)
 }
 
+/// Keeps this run apart from others of the same pipeline, environment and entity.
+fn lock(plan: &crate::plan::Plan) -> Result<crate::run::journal::Lock, crate::run::journal::LockError> {
+    let dir = PathBuf::from(".gantry").join("locks");
+    crate::run::journal::Lock::acquire(&dir, &plan.pipeline, &plan.environment, &plan.entity)
+}
+
 /// `gantry resume <id>`: continues an interrupted run after its last completed step.
 pub(crate) async fn resume(id: String, jobs: usize, json: bool) -> anyhow::Result<u8> {
     let r = reopen(&id)?;
     if let Some(status) = &r.finished {
         anyhow::bail!("run {id} already finished ({status}); nothing to resume");
     }
-    let _lock = crate::run::journal::Lock::acquire(
-        &PathBuf::from(".gantry").join("locks"),
-        &r.plan.pipeline,
-        &r.plan.environment,
-        &r.plan.entity,
-    )?;
+    let _lock = lock(&r.plan)?;
     let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let options =
         crate::run::RunOptions { run_id: id.clone(), jobs, dry_run: false, file: Some(r.file), completed: r.completed };
@@ -238,12 +234,7 @@ pub(crate) async fn resume(id: String, jobs: usize, json: bool) -> anyhow::Resul
 /// `gantry rollback <id>`: undoes the completed steps of a run, newest first.
 pub(crate) async fn rollback(id: String, json: bool) -> anyhow::Result<u8> {
     let r = reopen(&id)?;
-    let _lock = crate::run::journal::Lock::acquire(
-        &PathBuf::from(".gantry").join("locks"),
-        &r.plan.pipeline,
-        &r.plan.environment,
-        &r.plan.entity,
-    )?;
+    let _lock = lock(&r.plan)?;
     let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let (tx, printer) = printer(json);
     let result = crate::run::rollback(&runtime, &r.plan, &r.completed, std::sync::Arc::new(r.journal), Some(tx)).await;

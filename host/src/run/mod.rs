@@ -223,6 +223,26 @@ impl Ctx {
         Ok(())
     }
 
+    /// What a call of step `id` is told about where it runs.
+    fn context(
+        &self,
+        id: &str,
+        attempt: u32,
+        input: serde_json::Value,
+        upstream: BTreeMap<String, Outputs>,
+    ) -> StepContext {
+        StepContext {
+            step_id: id.to_string(),
+            pipeline: self.plan.pipeline.clone(),
+            environment: self.plan.environment.clone(),
+            entity: self.plan.entity.clone(),
+            attempt,
+            dry_run: self.dry_run,
+            input,
+            upstream,
+        }
+    }
+
     fn step(&self, id: &str) -> &PlannedStep {
         self.plan.steps.iter().find(|s| s.id == id).expect("plan steps are indexed by id")
     }
@@ -350,16 +370,7 @@ async fn attempt_step(
     loop {
         let _ = ctx.emit(Event::StepStarted { step: id.clone(), attempt });
         let call = StepCall {
-            context: StepContext {
-                step_id: id.clone(),
-                pipeline: ctx.plan.pipeline.clone(),
-                environment: ctx.plan.environment.clone(),
-                entity: ctx.plan.entity.clone(),
-                attempt,
-                dry_run: ctx.dry_run,
-                input: input.clone(),
-                upstream: upstream.clone(),
-            },
+            context: ctx.context(&id, attempt, input.clone(), upstream.clone()),
             grants: ctx.grants[&id].clone(),
             limits: Limits { timeout, ..Limits::default() },
             ..Default::default()
@@ -596,16 +607,7 @@ async fn undo(
             continue;
         }
         let call = StepCall {
-            context: StepContext {
-                step_id: id.clone(),
-                pipeline: ctx.plan.pipeline.clone(),
-                environment: ctx.plan.environment.clone(),
-                entity: ctx.plan.entity.clone(),
-                attempt: 1,
-                dry_run: ctx.dry_run,
-                input: render_outputs(&step.input, outputs),
-                upstream: BTreeMap::new(),
-            },
+            context: ctx.context(id, 1, render_outputs(&step.input, outputs), BTreeMap::new()),
             grants: ctx.grants[id].clone(),
             ..Default::default()
         };
