@@ -38,28 +38,32 @@ fn rustup_has_target() -> bool {
     out.status.success() && sysroot.join("lib/rustlib").join(TARGET).is_dir()
 }
 
-fn debian_complete() -> Result<(), String> {
-    let missing: Vec<&str> = [
+/// Debian packages missing for the build-std route, looking under `root` and in `path`.
+fn missing_debian_packages(root: &Path, path: Option<std::ffi::OsString>) -> Vec<&'static str> {
+    let under_root = |p: &str| root.join(p.trim_start_matches('/'));
+    let has_wasm_ld = path.is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("wasm-ld").is_file()));
+    [
         (DEBIAN_RUSTC, "rustc-web"),
         (DEBIAN_CARGO, "cargo-web"),
         (DEBIAN_STD_SRC, "rust-web-src"),
         (WASI_LIBC, "wasi-libc"),
     ]
     .iter()
-    .filter(|(path, _)| !Path::new(path).exists())
+    .filter(|(p, _)| !under_root(p).exists())
     .map(|(_, pkg)| *pkg)
-    .chain(which("wasm-ld").is_none().then_some("lld"))
-    .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(missing.join(" "))
-    }
+    .chain((!has_wasm_ld).then_some("lld"))
+    .collect()
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
+fn no_toolchain(missing: &[&str]) -> BuildError {
+    BuildError::NoToolchain {
+        remedy: format!(
+            "run `rustup target add {TARGET}`, or where rustup cannot download it, \
+             `apt-get install rustc-web cargo-web rust-web-src lld wasi-libc` (missing here: {}); \
+             scripts/setup does this",
+            missing.join(" ")
+        ),
+    }
 }
 
 impl Toolchain {
@@ -68,15 +72,11 @@ impl Toolchain {
         if rustup_has_target() {
             return Ok(Toolchain::Rustup);
         }
-        match debian_complete() {
-            Ok(()) => Ok(Toolchain::Debian),
-            Err(missing) => Err(BuildError::NoToolchain {
-                remedy: format!(
-                    "run `rustup target add {TARGET}`, or where rustup cannot download it, \
-                     `apt-get install rustc-web cargo-web rust-web-src lld wasi-libc` (missing here: {missing}); \
-                     scripts/setup does this"
-                ),
-            }),
+        let missing = missing_debian_packages(Path::new("/"), std::env::var_os("PATH"));
+        if missing.is_empty() {
+            Ok(Toolchain::Debian)
+        } else {
+            Err(no_toolchain(&missing))
         }
     }
 
@@ -113,5 +113,41 @@ impl Toolchain {
             cmd.env_remove(var);
         }
         cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_machine_is_told_exactly_what_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        let missing = missing_debian_packages(empty.path(), None);
+        assert_eq!(missing, ["rustc-web", "cargo-web", "rust-web-src", "wasi-libc", "lld"]);
+        let message = no_toolchain(&missing).to_string();
+        assert!(
+            message.starts_with("no Rust toolchain for wasm32-wasip1 found: run `rustup target add wasm32-wasip1`"),
+            "{message}"
+        );
+        assert!(message.contains("apt-get install rustc-web cargo-web rust-web-src lld wasi-libc"), "{message}");
+        assert!(message.contains("missing here: rustc-web cargo-web rust-web-src wasi-libc lld"), "{message}");
+    }
+
+    #[test]
+    fn a_complete_debian_layout_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        for p in [DEBIAN_RUSTC, DEBIAN_CARGO] {
+            let f = root.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, "").unwrap();
+        }
+        for d in [DEBIAN_STD_SRC, WASI_LIBC] {
+            std::fs::create_dir_all(root.path().join(d.trim_start_matches('/'))).unwrap();
+        }
+        let bin = root.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("wasm-ld"), "").unwrap();
+        assert!(missing_debian_packages(root.path(), Some(bin.into_os_string())).is_empty());
     }
 }
