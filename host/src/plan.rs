@@ -3,7 +3,7 @@
 //! gets, its limits and inputs, and the groups of steps that run in parallel.
 
 use crate::build::{build_crate, BuildError, BuildOptions};
-use crate::pipeline::expr::{self, Expr};
+use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
 use crate::pipeline::Loaded;
 use crate::sandbox::cache::sha256_hex;
@@ -291,41 +291,12 @@ fn render(
     environment: &str,
     entity: &str,
 ) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => Value::String(render_str(s, vars, environment, entity)),
-        Value::Array(a) => Value::Array(a.iter().map(|v| render(v, vars, environment, entity)).collect()),
-        Value::Object(o) => {
-            Value::Object(o.iter().map(|(k, v)| (k.clone(), render(v, vars, environment, entity))).collect())
-        }
-        other => other.clone(),
-    }
-}
-
-fn render_str(text: &str, vars: &BTreeMap<String, String>, environment: &str, entity: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${{") {
-        let Some(len) = rest[start..].find("}}") else { break };
-        let inner = &rest[start + 3..start + len];
-        let value = match expr::parse(inner) {
-            Ok(Expr::Ref(path)) => match path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-                ["env", name] => vars.get(*name).cloned(),
-                ["environment"] => Some(environment.to_string()),
-                ["entity"] => Some(entity.to_string()),
-                _ => None,
-            },
-            _ => None,
-        };
-        out.push_str(&rest[..start]);
-        match value {
-            Some(v) => out.push_str(&v),
-            None => out.push_str(&rest[start..start + len + 2]),
-        }
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    out
+    expr::substitute(value, &|path: &[&str]| match path {
+        ["env", name] => vars.get(*name).cloned(),
+        ["environment"] => Some(environment.to_string()),
+        ["entity"] => Some(entity.to_string()),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -344,14 +315,11 @@ mod tests {
     #[test]
     fn rendering_keeps_step_outputs_for_run_time() {
         let vars = BTreeMap::from([("SITE".to_string(), "https://x.example".to_string())]);
+        let input =
+            serde_json::json!({"u": "${{ env.SITE }}/${{entity}}/${{ environment }}?id=${{ steps.a.outputs.id }}"});
         assert_eq!(
-            render_str(
-                "${{ env.SITE }}/${{ entity }}/${{ environment }}?id=${{ steps.a.outputs.id }}",
-                &vars,
-                "prod",
-                "e1"
-            ),
-            "https://x.example/e1/prod?id=${{ steps.a.outputs.id }}"
+            render(&input, &vars, "prod", "e1"),
+            serde_json::json!({"u": "https://x.example/e1/prod?id=${{ steps.a.outputs.id }}"})
         );
     }
 }

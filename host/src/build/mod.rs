@@ -103,7 +103,11 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     let bytes = std::fs::read(&core).map_err(|source| BuildError::Io { path: core.clone(), source })?;
     let component = componentize(&bytes).map_err(|message| BuildError::Componentize { path: core.clone(), message })?;
     let path = core.with_extension("component.wasm");
-    std::fs::write(&path, &component).map_err(|source| BuildError::Io { path: path.clone(), source })?;
+    // Write-then-rename: concurrent runs build the same crate, and a reader
+    // must never see a half-written component.
+    let tmp = core.with_extension(format!("component.wasm.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &component).map_err(|source| BuildError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, &path).map_err(|source| BuildError::Io { path: path.clone(), source })?;
     Ok(Built { sha256: crate::sandbox::cache::sha256_hex(&component), size: component.len() as u64, path })
 }
 

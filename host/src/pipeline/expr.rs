@@ -204,6 +204,35 @@ pub fn template(text: &str) -> Result<Vec<(usize, Expr)>, (usize, String)> {
     Ok(found)
 }
 
+/// Replaces each `${{ <reference> }}` in every string of a JSON value for
+/// which `lookup` knows the reference; anything else stays as written.
+pub fn substitute(value: &serde_json::Value, lookup: &impl Fn(&[&str]) -> Option<String>) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(substitute_str(text, lookup)),
+        Value::Array(a) => Value::Array(a.iter().map(|v| substitute(v, lookup)).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), substitute(v, lookup))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn substitute_str(text: &str, lookup: &impl Fn(&[&str]) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${{") {
+        let Some(len) = rest[start..].find("}}") else { break };
+        let value = match parse(&rest[start + 3..start + len]) {
+            Ok(Expr::Ref(path)) => lookup(&path.iter().map(String::as_str).collect::<Vec<_>>()),
+            _ => None,
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(value.as_deref().unwrap_or(&rest[start..start + len + 2]));
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Calls `f` on every node of an expression, parents first.
 fn visit<'a>(expr: &'a Expr, f: &mut impl FnMut(&'a Expr)) {
     f(expr);

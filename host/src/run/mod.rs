@@ -317,25 +317,10 @@ fn condition(text: &str, failed: bool, environment: &str, entity: &str, outputs:
 
 /// Replaces `${{ steps.<id>.outputs.<name> }}` in every string of an input.
 fn render_outputs(value: &serde_json::Value, outputs: &BTreeMap<String, Outputs>) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => {
-            let mut text = s.clone();
-            for (id, outs) in outputs {
-                for (name, v) in outs {
-                    for form in
-                        [format!("${{{{ steps.{id}.outputs.{name} }}}}"), format!("${{{{steps.{id}.outputs.{name}}}}}")]
-                    {
-                        text = text.replace(&form, v);
-                    }
-                }
-            }
-            Value::String(text)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(|v| render_outputs(v, outputs)).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), render_outputs(v, outputs))).collect()),
-        other => other.clone(),
-    }
+    expr::substitute(value, &|path: &[&str]| match path {
+        ["steps", id, "outputs", name] => outputs.get(*id)?.get(*name).cloned(),
+        _ => None,
+    })
 }
 
 fn upstream_of(plan: &Plan, id: &str) -> BTreeSet<String> {
@@ -661,7 +646,7 @@ mod tests {
     #[test]
     fn outputs_render_into_inputs() {
         let outputs = BTreeMap::from([("a".to_string(), Outputs::from([("id".to_string(), "42".to_string())]))]);
-        let input = serde_json::json!({"url": "http://h/${{ steps.a.outputs.id }}", "n": 1});
-        assert_eq!(render_outputs(&input, &outputs), serde_json::json!({"url": "http://h/42", "n": 1}));
+        let input = serde_json::json!({"url": "http://h/${{ steps.a.outputs.id }}/${{steps.a.outputs.id}}", "n": 1});
+        assert_eq!(render_outputs(&input, &outputs), serde_json::json!({"url": "http://h/42/42", "n": 1}));
     }
 }
