@@ -63,6 +63,17 @@ pub enum SecretError {
     Unsupported(String),
 }
 
+/// Reads a secret's value from its source: `env:NAME` or `file:PATH` (trailing newline dropped).
+pub fn read_source(source: &str) -> Result<String, String> {
+    if let Some(var) = source.strip_prefix("env:") {
+        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+    } else if let Some(path) = source.strip_prefix("file:") {
+        std::fs::read_to_string(path).map(|s| s.trim_end().to_string()).map_err(|e| format!("cannot read {path}: {e}"))
+    } else {
+        Err(format!("source must be env:VAR or file:PATH, got {source:?}"))
+    }
+}
+
 /// A header to add to an outgoing request.
 pub type Header = (String, String);
 

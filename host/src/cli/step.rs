@@ -1,9 +1,10 @@
 //! `gantry step run`: one step, outside any pipeline.
 
 use crate::build::{build_crate, BuildOptions};
+use crate::capability::secrets::read_source;
 use crate::capability::{Grant, Grants, NetworkPolicy, Secret};
 use crate::sandbox::{limits::parse_memory, CallError, Limits, Runtime, StepCall};
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::anyhow;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -74,16 +75,7 @@ fn secret_from(spec: &str) -> anyhow::Result<(String, Secret)> {
     let (source, origin) = rest.rsplit_once('@').ok_or_else(|| {
         anyhow!("--secret {spec:?}: bind it to an origin, e.g. {name}=env:VAR@https://api.example.com")
     })?;
-    let value = if let Some(var) = source.strip_prefix("env:") {
-        std::env::var(var).with_context(|| format!("--secret {name}: environment variable {var} is not set"))?
-    } else if let Some(path) = source.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("--secret {name}: cannot read {path}"))?
-            .trim_end()
-            .to_string()
-    } else {
-        bail!("--secret {name}: source must be env:VAR or file:PATH, got {source:?}");
-    };
+    let value = read_source(source).map_err(|e| anyhow!("--secret {name}: {e}"))?;
     Ok((name.to_string(), Secret::new(value, vec![Grant::parse(origin)?])))
 }
 

@@ -248,22 +248,13 @@ impl Ctx {
     }
 }
 
-fn read_secret(source: &str) -> Result<String, String> {
-    if let Some(var) = source.strip_prefix("env:") {
-        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
-    } else if let Some(path) = source.strip_prefix("file:") {
-        std::fs::read_to_string(path).map(|s| s.trim_end().to_string()).map_err(|e| format!("cannot read {path}: {e}"))
-    } else {
-        Err(format!("unknown source {source}"))
-    }
-}
-
 fn grants_for(step: &PlannedStep) -> Result<Grants, RunError> {
     let invalid = |message: String| RunError::Invalid { step: step.id.clone(), message };
     let network = NetworkPolicy::parse(&step.network).map_err(|e| invalid(e.to_string()))?;
     let mut secrets = Secrets::default();
     for s in &step.secrets {
-        let value = read_secret(&s.source).map_err(|message| RunError::Secret { name: s.name.clone(), message })?;
+        let value = crate::capability::secrets::read_source(&s.source)
+            .map_err(|message| RunError::Secret { name: s.name.clone(), message })?;
         let bound = s
             .bound_to
             .iter()
