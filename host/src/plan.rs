@@ -7,7 +7,7 @@ use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
 use crate::pipeline::Loaded;
 use crate::sandbox::cache::sha256_hex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -63,6 +63,51 @@ pub struct PlannedSecret {
     pub bound_to: Vec<String>,
 }
 
+/// A directory granted read-only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlannedFiles {
+    /// Directory on the host.
+    pub host: PathBuf,
+    /// Where the plugin sees it.
+    pub guest: String,
+}
+
+/// Resource caps of one attempt, resolved to numbers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlannedLimits {
+    /// Memory, bytes.
+    pub memory_bytes: usize,
+    /// stdout/stderr and outputs, bytes.
+    pub output_bytes: usize,
+    /// HTTP requests.
+    pub requests: u32,
+    /// HTTP response body, bytes.
+    pub response_bytes: usize,
+    /// One HTTP request, milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl PlannedLimits {
+    fn from_def(def: Option<&crate::pipeline::model::StepLimits>) -> Self {
+        let (l, h) = (crate::sandbox::Limits::default(), crate::sandbox::HttpLimits::default());
+        let size = |s: &Option<crate::pipeline::model::Loc<String>>, d: usize| {
+            s.as_ref().and_then(|s| crate::sandbox::limits::parse_memory(s).ok()).unwrap_or(d)
+        };
+        let def = def.cloned().unwrap_or_default();
+        Self {
+            memory_bytes: size(&def.memory, l.memory_bytes),
+            output_bytes: size(&def.output, l.output_bytes),
+            requests: def.requests.map(|n| n.value).unwrap_or(h.max_requests),
+            response_bytes: size(&def.response_size, h.max_response_bytes),
+            request_timeout_ms: def
+                .request_timeout
+                .and_then(|t| humantime::parse_duration(&t).ok())
+                .unwrap_or(h.request_timeout)
+                .as_millis() as u64,
+        }
+    }
+}
+
 /// One step, resolved.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
@@ -84,10 +129,16 @@ pub struct PlannedStep {
     pub network: Vec<String>,
     /// Granted secrets.
     pub secrets: Vec<PlannedSecret>,
-    /// Read-only directories.
-    pub files: Vec<String>,
+    /// Restricted address ranges granted names may resolve to.
+    pub addresses: Vec<String>,
+    /// Read-only directories: host path and sandbox path.
+    pub files: Vec<PlannedFiles>,
+    /// Whether the step gets a writable `/artifacts` directory.
+    pub artifacts: bool,
     /// Timeout per attempt, as written.
     pub timeout: Option<String>,
+    /// Resource caps.
+    pub limits: PlannedLimits,
     /// Attempts in all.
     pub attempts: u32,
     /// Wait before the first retry, as written.
@@ -193,8 +244,16 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             condition: def.condition.as_ref().map(|c| c.value.clone()).unwrap_or_else(|| "success()".into()),
             network,
             secrets,
-            files: def.files.iter().map(|f| f.value.clone()).collect(),
+            addresses: def.addresses.iter().map(|a| a.value.clone()).collect(),
+            files: def
+                .files
+                .iter()
+                .filter_map(|f| crate::capability::FileGrant::new(f, base).ok())
+                .map(|g| PlannedFiles { host: g.host, guest: g.guest })
+                .collect(),
+            artifacts: def.artifacts,
             timeout: def.timeout.as_ref().map(|t| t.value.clone()),
+            limits: PlannedLimits::from_def(def.limits.as_ref()),
             attempts: def.retry.as_ref().map(|r| r.attempts.value).unwrap_or(1),
             backoff: def.retry.as_ref().and_then(|r| r.backoff.as_ref()).map(|b| b.value.clone()),
             continue_on_error: def.continue_on_error,

@@ -21,6 +21,10 @@ pub struct StepSummary {
     pub message: Option<String>,
     /// Outputs when it succeeded.
     pub outputs: BTreeMap<String, String>,
+    /// HTTP requests the host let out.
+    pub requests: u32,
+    /// HTTP requests the host refused.
+    pub denied: u32,
 }
 
 /// A run, summarised from its journal.
@@ -64,6 +68,8 @@ impl Summary {
                             seconds: 0.0,
                             message: None,
                             outputs: BTreeMap::new(),
+                            requests: 0,
+                            denied: 0,
                         });
                         summary.steps.len() - 1
                     }
@@ -98,6 +104,14 @@ impl Summary {
                 Event::StepSkipped { step: id, reason } => {
                     let i = step(id, &mut summary);
                     (summary.steps[i].status, summary.steps[i].message) = ("skipped".into(), Some(reason.clone()));
+                }
+                Event::Request(r) => {
+                    let i = step(&r.step, &mut summary);
+                    if r.allowed {
+                        summary.steps[i].requests += 1;
+                    } else {
+                        summary.steps[i].denied += 1;
+                    }
                 }
                 Event::RolledBack { step: id } => {
                     let i = step(id, &mut summary);

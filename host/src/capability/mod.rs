@@ -1,11 +1,17 @@
-//! What a step is granted: network origins and secrets bound to origins.
+//! What a step is granted: network origins, address ranges, secrets bound to
+//! origins, read-only directories and an artifacts directory.
 //! Everything defaults to deny; a step gets only what its grants name.
 
+pub mod address;
+pub mod files;
 pub mod network;
 pub mod secrets;
+pub mod sigv4;
 
 pub use network::{Grant, GrantError, NetworkPolicy};
-pub use secrets::{Secret, Secrets};
+pub use address::Resolver;
+pub use files::{FileGrant, Files};
+pub use secrets::{Redactor, Secret, Secrets};
 
 /// Everything a step call is allowed to reach.
 #[derive(Debug, Clone, Default)]
@@ -14,4 +20,6 @@ pub struct Grants {
     pub network: NetworkPolicy,
     /// Secrets the step may ask the host to apply, with their bindings.
     pub secrets: Secrets,
+    /// Directories the step may read, and where it may write artifacts.
+    pub files: Files,
 }

@@ -101,12 +101,24 @@ pub fn origin_of(url: &Url) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetworkPolicy {
     grants: Vec<Grant>,
+    addresses: Vec<ipnet::IpNet>,
 }
 
 impl NetworkPolicy {
     /// A policy from grants.
     pub fn new(grants: Vec<Grant>) -> Self {
-        Self { grants }
+        Self { grants, addresses: Vec::new() }
+    }
+
+    /// Also lets granted names resolve into these restricted ranges (private, loopback, ...).
+    pub fn with_addresses(mut self, ranges: Vec<ipnet::IpNet>) -> Self {
+        self.addresses = ranges;
+        self
+    }
+
+    /// Restricted ranges granted names may resolve into.
+    pub fn addresses(&self) -> &[ipnet::IpNet] {
+        &self.addresses
     }
 
     /// Parses each grant text.

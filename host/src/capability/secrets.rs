@@ -3,11 +3,14 @@
 //! an outgoing request at send time, and redacts it from anything it prints.
 
 use super::network::{origin_of, Grant};
+use super::sigv4;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
 use url::Url;
 
 /// A secret value and the origins it may be sent to.
@@ -35,10 +38,75 @@ impl Secret {
     }
 }
 
-/// The secrets granted to one step, by name.
+/// The secrets granted to one step, by name, and every value to redact.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     by_name: BTreeMap<String, Secret>,
+    redactor: Redactor,
+}
+
+/// Replaces secret values, and their base64 and URL-encoded forms, with `***`.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Longest first, so a value is never half-replaced by a shorter one it contains.
+    needles: Arc<Vec<String>>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} forms)", self.needles.len())
+    }
+}
+
+/// Shorter values are redacted only as written: their encoded forms are too likely to occur by chance.
+const MIN_ENCODED_LEN: usize = 4;
+
+impl Redactor {
+    /// A redactor for `values` and their encoded forms.
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut needles = Vec::new();
+        for value in values.into_iter().filter(|v| !v.is_empty()) {
+            needles.push(value.to_string());
+            if value.len() < MIN_ENCODED_LEN {
+                continue;
+            }
+            let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+            needles.push(b64.trim_end_matches('=').to_string());
+            needles.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value));
+            needles.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
+            needles.push(percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string());
+            needles.push(b64);
+        }
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        needles.dedup();
+        Self { needles: Arc::new(needles) }
+    }
+
+    /// Replaces every form of every value in `text` with `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for needle in self.needles.iter() {
+            if out.contains(needle.as_str()) {
+                out = out.replace(needle.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    /// Redacts every string inside a JSON value.
+    pub fn redact_json(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) => *s = self.redact(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|v| self.redact_json(v)),
+            _ => {}
+        }
+    }
+
+    /// Whether there is nothing to redact.
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
 }
 
 /// A secret a request may not use.
@@ -77,10 +145,55 @@ pub fn read_source(source: &str) -> Result<String, String> {
 /// A header to add to an outgoing request.
 pub type Header = (String, String);
 
+/// Which secrets sign a request with SigV4, and for which service and region.
+#[derive(Debug, Clone, Copy)]
+pub struct SigV4Use<'a> {
+    /// Service in the credential scope.
+    pub service: &'a str,
+    /// Region.
+    pub region: &'a str,
+    /// Secret holding the access key id.
+    pub access_key_id_secret: &'a str,
+    /// Secret holding the secret access key.
+    pub secret_access_key_secret: &'a str,
+    /// Secret holding a session token, for temporary credentials.
+    pub session_token_secret: Option<&'a str>,
+}
+
+/// The parts of a request a signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Target URL.
+    pub url: &'a Url,
+    /// The request's own headers.
+    pub headers: &'a [(String, String)],
+    /// Body.
+    pub body: &'a [u8],
+}
+
 impl Secrets {
     /// Grants a secret under a name.
     pub fn insert(&mut self, name: impl Into<String>, secret: Secret) {
         self.by_name.insert(name.into(), secret);
+        self.redactor = Redactor::new(self.by_name.values().map(|s| s.value.as_str()));
+    }
+
+    /// Redacts with `redactor` instead: a run redacts every secret of the pipeline in every step,
+    /// since a plugin may know a value it was not granted.
+    pub fn redact_with(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
+    }
+
+    /// Every granted value, for building a run-wide [`Redactor`].
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.by_name.values().map(|s| s.value.as_str())
+    }
+
+    /// The redactor in use.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// Names of the granted secrets.
@@ -129,15 +242,22 @@ impl Secrets {
         Ok((header.to_string(), format!("{prefix}{}", hex::encode(mac.finalize().into_bytes()))))
     }
 
-    /// Replaces every granted secret value in `text` with `***`.
+    /// Signs the request with AWS Signature Version 4; the keys are secrets bound to the request's origin.
+    pub fn aws_sigv4(&self, use_: &SigV4Use<'_>, req: &SignedRequest<'_>) -> Result<Vec<Header>, SecretError> {
+        let token = use_.session_token_secret.map(|name| self.value_for(name, req.url)).transpose()?;
+        let creds = sigv4::Credentials {
+            service: use_.service,
+            region: use_.region,
+            access_key_id: self.value_for(use_.access_key_id_secret, req.url)?,
+            secret_access_key: self.value_for(use_.secret_access_key_secret, req.url)?,
+            session_token: token,
+        };
+        Ok(sigv4::sign(&creds, req.method, req.url, req.headers, req.body, SystemTime::now()))
+    }
+
+    /// Replaces every secret value (and its encoded forms) in `text` with `***`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in self.by_name.values() {
-            if !secret.value.is_empty() {
-                out = out.replace(&secret.value, "***");
-            }
-        }
-        out
+        self.redactor.redact(text)
     }
 }
 
@@ -176,6 +296,19 @@ mod tests {
         let url = Url::parse("http://h/").unwrap();
         let (_, v) = s.hmac_sha256("x-sig", "sha256=", "K", &url, b"what do ya want for nothing?").unwrap();
         assert_eq!(v, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn encoded_forms_are_redacted_too() {
+        let mut s = Secrets::default();
+        s.insert("K", Secret::new("p@ss word/+?", vec![]));
+        let b64 = base64::engine::general_purpose::STANDARD.encode("p@ss word/+?");
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("p@ss word/+?");
+        let text = format!("a={b64} b={b64url} c=p%40ss+word%2F%2B%3F d=p%40ss%20word%2F%2B%3F e=p@ss word/+?");
+        assert_eq!(s.redact(&text), "a=*** b=*** c=*** d=*** e=***");
+        let mut json = serde_json::json!({"x": ["p@ss word/+?"], "y": {"z": b64}});
+        s.redactor().redact_json(&mut json);
+        assert_eq!(json, serde_json::json!({"x": ["***"], "y": {"z": "***"}}));
     }
 
     #[test]

@@ -16,6 +16,22 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Answer DNS lookups of NAME with IP instead of asking the resolver, as curl's --resolve (repeatable).
+    /// The answer is checked like any other: a loopback or private address still needs a grant.
+    #[arg(long, global = true, value_name = "NAME=IP", value_parser = crate::capability::address::parse_override)]
+    resolve: Vec<(String, Vec<std::net::IpAddr>)>,
+}
+
+/// `--resolve` overrides, for every runtime the command builds.
+static RESOLVE: std::sync::OnceLock<Vec<(String, Vec<std::net::IpAddr>)>> = std::sync::OnceLock::new();
+
+/// The plugin runtime, configured from the global options.
+pub(crate) fn runtime() -> anyhow::Result<crate::sandbox::Runtime> {
+    let mut builder = crate::sandbox::Runtime::builder();
+    for (name, addrs) in RESOLVE.get().into_iter().flatten() {
+        builder = builder.resolve(name.clone(), addrs.clone());
+    }
+    builder.build().map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +130,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = RESOLVE.set(cli.resolve.clone());
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -69,12 +69,28 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
         let secrets: Vec<String> =
             step.secrets.iter().map(|s| format!("{} ({}) -> {}", s.name, s.source, s.bound_to.join(" "))).collect();
         println!("  secrets   {}", or_none(&secrets));
-        println!("  files     {}", or_none(&step.files));
+        let files: Vec<String> = step.files.iter().map(|f| format!("{} (read-only, as {})", f.host.display(), f.guest)).collect();
+        println!("  files     {}", or_none(&files));
+        if step.artifacts {
+            println!("  artifacts /artifacts (writable, kept in the run directory)");
+        }
+        if !step.addresses.is_empty() {
+            println!("  addresses {}", step.addresses.join(", "));
+        }
         let retry = match &step.backoff {
             Some(b) => format!("{} attempts, backoff {b}", step.attempts),
             None => format!("{} attempts", step.attempts),
         };
-        println!("  limits    timeout {}, {retry}", step.timeout.as_deref().unwrap_or("30s"));
+        let l = &step.limits;
+        println!(
+            "  limits    timeout {}, {retry}, memory {} B, output {} B, {} requests, response {} B, request timeout {} ms",
+            step.timeout.as_deref().unwrap_or("30s"),
+            l.memory_bytes,
+            l.output_bytes,
+            l.requests,
+            l.response_bytes,
+            l.request_timeout_ms
+        );
         println!("  input     {}", step.input);
     }
     Ok(0)
@@ -110,7 +126,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let _lock = lock(&plan)?;
     let dir = PathBuf::from(".gantry").join("runs").join(&run_id);
     let journal = std::sync::Arc::new(FileJournal::create(&dir)?);
-    let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let runtime = super::runtime()?;
     let (tx, printer) = printer(args.json);
     let json = args.json;
     let options = RunOptions {
@@ -119,6 +135,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
         dry_run: args.dry_run,
         file: Some(args.file.canonicalize()?),
         completed: Vec::new(),
+        artifacts: Some(dir.join("artifacts")),
     };
     let result = crate::run::run(&runtime, &plan, &options, journal, Some(tx)).await;
     let _ = printer.await;
@@ -157,6 +174,11 @@ fn describe(event: &crate::run::Event) -> String {
         RolledBack { step } => format!("{step}: rolled back"),
         RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
+        Request(r) => match (&r.reason, r.status) {
+            (Some(reason), _) if !r.allowed => format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path),
+            (_, Some(status)) => format!("{}: {} {}{} -> {status} ({} B, {:.1} ms)", r.step, r.method, r.origin, r.path, r.bytes, r.duration_ms),
+            (reason, None) => format!("{}: {} {}{} failed: {}", r.step, r.method, r.origin, r.path, reason.as_deref().unwrap_or("")),
+        },
     }
 }
 
@@ -222,9 +244,15 @@ pub(crate) async fn resume(id: String, jobs: usize, json: bool) -> anyhow::Resul
         anyhow::bail!("run {id} already finished ({status}); nothing to resume");
     }
     let _lock = lock(&r.plan)?;
-    let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let options =
-        crate::run::RunOptions { run_id: id.clone(), jobs, dry_run: false, file: Some(r.file), completed: r.completed };
+    let runtime = super::runtime()?;
+    let options = crate::run::RunOptions {
+        run_id: id.clone(),
+        jobs,
+        dry_run: false,
+        file: Some(r.file),
+        completed: r.completed,
+        artifacts: Some(PathBuf::from(".gantry").join("runs").join(&id).join("artifacts")),
+    };
     let (tx, printer) = printer(json);
     let result = crate::run::run(&runtime, &r.plan, &options, std::sync::Arc::new(r.journal), Some(tx)).await;
     let _ = printer.await;
@@ -235,7 +263,7 @@ pub(crate) async fn resume(id: String, jobs: usize, json: bool) -> anyhow::Resul
 pub(crate) async fn rollback(id: String, json: bool) -> anyhow::Result<u8> {
     let r = reopen(&id)?;
     let _lock = lock(&r.plan)?;
-    let runtime = crate::sandbox::Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let runtime = super::runtime()?;
     let (tx, printer) = printer(json);
     let result = crate::run::rollback(&runtime, &r.plan, &r.completed, std::sync::Arc::new(r.journal), Some(tx)).await;
     let _ = printer.await;
@@ -300,6 +328,10 @@ impl LiveView {
             RunStarted { .. } | RunFinished { .. } => {
                 let _ = self.bars.println(describe(event));
             }
+            Request(r) if !r.allowed => {
+                let _ = self.bars.println(describe(event));
+            }
+            Request(_) => {}
         }
     }
 }

@@ -2,8 +2,9 @@
 
 use crate::build::{build_crate, BuildOptions};
 use crate::capability::secrets::read_source;
-use crate::capability::{Grant, Grants, NetworkPolicy, Secret};
-use crate::sandbox::{limits::parse_memory, CallError, Limits, Runtime, StepCall};
+use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Secret};
+use crate::sandbox::{limits::parse_memory, CallError, HttpLimits, Limits, RequestLog, RequestRecord, StepCall};
+use std::sync::{Arc, Mutex};
 use anyhow::anyhow;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,27 @@ pub(crate) struct RunArgs {
     /// Grant a secret: NAME=env:VAR@ORIGIN or NAME=file:PATH@ORIGIN (repeatable).
     #[arg(long = "secret", value_name = "NAME=SOURCE@ORIGIN")]
     secrets: Vec<String>,
+    /// Let granted names resolve into a restricted address range, e.g. 10.0.0.0/8 (repeatable).
+    #[arg(long = "allow-address", value_name = "RANGE", value_parser = crate::capability::address::parse_range)]
+    allow_address: Vec<ipnet::IpNet>,
+    /// Grant a directory read-only; the plugin sees it at /<DIR> (repeatable).
+    #[arg(long = "files", value_name = "DIR")]
+    files: Vec<String>,
+    /// Give the plugin a writable /artifacts directory backed by DIR.
+    #[arg(long, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
+    /// Most HTTP requests the call may make.
+    #[arg(long, default_value_t = HttpLimits::default().max_requests)]
+    requests: u32,
+    /// Largest HTTP response body, e.g. 16MiB.
+    #[arg(long, default_value = "16MiB", value_parser = parse_memory)]
+    response_size: usize,
+    /// Longest one HTTP request may take.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Most bytes of stdout/stderr kept, and of outputs returned, e.g. 1MiB.
+    #[arg(long, default_value = "1MiB", value_parser = parse_memory)]
+    output: usize,
     /// Wall-clock limit for the call, e.g. 10s, 500ms, 2m.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -90,15 +112,32 @@ pub(crate) fn resolve_plugin(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let mut grants = Grants { network: NetworkPolicy::parse(&args.allow_net)?, ..Default::default() };
+    let network = NetworkPolicy::parse(&args.allow_net)?.with_addresses(args.allow_address.clone());
+    let cwd = std::env::current_dir()?;
+    let read = args
+        .files
+        .iter()
+        .map(|dir| FileGrant::new(dir, &cwd).map_err(|e| anyhow!("--files {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let files = Files { read, artifacts: args.artifacts.clone() };
+    let mut grants = Grants { network, files, ..Default::default() };
     for spec in &args.secrets {
         let (name, secret) = secret_from(spec)?;
         grants.secrets.insert(name, secret);
     }
+    let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
+    let sink = records.clone();
     let mut call = StepCall {
         grants,
-        limits: Limits { memory_bytes: args.memory, timeout: args.timeout, ..Limits::default() },
-        ..Default::default()
+        limits: Limits { memory_bytes: args.memory, timeout: args.timeout, output_bytes: args.output },
+        http: HttpLimits {
+            max_requests: args.requests,
+            max_response_bytes: args.response_size,
+            request_timeout: args.request_timeout,
+            ..HttpLimits::default()
+        },
+        requests: Some(RequestLog(Arc::new(move |r| sink.lock().unwrap_or_else(|e| e.into_inner()).push(r)))),
+        context: Default::default(),
     };
     call.context.step_id = args.id.clone();
     call.context.pipeline = "adhoc".into();
@@ -109,18 +148,23 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let source = args.plugin.clone();
     let file = tokio::task::spawn_blocking(move || resolve_plugin(&source)).await??;
-    let runtime = Runtime::builder().build().map_err(|e| anyhow!("{e:#}"))?;
+    let runtime = super::runtime()?;
     let plugin = runtime.load(&file)?;
     let started = Instant::now();
     let result = if args.rollback { plugin.rollback(&call).await } else { plugin.run(&call).await };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let plugin_json = serde_json::json!({"path": file, "sha256": plugin.sha256(), "cache": plugin.cache_status()});
+    let requests = std::mem::take(&mut *records.lock().unwrap_or_else(|e| e.into_inner()));
+    for r in requests.iter().filter(|r| !r.allowed) {
+        tracing::warn!(step = %r.step, "{} {}{} denied: {}", r.method, r.origin, r.path, r.reason.as_deref().unwrap_or(""));
+    }
+    let requests = serde_json::to_value(&requests)?;
     match result {
         Ok(outputs) => {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "step": args.id, "outputs": outputs, "plugin": plugin_json, "duration_ms": elapsed_ms})
+                    serde_json::json!({"ok": true, "step": args.id, "outputs": outputs, "plugin": plugin_json, "duration_ms": elapsed_ms, "requests": requests})
                 );
             } else {
                 println!("step `{}` succeeded in {elapsed_ms:.1} ms", args.id);
@@ -131,18 +175,24 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(e) => {
-            report_failure(&args, &e, plugin_json, elapsed_ms);
+            report_failure(&args, &e, plugin_json, elapsed_ms, requests);
             Ok(super::EXIT_STEP_FAILED)
         }
     }
 }
 
-fn report_failure(args: &RunArgs, e: &CallError, plugin_json: serde_json::Value, elapsed_ms: f64) {
+fn report_failure(
+    args: &RunArgs,
+    e: &CallError,
+    plugin_json: serde_json::Value,
+    elapsed_ms: f64,
+    requests: serde_json::Value,
+) {
     if args.json {
         let error = serde_json::json!({"kind": e.kind(), "message": e.to_string(), "retryable": e.is_retryable()});
         println!(
             "{}",
-            serde_json::json!({"ok": false, "step": args.id, "error": error, "plugin": plugin_json, "duration_ms": elapsed_ms})
+            serde_json::json!({"ok": false, "step": args.id, "error": error, "plugin": plugin_json, "duration_ms": elapsed_ms, "requests": requests})
         );
     } else {
         eprintln!("error: {e}");

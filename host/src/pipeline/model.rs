@@ -141,6 +141,27 @@ pub struct Retry {
     pub backoff: Option<Loc<String>>,
 }
 
+/// Resource caps of one step attempt; unset ones keep their defaults.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepLimits {
+    /// Largest linear memory, e.g. `64MiB` (default).
+    #[serde(default)]
+    pub memory: Option<Loc<String>>,
+    /// Most bytes of stdout/stderr kept and of outputs returned, e.g. `1MiB` (default).
+    #[serde(default)]
+    pub output: Option<Loc<String>>,
+    /// Most HTTP requests per attempt (default 10000).
+    #[serde(default)]
+    pub requests: Option<Loc<u32>>,
+    /// Largest HTTP response body, e.g. `16MiB` (default).
+    #[serde(default)]
+    pub response_size: Option<Loc<String>>,
+    /// Longest one HTTP request may take, e.g. `30s` (default).
+    #[serde(default)]
+    pub request_timeout: Option<Loc<String>>,
+}
+
 /// One step of a pipeline.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -170,12 +191,21 @@ pub struct StepDef {
     /// Names of the pipeline secrets the step may use.
     #[serde(default)]
     pub secrets: Vec<Loc<String>>,
-    /// Directories granted read-only.
+    /// Restricted address ranges (private, loopback, ...) that names in `network:` may resolve to, e.g. `10.0.0.0/8`.
+    #[serde(default)]
+    pub addresses: Vec<Loc<String>>,
+    /// Directories granted read-only, relative to the pipeline file; seen in the sandbox at `/<path>`.
     #[serde(default)]
     pub files: Vec<Loc<String>>,
+    /// A writable directory for what the step produces, `/artifacts` in the sandbox, kept in the run directory.
+    #[serde(default)]
+    pub artifacts: bool,
     /// Wall-clock limit per attempt, e.g. `30s`.
     #[serde(default)]
     pub timeout: Option<Loc<String>>,
+    /// Resource caps of one attempt.
+    #[serde(default)]
+    pub limits: Option<StepLimits>,
     /// Retry policy.
     #[serde(default)]
     pub retry: Option<Retry>,

@@ -35,8 +35,33 @@ pub(crate) fn check(loaded: &Loaded) -> Vec<Problem> {
                 c.push(name.at, &format!("{field}.secrets"), undeclared_secret(name, &known));
             }
         }
+        for range in &step.addresses {
+            if let Err(e) = crate::capability::address::parse_range(range) {
+                c.push(range.at, &format!("{field}.addresses"), e);
+            }
+        }
+        for dir in &step.files {
+            if let Err(e) = crate::capability::files::guest_path(dir) {
+                c.push(dir.at, &format!("{field}.files"), e);
+            }
+        }
         if let Some(timeout) = &step.timeout {
             c.duration(timeout, &format!("{field}.timeout"));
+        }
+        if let Some(limits) = &step.limits {
+            for (name, size) in [("memory", &limits.memory), ("output", &limits.output), ("response_size", &limits.response_size)] {
+                if let Some(size) = size {
+                    if let Err(e) = crate::sandbox::limits::parse_memory(size) {
+                        c.push(size.at, &format!("{field}.limits.{name}"), e);
+                    }
+                }
+            }
+            if let Some(t) = &limits.request_timeout {
+                c.duration(t, &format!("{field}.limits.request_timeout"));
+            }
+            if let Some(n) = limits.requests.as_ref().filter(|n| n.value == 0) {
+                c.push(n.at, &format!("{field}.limits.requests"), "must be at least 1".into());
+            }
         }
         if let Some(retry) = &step.retry {
             if retry.attempts.value == 0 {

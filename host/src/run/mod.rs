@@ -7,10 +7,12 @@
 pub mod journal;
 pub mod resume;
 
-use crate::capability::{Grant, Grants, NetworkPolicy, Secret, Secrets};
+use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Redactor, Secret, Secrets};
 use crate::pipeline::expr::{self, Expr, Op};
 use crate::plan::{Plan, PlannedStep};
-use crate::sandbox::{CallError, Limits, Outputs, Plugin, Runtime, StepCall, StepContext};
+use crate::sandbox::{
+    CallError, HttpLimits, Limits, Outputs, Plugin, RequestLog, RequestRecord, Runtime, StepCall, StepContext,
+};
 use journal::{Journal, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,6 +87,8 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A step made (or tried to make) an HTTP request.
+    Request(RequestRecord),
     /// A completed step was undone.
     RolledBack {
         /// Step id.
@@ -175,6 +179,8 @@ pub struct RunOptions {
     pub file: Option<PathBuf>,
     /// Steps already completed by an earlier, interrupted attempt of this run, in completion order.
     pub completed: Vec<(String, Outputs)>,
+    /// Where steps with `artifacts: true` get their directory (`<dir>/<step id>`); by default a temporary directory.
+    pub artifacts: Option<PathBuf>,
 }
 
 /// The result of a run.
@@ -208,6 +214,8 @@ struct Ctx {
     journal: Arc<dyn Journal>,
     events: Option<mpsc::UnboundedSender<Event>>,
     dry_run: bool,
+    /// Every secret value of the run, redacted from every event.
+    redactor: Redactor,
 }
 
 impl Ctx {
@@ -216,6 +224,7 @@ impl Ctx {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or_default();
+        let event = redact_event(&self.redactor, event);
         self.journal.append(&Record { ts_ms, event: event.clone() })?;
         if let Some(tx) = &self.events {
             let _ = tx.send(event);
@@ -243,14 +252,61 @@ impl Ctx {
         }
     }
 
+    /// A call of `step` with its grants, limits and a request log feeding the journal.
+    fn call(self: &Arc<Self>, step: &PlannedStep, context: StepContext) -> StepCall {
+        let weak = Arc::downgrade(self);
+        let log = RequestLog(Arc::new(move |record| {
+            if let Some(ctx) = weak.upgrade() {
+                let _ = ctx.emit(Event::Request(record));
+            }
+        }));
+        let l = step.limits;
+        StepCall {
+            context,
+            grants: self.grants[&step.id].clone(),
+            limits: Limits { memory_bytes: l.memory_bytes, output_bytes: l.output_bytes, ..Limits::default() },
+            http: HttpLimits {
+                max_requests: l.requests,
+                max_response_bytes: l.response_bytes,
+                request_timeout: Duration::from_millis(l.request_timeout_ms),
+                ..HttpLimits::default()
+            },
+            requests: Some(log),
+        }
+    }
+
     fn step(&self, id: &str) -> &PlannedStep {
         self.plan.steps.iter().find(|s| s.id == id).expect("plan steps are indexed by id")
     }
 }
 
-fn grants_for(step: &PlannedStep) -> Result<Grants, RunError> {
+/// Redacts every string of an event; events are small, so a round trip through JSON is cheap enough.
+fn redact_event(redactor: &Redactor, event: Event) -> Event {
+    if redactor.is_empty() {
+        return event;
+    }
+    let Ok(mut value) = serde_json::to_value(&event) else { return event };
+    redactor.redact_json(&mut value);
+    serde_json::from_value(value).unwrap_or(event)
+}
+
+fn grants_for(step: &PlannedStep, artifacts: Option<&std::path::Path>) -> Result<Grants, RunError> {
     let invalid = |message: String| RunError::Invalid { step: step.id.clone(), message };
-    let network = NetworkPolicy::parse(&step.network).map_err(|e| invalid(e.to_string()))?;
+    let ranges = step
+        .addresses
+        .iter()
+        .map(|a| crate::capability::address::parse_range(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let network = NetworkPolicy::parse(&step.network).map_err(|e| invalid(e.to_string()))?.with_addresses(ranges);
+    let files = Files {
+        read: step.files.iter().map(|f| FileGrant { host: f.host.clone(), guest: f.guest.clone() }).collect(),
+        artifacts: match (step.artifacts, artifacts) {
+            (true, Some(dir)) => Some(dir.join(&step.id)),
+            (true, None) => Some(std::env::temp_dir().join(format!("gantry-artifacts-{}", std::process::id())).join(&step.id)),
+            (false, _) => None,
+        },
+    };
     let mut secrets = Secrets::default();
     for s in &step.secrets {
         let value = crate::capability::secrets::read_source(&s.source)
@@ -263,7 +319,7 @@ fn grants_for(step: &PlannedStep) -> Result<Grants, RunError> {
             .map_err(|e| invalid(e.to_string()))?;
         secrets.insert(s.name.clone(), Secret::new(value, bound));
     }
-    Ok(Grants { network, secrets })
+    Ok(Grants { network, secrets, files })
 }
 
 /// Evaluates an `if:` condition; `failed` says whether the pipeline has failed so far.
@@ -345,12 +401,8 @@ async fn attempt_step(
     let mut attempt = 1;
     loop {
         let _ = ctx.emit(Event::StepStarted { step: id.clone(), attempt });
-        let call = StepCall {
-            context: ctx.context(&id, attempt, input.clone(), upstream.clone()),
-            grants: ctx.grants[&id].clone(),
-            limits: Limits { timeout, ..Limits::default() },
-            ..Default::default()
-        };
+        let mut call = ctx.call(&step, ctx.context(&id, attempt, input.clone(), upstream.clone()));
+        call.limits.timeout = timeout;
         match plugin.run(&call).await {
             Ok(outputs) => return Ok(outputs),
             Err(e) if e.is_retryable() && attempt < step.attempts => {
@@ -375,10 +427,12 @@ pub struct Prepared {
     pub plugins: BTreeMap<String, Plugin>,
     /// Grants, with secret values read from their sources.
     pub grants: BTreeMap<String, Grants>,
+    /// Redacts every secret value of the run.
+    pub redactor: Redactor,
 }
 
 /// Loads every plugin of the plan and resolves every grant, before any step runs.
-pub fn prepare(runtime: &Runtime, plan: &Plan) -> Result<Prepared, RunError> {
+pub fn prepare(runtime: &Runtime, plan: &Plan, artifacts: Option<&std::path::Path>) -> Result<Prepared, RunError> {
     let mut plugins = BTreeMap::new();
     let mut grants = BTreeMap::new();
     for step in &plan.steps {
@@ -394,9 +448,14 @@ pub fn prepare(runtime: &Runtime, plan: &Plan) -> Result<Prepared, RunError> {
             });
         }
         plugins.insert(step.id.clone(), plugin);
-        grants.insert(step.id.clone(), grants_for(step)?);
+        grants.insert(step.id.clone(), grants_for(step, artifacts)?);
     }
-    Ok(Prepared { plugins, grants })
+    // A plugin may know a value it was not granted: every step redacts every secret of the run.
+    let redactor = Redactor::new(grants.values().flat_map(|g: &Grants| g.secrets.values()));
+    for g in grants.values_mut() {
+        g.secrets.redact_with(redactor.clone());
+    }
+    Ok(Prepared { plugins, grants, redactor })
 }
 
 /// Runs the plan, writing every event to `journal` and, when given, to `events`.
@@ -407,8 +466,9 @@ pub async fn run(
     journal: Arc<dyn Journal>,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
-    let Prepared { plugins, grants } = prepare(runtime, plan)?;
-    let ctx = Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: options.dry_run });
+    let Prepared { plugins, grants, redactor } = prepare(runtime, plan, options.artifacts.as_deref())?;
+    let ctx =
+        Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: options.dry_run, redactor });
     ctx.emit(Event::RunStarted {
         run_id: options.run_id.clone(),
         pipeline: plan.pipeline.clone(),
@@ -571,7 +631,7 @@ fn finish(ctx: &Ctx, status: Status) -> Result<(), RunError> {
 
 /// Rolls back `order` (completion order) in reverse, for steps that allow it.
 async fn undo(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     order: &[String],
     outputs: &BTreeMap<String, Outputs>,
 ) -> Result<(Vec<String>, bool), RunError> {
@@ -582,11 +642,7 @@ async fn undo(
         if !step.rollback {
             continue;
         }
-        let call = StepCall {
-            context: ctx.context(id, 1, render_outputs(&step.input, outputs), BTreeMap::new()),
-            grants: ctx.grants[id].clone(),
-            ..Default::default()
-        };
+        let call = ctx.call(step, ctx.context(id, 1, render_outputs(&step.input, outputs), BTreeMap::new()));
         match ctx.plugins[id].rollback(&call).await {
             Ok(_) => {
                 ctx.emit(Event::RolledBack { step: id.clone() })?;
@@ -609,8 +665,8 @@ pub async fn rollback(
     journal: Arc<dyn Journal>,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
-    let Prepared { plugins, grants } = prepare(runtime, plan)?;
-    let ctx = Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: false };
+    let Prepared { plugins, grants, redactor } = prepare(runtime, plan, None)?;
+    let ctx = Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: false, redactor });
     let order: Vec<String> = completed.iter().map(|(id, _)| id.clone()).collect();
     let outputs: BTreeMap<String, Outputs> = completed.iter().cloned().collect();
     let (rolled_back, failed) = undo(&ctx, &order, &outputs).await?;

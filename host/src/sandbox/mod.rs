@@ -16,20 +16,22 @@ mod outbound;
 pub use cache::{Cache, CacheStatus};
 pub use contract::CONTRACT_VERSION;
 pub use limits::Limits;
-pub use outbound::HttpLimits;
+pub use outbound::{HttpLimits, RequestLog, RequestRecord};
 
-use crate::capability::Grants;
+use crate::capability::files::ARTIFACTS_GUEST_PATH;
+use crate::capability::{Grants, Resolver};
+use outbound::Refusal;
 use bindings::gantry::step::types as wit;
 use bindings::{Step, StepPre};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// How often the epoch advances; the granularity of timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -114,6 +116,26 @@ pub enum CallError {
         /// The size the plugin asked for.
         requested: usize,
     },
+    /// The plugin printed more than its output limit, or returned outputs larger than it.
+    #[error("step `{step}` exceeded its output limit of {limit} bytes ({what})")]
+    OutputLimit {
+        /// Step id.
+        step: String,
+        /// The limit.
+        limit: usize,
+        /// Which output: stdout, stderr or outputs.
+        what: String,
+    },
+    /// The host refused something the plugin asked for, and the plugin then failed.
+    #[error("step `{step}` failed: {message}")]
+    Refused {
+        /// Step id.
+        step: String,
+        /// `network-denied`, `secret-denied` or `http-limit`.
+        kind: &'static str,
+        /// What the host refused and why.
+        message: String,
+    },
     /// The plugin trapped: a panic, stack overflow, unreachable code.
     #[error("step `{step}` crashed: {message}")]
     Trap {
@@ -136,6 +158,8 @@ impl CallError {
             CallError::Failed { .. } => "failed",
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimit { .. } => "memory-limit",
+            CallError::OutputLimit { .. } => "output-limit",
+            CallError::Refused { kind, .. } => kind,
             CallError::Trap { .. } => "trap",
         }
     }
@@ -188,6 +212,8 @@ pub struct StepCall {
     pub limits: Limits,
     /// Caps on outgoing HTTP.
     pub http: HttpLimits,
+    /// Receives a record of every request, for the journal.
+    pub requests: Option<RequestLog>,
 }
 
 /// Outputs of a successful call.
@@ -254,8 +280,34 @@ struct Inner {
     engine: Engine,
     linker: Linker<State>,
     cache: Option<Cache>,
-    client: reqwest::Client,
+    resolver: Resolver,
+    /// HTTP clients by the restricted ranges their resolver lets through; most steps share the first.
+    clients: Mutex<Vec<(Vec<ipnet::IpNet>, reqwest::Client)>>,
     _ticker: Ticker,
+}
+
+impl Inner {
+    fn client(&self, ranges: &[ipnet::IpNet]) -> Result<reqwest::Client, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = clients.iter().find(|(r, _)| r == ranges) {
+            return Ok(c.clone());
+        }
+        let client = http_client(self.resolver.allowing(ranges.to_vec()))?;
+        clients.push((ranges.to_vec(), client.clone()));
+        Ok(client)
+    }
+}
+
+fn http_client(resolver: Resolver) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        // The host follows redirects itself so every hop is checked.
+        .redirect(reqwest::redirect::Policy::none())
+        // A proxy would connect on the step's behalf, past the address checks.
+        .no_proxy()
+        .dns_resolver(Arc::new(resolver))
+        .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// The plugin host: engine, linker, cache. Cheap to clone.
@@ -268,6 +320,7 @@ pub struct Runtime {
 #[derive(Debug, Default)]
 pub struct RuntimeBuilder {
     cache: Option<Option<PathBuf>>,
+    resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 impl RuntimeBuilder {
@@ -280,6 +333,13 @@ impl RuntimeBuilder {
     /// Compiles every component on load, caching nothing.
     pub fn no_cache(mut self) -> Self {
         self.cache = Some(None);
+        self
+    }
+
+    /// Answers lookups of `name` with `addrs` instead of asking DNS (as curl's `--resolve` does).
+    /// The answers are checked like any other: a restricted address still needs a grant.
+    pub fn resolve(mut self, name: impl Into<String>, addrs: Vec<std::net::IpAddr>) -> Self {
+        self.resolve.insert(name.into(), addrs);
         self
     }
 
@@ -313,13 +373,10 @@ impl RuntimeBuilder {
             Some(explicit) => explicit.map(Cache::new),
             None => Cache::default_dir().map(Cache::new),
         };
-        let client = reqwest::Client::builder()
-            // The host follows redirects itself so every hop is checked.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| wasmtime::Error::msg(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Runtime { inner: Arc::new(Inner { engine, linker, cache, client, _ticker: Ticker(stop) }) })
+        let resolver = Resolver::new(self.resolve);
+        let client = http_client(resolver.clone()).map_err(wasmtime::Error::msg)?;
+        let clients = Mutex::new(vec![(Vec::new(), client)]);
+        Ok(Runtime { inner: Arc::new(Inner { engine, linker, cache, resolver, clients, _ticker: Ticker(stop) }) })
     }
 }
 
@@ -415,17 +472,29 @@ impl Plugin {
         &self.path
     }
 
-    fn store(&self, call: &StepCall) -> (Store<State>, MemoryOutputPipe, MemoryOutputPipe) {
+    fn store(&self, call: &StepCall) -> Result<(Store<State>, MemoryOutputPipe, MemoryOutputPipe), CallError> {
+        let step = call.context.step_id.clone();
+        let setup = |message: String| CallError::Failed { step: step.clone(), message, retryable: false };
         let stdout = MemoryOutputPipe::new(call.limits.output_bytes);
         let stderr = MemoryOutputPipe::new(call.limits.output_bytes);
-        // Nothing is inherited: no env, args, preopens, sockets or stdin.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        // Nothing is inherited: no env, args, sockets or stdin; only the granted directories.
+        let mut builder = WasiCtx::builder();
+        builder.stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false);
+        builder.allow_ip_name_lookup(false);
+        for grant in &call.grants.files.read {
+            builder.preopened_dir(&grant.host, &grant.guest, FsPerms::ReadOnly).map_err(|e| {
+                setup(format!("cannot open granted directory {} ({}): {e}", grant.host.display(), grant.guest))
+            })?;
+        }
+        if let Some(dir) = &call.grants.files.artifacts {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| setup(format!("cannot create artifacts directory {}: {e}", dir.display())))?;
+            builder
+                .preopened_dir(dir, ARTIFACTS_GUEST_PATH, FsPerms::ReadWrite)
+                .map_err(|e| setup(format!("cannot open artifacts directory {}: {e}", dir.display())))?;
+        }
+        let wasi = builder.build();
+        let client = self.runtime.inner.client(call.grants.network.addresses()).map_err(setup)?;
         let state = State {
             wasi,
             table: ResourceTable::new(),
@@ -434,8 +503,10 @@ impl Plugin {
                 step: call.context.step_id.clone(),
                 grants: call.grants.clone(),
                 limits: call.http,
-                client: self.runtime.inner.client.clone(),
+                client,
                 requests: 0,
+                log: call.requests.clone(),
+                refusal: None,
             },
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
@@ -451,7 +522,7 @@ impl Plugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        (store, stdout, stderr)
+        Ok((store, stdout, stderr))
     }
 
     /// Asks the plugin to describe itself.
@@ -460,7 +531,7 @@ impl Plugin {
             context: StepContext { step_id: "describe".into(), ..Default::default() },
             ..Default::default()
         };
-        let (mut store, stdout, stderr) = self.store(&call);
+        let (mut store, stdout, stderr) = self.store(&call)?;
         let result = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.gantry_step_plugin().call_describe(&mut store).await
@@ -506,7 +577,7 @@ impl Plugin {
                 })
                 .collect(),
         };
-        let (mut store, stdout, stderr) = self.store(call);
+        let (mut store, stdout, stderr) = self.store(call)?;
         let result = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let plugin = instance.gantry_step_plugin();
@@ -518,12 +589,30 @@ impl Plugin {
         let result = tokio::time::timeout(call.limits.timeout, result).await;
         let stderr = forward_output(call, &stdout, &stderr);
         let secrets = &call.grants.secrets;
+        let step = call.context.step_id.clone();
         match self.settle(call, &mut store, result, &stderr)? {
-            Ok(outcome) => Ok(outcome.outputs.into_iter().map(|(k, v)| (k, secrets.redact(&v))).collect()),
-            Err(e) => Err(CallError::Failed {
-                step: call.context.step_id.clone(),
-                message: secrets.redact(&e.message),
-                retryable: e.retryable,
+            Ok(outcome) => {
+                let size: usize = outcome.outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if size > call.limits.output_bytes {
+                    return Err(CallError::OutputLimit {
+                        step,
+                        limit: call.limits.output_bytes,
+                        what: format!("outputs of {size} bytes"),
+                    });
+                }
+                Ok(outcome.outputs.into_iter().map(|(k, v)| (k, secrets.redact(&v))).collect())
+            }
+            Err(e) => Err(match store.data().outbound.refusal.clone() {
+                Some(refusal) => {
+                    let (kind, host) = match refusal {
+                        Refusal::Network(m) => ("network-denied", m),
+                        Refusal::Secret(m) => ("secret-denied", m),
+                        Refusal::Limit(m) => ("http-limit", m),
+                    };
+                    let message = secrets.redact(&format!("{host} (the plugin reported: {})", e.message));
+                    CallError::Refused { step, kind, message }
+                }
+                None => CallError::Failed { step, message: secrets.redact(&e.message), retryable: e.retryable },
             }),
         }
     }
@@ -547,6 +636,9 @@ impl Plugin {
                 limit: call.limits.memory_bytes,
                 requested: tracker.memory_exceeded.unwrap_or_default(),
             }),
+            Ok(Err(e)) if format!("{e:?}").contains("write beyond capacity") => {
+                Err(CallError::OutputLimit { step, limit: call.limits.output_bytes, what: "stdout/stderr".into() })
+            }
             Ok(Err(e)) => {
                 tracing::debug!(step = %step, "plugin trapped: {e:?}");
                 Err(CallError::Trap { step, message: call.grants.secrets.redact(&trap_message(&e, stderr)) })

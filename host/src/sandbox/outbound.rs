@@ -1,10 +1,16 @@
 //! Outgoing HTTP on behalf of a plugin: checks every request and every
-//! redirect hop against the step's network policy, applies named secrets only
-//! where they are bound, and caps time, size and count.
+//! redirect hop against the step's network policy (origins, then the
+//! addresses names resolve to), applies named secrets only where they are
+//! bound, caps time, size and count, and records every request.
 
 use super::bindings::gantry::step::types::{HttpError, Request, Response, SecretUse};
+use crate::capability::address::AddressDenied;
 use crate::capability::network::origin_of;
+use crate::capability::secrets::{SecretError, SigV4Use, SignedRequest};
 use crate::capability::Grants;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -32,6 +38,50 @@ impl Default for HttpLimits {
     }
 }
 
+/// One request a plugin made (or tried to), as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Step id.
+    pub step: String,
+    /// HTTP method.
+    pub method: String,
+    /// `scheme://host[:port]`.
+    pub origin: String,
+    /// Path, without the query (which may carry data the journal should not keep).
+    pub path: String,
+    /// Response status, when one came.
+    pub status: Option<u16>,
+    /// Response body bytes.
+    pub bytes: u64,
+    /// Time from sending to the end of the body, in milliseconds.
+    pub duration_ms: f64,
+    /// Whether the host let the request out.
+    pub allowed: bool,
+    /// Why it was refused or failed.
+    pub reason: Option<String>,
+}
+
+/// Receives a record of every request a step makes.
+#[derive(Clone)]
+pub struct RequestLog(pub Arc<dyn Fn(RequestRecord) + Send + Sync>);
+
+impl std::fmt::Debug for RequestLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestLog")
+    }
+}
+
+/// Which host rule stopped a request, so a failed step reports it rather than the plugin's paraphrase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Origin or address not granted.
+    Network(String),
+    /// Secret not granted or not bound to the origin.
+    Secret(String),
+    /// A cap was exceeded.
+    Limit(String),
+}
+
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Performs requests for one step call.
@@ -41,20 +91,50 @@ pub(crate) struct Outbound {
     pub(crate) limits: HttpLimits,
     pub(crate) client: reqwest::Client,
     pub(crate) requests: u32,
+    pub(crate) log: Option<RequestLog>,
+    /// The first request the host refused during this call.
+    pub(crate) refusal: Option<Refusal>,
 }
 
-fn denied(step: &str, url: &Url) -> HttpError {
-    HttpError::Denied(format!(
+fn denied(step: &str, url: &Url) -> String {
+    format!(
         "network access to {} denied for step `{step}`: add it to `network:` of the step (or --allow-net)",
         origin_of(url)
-    ))
+    )
 }
 
 impl Outbound {
+    fn record(&self, method: &str, url: &Url, outcome: Outcome) {
+        let Some(log) = &self.log else { return };
+        let secrets = &self.grants.secrets;
+        log.0(RequestRecord {
+            step: self.step.clone(),
+            method: method.to_string(),
+            origin: origin_of(url),
+            path: secrets.redact(url.path()),
+            status: outcome.status,
+            bytes: outcome.bytes,
+            duration_ms: outcome.started.elapsed().as_secs_f64() * 1e3,
+            allowed: outcome.allowed,
+            reason: outcome.reason.map(|r| secrets.redact(&r)),
+        });
+    }
+
+    /// Remembers the first refusal and hands the plugin the error.
+    fn refuse(&mut self, refusal: Refusal) -> HttpError {
+        let error = match &refusal {
+            Refusal::Network(m) => HttpError::Denied(m.clone()),
+            Refusal::Secret(m) => HttpError::SecretDenied(m.clone()),
+            Refusal::Limit(m) => HttpError::Limit(m.clone()),
+        };
+        self.refusal.get_or_insert(refusal);
+        error
+    }
+
     /// Performs the request; `deadline` is the step call's own.
     pub(crate) async fn send(&mut self, req: Request, deadline: Instant) -> Result<Response, HttpError> {
-        let method = req.method.to_ascii_uppercase();
-        if !METHODS.contains(&method.as_str()) {
+        let method_name = req.method.to_ascii_uppercase();
+        if !METHODS.contains(&method_name.as_str()) {
             return Err(HttpError::Invalid(format!("method {:?} is not supported", req.method)));
         }
         let mut url =
@@ -66,37 +146,58 @@ impl Outbound {
             req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(self.limits.request_timeout);
         let started = Instant::now();
         let until = deadline.min(started + per_request);
-        let mut method = reqwest::Method::from_bytes(method.as_bytes()).expect("listed methods parse");
+        let mut method = reqwest::Method::from_bytes(method_name.as_bytes()).expect("listed methods parse");
         let mut body = req.body;
+        let mut headers = req.headers;
         for _hop in 0..=self.limits.max_redirects {
+            let hop_started = Instant::now();
+            let outcome = |allowed, reason: Option<String>| Outcome {
+                started: hop_started,
+                status: None,
+                bytes: 0,
+                allowed,
+                reason,
+            };
             if !self.grants.network.allows(&url) {
                 tracing::warn!(step = %self.step, origin = %origin_of(&url), "network access denied");
-                return Err(denied(&self.step, &url));
+                let message = denied(&self.step, &url);
+                self.record(method.as_str(), &url, outcome(false, Some(message.clone())));
+                return Err(self.refuse(Refusal::Network(message)));
             }
             self.requests += 1;
             if self.requests > self.limits.max_requests {
-                return Err(HttpError::Limit(format!(
-                    "step `{}` made more than {} requests",
-                    self.step, self.limits.max_requests
-                )));
+                let message = format!("step `{}` made more than {} requests", self.step, self.limits.max_requests);
+                self.record(method.as_str(), &url, outcome(false, Some(message.clone())));
+                return Err(self.refuse(Refusal::Limit(message)));
             }
-            let mut builder = self.client.request(method.clone(), url.clone());
-            for (name, value) in &req.headers {
-                builder = builder.header(name, value);
-            }
-            for use_ in &req.secrets {
-                let (name, value) = self.secret_header(use_, &url, &body)?;
-                builder = builder.header(name, value);
-            }
+            let map = match self.headers(&headers, method.as_str(), &url, &body, &req.secrets) {
+                Ok(map) => map,
+                Err(e) => {
+                    self.record(method.as_str(), &url, outcome(false, Some(e.to_string())));
+                    return Err(match e {
+                        HeaderError::Invalid(m) => HttpError::Invalid(m),
+                        HeaderError::Secret(m) => self.refuse(Refusal::Secret(m)),
+                    });
+                }
+            };
             let remaining = until.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(HttpError::Timeout(format!("request to {} ran out of time", origin_of(&url))));
             }
-            let response =
-                builder.body(body.clone()).timeout(remaining).send().await.map_err(|e| transport(&url, e))?;
+            let sent = self.client.request(method.clone(), url.clone()).headers(map).body(body.clone());
+            let response = match sent.timeout(remaining).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let error = self.transport(&url, e);
+                    let allowed = !matches!(error, HttpError::Denied(_));
+                    self.record(method.as_str(), &url, outcome(allowed, Some(http_error_message(&error))));
+                    return Err(error);
+                }
+            };
             let status = response.status();
             if status.is_redirection() {
                 if let Some(location) = response.headers().get(reqwest::header::LOCATION) {
+                    self.record(method.as_str(), &url, Outcome { status: Some(status.as_u16()), ..outcome(true, None) });
                     let location =
                         location.to_str().map_err(|_| HttpError::Invalid("redirect location is not text".into()))?;
                     let next = url
@@ -108,39 +209,96 @@ impl Outbound {
                     {
                         method = reqwest::Method::GET;
                         body.clear();
+                        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
                     }
                     url = next;
                     continue;
                 }
             }
-            let headers = response
+            let response_headers = response
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| (k.to_string(), self.grants.secrets.redact(&String::from_utf8_lossy(v.as_bytes()))))
                 .collect();
-            let body = self.read_body(response, &url).await?;
+            let read = self.read_body(response, &url).await;
+            let bytes = read.as_ref().map(|b| b.len() as u64).unwrap_or_default();
+            let reason = read.as_ref().err().map(http_error_message);
+            self.record(method.as_str(), &url, Outcome { status: Some(status.as_u16()), bytes, ..outcome(true, reason) });
+            let body = match read {
+                Ok(body) => body,
+                Err(HttpError::Limit(m)) => return Err(self.refuse(Refusal::Limit(m))),
+                Err(e) => return Err(e),
+            };
             return Ok(Response {
                 status: status.as_u16(),
-                headers,
+                headers: response_headers,
                 body: self.redact_body(body),
                 elapsed_us: started.elapsed().as_micros() as u64,
             });
         }
-        Err(HttpError::Limit(format!("more than {} redirects from {}", self.limits.max_redirects, req.url)))
+        let message = format!("more than {} redirects from {}", self.limits.max_redirects, req.url);
+        Err(self.refuse(Refusal::Limit(message)))
     }
 
-    fn secret_header(&self, use_: &SecretUse, url: &Url, body: &[u8]) -> Result<(String, String), HttpError> {
-        let secrets = &self.grants.secrets;
-        let result = match use_ {
-            SecretUse::Bearer(name) => secrets.bearer(name, url),
-            SecretUse::Header(h) => secrets.header(&h.header, &h.prefix, &h.secret, url),
-            SecretUse::Basic(b) => secrets.basic(&b.username, &b.password_secret, url),
-            SecretUse::HmacSha256(h) => secrets.hmac_sha256(&h.header, &h.prefix, &h.secret, url, body),
-            SecretUse::AwsSigv4(_) => Err(crate::capability::secrets::SecretError::Unsupported(
-                "AWS SigV4 signing is not available in this host yet".into(),
-            )),
+    /// The plugin's headers, then the secrets it asked for (which replace same-named ones).
+    fn headers(
+        &self,
+        own: &[(String, String)],
+        method: &str,
+        url: &Url,
+        body: &[u8],
+        uses: &[SecretUse],
+    ) -> Result<HeaderMap, HeaderError> {
+        let mut map = HeaderMap::new();
+        let parse = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue), HeaderError> {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| HeaderError::Invalid(format!("invalid header name {name:?}")))?;
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| HeaderError::Invalid(format!("invalid value for header {name:?}")))?;
+            Ok((n, v))
         };
-        result.map_err(|e| HttpError::SecretDenied(format!("step `{}`: {e}", self.step)))
+        for (name, value) in own {
+            let (n, v) = parse(name, value)?;
+            map.append(n, v);
+        }
+        for use_ in uses {
+            for (name, value) in self.secret_headers(use_, method, url, own, body)? {
+                let (n, mut v) = parse(&name, &value)
+                    .map_err(|_| HeaderError::Invalid(format!("a secret does not fit header {name:?}")))?;
+                v.set_sensitive(true);
+                map.insert(n, v);
+            }
+        }
+        Ok(map)
+    }
+
+    fn secret_headers(
+        &self,
+        use_: &SecretUse,
+        method: &str,
+        url: &Url,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, HeaderError> {
+        let secrets = &self.grants.secrets;
+        let one = |r: Result<(String, String), SecretError>| r.map(|h| vec![h]);
+        let result = match use_ {
+            SecretUse::Bearer(name) => one(secrets.bearer(name, url)),
+            SecretUse::Header(h) => one(secrets.header(&h.header, &h.prefix, &h.secret, url)),
+            SecretUse::Basic(b) => one(secrets.basic(&b.username, &b.password_secret, url)),
+            SecretUse::HmacSha256(h) => one(secrets.hmac_sha256(&h.header, &h.prefix, &h.secret, url, body)),
+            SecretUse::AwsSigv4(s) => secrets.aws_sigv4(
+                &SigV4Use {
+                    service: &s.service,
+                    region: &s.region,
+                    access_key_id_secret: &s.access_key_id_secret,
+                    secret_access_key_secret: &s.secret_access_key_secret,
+                    session_token_secret: s.session_token_secret.as_deref(),
+                },
+                &SignedRequest { method, url, headers, body },
+            ),
+        };
+        result.map_err(|e| HeaderError::Secret(format!("step `{}`: {e}", self.step)))
     }
 
     async fn read_body(&self, mut response: reqwest::Response, url: &Url) -> Result<Vec<u8>, HttpError> {
@@ -161,6 +319,51 @@ impl Outbound {
             Ok(text) => self.grants.secrets.redact(&text).into_bytes(),
             Err(e) => e.into_bytes(),
         }
+    }
+
+    /// Maps a send error, recording an address refusal as such.
+    fn transport(&mut self, url: &Url, e: reqwest::Error) -> HttpError {
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(denied) = s.downcast_ref::<AddressDenied>() {
+                tracing::warn!(step = %self.step, origin = %origin_of(url), "{denied}");
+                return self.refuse(Refusal::Network(format!("step `{}`: {denied}", self.step)));
+            }
+            source = s.source();
+        }
+        transport(url, e)
+    }
+}
+
+enum HeaderError {
+    Invalid(String),
+    Secret(String),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Invalid(m) | HeaderError::Secret(m) => f.write_str(m),
+        }
+    }
+}
+
+struct Outcome {
+    started: Instant,
+    status: Option<u16>,
+    bytes: u64,
+    allowed: bool,
+    reason: Option<String>,
+}
+
+fn http_error_message(e: &HttpError) -> String {
+    match e {
+        HttpError::Denied(m)
+        | HttpError::SecretDenied(m)
+        | HttpError::Invalid(m)
+        | HttpError::Timeout(m)
+        | HttpError::Limit(m)
+        | HttpError::Transport(m) => m.clone(),
     }
 }
 
