@@ -128,6 +128,10 @@ steps:
   - id: check
     uses: {http_check}
     needs: [audit]
+    files: [config]
+    artifacts: true
+    addresses: ["10.0.0.0/8"]
+    limits: {{ memory: 32MiB, requests: 5, response_size: 1MiB, request_timeout: 2s }}
   - id: notify
     uses: {http_check}
     needs: [sync, check]
@@ -154,6 +158,20 @@ steps:
     assert_eq!(step("sync")["input"]["url"], "https://the7space.example/am_consulting", "entity and env are resolved");
     assert_eq!(step("sync")["input"]["after"], "${{ steps.audit.outputs.status }}", "outputs wait for run time");
     assert_eq!(step("notify")["condition"], "failure()");
+    let check = step("check");
+    assert_eq!(check["files"][0]["guest"], "/config");
+    assert_eq!(check["files"][0]["host"], dir.path().join("config").display().to_string());
+    assert_eq!((check["artifacts"].as_bool(), check["addresses"][0].as_str()), (Some(true), Some("10.0.0.0/8")));
+    assert_eq!(
+        check["limits"],
+        serde_json::json!({"memory_bytes": 32 << 20, "output_bytes": 1 << 20, "requests": 5, "response_bytes": 1 << 20, "request_timeout_ms": 2000})
+    );
+    // The text plan shows the whole attack surface of each step.
+    let text = gantry(&["plan", file.to_str().unwrap(), "--env", "production", "--entity", "am_consulting"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("secrets   CRM_TOKEN (env:AM_CRM_TOKEN) -> https://api.notion.com"), "{text}");
+    assert!(text.contains("(read-only, as /config)") && text.contains("addresses 10.0.0.0/8"), "{text}");
+    assert!(text.contains("artifacts /artifacts") && text.contains("5 requests"), "{text}");
 
     let other = gantry(&["plan", file.to_str().unwrap(), "--env", "staging", "--entity", "the_7_space", "--json"]);
     let plan = stdout_json(&other);

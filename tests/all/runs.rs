@@ -4,7 +4,7 @@ use crate::support::*;
 use std::path::{Path, PathBuf};
 
 fn recorder() -> CountingServer {
-    CountingServer::start(Reply { status: 200, body: "ok".into() })
+    CountingServer::start(Reply::text(200, "ok"))
 }
 
 /// Writes a pipeline whose steps use the misbehave plugin against `server`.

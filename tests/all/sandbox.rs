@@ -12,7 +12,7 @@ const HTTP_CHECK: &str = "plugins/http-check";
 const MISBEHAVE: &str = "tests/plugins/misbehave";
 
 fn ok_server() -> CountingServer {
-    CountingServer::start(Reply { status: 200, body: "gallery is open".into() })
+    CountingServer::start(Reply::text(200, "gallery is open"))
 }
 
 /// `gantry step run <plugin> --with url=<server>/ <extra..> --allow-net <grant> --json`.
@@ -40,7 +40,7 @@ fn http_check_reports_status_and_latency_of_a_local_site() {
 
 #[test]
 fn http_check_fails_on_a_status_mismatch_with_a_clear_message() {
-    let server = CountingServer::start(Reply { status: 404, body: "gone".into() });
+    let server = CountingServer::start(Reply::text(404, "gone"));
     let out = check(&plugin(HTTP_CHECK), &server, &server.origin(), &[]);
     assert_eq!(out.status.code(), Some(1));
     let error = &stdout_json(&out)["error"];

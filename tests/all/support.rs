@@ -85,12 +85,23 @@ pub fn plugin(crate_dir: &str) -> PathBuf {
 }
 
 /// A canned HTTP answer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Reply {
     /// Status code.
     pub status: u16,
     /// Body.
     pub body: String,
+    /// Answer with the request's headers as the body instead.
+    pub echo_headers: bool,
+    /// `Location` header, for redirects.
+    pub location: Option<String>,
+}
+
+impl Reply {
+    /// `status` with a text body.
+    pub fn text(status: u16, body: &str) -> Self {
+        Self { status, body: body.into(), ..Self::default() }
+    }
 }
 
 /// A one-purpose HTTP server on 127.0.0.1 that counts requests; stops on drop.
@@ -98,6 +109,7 @@ pub struct CountingServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<String>>>,
+    headers: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -110,7 +122,8 @@ impl CountingServer {
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (h, s, r) = (hits.clone(), stop.clone(), requests.clone());
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let (h, s, r, hd) = (hits.clone(), stop.clone(), requests.clone(), headers.clone());
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -118,12 +131,13 @@ impl CountingServer {
                 }
                 let Ok(stream) = stream else { continue };
                 h.fetch_add(1, Ordering::SeqCst);
-                if let Ok(line) = answer(stream, &reply) {
+                if let Ok((line, head)) = answer(stream, &reply) {
                     r.lock().unwrap().push(line);
+                    hd.lock().unwrap().push(head);
                 }
             }
         });
-        Self { addr, hits, requests, stop, thread: Some(thread) }
+        Self { addr, hits, requests, headers, stop, thread: Some(thread) }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -136,25 +150,32 @@ impl CountingServer {
         self.hits.load(Ordering::SeqCst)
     }
 
+    /// The header lines of each request so far, in arrival order.
+    pub fn headers(&self) -> Vec<String> {
+        self.headers.lock().unwrap().clone()
+    }
+
     /// Each request so far as `METHOD body`, in arrival order.
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
 }
 
-/// Answers one request; returns it as `METHOD body`.
-fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<String> {
+/// Answers one request; returns it as `METHOD body`, and its header lines.
+fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<(String, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut content_length = 0usize;
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let method = request_line.split(' ').next().unwrap_or_default().to_string();
+    let mut headers = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
+        headers.push_str(&line);
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             content_length = v.trim().parse().unwrap_or(0);
         }
@@ -162,15 +183,17 @@ fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<String> {
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body)?;
     let mut stream = stream;
+    let answer = if reply.echo_headers { &headers } else { &reply.body };
+    let location = reply.location.as_ref().map(|l| format!("location: {l}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "HTTP/1.1 {} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        "HTTP/1.1 {} X\r\ncontent-type: text/plain\r\n{location}content-length: {}\r\nconnection: close\r\n\r\n{}",
         reply.status,
-        reply.body.len(),
-        reply.body
+        answer.len(),
+        answer
     )?;
     stream.flush()?;
-    Ok(format!("{method} {}", String::from_utf8_lossy(&body)).trim_end().to_string())
+    Ok((format!("{method} {}", String::from_utf8_lossy(&body)).trim_end().to_string(), headers))
 }
 
 impl Drop for CountingServer {

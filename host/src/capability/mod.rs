@@ -8,9 +8,9 @@ pub mod network;
 pub mod secrets;
 pub mod sigv4;
 
-pub use network::{Grant, GrantError, NetworkPolicy};
 pub use address::Resolver;
 pub use files::{FileGrant, Files};
+pub use network::{Grant, GrantError, NetworkPolicy};
 pub use secrets::{Redactor, Secret, Secrets};
 
 /// Everything a step call is allowed to reach.

@@ -161,7 +161,8 @@ mod tests {
     fn date_token_and_content_type_are_signed() {
         let creds = Credentials { session_token: Some("tok"), service: "elasticloadbalancing", ..CREDS };
         let url = Url::parse("http://127.0.0.1:5000/").unwrap();
-        let headers = vec![("Content-Type".to_string(), "application/x-www-form-urlencoded; charset=utf-8".to_string())];
+        let headers =
+            vec![("Content-Type".to_string(), "application/x-www-form-urlencoded; charset=utf-8".to_string())];
         let added = sign(&creds, "POST", &url, &headers, b"Action=DescribeListeners", suite_time());
         let get = |n: &str| added.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         assert_eq!(get("x-amz-date").as_deref(), Some("20150830T123600Z"));

@@ -69,7 +69,8 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
         let secrets: Vec<String> =
             step.secrets.iter().map(|s| format!("{} ({}) -> {}", s.name, s.source, s.bound_to.join(" "))).collect();
         println!("  secrets   {}", or_none(&secrets));
-        let files: Vec<String> = step.files.iter().map(|f| format!("{} (read-only, as {})", f.host.display(), f.guest)).collect();
+        let files: Vec<String> =
+            step.files.iter().map(|f| format!("{} (read-only, as {})", f.host.display(), f.guest)).collect();
         println!("  files     {}", or_none(&files));
         if step.artifacts {
             println!("  artifacts /artifacts (writable, kept in the run directory)");
@@ -175,9 +176,16 @@ fn describe(event: &crate::run::Event) -> String {
         RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
         Request(r) => match (&r.reason, r.status) {
-            (Some(reason), _) if !r.allowed => format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path),
-            (_, Some(status)) => format!("{}: {} {}{} -> {status} ({} B, {:.1} ms)", r.step, r.method, r.origin, r.path, r.bytes, r.duration_ms),
-            (reason, None) => format!("{}: {} {}{} failed: {}", r.step, r.method, r.origin, r.path, reason.as_deref().unwrap_or("")),
+            (Some(reason), _) if !r.allowed => {
+                format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path)
+            }
+            (_, Some(status)) => format!(
+                "{}: {} {}{} -> {status} ({} B, {:.1} ms)",
+                r.step, r.method, r.origin, r.path, r.bytes, r.duration_ms
+            ),
+            (reason, None) => {
+                format!("{}: {} {}{} failed: {}", r.step, r.method, r.origin, r.path, reason.as_deref().unwrap_or(""))
+            }
         },
     }
 }

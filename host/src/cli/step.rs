@@ -4,10 +4,10 @@ use crate::build::{build_crate, BuildOptions};
 use crate::capability::secrets::read_source;
 use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Secret};
 use crate::sandbox::{limits::parse_memory, CallError, HttpLimits, Limits, RequestLog, RequestRecord, StepCall};
-use std::sync::{Arc, Mutex};
 use anyhow::anyhow;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Subcommand)]

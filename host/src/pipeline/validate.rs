@@ -49,7 +49,9 @@ pub(crate) fn check(loaded: &Loaded) -> Vec<Problem> {
             c.duration(timeout, &format!("{field}.timeout"));
         }
         if let Some(limits) = &step.limits {
-            for (name, size) in [("memory", &limits.memory), ("output", &limits.output), ("response_size", &limits.response_size)] {
+            for (name, size) in
+                [("memory", &limits.memory), ("output", &limits.output), ("response_size", &limits.response_size)]
+            {
                 if let Some(size) = size {
                     if let Err(e) = crate::sandbox::limits::parse_memory(size) {
                         c.push(size.at, &format!("{field}.limits.{name}"), e);

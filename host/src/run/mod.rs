@@ -303,7 +303,9 @@ fn grants_for(step: &PlannedStep, artifacts: Option<&std::path::Path>) -> Result
         read: step.files.iter().map(|f| FileGrant { host: f.host.clone(), guest: f.guest.clone() }).collect(),
         artifacts: match (step.artifacts, artifacts) {
             (true, Some(dir)) => Some(dir.join(&step.id)),
-            (true, None) => Some(std::env::temp_dir().join(format!("gantry-artifacts-{}", std::process::id())).join(&step.id)),
+            (true, None) => {
+                Some(std::env::temp_dir().join(format!("gantry-artifacts-{}", std::process::id())).join(&step.id))
+            }
             (false, _) => None,
         },
     };

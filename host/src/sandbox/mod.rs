@@ -20,9 +20,9 @@ pub use outbound::{HttpLimits, RequestLog, RequestRecord};
 
 use crate::capability::files::ARTIFACTS_GUEST_PATH;
 use crate::capability::{Grants, Resolver};
-use outbound::Refusal;
 use bindings::gantry::step::types as wit;
 use bindings::{Step, StepPre};
+use outbound::Refusal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -587,10 +587,16 @@ impl Plugin {
             }
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
+        // A full pipe means writes were refused; whatever the plugin made of that, the limit was hit.
+        let flooded = [&stdout, &stderr].iter().any(|p| p.contents().len() >= call.limits.output_bytes);
         let stderr = forward_output(call, &stdout, &stderr);
         let secrets = &call.grants.secrets;
         let step = call.context.step_id.clone();
-        match self.settle(call, &mut store, result, &stderr)? {
+        let settled = self.settle(call, &mut store, result, &stderr);
+        if flooded && !matches!(settled, Err(CallError::Timeout { .. } | CallError::MemoryLimit { .. })) {
+            return Err(CallError::OutputLimit { step, limit: call.limits.output_bytes, what: "stdout/stderr".into() });
+        }
+        match settled? {
             Ok(outcome) => {
                 let size: usize = outcome.outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
                 if size > call.limits.output_bytes {
@@ -636,9 +642,6 @@ impl Plugin {
                 limit: call.limits.memory_bytes,
                 requested: tracker.memory_exceeded.unwrap_or_default(),
             }),
-            Ok(Err(e)) if format!("{e:?}").contains("write beyond capacity") => {
-                Err(CallError::OutputLimit { step, limit: call.limits.output_bytes, what: "stdout/stderr".into() })
-            }
             Ok(Err(e)) => {
                 tracing::debug!(step = %step, "plugin trapped: {e:?}");
                 Err(CallError::Trap { step, message: call.grants.secrets.redact(&trap_message(&e, stderr)) })

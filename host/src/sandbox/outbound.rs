@@ -197,7 +197,11 @@ impl Outbound {
             let status = response.status();
             if status.is_redirection() {
                 if let Some(location) = response.headers().get(reqwest::header::LOCATION) {
-                    self.record(method.as_str(), &url, Outcome { status: Some(status.as_u16()), ..outcome(true, None) });
+                    self.record(
+                        method.as_str(),
+                        &url,
+                        Outcome { status: Some(status.as_u16()), ..outcome(true, None) },
+                    );
                     let location =
                         location.to_str().map_err(|_| HttpError::Invalid("redirect location is not text".into()))?;
                     let next = url
@@ -223,7 +227,11 @@ impl Outbound {
             let read = self.read_body(response, &url).await;
             let bytes = read.as_ref().map(|b| b.len() as u64).unwrap_or_default();
             let reason = read.as_ref().err().map(http_error_message);
-            self.record(method.as_str(), &url, Outcome { status: Some(status.as_u16()), bytes, ..outcome(true, reason) });
+            self.record(
+                method.as_str(),
+                &url,
+                Outcome { status: Some(status.as_u16()), bytes, ..outcome(true, reason) },
+            );
             let body = match read {
                 Ok(body) => body,
                 Err(HttpError::Limit(m)) => return Err(self.refuse(Refusal::Limit(m))),

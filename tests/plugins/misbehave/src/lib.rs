@@ -23,6 +23,24 @@ struct Input {
     /// Makes `rollback` fail.
     #[serde(default)]
     rollback_fails: bool,
+    /// Makes `rollback` panic.
+    #[serde(default)]
+    rollback_panics: bool,
+    /// Secret `http` sends as a bearer token.
+    #[serde(default)]
+    bearer: Option<String>,
+    /// How many requests `http` makes.
+    #[serde(default)]
+    times: Option<u32>,
+    /// File `read` and `write` use.
+    #[serde(default)]
+    path: String,
+    /// Size for `flood` (stdout) and `big_output`.
+    #[serde(default)]
+    bytes: u64,
+    /// Makes `leak` fail with the message instead of returning it.
+    #[serde(default)]
+    fail: bool,
 }
 
 /// Tells the recording server what happened, so tests can count calls and order.
@@ -104,6 +122,49 @@ impl Step for Misbehave {
                 Err(Error::failed(input.message))
             }
             "retryable" => Err(Error::retryable(input.message)),
+            "http" => {
+                let url = input.url.as_deref().unwrap_or_default();
+                let mut last = None;
+                for _ in 0..input.times.unwrap_or(1) {
+                    let mut req = ctx.http().get(url);
+                    if let Some(secret) = &input.bearer {
+                        req = req.bearer_secret(secret);
+                    }
+                    last = Some(req.send().map_err(|e| Error::failed(format!("request failed: {e}")))?);
+                }
+                let resp = last.ok_or_else(|| Error::failed("no request made"))?;
+                Ok(Outputs::new().with("status", resp.status()).with("body", resp.text()))
+            }
+            "read" => std::fs::read_to_string(&input.path)
+                .map(|text| Outputs::new().with("content", text))
+                .map_err(|e| Error::failed(format!("cannot read {}: {e}", input.path))),
+            "write" => std::fs::write(&input.path, input.message.as_bytes())
+                .map(|()| Outputs::new().with("written", &input.path))
+                .map_err(|e| Error::failed(format!("cannot write {}: {e}", input.path))),
+            "env" => Ok(Outputs::new()
+                .with("vars", std::env::vars().count())
+                .with("args", std::env::args().count())
+                .with("home", std::env::var("HOME").unwrap_or_default())),
+            "leak" => {
+                gantry_sdk::info!("leaking {}", input.message);
+                println!("stdout leak {}", input.message);
+                if input.fail {
+                    return Err(Error::failed(format!("failed with {}", input.message)));
+                }
+                Ok(Outputs::new().with("leak", &input.message))
+            }
+            "flood" => {
+                use std::io::Write;
+                let chunk = vec![b'x'; 64 << 10];
+                let mut written = 0u64;
+                let mut out = std::io::stdout();
+                while written < input.bytes {
+                    out.write_all(&chunk).map_err(|e| Error::failed(format!("stdout: {e}")))?;
+                    written += chunk.len() as u64;
+                }
+                Ok(Outputs::new().with("written", written))
+            }
+            "big_output" => Ok(Outputs::new().with("big", "x".repeat(input.bytes as usize))),
             other => Err(Error::failed(format!("unknown action {other:?}"))),
         }
     }
@@ -111,6 +172,9 @@ impl Step for Misbehave {
     fn rollback(ctx: &Context) -> Result<Outputs, Error> {
         let input: Input = ctx.input()?;
         record(ctx, &input, "rollback")?;
+        if input.rollback_panics {
+            panic!("deliberate panic in rollback");
+        }
         if input.rollback_fails {
             return Err(Error::failed("rollback refused on purpose"));
         }
