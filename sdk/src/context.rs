@@ -107,6 +107,17 @@ impl Context {
         self.upstream.get(step)?.get(output).map(String::as_str)
     }
 
+    /// The same context with an upstream output set, for unit tests.
+    pub fn with_upstream(mut self, step: &str, output: &str, value: &str) -> Self {
+        self.upstream.entry(step.to_string()).or_default().insert(output.to_string(), value.to_string());
+        self
+    }
+
+    /// In `rollback`: an output this step's `run` returned, so it can undo exactly what it did.
+    pub fn recorded(&self, output: &str) -> Option<&str> {
+        self.upstream(&self.step_id, output)
+    }
+
     /// The HTTP client; requests are performed by the host under the step's network policy.
     pub fn http(&self) -> Client {
         Client::new()

@@ -644,7 +644,9 @@ async fn undo(
         if !step.rollback {
             continue;
         }
-        let call = ctx.call(step, ctx.context(id, 1, render_outputs(&step.input, outputs), BTreeMap::new()));
+        // The step's own outputs go in as upstream under its id: what `run` recorded is what `rollback` undoes.
+        let own = outputs.get(id).map(|o| BTreeMap::from([(id.clone(), o.clone())])).unwrap_or_default();
+        let call = ctx.call(step, ctx.context(id, 1, render_outputs(&step.input, outputs), own));
         match ctx.plugins[id].rollback(&call).await {
             Ok(_) => {
                 ctx.emit(Event::RolledBack { step: id.clone() })?;

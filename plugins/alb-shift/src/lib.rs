@@ -1,0 +1,295 @@
+//! `alb-shift`: moves traffic of an AWS Application Load Balancer listener from
+//! a blue to a green target group through a canary schedule (default 5 → 25 →
+//! 50 → 100 %), checking gates after each stage. A failed gate restores the
+//! weights found before the shift and fails the step; `rollback` restores them
+//! from what `run` recorded. Requests are signed with SigV4 by the host: the
+//! plugin names the secrets, it never holds the keys.
+
+pub mod elb;
+pub mod gates;
+
+use elb::{Elb, Weighted};
+use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The step's `with:` input.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// ELBv2 endpoint, e.g. `https://elasticloadbalancing.us-east-1.amazonaws.com`.
+    pub endpoint: String,
+    /// AWS region of the signature.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Listener whose default action is shifted.
+    pub listener_arn: String,
+    /// Target group serving now.
+    pub blue_target_group_arn: String,
+    /// Target group receiving the new release.
+    pub green_target_group_arn: String,
+    /// Percent of traffic on green at each stage, ending at 100.
+    #[serde(default = "default_stages")]
+    pub stages: Vec<u32>,
+    /// Wait after each stage before the gates, in milliseconds.
+    #[serde(default = "default_pause")]
+    pub pause_ms: u64,
+    /// Check that every green target is healthy after each stage.
+    #[serde(default = "yes")]
+    pub target_health: bool,
+    /// A URL that must answer 2xx after each stage.
+    #[serde(default)]
+    pub health_url: Option<String>,
+    /// A Prometheus query that must stay under a threshold after each stage.
+    #[serde(default)]
+    pub prometheus: Option<gates::PrometheusGate>,
+    /// Secret with the access key id.
+    #[serde(default = "default_access_key")]
+    pub access_key_secret: String,
+    /// Secret with the secret access key.
+    #[serde(default = "default_secret_key")]
+    pub secret_key_secret: String,
+    /// Secret with a session token, for temporary credentials.
+    #[serde(default)]
+    pub session_token_secret: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_stages() -> Vec<u32> {
+    vec![5, 25, 50, 100]
+}
+fn default_pause() -> u64 {
+    30_000
+}
+fn yes() -> bool {
+    true
+}
+fn default_access_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_secret_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+/// Checks a target group ARN's shape, since ELBv2 emulators accept anything.
+pub fn check_target_group_arn(arn: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "elasticloadbalancing"
+        && !parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5].strip_prefix("targetgroup/").is_some_and(|rest| rest.split('/').count() == 2);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{arn:?} is not a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)"
+        ))
+    }
+}
+
+/// Checks the schedule: percentages rising strictly, at most 100, ending at 100.
+pub fn check_stages(stages: &[u32]) -> Result<(), String> {
+    if stages.last() != Some(&100) {
+        return Err(format!("stages {stages:?} must end at 100"));
+    }
+    if stages.windows(2).any(|w| w[0] >= w[1]) || stages.iter().any(|s| *s > 100) {
+        return Err(format!("stages {stages:?} must rise strictly and stay within 0-100"));
+    }
+    Ok(())
+}
+
+/// Weights for `percent` of traffic on green; ALB weights are 0-999, percentages fit.
+pub fn stage_weights(blue: &str, green: &str, percent: u32) -> Vec<Weighted> {
+    vec![Weighted { arn: blue.into(), weight: 100 - percent }, Weighted { arn: green.into(), weight: percent }]
+}
+
+/// Refuses weights ALB would reject, since emulators accept them.
+pub fn check_weights(weights: &[Weighted]) -> Result<(), String> {
+    match weights.iter().find(|w| w.weight > 999) {
+        Some(w) => Err(format!("weight {} of {} is outside 0-999", w.weight, w.arn)),
+        None => Ok(()),
+    }
+}
+
+/// Whether the listener already sends everything to green.
+pub fn fully_green(weights: &[Weighted], green: &str) -> bool {
+    weights.iter().any(|w| w.arn == green && w.weight > 0) && weights.iter().all(|w| w.arn == green || w.weight == 0)
+}
+
+fn format_weights(weights: &[Weighted]) -> String {
+    serde_json::to_string(weights).unwrap_or_default()
+}
+
+fn elb<'a>(ctx: &'a Context, input: &Input) -> Elb<'a> {
+    Elb {
+        ctx,
+        endpoint: input.endpoint.clone(),
+        region: input.region.clone(),
+        access_key_secret: input.access_key_secret.clone(),
+        secret_key_secret: input.secret_key_secret.clone(),
+        session_token_secret: input.session_token_secret.clone(),
+    }
+}
+
+/// The first failing gate's reason.
+fn gates(ctx: &Context, input: &Input, elb: &Elb) -> Result<Option<String>, Error> {
+    if input.target_health {
+        let bad = elb.unhealthy_targets(&input.green_target_group_arn)?;
+        if !bad.is_empty() {
+            return Ok(Some(format!("target health gate: {}", bad.join(", "))));
+        }
+    }
+    if let Some(url) = &input.health_url {
+        if let Some(reason) = gates::health_url(ctx, url)? {
+            return Ok(Some(reason));
+        }
+    }
+    match &input.prometheus {
+        Some(p) => p.check(ctx),
+        None => Ok(None),
+    }
+}
+
+fn input_of(ctx: &Context) -> Result<Input, Error> {
+    let input: Input = ctx.input()?;
+    check_stages(&input.stages).map_err(Error::failed)?;
+    check_target_group_arn(&input.blue_target_group_arn).map_err(Error::failed)?;
+    check_target_group_arn(&input.green_target_group_arn).map_err(Error::failed)?;
+    if input.blue_target_group_arn == input.green_target_group_arn {
+        return Err(Error::failed("blue and green are the same target group"));
+    }
+    Ok(input)
+}
+
+/// The step.
+pub struct AlbShift;
+
+impl Step for AlbShift {
+    fn describe() -> Describe {
+        Describe::new("alb-shift", env!("CARGO_PKG_VERSION"))
+            .description("Canary shift of an ALB listener from blue to green with gates and automatic rollback")
+            .input::<Input>()
+            .capability("network")
+            .capability("secrets:aws-sigv4")
+    }
+
+    fn run(ctx: &Context) -> Result<Outputs, Error> {
+        let input = input_of(ctx)?;
+        let elb = elb(ctx, &input);
+        let (blue, green) = (&input.blue_target_group_arn, &input.green_target_group_arn);
+        let original = elb.weights(&input.listener_arn)?;
+        let outputs = Outputs::new()
+            .with("listener_arn", &input.listener_arn)
+            .with("original_weights", format_weights(&original));
+        if fully_green(&original, green) {
+            gantry_sdk::info!("listener already sends all traffic to green; nothing to do");
+            return Ok(outputs
+                .with("final_weights", format_weights(&original))
+                .with("stages_completed", 0)
+                .with("changed", false));
+        }
+        if let Some(unknown) = original.iter().find(|w| w.arn != *blue && w.arn != *green && w.weight > 0) {
+            return Err(Error::failed(format!(
+                "listener forwards to {}, which is neither blue nor green: refusing to shift",
+                unknown.arn
+            )));
+        }
+        if ctx.dry_run() {
+            gantry_sdk::info!("dry run: would shift {:?} % to green", input.stages);
+            return Ok(outputs
+                .with("final_weights", format_weights(&original))
+                .with("stages_completed", 0)
+                .with("changed", false));
+        }
+        let mut completed = 0;
+        for &percent in &input.stages {
+            let weights = stage_weights(blue, green, percent);
+            check_weights(&weights).map_err(Error::failed)?;
+            elb.set_weights(&input.listener_arn, &weights)?;
+            gantry_sdk::info!("stage {percent}%: green weight {percent}, blue {}", 100 - percent);
+            if input.pause_ms > 0 {
+                gantry_sdk::sleep_ms(input.pause_ms);
+            }
+            let failed = match gates(ctx, &input, &elb) {
+                Ok(reason) => reason,
+                Err(e) => Some(e.message().to_string()),
+            };
+            if let Some(reason) = failed {
+                gantry_sdk::warn!("gate failed at {percent}%: {reason}; restoring the original weights");
+                elb.set_weights(&input.listener_arn, &original)?;
+                return Err(Error::failed(format!(
+                    "gate failed at {percent}%: {reason}; restored the original weights {}",
+                    format_weights(&original)
+                )));
+            }
+            completed += 1;
+        }
+        let final_weights = elb.weights(&input.listener_arn)?;
+        Ok(outputs
+            .with("final_weights", format_weights(&final_weights))
+            .with("stages_completed", completed)
+            .with("changed", true))
+    }
+
+    fn rollback(ctx: &Context) -> Result<Outputs, Error> {
+        let input = input_of(ctx)?;
+        let Some(recorded) = ctx.recorded("original_weights") else {
+            return Err(Error::failed("no original weights were recorded by run; nothing to restore"));
+        };
+        let original: Vec<Weighted> =
+            serde_json::from_str(recorded).map_err(|e| Error::failed(format!("recorded weights: {e}")))?;
+        if ctx.recorded("changed") == Some("false") {
+            return Ok(Outputs::new().with("restored", false));
+        }
+        let elb = elb(ctx, &input);
+        elb.set_weights(&input.listener_arn, &original)?;
+        gantry_sdk::info!("restored {}", format_weights(&original));
+        Ok(Outputs::new().with("restored", true).with("weights", format_weights(&original)))
+    }
+}
+
+gantry_sdk::export_step!(AlbShift);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLUE: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/blue/50dc6c495c0c9188";
+    const GREEN: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/green/6d0ecf831eec9f09";
+
+    #[test]
+    fn arns_and_stages_are_checked() {
+        assert!(check_target_group_arn(BLUE).is_ok());
+        assert!(check_target_group_arn("arn:aws:elasticloadbalancing:us-east-1:123:targetgroup/x/y").is_err());
+        assert!(check_target_group_arn("blue").unwrap_err().contains("is not a target group ARN"));
+        assert!(check_stages(&[5, 25, 50, 100]).is_ok());
+        assert!(check_stages(&[5, 25]).unwrap_err().contains("end at 100"));
+        assert!(check_stages(&[50, 25, 100]).unwrap_err().contains("rise strictly"));
+    }
+
+    #[test]
+    fn weights_follow_the_stage_and_stay_in_range() {
+        assert_eq!(stage_weights(BLUE, GREEN, 25).iter().map(|w| w.weight).collect::<Vec<_>>(), vec![75, 25]);
+        assert!(check_weights(&[Weighted { arn: BLUE.into(), weight: 1000 }]).unwrap_err().contains("0-999"));
+        assert!(fully_green(&stage_weights(BLUE, GREEN, 100), GREEN));
+        assert!(!fully_green(&stage_weights(BLUE, GREEN, 50), GREEN));
+        assert!(!fully_green(&[Weighted { arn: BLUE.into(), weight: 1 }], GREEN));
+    }
+
+    #[test]
+    fn rollback_without_a_record_says_so() {
+        let input = serde_json::json!({"endpoint": "http://127.0.0.1:1", "listener_arn": "l", "blue_target_group_arn": BLUE, "green_target_group_arn": GREEN});
+        let ctx = Context::for_test("shift", input.clone());
+        assert!(AlbShift::rollback(&ctx).unwrap_err().message().contains("no original weights"));
+        let ctx = Context::for_test("shift", input)
+            .with_upstream("shift", "original_weights", "[]")
+            .with_upstream("shift", "changed", "false");
+        assert_eq!(AlbShift::rollback(&ctx).unwrap().get("restored"), Some("false"));
+    }
+}
