@@ -1,7 +1,9 @@
 //! End-to-end tests in one binary (one link step): the real `gantry` binary,
 //! plugins built from source with the SDK, peers on 127.0.0.1.
 
+mod alb;
 mod attacks;
+mod peers;
 mod pipelines;
 mod runs;
 mod sandbox;

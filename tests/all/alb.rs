@@ -1,0 +1,170 @@
+//! `alb-shift` end to end: the plugin built from source, run by the real
+//! binary against moto's ELBv2 with signature checking on, Prometheus scraping
+//! a metrics endpoint whose error rate follows the canary's weight.
+
+use crate::peers::{get, prometheus, Aws};
+use crate::support::*;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const ALB_SHIFT: &str = "plugins/alb-shift";
+const ERROR_RATE: &str = r#"sum(rate(http_requests_total{status="500"}[3s])) / sum(rate(http_requests_total[3s]))"#;
+
+/// `gantry step run alb-shift` with the keys from `aws` (or `secret_key` instead) and `extra` input.
+fn shift(aws: &Aws, secret_key: &str, grants: &[&str], extra: &[String]) -> Output {
+    let wasm = plugin(ALB_SHIFT);
+    let moto = &aws.moto.origin;
+    let mut cmd = command(&shared_cache());
+    cmd.env("TEST_AWS_KEY", aws.get("access_key")).env("TEST_AWS_SECRET", secret_key);
+    cmd.args(["step", "run", wasm.to_str().unwrap(), "--id", "shift", "--json", "--timeout", "60s"]);
+    for (k, v) in [
+        ("endpoint", format!("{moto}/")),
+        ("listener_arn", aws.get("listener")),
+        ("blue_target_group_arn", aws.get("blue")),
+        ("green_target_group_arn", aws.get("green")),
+    ] {
+        cmd.args(["--with", &format!("{k}={v}")]);
+    }
+    for e in extra {
+        cmd.args(["--with", e]);
+    }
+    cmd.args(["--secret", &format!("AWS_ACCESS_KEY_ID=env:TEST_AWS_KEY@{moto}")]);
+    cmd.args(["--secret", &format!("AWS_SECRET_ACCESS_KEY=env:TEST_AWS_SECRET@{moto}")]);
+    cmd.args(["--allow-net", moto]);
+    for g in grants {
+        cmd.args(["--allow-net", g]);
+    }
+    cmd.output().unwrap()
+}
+
+fn weights_of(aws: &Aws, blue: u64, green: u64) -> Vec<(String, u64)> {
+    vec![(aws.get("blue"), blue), (aws.get("green"), green)]
+}
+
+/// Waits until Prometheus has enough scrapes for the error-rate query to answer.
+fn wait_for_data(prom: &str) {
+    let query: String = url::form_urlencoded::byte_serialize(ERROR_RATE.as_bytes()).collect();
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if get(prom, &format!("/api/v1/query?query={query}")).is_some_and(|(_, b)| b.contains("\"value\"")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("prometheus has no data for the error rate after 30 s");
+}
+
+fn gate(prom: &str) -> String {
+    serde_json::json!({"url": prom, "query": ERROR_RATE, "max": 0.1}).to_string()
+}
+
+#[test]
+fn a_canary_rolls_out_through_every_gate_and_a_second_run_changes_nothing() {
+    let aws = Aws::start();
+    let metrics = aws.metrics(false);
+    let dir = tempfile::tempdir().unwrap();
+    let prom = prometheus(&metrics, dir.path());
+    wait_for_data(&prom.origin);
+    let health = format!("{}/health", metrics.origin);
+    let extra =
+        [format!("prometheus={}", gate(&prom.origin)), format!("health_url={health}"), "pause_ms=1500".to_string()];
+    let out = shift(&aws, &aws.get("secret_key"), &[&prom.origin, &metrics.origin], &extra);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let result = stdout_json(&out);
+    assert_eq!(result["outputs"]["stages_completed"], "4");
+    assert_eq!(aws.weights(), weights_of(&aws, 0, 100), "all traffic on green");
+    let requests = result["requests"].as_array().unwrap();
+    let to = |origin: &str| requests.iter().filter(|r| r["origin"] == origin && r["status"] == 200).count();
+    assert_eq!(to(&prom.origin), 4, "one Prometheus gate per stage");
+    assert_eq!(to(&metrics.origin), 4, "one health gate per stage");
+    // 1 describe + 4 × (modify + target health) + 1 final describe, all signed and accepted.
+    assert_eq!(to(&aws.moto.origin), 10);
+
+    let again = shift(&aws, &aws.get("secret_key"), &[], &["pause_ms=0".to_string()]);
+    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
+    let again = stdout_json(&again);
+    assert_eq!(
+        (again["outputs"]["changed"].as_str(), again["outputs"]["stages_completed"].as_str()),
+        (Some("false"), Some("0"))
+    );
+    assert_eq!(again["requests"].as_array().unwrap().len(), 1, "only the describe: nothing to change");
+}
+
+#[test]
+fn a_failed_gate_at_25_percent_restores_the_original_weights() {
+    let aws = Aws::start();
+    let metrics = aws.metrics(true);
+    let dir = tempfile::tempdir().unwrap();
+    let prom = prometheus(&metrics, dir.path());
+    wait_for_data(&prom.origin);
+    let out = shift(
+        &aws,
+        &aws.get("secret_key"),
+        &[&prom.origin],
+        &[format!("prometheus={}", gate(&prom.origin)), "pause_ms=2000".into()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let message = stdout_json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("gate failed at 25%: prometheus gate:"), "{message}");
+    assert!(message.contains("is over 0.1; restored the original weights"), "{message}");
+    assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "back to where it started");
+}
+
+#[test]
+fn a_wrong_secret_key_is_refused_by_the_signature_check() {
+    let aws = Aws::start();
+    let out = shift(&aws, "not-the-key", &[], &["pause_ms=0".to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let message = stdout_json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("DescribeListeners answered 403: SignatureDoesNotMatch"), "{message}");
+    assert!(!message.contains("not-the-key") && !String::from_utf8_lossy(&out.stderr).contains("not-the-key"));
+    assert_eq!(aws.weights(), weights_of(&aws, 100, 0));
+}
+
+#[test]
+fn a_later_failure_rolls_the_shift_back_from_the_recorded_weights() {
+    let aws = Aws::start();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = &aws.moto.origin;
+    let yaml = format!(
+        r#"name: canary
+secrets:
+  AWS_ACCESS_KEY_ID: {{ from: "env:TEST_AWS_KEY", bind: ["{moto}"] }}
+  AWS_SECRET_ACCESS_KEY: {{ from: "env:TEST_AWS_SECRET", bind: ["{moto}"] }}
+steps:
+  - id: shift
+    uses: {plugin}
+    network: ["{moto}"]
+    secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]
+    with:
+      endpoint: "{moto}/"
+      listener_arn: "{listener}"
+      blue_target_group_arn: "{blue}"
+      green_target_group_arn: "{green}"
+      pause_ms: 0
+  - id: smoke
+    uses: {misbehave}
+    needs: [shift]
+    with: {{ action: fail, message: "post-release check failed" }}
+"#,
+        plugin = repo().join(ALB_SHIFT).display(),
+        misbehave = repo().join("tests/plugins/misbehave").display(),
+        listener = aws.get("listener"),
+        blue = aws.get("blue"),
+        green = aws.get("green"),
+    );
+    let file = dir.path().join("canary.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut cmd = command(&shared_cache());
+    cmd.current_dir(dir.path())
+        .env("TEST_AWS_KEY", aws.get("access_key"))
+        .env("TEST_AWS_SECRET", aws.get("secret_key"));
+    let out = cmd.args(["run", file.to_str().unwrap(), "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let finished = events.iter().find(|e| e["event"] == "step_finished" && e["step"] == "shift").unwrap();
+    assert_eq!(finished["outputs"]["stages_completed"], "4", "the shift completed before the failure");
+    assert!(events.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "shift"));
+    assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "rollback restored the recorded weights");
+}

@@ -1,0 +1,115 @@
+"""The AWS side of the alb-shift tests, against moto's server on 127.0.0.1.
+
+setup    creates an IAM user with an allow-all policy (the only unsigned calls
+         moto lets through), then with that user's key a VPC, a load balancer,
+         blue and green target groups and a listener forwarding to blue; prints JSON.
+weights  prints the listener's forward weights as JSON.
+serve    serves /metrics for Prometheus and /health: every scrape counts 100
+         requests, and with --broken-green as many errors as green's weight,
+         so the error rate follows the canary's share of traffic.
+"""
+import argparse
+import http.server
+import json
+import sys
+
+import boto3
+
+REGION = "us-east-1"
+
+
+def client(service, endpoint, key="AKIDEXAMPLE", secret="dummy"):
+    return boto3.client(service, region_name=REGION, endpoint_url=endpoint,
+                        aws_access_key_id=key, aws_secret_access_key=secret)
+
+
+def setup(a):
+    iam = client("iam", a.endpoint)
+    iam.create_user(UserName="deployer")
+    key = iam.create_access_key(UserName="deployer")["AccessKey"]
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="deployer", PolicyName="all", PolicyDocument=json.dumps(policy))
+    k, s = key["AccessKeyId"], key["SecretAccessKey"]
+    ec2 = client("ec2", a.endpoint, k, s)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{z}")["Subnet"]["SubnetId"]
+               for i, z in ((1, "a"), (2, "b"))]
+    elb = client("elbv2", a.endpoint, k, s)
+    lb = elb.create_load_balancer(Name="web", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
+    groups = {name: elb.create_target_group(Name=name, Protocol="HTTP", Port=80, VpcId=vpc)["TargetGroups"][0]["TargetGroupArn"]
+              for name in ("blue", "green")}
+    listener = elb.create_listener(
+        LoadBalancerArn=lb, Protocol="HTTP", Port=80,
+        DefaultActions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": groups["blue"], "Weight": 100}, {"TargetGroupArn": groups["green"], "Weight": 0}]}}],
+    )["Listeners"][0]["ListenerArn"]
+    print(json.dumps({"access_key": k, "secret_key": s, "listener": listener,
+                      "blue": groups["blue"], "green": groups["green"]}))
+
+
+def weights(endpoint, key, secret, listener):
+    elb = client("elbv2", endpoint, key, secret)
+    action = elb.describe_listeners(ListenerArns=[listener])["Listeners"][0]["DefaultActions"][0]
+    groups = action.get("ForwardConfig", {}).get("TargetGroups") or [{"TargetGroupArn": action["TargetGroupArn"], "Weight": 1}]
+    return [{"arn": g["TargetGroupArn"], "weight": g.get("Weight", 1)} for g in groups]
+
+
+def serve(a):
+    totals = {"ok": 0, "error": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path == "/health":
+                body = b"ok"
+            elif self.path == "/metrics":
+                green = 0
+                if a.broken_green:
+                    w = {x["arn"]: x["weight"] for x in weights(a.endpoint, a.key, a.secret, a.listener)}
+                    green = w.get(a.green, 0) * 100 // max(1, sum(w.values()))
+                totals["error"] += green
+                totals["ok"] += 100 - green
+                body = ("# TYPE http_requests_total counter\n"
+                        f'http_requests_total{{status="200"}} {totals["ok"]}\n'
+                        f'http_requests_total{{status="500"}} {totals["error"]}\n').encode()
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("content-type", "text/plain; version=0.0.4")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("setup")
+    s.add_argument("--endpoint", required=True)
+    for name in ("weights", "serve"):
+        s = sub.add_parser(name)
+        for arg in ("--endpoint", "--key", "--secret", "--listener"):
+            s.add_argument(arg, required=True)
+        if name == "serve":
+            s.add_argument("--green", required=True)
+            s.add_argument("--port", type=int, required=True)
+            s.add_argument("--broken-green", action="store_true")
+    a = p.parse_args()
+    if a.cmd == "setup":
+        setup(a)
+    elif a.cmd == "weights":
+        print(json.dumps(weights(a.endpoint, a.key, a.secret, a.listener)))
+    else:
+        serve(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
