@@ -3,6 +3,7 @@
 
 mod alb;
 mod attacks;
+mod audit;
 mod peers;
 mod pipelines;
 mod runs;
