@@ -41,13 +41,13 @@ pub fn get(origin: &str, path: &str) -> Option<(u16, String)> {
     Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
-fn venv(bin: &str) -> PathBuf {
+pub fn venv(bin: &str) -> PathBuf {
     let path = repo().join("target/peers/venv/bin").join(bin);
     assert!(path.exists(), "{} is missing: run scripts/peers-setup", path.display());
     path
 }
 
-fn spawn(mut cmd: Command, port: u16, ready_path: &str) -> Peer {
+pub fn spawn(mut cmd: Command, port: u16, ready_path: &str) -> Peer {
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the peer starts");
     let peer = Peer { child, origin: format!("http://127.0.0.1:{port}") };
     let until = Instant::now() + Duration::from_secs(30);
@@ -139,4 +139,13 @@ pub fn prometheus(target: &Peer, dir: &std::path::Path) -> Peer {
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--storage.tsdb.retention.time=1h");
     spawn(cmd, port, "/-/ready")
+}
+
+/// The Notion stand-in (`tests/peers/notion.py`) with its token, data source and extra flags.
+pub fn notion(token: &str, data_source: &str, flags: &[&str]) -> Peer {
+    let port = free_port();
+    let mut cmd = Command::new(venv("python"));
+    cmd.arg(repo().join("tests/peers/notion.py")).args(["--port", &port.to_string(), "--token", token]);
+    cmd.args(["--data-source", data_source]).args(flags);
+    spawn(cmd, port, "/_state")
 }
