@@ -47,13 +47,7 @@ fn sync(peer: &Peer, token: &str, extra: &[&str]) -> Output {
 }
 
 fn outputs(out: &Output) -> Value {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_code(&out, 0);
     stdout_json(out)["outputs"].clone()
 }
 

@@ -58,13 +58,7 @@ fn a_diamond_runs_its_middle_steps_in_parallel() {
         [step("a", "", ""), step("b", "a", ", ms: 400"), step("c", "a", ", ms: 400"), step("d", "b, c", "")].concat();
     let file = pipeline(dir.path(), &server, &steps);
     let out = run(dir.path(), &file, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_code(&out, 0);
     let j = journal(dir.path());
     // Overlap, read from the journal: each middle step started before the other finished.
     assert!(at(&j, "step_started", "b") < at(&j, "step_finished", "c"));

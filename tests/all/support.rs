@@ -207,3 +207,14 @@ impl Drop for CountingServer {
         }
     }
 }
+
+/// Asserts the exit code, printing stdout and stderr when it differs.
+pub fn expect_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
