@@ -107,6 +107,12 @@ impl Context {
         self.upstream.get(step)?.get(output).map(String::as_str)
     }
 
+    /// What the host says about the run so far: `status` (`running` or `failed`), `run_id`, and after a
+    /// failure `failed_step`, `error` and `rolling_back` (comma-separated, in undo order). For notifiers.
+    pub fn run_info(&self, key: &str) -> Option<&str> {
+        self.upstream("gantry.run", key)
+    }
+
     /// The same context with an upstream output set, for unit tests.
     pub fn with_upstream(mut self, step: &str, output: &str, value: &str) -> Self {
         self.upstream.entry(step.to_string()).or_default().insert(output.to_string(), value.to_string());

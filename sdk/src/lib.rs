@@ -54,6 +54,13 @@ pub use error::Error;
 pub use http::{Client, HttpError, RequestBuilder, Response, Sigv4};
 pub use log::{log, Level};
 pub use outputs::Outputs;
+
+/// A placeholder the host replaces with a secret's value at send time, in a request's URL or body:
+/// for webhooks whose URL is the secret, or APIs that take a key in the body. The host fills it in
+/// only towards an origin the secret is bound to; the plugin never sees the value.
+pub fn secret(name: &str) -> String {
+    format!("{{{{secret:{name}}}}}")
+}
 pub use schemars;
 pub use serde_json;
 

@@ -4,6 +4,7 @@
 mod alb;
 mod attacks;
 mod audit;
+mod notify;
 mod notion;
 mod peers;
 mod pipelines;

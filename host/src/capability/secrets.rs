@@ -142,6 +142,9 @@ pub fn read_source(source: &str) -> Result<String, String> {
     }
 }
 
+/// Opens a placeholder the host fills with a secret value at send time: `{{secret:NAME}}`.
+pub const PLACEHOLDER: &str = "{{secret:";
+
 /// A header to add to an outgoing request.
 pub type Header = (String, String);
 
@@ -209,6 +212,48 @@ impl Secrets {
         } else {
             Err(SecretError::NotBound { name: name.to_string(), origin: origin_of(url) })
         }
+    }
+
+    /// Replaces `{{secret:NAME}}` placeholders in `text` with values that may be sent to `url`.
+    pub fn substitute(&self, text: &str, url: &Url) -> Result<String, SecretError> {
+        self.expand(text, |name| self.value_for(name, url))
+    }
+
+    /// Replaces `{{secret:NAME}}` placeholders in a URL that is itself a secret (a webhook URL);
+    /// returns the names used, whose bindings the caller checks against the resulting URL.
+    pub fn expand_url(&self, text: &str) -> Result<(String, Vec<String>), SecretError> {
+        let mut names = Vec::new();
+        let out = self.expand(text, |name| {
+            names.push(name.to_string());
+            self.by_name
+                .get(name)
+                .map(|s| s.value.as_str())
+                .ok_or_else(|| SecretError::Unknown { name: name.to_string() })
+        })?;
+        Ok((out, names))
+    }
+
+    /// Checks that secret `name` may be sent to `url`.
+    pub fn check_bound(&self, name: &str, url: &Url) -> Result<(), SecretError> {
+        self.value_for(name, url).map(|_| ())
+    }
+
+    fn expand<'a>(
+        &'a self,
+        text: &str,
+        mut value: impl FnMut(&str) -> Result<&'a str, SecretError>,
+    ) -> Result<String, SecretError> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find(PLACEHOLDER) {
+            let after = &rest[start + PLACEHOLDER.len()..];
+            let Some(end) = after.find("}}") else { break };
+            out.push_str(&rest[..start]);
+            out.push_str(value(after[..end].trim())?);
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
     }
 
     /// `Authorization: Bearer <secret>`.
@@ -296,6 +341,27 @@ mod tests {
         let url = Url::parse("http://h/").unwrap();
         let (_, v) = s.hmac_sha256("x-sig", "sha256=", "K", &url, b"what do ya want for nothing?").unwrap();
         assert_eq!(v, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn placeholders_are_filled_only_for_bound_origins() {
+        let s = secrets();
+        let api = Url::parse("https://api.notion.com/").unwrap();
+        let body = r#"{"routing_key": "{{secret:TOKEN}}", "x": "{{ not a secret }}"}"#;
+        assert_eq!(s.substitute(body, &api).unwrap(), r#"{"routing_key": "s3cr3t", "x": "{{ not a secret }}"}"#);
+        let evil = Url::parse("https://evil.example.com/").unwrap();
+        assert!(matches!(s.substitute(body, &evil), Err(SecretError::NotBound { .. })));
+        let mut hook = Secrets::default();
+        hook.insert(
+            "HOOK",
+            Secret::new(
+                "https://hooks.slack.com/services/T0/B0/x",
+                vec![Grant::parse("https://hooks.slack.com").unwrap()],
+            ),
+        );
+        let (url, names) = hook.expand_url("{{secret:HOOK}}").unwrap();
+        assert_eq!((url.as_str(), names), ("https://hooks.slack.com/services/T0/B0/x", vec!["HOOK".to_string()]));
+        assert!(matches!(hook.expand_url("{{secret:NOPE}}"), Err(SecretError::Unknown { .. })));
     }
 
     #[test]

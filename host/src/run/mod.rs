@@ -216,6 +216,8 @@ struct Ctx {
     dry_run: bool,
     /// Every secret value of the run, redacted from every event.
     redactor: Redactor,
+    /// Run id, told to steps.
+    run_id: String,
 }
 
 impl Ctx {
@@ -387,6 +389,24 @@ fn upstream_of(plan: &Plan, id: &str) -> BTreeSet<String> {
     seen
 }
 
+/// Upstream key under which every step sees the run so far (not a valid step id, so no clash).
+pub const RUN_UPSTREAM: &str = "gantry.run";
+
+/// What a step is told about the run: status, the step that failed and why, what will be rolled back.
+fn run_so_far(ctx: &Ctx, failed: bool, first: &Option<(String, String)>, completed: &[String]) -> Outputs {
+    let undo: Vec<&str> = completed.iter().rev().filter(|id| ctx.step(id).rollback).map(String::as_str).collect();
+    let mut o = Outputs::from([
+        ("status".to_string(), if failed { "failed" } else { "running" }.to_string()),
+        ("run_id".to_string(), ctx.run_id.clone()),
+    ]);
+    if let Some((step, error)) = first {
+        o.insert("failed_step".into(), step.clone());
+        o.insert("error".into(), ctx.redactor.redact(error));
+        o.insert("rolling_back".into(), undo.join(","));
+    }
+    o
+}
+
 /// Runs one step with its retries.
 async fn attempt_step(
     ctx: Arc<Ctx>,
@@ -469,8 +489,16 @@ pub async fn run(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let Prepared { plugins, grants, redactor } = prepare(runtime, plan, options.artifacts.as_deref())?;
-    let ctx =
-        Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: options.dry_run, redactor });
+    let ctx = Arc::new(Ctx {
+        plan: plan.clone(),
+        plugins,
+        grants,
+        journal,
+        events,
+        dry_run: options.dry_run,
+        redactor,
+        run_id: options.run_id.clone(),
+    });
     ctx.emit(Event::RunStarted {
         run_id: options.run_id.clone(),
         pipeline: plan.pipeline.clone(),
@@ -490,6 +518,7 @@ pub async fn run(
         }
     }
     let mut failed = false;
+    let mut first_failure: Option<(String, String)> = None;
     let mut tasks: tokio::task::JoinSet<(String, Result<Outputs, CallError>)> = tokio::task::JoinSet::new();
     let mut running: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
     let jobs = options.jobs.max(1);
@@ -523,10 +552,11 @@ pub async fn run(
                 state.insert(step.id.clone(), State::Skipped);
                 continue;
             }
-            let upstream: BTreeMap<String, Outputs> = upstream_of(plan, &step.id)
+            let mut upstream: BTreeMap<String, Outputs> = upstream_of(plan, &step.id)
                 .into_iter()
                 .filter_map(|id| outputs.get(&id).map(|o| (id, o.clone())))
                 .collect();
+            upstream.insert(RUN_UPSTREAM.into(), run_so_far(&ctx, failed, &first_failure, &completed_order));
             let input = render_outputs(&step.input, &outputs);
             let handle = tasks.spawn({
                 let (ctx, id) = (ctx.clone(), step.id.clone());
@@ -578,6 +608,7 @@ pub async fn run(
                 state.insert(id.clone(), State::Failed);
                 if !continue_on_error && !failed {
                     failed = true;
+                    first_failure = Some((id.clone(), e.to_string()));
                     // Cancel what is still running: it ran for a pipeline that has failed.
                     for (task, other) in std::mem::take(&mut running) {
                         let _ = task;
@@ -670,7 +701,8 @@ pub async fn rollback(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let Prepared { plugins, grants, redactor } = prepare(runtime, plan, None)?;
-    let ctx = Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: false, redactor });
+    let run_id = String::new();
+    let ctx = Arc::new(Ctx { plan: plan.clone(), plugins, grants, journal, events, dry_run: false, redactor, run_id });
     let order: Vec<String> = completed.iter().map(|(id, _)| id.clone()).collect();
     let outputs: BTreeMap<String, Outputs> = completed.iter().cloned().collect();
     let (rolled_back, failed) = undo(&ctx, &order, &outputs).await?;

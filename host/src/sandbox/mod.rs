@@ -507,6 +507,7 @@ impl Plugin {
                 requests: 0,
                 log: call.requests.clone(),
                 refusal: None,
+                hide_path: false,
             },
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);

@@ -6,7 +6,7 @@
 use super::bindings::gantry::step::types::{HttpError, Request, Response, SecretUse};
 use crate::capability::address::AddressDenied;
 use crate::capability::network::origin_of;
-use crate::capability::secrets::{SecretError, SigV4Use, SignedRequest};
+use crate::capability::secrets::{SecretError, SigV4Use, SignedRequest, PLACEHOLDER};
 use crate::capability::Grants;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,8 @@ pub(crate) struct Outbound {
     pub(crate) log: Option<RequestLog>,
     /// The first request the host refused during this call.
     pub(crate) refusal: Option<Refusal>,
+    /// The current request's URL came from a secret: record its origin only.
+    pub(crate) hide_path: bool,
 }
 
 fn denied(step: &str, url: &Url) -> String {
@@ -111,7 +113,7 @@ impl Outbound {
             step: self.step.clone(),
             method: method.to_string(),
             origin: origin_of(url),
-            path: secrets.redact(url.path()),
+            path: if self.hide_path { "/***".into() } else { secrets.redact(url.path()) },
             status: outcome.status,
             bytes: outcome.bytes,
             duration_ms: outcome.started.elapsed().as_secs_f64() * 1e3,
@@ -137,8 +139,24 @@ impl Outbound {
         if !METHODS.contains(&method_name.as_str()) {
             return Err(HttpError::Invalid(format!("method {:?} is not supported", req.method)));
         }
-        let mut url =
-            Url::parse(&req.url).map_err(|e| HttpError::Invalid(format!("invalid URL {:?}: {e}", req.url)))?;
+        // A URL that is itself a secret (a webhook) is filled in here and never shown in full.
+        let secret_url = req.url.contains(PLACEHOLDER);
+        let (url_text, url_secrets) = if secret_url {
+            self.grants
+                .secrets
+                .expand_url(&req.url)
+                .map_err(|e| self.refuse(Refusal::Secret(format!("step `{}`: {e}", self.step))))?
+        } else {
+            (req.url.clone(), Vec::new())
+        };
+        let mut url = Url::parse(&url_text).map_err(|e| {
+            let shown = if secret_url { req.url.clone() } else { format!("{:?}", req.url) };
+            HttpError::Invalid(format!(
+                "invalid URL {shown}: {}",
+                if secret_url { "check the secret's value".into() } else { e.to_string() }
+            ))
+        })?;
+        self.hide_path = secret_url;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(HttpError::Invalid(format!("URL {:?} is not http or https", req.url)));
         }
@@ -170,7 +188,14 @@ impl Outbound {
                 self.record(method.as_str(), &url, outcome(false, Some(message.clone())));
                 return Err(self.refuse(Refusal::Limit(message)));
             }
-            let map = match self.headers(&headers, method.as_str(), &url, &body, &req.secrets) {
+            let filled = match self.fill(&url, &url_secrets, &body) {
+                Ok(filled) => filled,
+                Err(message) => {
+                    self.record(method.as_str(), &url, outcome(false, Some(message.clone())));
+                    return Err(self.refuse(Refusal::Secret(message)));
+                }
+            };
+            let map = match self.headers(&headers, method.as_str(), &url, &filled, &req.secrets) {
                 Ok(map) => map,
                 Err(e) => {
                     self.record(method.as_str(), &url, outcome(false, Some(e.to_string())));
@@ -184,7 +209,7 @@ impl Outbound {
             if remaining.is_zero() {
                 return Err(HttpError::Timeout(format!("request to {} ran out of time", origin_of(&url))));
             }
-            let sent = self.client.request(method.clone(), url.clone()).headers(map).body(body.clone());
+            let sent = self.client.request(method.clone(), url.clone()).headers(map).body(filled);
             let response = match sent.timeout(remaining).send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -246,6 +271,20 @@ impl Outbound {
         }
         let message = format!("more than {} redirects from {}", self.limits.max_redirects, req.url);
         Err(self.refuse(Refusal::Limit(message)))
+    }
+
+    /// Checks a secret URL's bindings against this hop and fills `{{secret:NAME}}` in the body.
+    fn fill(&self, url: &Url, url_secrets: &[String], body: &[u8]) -> Result<Vec<u8>, String> {
+        let secrets = &self.grants.secrets;
+        for name in url_secrets {
+            secrets.check_bound(name, url).map_err(|e| format!("step `{}`: {e}", self.step))?;
+        }
+        match std::str::from_utf8(body) {
+            Ok(text) if text.contains(PLACEHOLDER) => {
+                secrets.substitute(text, url).map(String::into_bytes).map_err(|e| format!("step `{}`: {e}", self.step))
+            }
+            _ => Ok(body.to_vec()),
+        }
     }
 
     /// The plugin's headers, then the secrets it asked for (which replace same-named ones).

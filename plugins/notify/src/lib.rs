@@ -1,0 +1,241 @@
+//! `notify`: posts a run summary to a Slack-compatible incoming webhook and/or
+//! the PagerDuty Events API v2, for `if: failure()` / `always()` steps. The
+//! webhook URL and the routing key are secrets the host fills in at send time
+//! (`gantry_sdk::secret`): the plugin never sees them.
+
+use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// PagerDuty Events API v2 settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDuty {
+    /// Secret holding the integration's routing key.
+    #[serde(default = "default_routing_key")]
+    pub routing_key_secret: String,
+    /// Events endpoint.
+    #[serde(default = "default_events_url")]
+    pub events_url: String,
+    /// `critical`, `error`, `warning` or `info`.
+    #[serde(default = "default_severity")]
+    pub severity: String,
+}
+
+/// The step's `with:` input.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// Secret holding the Slack-compatible incoming webhook URL.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// PagerDuty: `trigger` when the run failed, `resolve` when it did not (same dedup key per pipeline, environment and entity).
+    #[serde(default)]
+    pub pagerduty: Option<PagerDuty>,
+    /// Link to the run's report.
+    #[serde(default)]
+    pub report_url: Option<String>,
+}
+
+fn default_routing_key() -> String {
+    "PAGERDUTY_ROUTING_KEY".into()
+}
+fn default_events_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".into()
+}
+fn default_severity() -> String {
+    "error".into()
+}
+
+/// What happened, from the host's account of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub pipeline: String,
+    pub environment: String,
+    pub entity: String,
+    pub run_id: String,
+    pub failed: bool,
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+    pub rolling_back: Vec<String>,
+    pub report_url: Option<String>,
+}
+
+impl Summary {
+    /// From the context.
+    pub fn of(ctx: &Context, report_url: Option<String>) -> Self {
+        Self {
+            pipeline: ctx.pipeline().into(),
+            environment: ctx.environment().into(),
+            entity: ctx.entity().into(),
+            run_id: ctx.run_info("run_id").unwrap_or_default().into(),
+            failed: ctx.run_info("status") == Some("failed"),
+            failed_step: ctx.run_info("failed_step").map(String::from),
+            error: ctx.run_info("error").map(String::from),
+            rolling_back: ctx
+                .run_info("rolling_back")
+                .map(|s| s.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+                .unwrap_or_default(),
+            report_url,
+        }
+    }
+
+    /// One line for titles.
+    pub fn title(&self) -> String {
+        match &self.failed_step {
+            Some(step) => {
+                format!("{} failed in {} for {} at step `{step}`", self.pipeline, self.environment, self.entity)
+            }
+            None => format!("{} succeeded in {} for {}", self.pipeline, self.environment, self.entity),
+        }
+    }
+
+    /// The Slack message: `text` plus blocks.
+    pub fn slack(&self) -> Value {
+        let mut fields = vec![
+            json!({"type": "mrkdwn", "text": format!("*Pipeline*\n{}", self.pipeline)}),
+            json!({"type": "mrkdwn", "text": format!("*Environment*\n{}", self.environment)}),
+            json!({"type": "mrkdwn", "text": format!("*Entity*\n{}", self.entity)}),
+            json!({"type": "mrkdwn", "text": format!("*Run*\n{}", self.run_id)}),
+        ];
+        if let Some(step) = &self.failed_step {
+            fields.push(json!({"type": "mrkdwn", "text": format!("*Failed step*\n{step}")}));
+        }
+        if !self.rolling_back.is_empty() {
+            fields.push(json!({"type": "mrkdwn", "text": format!("*Rolled back*\n{}", self.rolling_back.join(", "))}));
+        }
+        let mut blocks = vec![
+            json!({"type": "header", "text": {"type": "plain_text", "text": self.title()}}),
+            json!({"type": "section", "fields": fields}),
+        ];
+        if let Some(error) = &self.error {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{error}```")}}));
+        }
+        if let Some(url) = &self.report_url {
+            blocks.push(
+                json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("<{url}|Run report>")}]}),
+            );
+        }
+        json!({"text": self.title(), "blocks": blocks})
+    }
+
+    /// The PagerDuty event: `trigger` on failure, `resolve` otherwise, deduplicated per pipeline × environment × entity.
+    pub fn pagerduty(&self, pd: &PagerDuty, routing_key: &str) -> Value {
+        let dedup = format!("gantry/{}/{}/{}", self.pipeline, self.environment, self.entity);
+        if !self.failed {
+            return json!({"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup});
+        }
+        let mut event = json!({
+            "routing_key": routing_key,
+            "event_action": "trigger",
+            "dedup_key": dedup,
+            "payload": {
+                "summary": self.title(),
+                "source": format!("gantry/{}", self.pipeline),
+                "severity": pd.severity,
+                "component": self.failed_step,
+                "group": self.environment,
+                "class": "deployment",
+                "custom_details": {
+                    "run_id": self.run_id, "entity": self.entity, "error": self.error, "rolled_back": self.rolling_back,
+                },
+            },
+        });
+        if let Some(url) = &self.report_url {
+            event["links"] = json!([{"href": url, "text": "Run report"}]);
+        }
+        event
+    }
+}
+
+/// The step.
+pub struct Notify;
+
+impl Step for Notify {
+    fn describe() -> Describe {
+        Describe::new("notify", env!("CARGO_PKG_VERSION"))
+            .description("Posts a run summary to Slack-compatible webhooks and PagerDuty Events v2")
+            .input::<Input>()
+            .capability("network")
+            .capability("secrets:url")
+            .capability("secrets:body")
+    }
+
+    fn run(ctx: &Context) -> Result<Outputs, Error> {
+        let input: Input = ctx.input()?;
+        if input.webhook_secret.is_none() && input.pagerduty.is_none() {
+            return Err(Error::failed("nothing to notify: set webhook_secret and/or pagerduty"));
+        }
+        let summary = Summary::of(ctx, input.report_url.clone());
+        let mut out = Outputs::new().with("title", summary.title());
+        if let Some(secret) = &input.webhook_secret {
+            let r = ctx
+                .http()
+                .post(&gantry_sdk::secret(secret))
+                .json(&summary.slack())
+                .send()
+                .map_err(|e| Error::retryable(format!("webhook: {e}")))?;
+            if !r.is_success() {
+                return Err(Error::retryable(format!("webhook answered {}: {}", r.status(), r.text())));
+            }
+            out.set("webhook_status", r.status().to_string());
+        }
+        if let Some(pd) = &input.pagerduty {
+            let event = summary.pagerduty(pd, &gantry_sdk::secret(&pd.routing_key_secret));
+            let r = ctx
+                .http()
+                .post(&pd.events_url)
+                .json(&event)
+                .send()
+                .map_err(|e| Error::retryable(format!("pagerduty: {e}")))?;
+            if r.status() != 202 {
+                return Err(Error::retryable(format!("pagerduty answered {}: {}", r.status(), r.text())));
+            }
+            out.set("pagerduty_action", event["event_action"].as_str().unwrap_or_default());
+            out.set("pagerduty_dedup_key", event["dedup_key"].as_str().unwrap_or_default());
+        }
+        Ok(out)
+    }
+}
+
+gantry_sdk::export_step!(Notify);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Summary {
+        Summary {
+            pipeline: "release".into(),
+            environment: "production".into(),
+            entity: "the_7_space".into(),
+            run_id: "r1".into(),
+            failed: true,
+            failed_step: Some("shift".into()),
+            error: Some("gate failed at 25%".into()),
+            rolling_back: vec!["audit".into()],
+            report_url: Some("https://ci.example/run/1".into()),
+        }
+    }
+
+    #[test]
+    fn pagerduty_triggers_on_failure_and_resolves_with_the_same_key() {
+        let pd = PagerDuty { routing_key_secret: "K".into(), events_url: "u".into(), severity: "critical".into() };
+        let t = failed().pagerduty(&pd, "{{secret:K}}");
+        assert_eq!(t["event_action"], "trigger");
+        assert_eq!(t["payload"]["severity"], "critical");
+        assert_eq!(t["payload"]["summary"], "release failed in production for the_7_space at step `shift`");
+        let ok = Summary { failed: false, failed_step: None, ..failed() };
+        let r = ok.pagerduty(&pd, "{{secret:K}}");
+        assert_eq!((r["event_action"].as_str(), r["dedup_key"].clone()), (Some("resolve"), t["dedup_key"].clone()));
+    }
+
+    #[test]
+    fn slack_message_has_text_and_blocks() {
+        let m = failed().slack();
+        assert_eq!(m["text"], "release failed in production for the_7_space at step `shift`");
+        assert!(m["blocks"].to_string().contains("*Rolled back*\\naudit"));
+        assert!(m["blocks"].to_string().contains("<https://ci.example/run/1|Run report>"));
+    }
+}
