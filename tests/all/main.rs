@@ -11,3 +11,4 @@ mod pipelines;
 mod runs;
 mod sandbox;
 mod support;
+mod wordpress;

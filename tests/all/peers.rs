@@ -149,3 +149,61 @@ pub fn notion(token: &str, data_source: &str, flags: &[&str]) -> Peer {
     cmd.args(["--data-source", data_source]).args(flags);
     spawn(cmd, port, "/_state")
 }
+
+/// A real WordPress on 127.0.0.1 (`tests/peers/wordpress.sh`); its process groups are killed on drop.
+pub struct WordPress {
+    dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub origin: String,
+    /// The admin's application password.
+    pub app_password: String,
+}
+
+impl WordPress {
+    /// Installs and serves a fresh site whose webhook checks signatures with `webhook_secret`.
+    pub fn start(webhook_secret: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let out = Command::new(repo().join("tests/peers/wordpress.sh"))
+            .arg(dir.path().join("wp"))
+            .arg(port.to_string())
+            .arg(webhook_secret)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("tests/peers/wordpress.sh runs (scripts/peers-setup installs WordPress)");
+        let wp = Self {
+            dir,
+            origin: format!("http://127.0.0.1:{port}"),
+            app_password: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        };
+        assert!(
+            out.status.success() && !wp.app_password.is_empty(),
+            "wordpress.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if get(&wp.origin, "/wp-json/").is_some_and(|(s, _)| s == 200) {
+                return wp;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("WordPress did not answer /wp-json/ within 30 s");
+    }
+}
+
+impl Drop for WordPress {
+    fn drop(&mut self) {
+        // `php -S` workers outlive a signal to their parent: stop each process group.
+        let pgids = std::fs::read_to_string(self.dir.path().join("wp/pgids")).unwrap_or_default();
+        for signal in ["-TERM", "-KILL"] {
+            for pgid in pgids.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = Command::new("kill")
+                    .args([signal, "--", &format!("-{}", pgid.trim())])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
