@@ -184,3 +184,31 @@ steps:
     assert!(String::from_utf8_lossy(&unknown.stderr)
         .contains("environment `prod` is not declared; declared: production, staging"));
 }
+
+#[test]
+fn the_shipped_pipelines_validate_and_plan_for_every_environment_and_entity() {
+    let dir = repo().join("pipelines");
+    for name in ["health.yaml", "gallery-release.yaml", "canary-release.yaml"] {
+        let out = gantry(&["validate", dir.join(name).to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gallery = dir.join("gallery-release.yaml");
+    for env in ["development", "staging", "production"] {
+        for entity in ["the_7_space", "am_consulting", "higherself_core"] {
+            let out = gantry(&["plan", gallery.to_str().unwrap(), "--env", env, "--entity", entity, "--json"]);
+            assert_eq!(out.status.code(), Some(0), "{env}/{entity}: {}", String::from_utf8_lossy(&out.stderr));
+            let plan = stdout_json(&out);
+            let crm = plan["steps"].as_array().unwrap().iter().find(|s| s["id"] == "crm").unwrap().clone();
+            let token = crm["secrets"][0]["source"].as_str().unwrap().to_string();
+            match entity {
+                "the_7_space" => assert_eq!(token, "env:NOTION_TOKEN"),
+                "am_consulting" => assert_eq!(token, "env:AM_NOTION_TOKEN"),
+                _ => assert_eq!(token, "env:HIGHERSELF_NOTION_TOKEN"),
+            }
+            if env == "production" {
+                assert_eq!(crm["network"], serde_json::json!(["https://api.notion.com"]), "production narrows");
+                assert_eq!(crm["input"]["api_url"], "https://api.notion.com");
+            }
+        }
+    }
+}

@@ -31,8 +31,9 @@ pub struct Input {
     /// Percent of traffic on green at each stage, ending at 100.
     #[serde(default = "default_stages")]
     pub stages: Vec<u32>,
-    /// Wait after each stage before the gates, in milliseconds.
-    #[serde(default = "default_pause")]
+    /// Wait after each stage before the gates, in milliseconds (a number, or digits from an expression).
+    #[serde(default = "default_pause", deserialize_with = "number_or_digits")]
+    #[schemars(with = "u64")]
     pub pause_ms: u64,
     /// Check that every green target is healthy after each stage.
     #[serde(default = "yes")]
@@ -52,6 +53,17 @@ pub struct Input {
     /// Secret with a session token, for temporary credentials.
     #[serde(default)]
     pub session_token_secret: Option<String>,
+}
+
+/// Accepts `1500` and `"1500"`: values rendered from `${{ env.X }}` are strings.
+fn number_or_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| serde::de::Error::custom("expected a whole number")),
+        serde_json::Value::String(s) => {
+            s.trim().parse().map_err(|_| serde::de::Error::custom(format!("expected a number, got {s:?}")))
+        }
+        other => Err(serde::de::Error::custom(format!("expected a number, got {other}"))),
+    }
 }
 
 fn default_region() -> String {
@@ -280,6 +292,20 @@ mod tests {
         assert!(fully_green(&stage_weights(BLUE, GREEN, 100), GREEN));
         assert!(!fully_green(&stage_weights(BLUE, GREEN, 50), GREEN));
         assert!(!fully_green(&[Weighted { arn: BLUE.into(), weight: 1 }], GREEN));
+    }
+
+    #[test]
+    fn pause_takes_numbers_and_digits() {
+        let base = serde_json::json!({"endpoint": "e", "listener_arn": "l", "blue_target_group_arn": BLUE, "green_target_group_arn": GREEN});
+        for (pause, expected) in [
+            (serde_json::json!(1500), Some(1500)),
+            (serde_json::json!("250"), Some(250)),
+            (serde_json::json!("soon"), None),
+        ] {
+            let mut input = base.clone();
+            input["pause_ms"] = pause;
+            assert_eq!(serde_json::from_value::<Input>(input).ok().map(|i| i.pause_ms), expected);
+        }
     }
 
     #[test]
