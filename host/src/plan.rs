@@ -233,7 +233,12 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             .collect();
         let mut step_vars = vars.clone();
         step_vars.extend(def.env.iter().map(|(k, v)| (k.clone(), v.value.clone())));
-        let input = render(&loaded.inputs[i], &step_vars, environment, entity);
+        // The entity's input wins over the environment's, which wins over the step's own.
+        let source = [format!("entities.{entity}"), format!("environments.{environment}")]
+            .iter()
+            .find_map(|key| loaded.overlay_inputs.get(key).and_then(|m| m.get(&id)))
+            .unwrap_or(&loaded.inputs[i]);
+        let input = render(source, &step_vars, environment, entity);
         steps.push(PlannedStep {
             id,
             name: def.name.clone(),

@@ -200,14 +200,25 @@ fn the_shipped_pipelines_validate_and_plan_for_every_environment_and_entity() {
             let plan = stdout_json(&out);
             let crm = plan["steps"].as_array().unwrap().iter().find(|s| s["id"] == "crm").unwrap().clone();
             let token = crm["secrets"][0]["source"].as_str().unwrap().to_string();
+            let uses = crm["uses"].as_str().unwrap();
             match entity {
-                "the_7_space" => assert_eq!(token, "env:NOTION_TOKEN"),
-                "am_consulting" => assert_eq!(token, "env:AM_NOTION_TOKEN"),
-                _ => assert_eq!(token, "env:HIGHERSELF_NOTION_TOKEN"),
+                "am_consulting" => {
+                    // The entity swaps the plugin and its input together.
+                    assert_eq!(uses, "../plugins/http-check");
+                    assert_eq!(
+                        crm["input"],
+                        serde_json::json!({"url": "https://crm.amconsulting.example/health", "probes": 3, "max_latency_ms": 1000})
+                    );
+                }
+                "the_7_space" => assert_eq!((uses, token.as_str()), ("../plugins/notion-sync", "env:NOTION_TOKEN")),
+                _ => assert_eq!((uses, token.as_str()), ("../plugins/notion-sync", "env:HIGHERSELF_NOTION_TOKEN")),
             }
             if env == "production" {
-                assert_eq!(crm["network"], serde_json::json!(["https://api.notion.com"]), "production narrows");
-                assert_eq!(crm["input"]["api_url"], "https://api.notion.com");
+                let narrowed = serde_json::json!(["https://api.notion.com", "https://crm.amconsulting.example"]);
+                assert_eq!(crm["network"], narrowed, "production narrows");
+                if entity != "am_consulting" {
+                    assert_eq!(crm["input"]["api_url"], "https://api.notion.com");
+                }
             }
         }
     }

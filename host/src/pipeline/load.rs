@@ -3,6 +3,7 @@
 use super::model::{Pipeline, Position};
 use super::{schema_walk, validate, Problem, Problems};
 use marked_yaml::{LoaderOptions, Node};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A pipeline that passed every check.
@@ -16,6 +17,8 @@ pub struct Loaded {
     pub inputs: Vec<serde_json::Value>,
     /// Each step's `with:` strings with their positions, for expression checks.
     pub(crate) input_strings: Vec<Vec<Located>>,
+    /// Overlay inputs as JSON: `environments.<name>` or `entities.<name>` → step id → input.
+    pub overlay_inputs: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 /// A string found in `with:`, where it is and under which field.
@@ -77,7 +80,30 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
         inputs.push(json);
         input_strings.push(strings);
     }
-    let loaded = Loaded { path: path.to_path_buf(), pipeline, inputs, input_strings };
+    let mut overlay_inputs: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+    let root = node.as_mapping();
+    for kind in ["environments", "entities"] {
+        let Some(overlays) = root.and_then(|m| m.get_node(kind)).and_then(Node::as_mapping) else { continue };
+        for (name, overlay) in overlays.iter() {
+            let Some(with) = overlay.as_mapping().and_then(|m| m.get_node("with")).and_then(Node::as_mapping) else {
+                continue;
+            };
+            for (step, input) in with.iter() {
+                let field = format!("{kind}.{}.with.{}", name.as_str(), step.as_str());
+                let mut strings = Vec::new();
+                let json = to_json(input, &field, &mut strings);
+                // Expressions in an overlay's input are checked as the step's own.
+                if let Some(i) = pipeline.steps.iter().position(|s| s.id.value == step.as_str()) {
+                    input_strings[i].extend(strings);
+                }
+                overlay_inputs
+                    .entry(format!("{kind}.{}", name.as_str()))
+                    .or_default()
+                    .insert(step.as_str().to_string(), json);
+            }
+        }
+    }
+    let loaded = Loaded { path: path.to_path_buf(), pipeline, inputs, input_strings, overlay_inputs };
     let mut problems = validate::check(&loaded);
     if problems.is_empty() {
         Ok(loaded)

@@ -125,6 +125,9 @@ pub struct Overlay {
     /// Plugin swaps: step id → `uses:` value.
     #[serde(default)]
     pub plugins: BTreeMap<String, Loc<String>>,
+    /// Input replacing a step's `with:` (whole, not merged), usually alongside a plugin swap: step id → input.
+    #[serde(default, rename = "with")]
+    pub with: BTreeMap<String, Loc<Input>>,
     /// Network narrowing: step id → the only origins it keeps (must be a subset of the step's).
     #[serde(default)]
     pub network: BTreeMap<String, Vec<Loc<String>>>,

@@ -372,6 +372,12 @@ impl<'a> Checker<'a> {
                 self.push(uses.at, &format!("{field}.plugins.{id}"), hint);
             }
         }
+        for (id, input) in &overlay.with {
+            if !steps.contains_key(id.as_str()) {
+                let hint = unknown_step(id, &known);
+                self.push(input.at, &format!("{field}.with.{id}"), hint);
+            }
+        }
         for (id, origins) in &overlay.network {
             let Some(&i) = steps.get(id.as_str()) else {
                 let at = origins.first().map(|o| o.at).unwrap_or_default();
