@@ -40,7 +40,14 @@
 //!         println!("{event:?}");
 //!     }
 //! });
-//! let options = run::RunOptions { run_id: "embedded".into(), jobs: 4, dry_run: false, file: None, completed: vec![] };
+//! let options = run::RunOptions {
+//!     run_id: "embedded".into(),
+//!     jobs: 4,
+//!     dry_run: false,
+//!     file: None,
+//!     completed: vec![],
+//!     artifacts: None,
+//! };
 //! let result = run::run(&Runtime::builder().build()?, &plan, &options, journal, Some(events)).await?;
 //! std::process::exit(result.status.exit_code().into());
 //! # }

@@ -47,7 +47,7 @@ fn sync(peer: &Peer, token: &str, extra: &[&str]) -> Output {
 }
 
 fn outputs(out: &Output) -> Value {
-    expect_code(&out, 0);
+    expect_code(out, 0);
     stdout_json(out)["outputs"].clone()
 }
 
