@@ -104,8 +104,11 @@ impl RequestBuilder {
 
     /// Sets a form body (`application/x-www-form-urlencoded`) from pairs.
     pub fn form(self, pairs: &[(&str, &str)]) -> Self {
-        let body =
-            pairs.iter().map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v))).collect::<Vec<_>>().join("&");
+        let body = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
         self.header("content-type", "application/x-www-form-urlencoded; charset=utf-8").body(body)
     }
 
@@ -176,7 +179,8 @@ impl RequestBuilder {
     }
 }
 
-fn form_encode(text: &str) -> String {
+/// Percent-encodes everything but `A-Z a-z 0-9 - _ . ~`, for query parameters and form fields.
+pub fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         match b {
@@ -281,6 +285,6 @@ mod tests {
 
     #[test]
     fn form_encoding_escapes_reserved_bytes() {
-        assert_eq!(form_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 }

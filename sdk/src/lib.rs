@@ -51,7 +51,7 @@ mod outputs;
 pub use context::Context;
 pub use describe::Describe;
 pub use error::Error;
-pub use http::{Client, HttpError, RequestBuilder, Response, Sigv4};
+pub use http::{percent_encode, Client, HttpError, RequestBuilder, Response, Sigv4};
 pub use log::{log, Level};
 pub use outputs::Outputs;
 

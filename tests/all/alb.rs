@@ -153,13 +153,8 @@ steps:
         blue = aws.get("blue"),
         green = aws.get("green"),
     );
-    let file = dir.path().join("canary.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut cmd = command(&shared_cache());
-    cmd.current_dir(dir.path())
-        .env("TEST_AWS_KEY", aws.get("access_key"))
-        .env("TEST_AWS_SECRET", aws.get("secret_key"));
-    let out = cmd.args(["run", file.to_str().unwrap(), "--json"]).output().unwrap();
+    let (key, secret) = (aws.get("access_key"), aws.get("secret_key"));
+    let out = run_pipeline(dir.path(), &yaml, &[("TEST_AWS_KEY", &key), ("TEST_AWS_SECRET", &secret)], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -306,13 +306,13 @@ steps:
 "#,
         p = plugin_dir.display()
     );
-    let file = dir.path().join("attack.yaml");
-    std::fs::write(&file, yaml).unwrap();
     let report = dir.path().join("report.json");
-    let mut cmd = command(&shared_cache());
-    cmd.current_dir(dir.path()).env("ATTACK_TOKEN", TOKEN);
-    cmd.args(["run", file.to_str().unwrap(), "--json", "--report", &format!("json={}", report.display())]);
-    let out = cmd.output().unwrap();
+    let out = run_pipeline(
+        dir.path(),
+        &yaml,
+        &[("ATTACK_TOKEN", TOKEN)],
+        &["--report", &format!("json={}", report.display())],
+    );
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "a rollback failed, so exit 3\n{stdout}\n{stderr}");
     // Only the granted step reached the server: its run, then its rollback.

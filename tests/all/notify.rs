@@ -40,12 +40,8 @@ steps:
         misbehave = misbehave.display(),
         notify = repo().join("plugins/notify").display(),
     );
-    let file = dir.join("release.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut cmd = command(&shared_cache());
-    cmd.current_dir(dir)
-        .env("TEST_SLACK_WEBHOOK", format!("{}/services/T0GALLERY/B0RELEASE/xoxHOOKsecret", slack.origin()));
-    cmd.env("TEST_PD_KEY", ROUTING_KEY).args(["run", file.to_str().unwrap(), "--json"]).output().unwrap()
+    let hook = format!("{}/services/T0GALLERY/B0RELEASE/xoxHOOKsecret", slack.origin());
+    run_pipeline(dir, &yaml, &[("TEST_SLACK_WEBHOOK", &hook), ("TEST_PD_KEY", ROUTING_KEY)], &[])
 }
 
 fn body(server: &CountingServer, i: usize) -> Value {

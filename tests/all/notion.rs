@@ -151,11 +151,7 @@ steps:
         plugin = repo().join("plugins/notion-sync").display(),
         misbehave = repo().join("tests/plugins/misbehave").display()
     );
-    let file = dir.path().join("crm.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut cmd = command(&shared_cache());
-    cmd.current_dir(dir.path()).env("TEST_NOTION_TOKEN", TOKEN);
-    let out = cmd.args(["run", file.to_str().unwrap(), "--json"]).output().unwrap();
+    let out = run_pipeline(dir.path(), &yaml, &[("TEST_NOTION_TOKEN", TOKEN)], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let written = patches(&peer);
     assert!(written > 200, "run wrote, then rollback wrote each change back: {written}");

@@ -218,3 +218,12 @@ pub fn expect_code(out: &Output, code: i32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Writes `yaml` as `dir/pipeline.yaml` and runs `gantry run <it> --json <extra..>` in `dir` with `env`.
+pub fn run_pipeline(dir: &Path, yaml: &str, env: &[(&str, &str)], extra: &[&str]) -> Output {
+    let file = dir.join("pipeline.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut cmd = command(&shared_cache());
+    cmd.current_dir(dir).envs(env.iter().copied()).args(["run", file.to_str().unwrap(), "--json"]).args(extra);
+    cmd.output().unwrap()
+}

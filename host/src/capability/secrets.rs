@@ -204,9 +204,14 @@ impl Secrets {
         self.by_name.keys().map(String::as_str)
     }
 
+    /// The secret granted as `name`.
+    fn granted(&self, name: &str) -> Result<&Secret, SecretError> {
+        self.by_name.get(name).ok_or_else(|| SecretError::Unknown { name: name.to_string() })
+    }
+
     /// The value of `name` if it may be sent to `url`.
     fn value_for(&self, name: &str, url: &Url) -> Result<&str, SecretError> {
-        let secret = self.by_name.get(name).ok_or_else(|| SecretError::Unknown { name: name.to_string() })?;
+        let secret = self.granted(name)?;
         if secret.bound_to.iter().any(|g| g.allows(url)) {
             Ok(&secret.value)
         } else {
@@ -225,10 +230,7 @@ impl Secrets {
         let mut names = Vec::new();
         let out = self.expand(text, |name| {
             names.push(name.to_string());
-            self.by_name
-                .get(name)
-                .map(|s| s.value.as_str())
-                .ok_or_else(|| SecretError::Unknown { name: name.to_string() })
+            self.granted(name).map(|s| s.value.as_str())
         })?;
         Ok((out, names))
     }

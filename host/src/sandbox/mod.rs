@@ -538,8 +538,8 @@ impl Plugin {
             instance.gantry_step_plugin().call_describe(&mut store).await
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
-        let stderr = forward_output(&call, &stdout, &stderr);
-        let info = self.settle(&call, &mut store, result, &stderr)?;
+        let captured = forward_output(&call, &stdout, &stderr);
+        let info = self.settle(&call, &mut store, result, &captured.stderr)?;
         Ok(PluginInfo {
             name: info.name,
             version: info.version,
@@ -588,13 +588,12 @@ impl Plugin {
             }
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
-        // A full pipe means writes were refused; whatever the plugin made of that, the limit was hit.
-        let flooded = [&stdout, &stderr].iter().any(|p| p.contents().len() >= call.limits.output_bytes);
-        let stderr = forward_output(call, &stdout, &stderr);
+        let captured = forward_output(call, &stdout, &stderr);
         let secrets = &call.grants.secrets;
         let step = call.context.step_id.clone();
-        let settled = self.settle(call, &mut store, result, &stderr);
-        if flooded && !matches!(settled, Err(CallError::Timeout { .. } | CallError::MemoryLimit { .. })) {
+        let settled = self.settle(call, &mut store, result, &captured.stderr);
+        // A full pipe means writes were refused; whatever the plugin made of that, the limit was hit.
+        if captured.full && !matches!(settled, Err(CallError::Timeout { .. } | CallError::MemoryLimit { .. })) {
             return Err(CallError::OutputLimit { step, limit: call.limits.output_bytes, what: "stdout/stderr".into() });
         }
         match settled? {
@@ -667,15 +666,30 @@ fn trap_message(e: &wasmtime::Error, stderr: &str) -> String {
     }
 }
 
+/// What a call printed, read once from its pipes.
+struct Captured {
+    /// stderr as text, for trap messages.
+    stderr: String,
+    /// Whether either pipe reached its capacity.
+    full: bool,
+}
+
 /// Sends what the plugin printed to stdout/stderr into the log, tagged with
-/// the step; returns stderr for error messages.
-fn forward_output(call: &StepCall, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> String {
+/// the step; returns stderr for error messages and whether a pipe filled up.
+fn forward_output(call: &StepCall, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> Captured {
     let step = call.context.step_id.as_str();
+    let mut captured = Captured { stderr: String::new(), full: false };
     for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
+        // `contents` copies the buffer: take it once per pipe.
         let contents = pipe.contents();
-        for line in String::from_utf8_lossy(&contents).lines().filter(|l| !l.trim().is_empty()) {
+        captured.full |= contents.len() >= call.limits.output_bytes;
+        let text = String::from_utf8_lossy(&contents);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
             tracing::info!(target: "gantry::plugin", step, stream, "{}", call.grants.secrets.redact(line));
         }
+        if stream == "stderr" {
+            captured.stderr = text.into_owned();
+        }
     }
-    String::from_utf8_lossy(&stderr.contents()).into_owned()
+    captured
 }

@@ -39,20 +39,14 @@ pub fn prometheus_value(body: &str) -> Result<Option<f64>, String> {
     text.parse::<f64>().map(Some).map_err(|_| format!("sample value {text:?} is not a number"))
 }
 
-/// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl PrometheusGate {
     /// Runs the query and compares.
     pub fn check(&self, ctx: &Context) -> Result<Option<String>, Error> {
-        let url = format!("{}/api/v1/query?query={}", self.url.trim_end_matches('/'), encode(&self.query));
+        let url = format!(
+            "{}/api/v1/query?query={}",
+            self.url.trim_end_matches('/'),
+            gantry_sdk::percent_encode(&self.query)
+        );
         let response = ctx.http().get(&url).send().map_err(|e| Error::retryable(format!("prometheus gate: {e}")))?;
         match prometheus_value(&response.text()) {
             Ok(Some(value)) if value.is_nan() || value > self.max => {
@@ -89,6 +83,6 @@ mod tests {
         assert_eq!(prometheus_value(scalar), Ok(Some(2.0)));
         let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
         assert_eq!(prometheus_value(bad), Err("bad_data: parse error".into()));
-        assert_eq!(encode("a{b=~\"5..\"}[1m]"), "a%7Bb%3D~%225..%22%7D%5B1m%5D");
+        assert_eq!(gantry_sdk::percent_encode("a{b=~\"5..\"}[1m]"), "a%7Bb%3D~%225..%22%7D%5B1m%5D");
     }
 }

@@ -143,6 +143,18 @@ fn set_segment(api: &Api, page: &str, property: &str, value: Option<&str>) -> Re
     api.call("PATCH", &format!("/v1/pages/{page}"), &json!({"properties": {property: {"select": select}}})).map(|_| ())
 }
 
+/// Writes each change's previous value back, newest first (an empty value clears the select);
+/// one failed write does not stop the others, and the first error is returned.
+fn restore(api: &Api, property: &str, changes: &[Change]) -> Result<(), Error> {
+    let mut first = None;
+    for c in changes.iter().rev() {
+        if let Err(e) = set_segment(api, &c.page, property, Some(c.from.as_str()).filter(|s| !s.is_empty())) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 fn slug(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
 }
@@ -202,16 +214,9 @@ impl Step for NotionSync {
         if !ctx.dry_run() {
             for change in &changes {
                 if let Err(e) = set_segment(&api, &change.page, &input.segment_property, Some(&change.to)) {
-                    // Undo what this call already wrote, so a failed run leaves the data as it found it.
-                    for done in applied.iter().rev() {
-                        let done: &Change = done;
-                        let _ = set_segment(
-                            &api,
-                            &done.page,
-                            &input.segment_property,
-                            Some(&done.from).filter(|s| !s.is_empty()).map(|s| s.as_str()),
-                        );
-                    }
+                    // Undo what this call already wrote, so a failed run leaves the data as it found it;
+                    // the write's own error is what the step reports.
+                    let _ = restore(&api, &input.segment_property, &applied);
                     return Err(e);
                 }
                 applied.push(change.clone());
@@ -244,11 +249,7 @@ impl Step for NotionSync {
         };
         let changes: Vec<Change> =
             serde_json::from_str(recorded).map_err(|e| Error::failed(format!("recorded changes: {e}")))?;
-        let api = api(ctx, &input);
-        for c in changes.iter().rev() {
-            let from = Some(c.from.as_str()).filter(|s| !s.is_empty());
-            set_segment(&api, &c.page, &input.segment_property, from)?;
-        }
+        restore(&api(ctx, &input), &input.segment_property, &changes)?;
         Ok(Outputs::new().with("restored", changes.len()))
     }
 }
