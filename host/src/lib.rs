@@ -24,37 +24,35 @@
 //! ```
 
 //! Running a whole pipeline is the same flow the `gantry run` command uses:
-//! load (validates everything) → plan → run, with events streamed as they happen.
+//! load (validates everything) → plan → a [`run::Session`] (the run lock and
+//! the run's record in a [`run::store::RunStore`]) → run, with events streamed
+//! as they happen.
 //!
 //! ```no_run
 //! use gantry_host::{build::BuildOptions, pipeline, plan, run, sandbox::Runtime};
-//! use std::sync::Arc;
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let loaded = pipeline::load("pipelines/health.yaml".as_ref())?;
 //! let plan = plan::plan(&loaded, "production", "default", &BuildOptions::default())?;
-//! let journal = Arc::new(run::journal::FileJournal::create(".gantry/runs/embedded".as_ref())?);
+//! // The file store under ./.gantry; a postgres:// URL shares runs and locks between runners.
+//! let store = run::store::open(None, ".".as_ref()).await?;
+//! let session = run::Session::start(store, &plan).await?;
 //! let (events, mut stream) = tokio::sync::mpsc::unbounded_channel();
 //! tokio::spawn(async move {
 //!     while let Some(event) = stream.recv().await {
 //!         println!("{event:?}");
 //!     }
 //! });
-//! let options = run::RunOptions {
-//!     run_id: "embedded".into(),
-//!     jobs: 4,
-//!     dry_run: false,
-//!     file: None,
-//!     completed: vec![],
-//!     artifacts: None,
-//! };
-//! let result = run::run(&Runtime::builder().build()?, &plan, &options, journal, Some(events)).await?;
-//! std::process::exit(result.status.exit_code().into());
+//! let options = run::RunOptions { jobs: 4, ..Default::default() };
+//! let result = run::run(&Runtime::builder().build()?, &plan, &session, &options, Some(events)).await?;
+//! session.close().await?;
+//! std::process::exit(result.exit_code().into());
 //! # }
 //! ```
 
 pub mod build;
 pub mod capability;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod pipeline;
 pub mod plan;

@@ -3,10 +3,12 @@
 //! gets, its limits and inputs, and the groups of steps that run in parallel.
 
 use crate::build::{build_crate, BuildError, BuildOptions};
+use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretSource};
+use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
-use crate::pipeline::Loaded;
-use crate::sandbox::cache::sha256_hex;
+use crate::pipeline::source::OCI_SCHEME;
+use crate::pipeline::{Condition, Digest, Loaded, PluginRef, PluginSource, ResourceLimits, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,70 +55,25 @@ pub enum PlanError {
 }
 
 /// A secret as a step receives it: its name, source and the origins it may go to.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PlannedSecret {
     /// Name the plugin uses.
     pub name: String,
-    /// `env:NAME` or `file:PATH` (never the value).
-    pub source: String,
+    /// Where the value is read from (never the value).
+    pub source: SecretSource,
     /// Origins it may be sent to.
-    pub bound_to: Vec<String>,
-}
-
-/// A directory granted read-only.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PlannedFiles {
-    /// Directory on the host.
-    pub host: PathBuf,
-    /// Where the plugin sees it.
-    pub guest: String,
-}
-
-/// Resource caps of one attempt, resolved to numbers.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PlannedLimits {
-    /// Memory, bytes.
-    pub memory_bytes: usize,
-    /// stdout/stderr and outputs, bytes.
-    pub output_bytes: usize,
-    /// HTTP requests.
-    pub requests: u32,
-    /// HTTP response body, bytes.
-    pub response_bytes: usize,
-    /// One HTTP request, milliseconds.
-    pub request_timeout_ms: u64,
-}
-
-impl PlannedLimits {
-    fn from_def(def: Option<&crate::pipeline::model::StepLimits>) -> Self {
-        let (l, h) = (crate::sandbox::Limits::default(), crate::sandbox::HttpLimits::default());
-        let size = |s: &Option<crate::pipeline::model::Loc<String>>, d: usize| {
-            s.as_ref().and_then(|s| crate::sandbox::limits::parse_memory(s).ok()).unwrap_or(d)
-        };
-        let def = def.cloned().unwrap_or_default();
-        Self {
-            memory_bytes: size(&def.memory, l.memory_bytes),
-            output_bytes: size(&def.output, l.output_bytes),
-            requests: def.requests.map(|n| n.value).unwrap_or(h.max_requests),
-            response_bytes: size(&def.response_size, h.max_response_bytes),
-            request_timeout_ms: def
-                .request_timeout
-                .and_then(|t| humantime::parse_duration(&t).ok())
-                .unwrap_or(h.request_timeout)
-                .as_millis() as u64,
-        }
-    }
+    pub bound_to: Vec<Grant>,
 }
 
 /// One step, resolved.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
     /// Step id.
     pub id: String,
     /// Display name.
     pub name: Option<String>,
-    /// `uses:` after entity and environment swaps.
-    pub uses: String,
+    /// The plugin reference after entity and environment swaps.
+    pub uses: PluginRef,
     /// The component file that runs.
     pub plugin: PathBuf,
     /// Its sha256.
@@ -124,25 +81,19 @@ pub struct PlannedStep {
     /// Steps it needs.
     pub needs: Vec<String>,
     /// Its run condition.
-    pub condition: String,
-    /// Granted origins, after narrowing.
-    pub network: Vec<String>,
+    pub condition: Condition,
+    /// Granted origins after narrowing, and restricted address ranges.
+    pub network: NetworkPolicy,
     /// Granted secrets.
     pub secrets: Vec<PlannedSecret>,
-    /// Restricted address ranges granted names may resolve to.
-    pub addresses: Vec<String>,
     /// Read-only directories: host path and sandbox path.
-    pub files: Vec<PlannedFiles>,
+    pub files: Vec<FileGrant>,
     /// Whether the step gets a writable `/artifacts` directory.
     pub artifacts: bool,
-    /// Timeout per attempt, as written.
-    pub timeout: Option<String>,
-    /// Resource caps.
-    pub limits: PlannedLimits,
-    /// Attempts in all.
-    pub attempts: u32,
-    /// Wait before the first retry, as written.
-    pub backoff: Option<String>,
+    /// Resource caps of one attempt, the timeout among them.
+    pub limits: ResourceLimits,
+    /// Retries.
+    pub retry: RetryPolicy,
     /// Failure does not fail the pipeline.
     pub continue_on_error: bool,
     /// Undone when a later step fails.
@@ -151,8 +102,9 @@ pub struct PlannedStep {
     pub input: serde_json::Value,
 }
 
-/// A pipeline resolved for one environment and entity.
-#[derive(Debug, Clone, Serialize)]
+/// A pipeline resolved for one environment and entity; recorded in the journal when a run starts,
+/// and read back from there by `resume` and `rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// Pipeline name.
     pub pipeline: String,
@@ -166,12 +118,19 @@ pub struct Plan {
     pub groups: Vec<Vec<String>>,
 }
 
+impl Plan {
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&PlannedStep> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
+
 fn overlay<'a>(
-    map: &'a BTreeMap<String, Overlay>,
+    map: &'a BTreeMap<String, CheckedOverlay>,
     name: &str,
     file: &Path,
     entity: bool,
-) -> Result<Option<&'a Overlay>, PlanError> {
+) -> Result<Option<&'a CheckedOverlay>, PlanError> {
     if map.is_empty() {
         return Ok(None);
     }
@@ -191,14 +150,14 @@ fn overlay<'a>(
 
 /// Resolves a loaded pipeline for `environment` and `entity`, building plugin crates as needed.
 pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptions) -> Result<Plan, PlanError> {
-    let p = &loaded.pipeline;
-    let env_overlay = overlay(&p.environments, environment, &loaded.path, false)?;
-    let entity_overlay = overlay(&p.entities, entity, &loaded.path, true)?;
-    let layers: Vec<&Overlay> = [env_overlay, entity_overlay].into_iter().flatten().collect();
-    let base = loaded.path.parent().unwrap_or(Path::new("."));
+    let (p, checked) = (&loaded.pipeline, &loaded.checked);
+    let env_overlay = overlay(&checked.environments, environment, &loaded.path, false)?;
+    let entity_overlay = overlay(&checked.entities, entity, &loaded.path, true)?;
+    let layers: Vec<&CheckedOverlay> = [env_overlay, entity_overlay].into_iter().flatten().collect();
+    let env_layers: Vec<&Overlay> = [p.environments.get(environment), p.entities.get(entity)].into_iter().flatten().collect();
 
     let mut vars: BTreeMap<String, String> = p.env.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
-    for layer in &layers {
+    for layer in &env_layers {
         vars.extend(layer.env.iter().map(|(k, v)| (k.clone(), v.value.clone())));
     }
     if p.process_env {
@@ -208,27 +167,27 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
     }
 
     let mut steps = Vec::new();
-    for (i, def) in p.steps.iter().enumerate() {
+    for (i, (def, facts)) in p.steps.iter().zip(&checked.steps).enumerate() {
         let id = def.id.value.clone();
-        let uses = layers.iter().rev().find_map(|l| l.plugins.get(&id)).unwrap_or(&def.uses).value.clone();
-        let (plugin, sha256) = resolve_plugin(base, &uses, build).map_err(|e| match e {
+        let uses = layers.iter().rev().find_map(|l| l.plugins.get(&id)).unwrap_or(&facts.uses).clone();
+        let (plugin, sha256) = resolve_plugin(&uses, build).map_err(|e| match e {
             Resolve::Build(source) => PlanError::Build { step: id.clone(), source },
             Resolve::Other(message) => PlanError::Plugin { step: id.clone(), message },
         })?;
-        let mut network: Vec<String> = def.network.iter().map(|o| o.value.clone()).collect();
+        let mut origins = facts.network.clone();
         for layer in &layers {
             if let Some(narrowed) = layer.network.get(&id) {
-                network.retain(|o| narrowed.iter().any(|n| n.value == *o));
+                origins.retain(|o| narrowed.contains(o));
             }
         }
         let secrets = def
             .secrets
             .iter()
-            .filter_map(|name| p.secrets.get(name.as_str()).map(|d| (name, d)))
+            .filter_map(|name| checked.secrets.get(name.as_str()).map(|d| (name, d)))
             .map(|(name, d)| PlannedSecret {
                 name: name.value.clone(),
-                source: layers.iter().rev().find_map(|l| l.secrets.get(name.as_str())).unwrap_or(&d.from).value.clone(),
-                bound_to: d.bind.iter().map(|o| o.value.clone()).collect(),
+                source: layers.iter().rev().find_map(|l| l.secrets.get(name.as_str())).unwrap_or(&d.source).clone(),
+                bound_to: d.bind.clone(),
             })
             .collect();
         let mut step_vars = vars.clone();
@@ -246,21 +205,13 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             plugin,
             sha256,
             needs: def.needs.iter().map(|n| n.value.clone()).collect(),
-            condition: def.condition.as_ref().map(|c| c.value.clone()).unwrap_or_else(|| "success()".into()),
-            network,
+            condition: facts.condition.clone(),
+            network: NetworkPolicy::new(origins).with_addresses(facts.addresses.clone()),
             secrets,
-            addresses: def.addresses.iter().map(|a| a.value.clone()).collect(),
-            files: def
-                .files
-                .iter()
-                .filter_map(|f| crate::capability::FileGrant::new(f, base).ok())
-                .map(|g| PlannedFiles { host: g.host, guest: g.guest })
-                .collect(),
+            files: facts.files.clone(),
             artifacts: def.artifacts,
-            timeout: def.timeout.as_ref().map(|t| t.value.clone()),
-            limits: PlannedLimits::from_def(def.limits.as_ref()),
-            attempts: def.retry.as_ref().map(|r| r.attempts.value).unwrap_or(1),
-            backoff: def.retry.as_ref().and_then(|r| r.backoff.as_ref()).map(|b| b.value.clone()),
+            limits: facts.limits,
+            retry: facts.retry,
             continue_on_error: def.continue_on_error,
             rollback: def.rollback,
             input,
@@ -275,24 +226,28 @@ enum Resolve {
     Other(String),
 }
 
-fn resolve_plugin(base: &Path, uses: &str, build: &BuildOptions) -> Result<(PathBuf, String), Resolve> {
-    let (path, pin) = match uses.split_once("@sha256:") {
-        Some((p, h)) => (p, Some(h)),
-        None => (uses, None),
-    };
-    let path = base.join(path);
-    let file = if path.is_dir() { build_crate(&path, build).map_err(Resolve::Build)?.path } else { path };
-    let bytes = std::fs::read(&file).map_err(|e| Resolve::Other(format!("cannot read {}: {e}", file.display())))?;
-    let sha256 = sha256_hex(&bytes);
-    if let Some(pin) = pin {
-        if !pin.eq_ignore_ascii_case(&sha256) {
+/// The component file of a plugin reference and its sha256, checked against the pin.
+fn resolve_plugin(uses: &PluginRef, build: &BuildOptions) -> Result<(PathBuf, String), Resolve> {
+    let file = match &uses.source {
+        PluginSource::Crate { path } => build_crate(path, build).map_err(Resolve::Build)?.path,
+        PluginSource::Component { path } => path.clone(),
+        PluginSource::Registry { reference } => {
             return Err(Resolve::Other(format!(
-                "{} has sha256 {sha256}, but the pipeline pins {pin}: update the pin if the change is intended",
+                "{OCI_SCHEME}{reference}: this build cannot fetch plugins from a registry; pull the component and name the file"
+            )))
+        }
+    };
+    let bytes = std::fs::read(&file).map_err(|e| Resolve::Other(format!("cannot read {}: {e}", file.display())))?;
+    let digest = Digest::of(&bytes);
+    if let Some(pin) = &uses.pin {
+        if *pin != digest {
+            return Err(Resolve::Other(format!(
+                "{} has {digest}, but the pipeline pins {pin}: update the pin if the change is intended",
                 file.display()
             )));
         }
     }
-    Ok((file, sha256))
+    Ok((file, digest.hex().to_string()))
 }
 
 /// Topological waves: a step joins the wave after the last of its needs.

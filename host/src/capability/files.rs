@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 pub const ARTIFACTS_GUEST_PATH: &str = "/artifacts";
 
 /// A host directory the step may read, and the path it has inside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileGrant {
     /// Directory on the host.
     pub host: PathBuf,

@@ -11,7 +11,7 @@ pub mod sigv4;
 pub use address::Resolver;
 pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
-pub use secrets::{Redactor, Secret, Secrets};
+pub use secrets::{Redactor, Secret, SecretSource, Secrets};
 
 /// Everything a step call is allowed to reach.
 #[derive(Debug, Clone, Default)]

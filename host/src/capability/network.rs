@@ -4,8 +4,9 @@
 use std::fmt;
 use url::Url;
 
-/// One granted origin, optionally narrowed to a path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One granted origin, optionally narrowed to a path prefix; serialised as written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Grant {
     scheme: String,
     host: String,
@@ -82,6 +83,19 @@ impl Grant {
     }
 }
 
+impl TryFrom<String> for Grant {
+    type Error = GrantError;
+    fn try_from(text: String) -> Result<Self, GrantError> {
+        Self::parse(&text)
+    }
+}
+
+impl From<Grant> for String {
+    fn from(g: Grant) -> String {
+        g.to_string()
+    }
+}
+
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.host)?;
@@ -98,9 +112,13 @@ pub fn origin_of(url: &Url) -> String {
 }
 
 /// The set of origins a step may reach; empty means no network at all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkPolicy {
+    /// Granted origins.
+    #[serde(rename = "origins")]
     grants: Vec<Grant>,
+    /// Restricted ranges granted names may resolve into.
+    #[serde(default)]
     addresses: Vec<ipnet::IpNet>,
 }
 

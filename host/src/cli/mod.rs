@@ -20,6 +20,10 @@ struct Cli {
     /// The answer is checked like any other: a loopback or private address still needs a grant.
     #[arg(long, global = true, value_name = "NAME=IP", value_parser = crate::capability::address::parse_override)]
     resolve: Vec<(String, Vec<std::net::IpAddr>)>,
+    /// Where runs and run locks are kept: a postgres:// URL shared by many runners, or unset for
+    /// the file store in ./.gantry.
+    #[arg(long, global = true, value_name = "URL", env = crate::run::store::STATE_ENV, hide_env_values = true)]
+    state: Option<String>,
 }
 
 /// `--resolve` overrides, for every runtime the command builds.
@@ -60,7 +64,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List runs recorded under .gantry/runs, or print one run's journal.
+    /// List recorded runs, or print one run's journal.
     Runs {
         /// `show`.
         #[arg(value_parser = ["show"])]
@@ -103,9 +107,9 @@ enum Command {
         /// Print newline-delimited JSON events.
         #[arg(long)]
         json: bool,
-        /// Write a report after the run: junit=PATH or json=PATH (repeatable).
+        /// Write a report after the run: junit=PATH or json=PATH (repeatable; checked before the run starts).
         #[arg(long = "report", value_name = "KIND=PATH")]
-        reports: Vec<String>,
+        reports: Vec<crate::report::ReportSpec>,
     },
 }
 
@@ -139,6 +143,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let state = cli.state.clone();
+    let state = state.as_deref();
     let result = runtime.block_on(async {
         match cli.command {
             Command::Plugin(cmd) => cmd.execute().await,
@@ -147,15 +153,17 @@ pub fn main() -> ExitCode {
             Command::Schema => Ok(pipeline::schema()),
             Command::Plan { target, json } => pipeline::plan(target.file, target.environment, target.entity, json),
             Command::Runs { action, id, json } => match (action, id) {
-                (Some(_), Some(id)) => pipeline::runs(Some(id), json),
+                (Some(_), Some(id)) => pipeline::runs(Some(id), json, state).await,
                 (Some(_), None) => Err(anyhow::anyhow!("`gantry runs show` needs a run id")),
-                (None, _) => pipeline::runs(None, json),
+                (None, _) => pipeline::runs(None, json, state).await,
             },
-            Command::Resume { id, jobs, json } => pipeline::resume(id, jobs, json).await,
-            Command::Rollback { id, json } => pipeline::rollback(id, json).await,
+            Command::Resume { id, jobs, json } => pipeline::resume(id, jobs, json, state).await,
+            Command::Rollback { id, json } => pipeline::rollback(id, json, state).await,
             Command::Run { target, dry_run, jobs, json, reports } => {
                 let Target { file, environment, entity } = target;
-                pipeline::run(pipeline::RunArgs { file, environment, entity, dry_run, jobs, json, reports }).await
+                let state = state.map(String::from);
+                let args = pipeline::RunArgs { file, environment, entity, dry_run, jobs, json, reports, state };
+                pipeline::run(args).await
             }
         }
     });

@@ -1,7 +1,12 @@
 //! `gantry validate` and `gantry schema`.
 
 use crate::pipeline;
+use crate::report::progress::{describe, printer};
+use crate::report::ReportSpec;
+use crate::run::store::RunStore;
+use crate::run::{RunOptions, Session};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Checks a pipeline file and prints every problem; exit 2 when there is any.
 pub(crate) fn validate(file: PathBuf, json: bool) -> u8 {
@@ -59,15 +64,21 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
         println!("  wave {}: {}", i + 1, group.join(", "));
     }
     let or_none = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    fn texts<T: ToString>(v: &[T]) -> Vec<String> {
+        v.iter().map(ToString::to_string).collect()
+    }
     for step in &plan.steps {
         println!();
         println!("step {}{}", step.id, step.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default());
         println!("  plugin    {} sha256:{}", step.uses, step.sha256);
         println!("  needs     {}", or_none(&step.needs));
         println!("  if        {}", step.condition);
-        println!("  network   {}", or_none(&step.network));
-        let secrets: Vec<String> =
-            step.secrets.iter().map(|s| format!("{} ({}) -> {}", s.name, s.source, s.bound_to.join(" "))).collect();
+        println!("  network   {}", or_none(&texts(step.network.grants())));
+        let secrets: Vec<String> = step
+            .secrets
+            .iter()
+            .map(|s| format!("{} ({}) -> {}", s.name, s.source, texts(&s.bound_to).join(" ")))
+            .collect();
         println!("  secrets   {}", or_none(&secrets));
         let files: Vec<String> =
             step.files.iter().map(|f| format!("{} (read-only, as {})", f.host.display(), f.guest)).collect();
@@ -75,22 +86,20 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
         if step.artifacts {
             println!("  artifacts /artifacts (writable, kept in the run directory)");
         }
-        if !step.addresses.is_empty() {
-            println!("  addresses {}", step.addresses.join(", "));
+        if !step.network.addresses().is_empty() {
+            println!("  addresses {}", or_none(&texts(step.network.addresses())));
         }
-        let retry = match &step.backoff {
-            Some(b) => format!("{} attempts, backoff {b}", step.attempts),
-            None => format!("{} attempts", step.attempts),
-        };
-        let l = &step.limits;
+        let (l, r) = (&step.limits, &step.retry);
         println!(
-            "  limits    timeout {}, {retry}, memory {} B, output {} B, {} requests, response {} B, request timeout {} ms",
-            step.timeout.as_deref().unwrap_or("30s"),
+            "  limits    timeout {}, {} attempts, backoff {}, memory {} B, output {} B, {} requests, response {} B, request timeout {}",
+            humantime::format_duration(l.timeout),
+            r.attempts,
+            humantime::format_duration(r.backoff),
             l.memory_bytes,
             l.output_bytes,
             l.requests,
             l.response_bytes,
-            l.request_timeout_ms
+            humantime::format_duration(l.request_timeout),
         );
         println!("  input     {}", step.input);
     }
@@ -105,12 +114,17 @@ pub(crate) struct RunArgs {
     pub dry_run: bool,
     pub jobs: usize,
     pub json: bool,
-    pub reports: Vec<String>,
+    pub reports: Vec<ReportSpec>,
+    pub state: Option<String>,
+}
+
+/// The run store `--state` (or `GANTRY_STATE`) names; the file store under the working directory otherwise.
+pub(crate) async fn store(state: Option<&str>) -> anyhow::Result<Arc<dyn RunStore>> {
+    Ok(crate::run::store::open(state, &std::env::current_dir()?).await?)
 }
 
 /// Validates, plans and runs a pipeline; exit 0, 1 (failed, rolled back), 3 (rollback failed) or 2.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    use crate::run::{journal::FileJournal, RunOptions};
     let loaded = match pipeline::load(&args.file) {
         Ok(loaded) => loaded,
         Err(problems) => {
@@ -119,245 +133,115 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let plan = crate::plan::plan(&loaded, &args.environment, &args.entity, &crate::build::BuildOptions::default())?;
-    let run_id = format!(
-        "{}-{}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default(),
-        std::process::id()
-    );
-    let _lock = lock(&plan)?;
-    let dir = PathBuf::from(".gantry").join("runs").join(&run_id);
-    let journal = std::sync::Arc::new(FileJournal::create(&dir)?);
+    let store = store(args.state.as_deref()).await?;
     let runtime = super::runtime()?;
+    let session = Session::start(store.clone(), &plan).await?;
+    let run_id = session.run_id().to_string();
     let (tx, printer) = printer(args.json);
-    let json = args.json;
     let options = RunOptions {
-        run_id: run_id.clone(),
         jobs: args.jobs,
         dry_run: args.dry_run,
         file: Some(args.file.canonicalize()?),
-        completed: Vec::new(),
-        artifacts: Some(dir.join("artifacts")),
+        ..RunOptions::default()
     };
-    let result = crate::run::run(&runtime, &plan, &options, journal, Some(tx)).await;
+    let result = crate::run::run(&runtime, &plan, &session, &options, Some(tx)).await;
     let _ = printer.await;
-    match result {
-        Ok(result) => {
-            if !json {
-                println!("run {run_id}: {:?}; journal {}", result.status, dir.join("journal.jsonl").display());
-            }
-            write_reports(&dir, &args.reports)?;
-            Ok(result.status.exit_code())
-        }
+    let closed = session.close().await;
+    let result = match result {
+        Ok(result) => result,
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(super::EXIT_USAGE)
+            return Ok(super::EXIT_USAGE);
         }
+    };
+    if !args.json {
+        println!("run {run_id}: {:?}; recorded in {}", result.status, store.location());
+    }
+    report_journal_error(&result, closed);
+    write_reports(store.as_ref(), &run_id, &args.reports).await?;
+    Ok(result.exit_code())
+}
+
+/// Says loudly when the journal stopped recording: the run's record is incomplete.
+fn report_journal_error(result: &crate::run::RunResult, closed: Result<(), crate::run::session::SessionError>) {
+    if let Some(e) = &result.journal_error {
+        eprintln!(
+            "error: {e}; the run stopped and rolled back what it could ({}), but its journal misses events: check the target systems",
+            if result.rolled_back.is_empty() { "nothing".to_string() } else { result.rolled_back.join(", ") }
+        );
+    }
+    if let Err(e) = closed {
+        eprintln!("warning: closing the run: {e}");
     }
 }
 
-fn describe(event: &crate::run::Event) -> String {
-    use crate::run::Event::*;
-    match event {
-        RunStarted { run_id, pipeline, environment, entity, .. } => {
-            format!("run {run_id} started: {pipeline} environment={environment} entity={entity}")
-        }
-        StepStarted { step, attempt } => format!("{step}: started (attempt {attempt})"),
-        StepFinished { step, outputs } => {
-            format!("{step}: succeeded {}", serde_json::to_string(outputs).unwrap_or_default())
-        }
-        StepRetrying { step, attempt, error, backoff_ms } => {
-            format!("{step}: attempt {attempt} failed ({error}); retrying in {backoff_ms} ms")
-        }
-        StepFailed { step, kind, error, continue_on_error } => {
-            format!("{step}: {kind}: {error}{}", if *continue_on_error { " (continue_on_error)" } else { "" })
-        }
-        StepSkipped { step, reason } => format!("{step}: skipped ({reason})"),
-        RolledBack { step } => format!("{step}: rolled back"),
-        RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
-        RunFinished { status } => format!("run finished: {status}"),
-        Request(r) => match (&r.reason, r.status) {
-            (Some(reason), _) if !r.allowed => {
-                format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path)
-            }
-            (_, Some(status)) => format!(
-                "{}: {} {}{} -> {status} ({} B, {:.1} ms)",
-                r.step, r.method, r.origin, r.path, r.bytes, r.duration_ms
-            ),
-            (reason, None) => {
-                format!("{}: {} {}{} failed: {}", r.step, r.method, r.origin, r.path, reason.as_deref().unwrap_or(""))
-            }
-        },
-    }
-}
-
-/// `gantry runs [show ID]`: lists runs under `.gantry/runs`, or prints one journal.
-pub(crate) fn runs(show: Option<String>, json: bool) -> anyhow::Result<u8> {
-    use crate::run::{journal, Event};
-    let root = PathBuf::from(".gantry").join("runs");
+/// `gantry runs [show ID]`: lists recorded runs, or prints one run's journal.
+pub(crate) async fn runs(show: Option<String>, json: bool, state: Option<&str>) -> anyhow::Result<u8> {
+    let store = store(state).await?;
     if let Some(id) = show {
-        let path = root.join(&id).join("journal.jsonl");
-        let records =
-            journal::read(&path).map_err(|e| anyhow::anyhow!("run {id}: cannot read {}: {e}", path.display()))?;
-        for record in records {
+        let journal = store.read(&id).await?;
+        for record in &journal.records {
             if json {
-                println!("{}", serde_json::to_string(&record)?);
+                println!("{}", serde_json::to_string(record)?);
             } else {
                 let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(record.ts_ms / 1e3);
                 println!("{} {}", humantime::format_rfc3339_millis(at), describe(&record.event));
             }
         }
+        for line in &journal.torn {
+            eprintln!("warning: run {id}: ignored a journal line cut off by a crash: {line}");
+        }
         return Ok(0);
     }
-    let mut ids: Vec<String> = match std::fs::read_dir(&root) {
-        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-        Err(_) => Vec::new(),
-    };
-    ids.sort();
-    for id in ids {
-        let records = journal::read(&root.join(&id).join("journal.jsonl")).unwrap_or_default();
-        let (mut what, mut status) = (String::from("?"), String::from("incomplete"));
-        for record in &records {
-            match &record.event {
-                Event::RunStarted { pipeline, environment, entity, .. } => {
-                    what = format!("{pipeline} environment={environment} entity={entity}")
-                }
-                Event::RunFinished { status: s } => status = s.clone(),
-                _ => {}
-            }
-        }
+    for run in store.list().await? {
+        let what = format!("{} environment={} entity={}", run.pipeline, run.environment, run.entity);
         if json {
-            println!("{}", serde_json::json!({"id": id, "run": what, "status": status, "events": records.len()}));
+            println!("{}", serde_json::json!({"id": run.id, "run": what, "status": run.status, "events": run.events}));
         } else {
-            println!("{id}  {status:<16} {what}");
+            println!("{}  {:<16} {what}", run.id, run.status);
         }
     }
     Ok(0)
 }
 
-fn reopen(id: &str) -> anyhow::Result<crate::run::resume::Reopened> {
-    let runs = PathBuf::from(".gantry").join("runs");
-    Ok(crate::run::resume::reopen(&runs, id, &crate::build::BuildOptions::default())?)
-}
-
-/// Keeps this run apart from others of the same pipeline, environment and entity.
-fn lock(plan: &crate::plan::Plan) -> Result<crate::run::journal::Lock, crate::run::journal::LockError> {
-    let dir = PathBuf::from(".gantry").join("locks");
-    crate::run::journal::Lock::acquire(&dir, &plan.pipeline, &plan.environment, &plan.entity)
-}
-
-/// `gantry resume <id>`: continues an interrupted run after its last completed step.
-pub(crate) async fn resume(id: String, jobs: usize, json: bool) -> anyhow::Result<u8> {
-    let r = reopen(&id)?;
+/// `gantry resume <id>`: continues an interrupted run after its last completed step, from its recorded plan.
+pub(crate) async fn resume(id: String, jobs: usize, json: bool, state: Option<&str>) -> anyhow::Result<u8> {
+    let store = store(state).await?;
+    let (session, r) = Session::reopen(store, &id).await?;
     if let Some(status) = &r.finished {
         anyhow::bail!("run {id} already finished ({status}); nothing to resume");
     }
-    let _lock = lock(&r.plan)?;
     let runtime = super::runtime()?;
-    let options = crate::run::RunOptions {
-        run_id: id.clone(),
-        jobs,
-        dry_run: false,
-        file: Some(r.file),
-        completed: r.completed,
-        artifacts: Some(PathBuf::from(".gantry").join("runs").join(&id).join("artifacts")),
-    };
+    let options = RunOptions { jobs, file: r.file, completed: r.completed, resumed: true, ..RunOptions::default() };
     let (tx, printer) = printer(json);
-    let result = crate::run::run(&runtime, &r.plan, &options, std::sync::Arc::new(r.journal), Some(tx)).await;
+    let result = crate::run::run(&runtime, &r.plan, &session, &options, Some(tx)).await;
     let _ = printer.await;
-    Ok(result?.status.exit_code())
+    let closed = session.close().await;
+    let result = result?;
+    report_journal_error(&result, closed);
+    Ok(result.exit_code())
 }
 
-/// `gantry rollback <id>`: undoes the completed steps of a run, newest first.
-pub(crate) async fn rollback(id: String, json: bool) -> anyhow::Result<u8> {
-    let r = reopen(&id)?;
-    let _lock = lock(&r.plan)?;
+/// `gantry rollback <id>`: undoes the completed steps of a run, newest first, from its recorded plan.
+pub(crate) async fn rollback(id: String, json: bool, state: Option<&str>) -> anyhow::Result<u8> {
+    let store = store(state).await?;
+    let (session, r) = Session::reopen(store, &id).await?;
     let runtime = super::runtime()?;
     let (tx, printer) = printer(json);
-    let result = crate::run::rollback(&runtime, &r.plan, &r.completed, std::sync::Arc::new(r.journal), Some(tx)).await;
+    let result = crate::run::rollback(&runtime, &r.plan, &session, &r.completed, Some(tx)).await;
     let _ = printer.await;
-    Ok(result?.status.exit_code())
+    let closed = session.close().await;
+    let result = result?;
+    report_journal_error(&result, closed);
+    Ok(result.exit_code())
 }
 
-/// Prints events as they arrive: a live view on a terminal, timestamped lines
-/// otherwise (CI logs), or JSON lines with `--json`.
-fn printer(json: bool) -> (tokio::sync::mpsc::UnboundedSender<crate::run::Event>, tokio::task::JoinHandle<()>) {
-    use std::io::IsTerminal;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::run::Event>();
-    let live = !json && std::io::stdout().is_terminal();
-    let handle = tokio::spawn(async move {
-        let mut view = live.then(LiveView::default);
-        while let Some(event) = rx.recv().await {
-            if json {
-                println!("{}", serde_json::to_string(&event).unwrap_or_default());
-            } else if let Some(view) = view.as_mut() {
-                view.show(&event);
-            } else {
-                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-                println!("{now} {}", describe(&event));
-            }
-        }
-    });
-    (tx, handle)
-}
-
-/// One spinner per step with its state and elapsed time, redrawn in place.
-#[derive(Default)]
-struct LiveView {
-    bars: indicatif::MultiProgress,
-    steps: std::collections::BTreeMap<String, indicatif::ProgressBar>,
-}
-
-impl LiveView {
-    fn bar(&mut self, step: &str) -> indicatif::ProgressBar {
-        let bars = &self.bars;
-        self.steps
-            .entry(step.to_string())
-            .or_insert_with(|| {
-                let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<20} {msg} [{elapsed}]")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
-                let bar =
-                    bars.add(indicatif::ProgressBar::new_spinner().with_style(style).with_prefix(step.to_string()));
-                bar.enable_steady_tick(std::time::Duration::from_millis(100));
-                bar
-            })
-            .clone()
-    }
-
-    fn show(&mut self, event: &crate::run::Event) {
-        use crate::run::Event::*;
-        match event {
-            StepStarted { step, attempt } => self.bar(step).set_message(format!("running (attempt {attempt})")),
-            StepRetrying { step, backoff_ms, .. } => self.bar(step).set_message(format!("retrying in {backoff_ms} ms")),
-            StepFinished { step, .. } => self.bar(step).finish_with_message("succeeded"),
-            StepFailed { step, kind, error, .. } => self.bar(step).finish_with_message(format!("{kind}: {error}")),
-            StepSkipped { step, reason } => self.bar(step).finish_with_message(format!("skipped ({reason})")),
-            RolledBack { step } => self.bar(step).finish_with_message("rolled back"),
-            RollbackFailed { step, error } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
-            RunStarted { .. } | RunFinished { .. } => {
-                let _ = self.bars.println(describe(event));
-            }
-            Request(r) if !r.allowed => {
-                let _ = self.bars.println(describe(event));
-            }
-            Request(_) => {}
-        }
-    }
-}
-
-/// Writes `junit=PATH` / `json=PATH` reports from the journal, and GitHub annotations when running in Actions.
-fn write_reports(dir: &std::path::Path, reports: &[String]) -> anyhow::Result<()> {
-    let records = crate::run::journal::read(&dir.join("journal.jsonl"))?;
-    let summary = crate::report::Summary::from_records(&records);
-    for spec in reports {
-        let (kind, path) = spec
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--report {spec:?}: expected junit=PATH or json=PATH"))?;
-        let text = match kind {
-            "junit" => summary.junit(),
-            "json" => serde_json::to_string_pretty(&summary)?,
-            other => anyhow::bail!("--report {other}: the kinds are junit and json"),
-        };
-        std::fs::write(path, text).map_err(|e| anyhow::anyhow!("--report {spec}: {e}"))?;
+/// Writes the reports asked for from the journal, and GitHub annotations when running in Actions.
+async fn write_reports(store: &dyn RunStore, run_id: &str, reports: &[ReportSpec]) -> anyhow::Result<()> {
+    let journal = store.read(run_id).await?;
+    let summary = crate::report::Summary::from_records(&journal.records);
+    for report in reports {
+        report.write(&summary).map_err(|e| anyhow::anyhow!("--report {}: {e}", report.path.display()))?;
     }
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
         for line in summary.github_annotations() {

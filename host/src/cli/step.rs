@@ -1,7 +1,7 @@
 //! `gantry step run`: one step, outside any pipeline.
 
 use crate::build::{build_crate, BuildOptions};
-use crate::capability::secrets::read_source;
+use crate::capability::secrets::SecretSource;
 use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Secret};
 use crate::sandbox::{limits::parse_memory, CallError, HttpLimits, Limits, RequestLog, RequestRecord, StepCall};
 use anyhow::anyhow;
@@ -97,7 +97,7 @@ fn secret_from(spec: &str) -> anyhow::Result<(String, Secret)> {
     let (source, origin) = rest.rsplit_once('@').ok_or_else(|| {
         anyhow!("--secret {spec:?}: bind it to an origin, e.g. {name}=env:VAR@https://api.example.com")
     })?;
-    let value = read_source(source).map_err(|e| anyhow!("--secret {name}: {e}"))?;
+    let value = SecretSource::parse(source).and_then(|s| s.read()).map_err(|e| anyhow!("--secret {name}: {e}"))?;
     Ok((name.to_string(), Secret::new(value, vec![Grant::parse(origin)?])))
 }
 
@@ -218,6 +218,6 @@ mod tests {
         assert_eq!(name, "TOKEN");
         assert_eq!(secret.bound_to()[0].to_string(), "https://api.notion.com");
         assert!(secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC").unwrap_err().to_string().contains("bind it"));
-        assert!(secret_from("TOKEN=vault:x@https://a").unwrap_err().to_string().contains("env:VAR or file:PATH"));
+        assert!(secret_from("TOKEN=vault:x@https://a").unwrap_err().to_string().contains("must be `env:NAME` or `file:PATH`"));
     }
 }

@@ -1,5 +1,6 @@
 //! Reads a pipeline file through the three passes: syntax, structure, meaning.
 
+use super::checked::Checked;
 use super::model::{Pipeline, Position};
 use super::{schema_walk, validate, Problem, Problems};
 use marked_yaml::{LoaderOptions, Node};
@@ -19,6 +20,8 @@ pub struct Loaded {
     pub(crate) input_strings: Vec<Vec<Located>>,
     /// Overlay inputs as JSON: `environments.<name>` or `entities.<name>` → step id → input.
     pub overlay_inputs: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// The typed facts the meaning pass parsed: plugins, conditions, limits, grants, secret sources.
+    pub checked: Checked,
 }
 
 /// A string found in `with:`, where it is and under which field.
@@ -51,20 +54,25 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
         message,
     };
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
-    let node =
+    let mut node =
         marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| Problems(vec![syntax_problem(path, &e)]))?;
 
     let schema = super::json_schema();
     let mut found = Vec::new();
-    schema_walk::check(&node, &schema, &schema, "", &mut found);
-    if !found.is_empty() {
-        return Err(Problems(found.into_iter().map(|(at, field, message)| problem(at, &field, message)).collect()));
-    }
-    let pipeline: Pipeline = marked_yaml::from_node(&node).map_err(|e| {
-        let (field, message) = (e.path().unwrap_or("(document)").to_string(), e.to_string());
-        let at = e.into_inner().start_mark().map(|m| Position { line: m.line(), column: m.column() });
-        Problems(vec![problem(at.unwrap_or_default(), &field, message)])
-    })?;
+    // What does not fit is reported and removed, so the meaning pass still sees the rest.
+    schema_walk::check(&mut node, &schema, &schema, "", &mut found);
+    let mut problems: Vec<Problem> =
+        found.into_iter().map(|(at, field, message)| problem(at, &field, message)).collect();
+    let pipeline: Pipeline = match marked_yaml::from_node(&node) {
+        Ok(pipeline) => pipeline,
+        // A required field was missing or removed: the structural problems say why.
+        Err(_) if !problems.is_empty() => return Err(Problems(problems)),
+        Err(e) => {
+            let (field, message) = (e.path().unwrap_or("(document)").to_string(), e.to_string());
+            let at = e.into_inner().start_mark().map(|m| Position { line: m.line(), column: m.column() });
+            return Err(Problems(vec![problem(at.unwrap_or_default(), &field, message)]));
+        }
+    };
 
     let steps = node.as_mapping().and_then(|m| m.get_node("steps")).and_then(Node::as_sequence);
     let mut inputs = Vec::new();
@@ -103,13 +111,25 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
             }
         }
     }
-    let loaded = Loaded { path: path.to_path_buf(), pipeline, inputs, input_strings, overlay_inputs };
-    let mut problems = validate::check(&loaded);
-    if problems.is_empty() {
-        Ok(loaded)
-    } else {
-        problems.sort_by_key(|p| p.at);
-        Err(Problems(problems))
+    let mut loaded = Loaded {
+        path: path.to_path_buf(),
+        pipeline,
+        inputs,
+        input_strings,
+        overlay_inputs,
+        checked: Checked::default(),
+    };
+    match validate::check(&loaded) {
+        Ok(checked) if problems.is_empty() => {
+            loaded.checked = checked;
+            Ok(loaded)
+        }
+        Ok(_) => Err(Problems(problems)),
+        Err(found) => {
+            problems.extend(found);
+            problems.sort_by_key(|p| p.at);
+            Err(Problems(problems))
+        }
     }
 }
 

@@ -8,14 +8,20 @@
 //! naming unknown steps or variables, undeclared secrets, missing plugins).
 //! A file with any problem never reaches the planner.
 
+pub mod checked;
+pub mod condition;
 pub mod expr;
 mod load;
 pub mod model;
 mod schema_walk;
+pub mod source;
 mod validate;
 
+pub use checked::{Checked, ResourceLimits, RetryPolicy};
+pub use condition::Condition;
 pub use load::{load, load_str, Loaded};
 pub use model::{Loc, Pipeline, Position, StepDef};
+pub use source::{Digest, PluginRef, PluginSource};
 
 use std::fmt;
 use std::path::PathBuf;

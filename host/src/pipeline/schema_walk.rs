@@ -1,6 +1,9 @@
 //! The structural pass: walks the parsed YAML nodes against the JSON Schema
 //! derived from the model and reports every unknown field, wrong type and
 //! missing field with its position. serde stops at the first error; this does not.
+//! It also removes what it reported (unknown fields, values of the wrong type),
+//! so the rest of the file can still be typed and checked for meaning in the
+//! same pass: one run reports every problem of every step.
 
 use super::model::Position;
 use marked_yaml::Node;
@@ -9,45 +12,54 @@ use serde_json::Value;
 /// A structural problem: where, which field, what.
 pub(crate) type Found = (Position, String, String);
 
-/// Checks `node` against `schema`, pushing problems onto `out`.
-pub(crate) fn check(node: &Node, schema: &Value, root: &Value, field: &str, out: &mut Vec<Found>) {
+/// Checks `node` against `schema`, pushing problems onto `out` and removing
+/// the mapping entries it reported. Returns false when `node` itself does not fit.
+pub(crate) fn check(node: &mut Node, schema: &Value, root: &Value, field: &str, out: &mut Vec<Found>) -> bool {
     let schema = resolve(schema, root);
     if let Some(any_of) = schema.get("anyOf").and_then(Value::as_array) {
         if is_null(node) && any_of.iter().any(|s| resolve(s, root).get("type") == Some(&Value::from("null"))) {
-            return;
+            return true;
         }
         if let Some(first) = any_of.iter().find(|s| resolve(s, root).get("type") != Some(&Value::from("null"))) {
-            check(node, first, root, field, out);
+            return check(node, first, root, field, out);
         }
-        return;
+        return true;
     }
     let types: Vec<&str> = match schema.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
         Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
-        _ => return, // `true` or no type: anything goes
+        _ => return true, // `true` or no type: anything goes
     };
     if types.contains(&"null") && is_null(node) {
-        return;
+        return true;
     }
     let at = Position::of(node.span());
     match node {
         Node::Mapping(map) if types.contains(&"object") => {
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
-            for (key, value) in map.iter() {
+            let mut remove = Vec::new();
+            for (key, value) in map.iter_mut() {
                 let child = if field.is_empty() { key.to_string() } else { format!("{field}.{}", key.as_str()) };
-                match properties.and_then(|p| p.get(key.as_str())) {
+                let fits = match properties.and_then(|p| p.get(key.as_str())) {
                     Some(s) => check(value, s, root, &child, out),
                     None => match additional {
                         Some(Value::Bool(false)) => {
                             let known: Vec<&str> =
                                 properties.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
                             out.push((Position::of(key.span()), child, unknown_field(key.as_str(), &known)));
+                            false
                         }
                         Some(s @ Value::Object(_)) => check(value, s, root, &child, out),
-                        _ => {}
+                        _ => true,
                     },
+                };
+                if !fits {
+                    remove.push(key.clone());
                 }
+            }
+            for key in remove {
+                map.remove(&key);
             }
             // A mapping's own span starts oddly in marked-yaml; its first key is where a reader looks.
             let map_at = map.keys().next().map(|k| Position::of(k.span())).unwrap_or(at);
@@ -58,13 +70,15 @@ pub(crate) fn check(node: &Node, schema: &Value, root: &Value, field: &str, out:
                     out.push((map_at, target, format!("missing required field `{name}`")));
                 }
             }
+            true
         }
         Node::Sequence(seq) if types.contains(&"array") => {
-            if let Some(items) = schema.get("items") {
-                for (i, item) in seq.iter().enumerate() {
-                    check(item, items, root, &format!("{field}[{i}]"), out);
-                }
+            let Some(items) = schema.get("items") else { return true };
+            let mut fits = true;
+            for (i, item) in seq.iter_mut().enumerate() {
+                fits &= check(item, items, root, &format!("{field}[{i}]"), out);
             }
+            fits
         }
         Node::Scalar(s) => {
             let text = s.as_str();
@@ -78,8 +92,12 @@ pub(crate) fn check(node: &Node, schema: &Value, root: &Value, field: &str, out:
             if !fits {
                 out.push((at, field.to_string(), format!("expected {}, found {text:?}", describe(&types))));
             }
+            fits
         }
-        _ => out.push((at, field.to_string(), format!("expected {}, found {}", describe(&types), kind(node)))),
+        _ => {
+            out.push((at, field.to_string(), format!("expected {}, found {}", describe(&types), kind(node))));
+            false
+        }
     }
 }
 

@@ -1,14 +1,18 @@
 //! The meaning pass: ids, the `needs` graph, expressions, secrets, grants,
 //! limits and plugin paths. Every problem is collected, none stops the pass.
 
+use super::checked::{Checked, CheckedOverlay, CheckedSecret, CheckedStep, ResourceLimits, RetryPolicy};
+use super::condition::Condition;
 use super::expr::{self, Expr, STATUS_FUNCTIONS};
 use super::load::{Loaded, Located};
-use super::model::{Loc, Overlay, Pipeline, Position};
+use super::model::{Loc, Overlay, Pipeline, Position, Retry, StepDef};
 use super::schema_walk::unknown_field;
+use super::source::PluginRef;
 use super::Problem;
-use crate::capability::Grant;
+use crate::capability::{address, FileGrant, Grant, SecretSource};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 struct Checker<'a> {
     file: &'a Path,
@@ -17,82 +21,37 @@ struct Checker<'a> {
     problems: Vec<Problem>,
 }
 
-/// Checks a structurally valid pipeline; returns every problem found.
-pub(crate) fn check(loaded: &Loaded) -> Vec<Problem> {
+/// Checks a structurally valid pipeline; returns its typed facts, or every problem found.
+pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     let pipeline = &loaded.pipeline;
     let mut c = Checker { file: &loaded.path, pipeline, ids: HashMap::new(), problems: Vec::new() };
+    if pipeline.steps.is_empty() {
+        c.push(pipeline.name.at, "steps", "a pipeline needs at least one step".into());
+    }
     c.ids_and_needs();
     c.cycles();
-    c.secrets();
-    for (i, step) in pipeline.steps.iter().enumerate() {
-        let field = format!("steps[{i}]");
-        for origin in &step.network {
-            c.grant(origin, &format!("{field}.network"));
-        }
-        for name in &step.secrets {
-            if !pipeline.secrets.contains_key(name.as_str()) {
-                let known: Vec<&str> = pipeline.secrets.keys().map(String::as_str).collect();
-                c.push(name.at, &format!("{field}.secrets"), undeclared_secret(name, &known));
-            }
-        }
-        for range in &step.addresses {
-            if let Err(e) = crate::capability::address::parse_range(range) {
-                c.push(range.at, &format!("{field}.addresses"), e);
-            }
-        }
-        for dir in &step.files {
-            if let Err(e) = crate::capability::files::guest_path(dir) {
-                c.push(dir.at, &format!("{field}.files"), e);
-            }
-        }
-        if let Some(timeout) = &step.timeout {
-            c.duration(timeout, &format!("{field}.timeout"));
-        }
-        if let Some(limits) = &step.limits {
-            for (name, size) in
-                [("memory", &limits.memory), ("output", &limits.output), ("response_size", &limits.response_size)]
-            {
-                if let Some(size) = size {
-                    if let Err(e) = crate::sandbox::limits::parse_memory(size) {
-                        c.push(size.at, &format!("{field}.limits.{name}"), e);
-                    }
-                }
-            }
-            if let Some(t) = &limits.request_timeout {
-                c.duration(t, &format!("{field}.limits.request_timeout"));
-            }
-            if let Some(n) = limits.requests.as_ref().filter(|n| n.value == 0) {
-                c.push(n.at, &format!("{field}.limits.requests"), "must be at least 1".into());
-            }
-        }
-        if let Some(retry) = &step.retry {
-            if retry.attempts.value == 0 {
-                c.push(retry.attempts.at, &format!("{field}.retry.attempts"), "must be at least 1".into());
-            }
-            if let Some(backoff) = &retry.backoff {
-                c.duration(backoff, &format!("{field}.retry.backoff"));
-            }
-        }
-        c.uses(&step.uses, &format!("{field}.uses"));
-        for s in &loaded.input_strings[i] {
-            c.template(s, Some(i), false);
-        }
-        for (name, value) in &step.env {
-            c.template(&located(value, &format!("{field}.env.{name}")), Some(i), false);
-        }
-        if let Some(cond) = &step.condition {
-            c.condition(cond, i, &format!("{field}.if"));
-        }
-    }
+    let secrets = c.secrets();
+    let steps: Vec<Option<CheckedStep>> =
+        pipeline.steps.iter().enumerate().map(|(i, step)| c.step(i, step, loaded)).collect();
     for (name, value) in &pipeline.env {
         c.template(&located(value, &format!("env.{name}")), None, false);
     }
-    for (kind, overlays) in [("environments", &pipeline.environments), ("entities", &pipeline.entities)] {
-        for (name, overlay) in overlays {
-            c.overlay(overlay, &format!("{kind}.{name}"));
+    let mut overlays = [BTreeMap::new(), BTreeMap::new()];
+    for (k, (kind, defs)) in [("environments", &pipeline.environments), ("entities", &pipeline.entities)]
+        .into_iter()
+        .enumerate()
+    {
+        for (name, overlay) in defs {
+            let checked = c.overlay(overlay, &format!("{kind}.{name}"));
+            overlays[k].insert(name.clone(), checked);
         }
     }
-    c.problems
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    let [environments, entities] = overlays;
+    // No problem was found, so every part parsed.
+    Ok(Checked { steps: steps.into_iter().flatten().collect(), secrets, environments, entities })
 }
 
 fn located(value: &Loc<String>, field: &str) -> Located {
@@ -198,9 +157,127 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn secrets(&mut self) {
+    /// Parses one step's facts; `None` when any part has a problem (each is reported).
+    fn step(&mut self, i: usize, step: &StepDef, loaded: &Loaded) -> Option<CheckedStep> {
+        let field = format!("steps[{i}]");
+        let base = self.base();
+        let network = self.grants(&step.network, &format!("{field}.network"));
+        for name in &step.secrets {
+            if !self.pipeline.secrets.contains_key(name.as_str()) {
+                let known: Vec<&str> = self.pipeline.secrets.keys().map(String::as_str).collect();
+                self.push(name.at, &format!("{field}.secrets"), undeclared_secret(name, &known));
+            }
+        }
+        let addresses = self.all(&step.addresses, &format!("{field}.addresses"), |a| address::parse_range(a));
+        let files = self.all(&step.files, &format!("{field}.files"), |dir| FileGrant::new(dir, &base));
+        let limits = self.limits(step, &field);
+        let retry = self.retry(step.retry.as_ref(), &field);
+        let uses = self.uses(&step.uses, &format!("{field}.uses"));
+        for s in &loaded.input_strings[i] {
+            self.template(s, Some(i), false);
+        }
+        for (name, value) in &step.env {
+            self.template(&located(value, &format!("{field}.env.{name}")), Some(i), false);
+        }
+        let condition = match &step.condition {
+            Some(cond) => self.condition(cond, i, &format!("{field}.if")),
+            None => Some(Condition::default()),
+        };
+        Some(CheckedStep {
+            uses: uses?,
+            condition: condition?,
+            retry: retry?,
+            limits: limits?,
+            network: network?,
+            addresses: addresses?,
+            files: files?,
+        })
+    }
+
+    /// The directory relative paths in the file are taken from.
+    fn base(&self) -> PathBuf {
+        self.file.parent().unwrap_or(Path::new(".")).to_path_buf()
+    }
+
+    /// Keeps `parsed`'s value, or reports its error at `at`.
+    fn parsed<T>(&mut self, parsed: Result<T, String>, at: Position, field: &str) -> Option<T> {
+        parsed.map_err(|message| self.push(at, field, message)).ok()
+    }
+
+    /// Parses every item, reporting each one that fails; `None` when any did.
+    fn all<T>(
+        &mut self,
+        items: &[Loc<String>],
+        field: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let parsed: Vec<Option<T>> = items.iter().map(|item| self.parsed(parse(item), item.at, field)).collect();
+        parsed.into_iter().collect()
+    }
+
+    fn grants(&mut self, origins: &[Loc<String>], field: &str) -> Option<Vec<Grant>> {
+        self.all(origins, field, |o| Grant::parse(o).map_err(|e| e.to_string()))
+    }
+
+    fn duration(&mut self, text: &Loc<String>, field: &str) -> Option<Duration> {
+        let parsed = humantime::parse_duration(text)
+            .map_err(|e| format!("invalid duration `{}` ({e}): write e.g. 30s, 500ms, 2m", text.value));
+        self.parsed(parsed, text.at, field)
+    }
+
+    fn size(&mut self, text: &Loc<String>, field: &str) -> Option<usize> {
+        self.parsed(crate::sandbox::limits::parse_memory(text), text.at, field)
+    }
+
+    fn limits(&mut self, step: &StepDef, field: &str) -> Option<ResourceLimits> {
+        let mut limits = ResourceLimits::default();
+        let mut ok = true;
+        if let Some(t) = &step.timeout {
+            ok &= self.duration(t, &format!("{field}.timeout")).map(|t| limits.timeout = t).is_some();
+        }
+        let Some(def) = &step.limits else { return ok.then_some(limits) };
+        for (name, size, target) in [
+            ("memory", &def.memory, &mut limits.memory_bytes),
+            ("output", &def.output, &mut limits.output_bytes),
+            ("response_size", &def.response_size, &mut limits.response_bytes),
+        ] {
+            if let Some(size) = size {
+                ok &= self.size(size, &format!("{field}.limits.{name}")).map(|n| *target = n).is_some();
+            }
+        }
+        if let Some(t) = &def.request_timeout {
+            let parsed = self.duration(t, &format!("{field}.limits.request_timeout"));
+            ok &= parsed.map(|t| limits.request_timeout = t).is_some();
+        }
+        if let Some(n) = &def.requests {
+            if n.value == 0 {
+                self.push(n.at, &format!("{field}.limits.requests"), "must be at least 1".into());
+                ok = false;
+            }
+            limits.requests = n.value;
+        }
+        ok.then_some(limits)
+    }
+
+    fn retry(&mut self, retry: Option<&Retry>, field: &str) -> Option<RetryPolicy> {
+        let mut policy = RetryPolicy::default();
+        let Some(retry) = retry else { return Some(policy) };
+        let mut ok = true;
+        if retry.attempts.value == 0 {
+            self.push(retry.attempts.at, &format!("{field}.retry.attempts"), "must be at least 1".into());
+            ok = false;
+        }
+        policy.attempts = retry.attempts.value;
+        if let Some(backoff) = &retry.backoff {
+            ok &= self.duration(backoff, &format!("{field}.retry.backoff")).map(|b| policy.backoff = b).is_some();
+        }
+        ok.then_some(policy)
+    }
+
+    fn secrets(&mut self) -> BTreeMap<String, CheckedSecret> {
+        let mut checked = BTreeMap::new();
         for (name, def) in &self.pipeline.secrets {
-            self.source(&def.from, &format!("secrets.{name}.from"));
+            let source = self.source(&def.from, &format!("secrets.{name}.from"));
             if def.bind.is_empty() {
                 self.push(
                     def.from.at,
@@ -208,54 +285,21 @@ impl<'a> Checker<'a> {
                     "bind the secret to at least one origin".into(),
                 );
             }
-            for origin in &def.bind {
-                self.grant(origin, &format!("secrets.{name}.bind"));
+            let bind = self.grants(&def.bind, &format!("secrets.{name}.bind"));
+            if let (Some(source), Some(bind)) = (source, bind) {
+                checked.insert(name.clone(), CheckedSecret { source, bind });
             }
         }
+        checked
     }
 
-    fn source(&mut self, source: &Loc<String>, field: &str) {
-        let ok = source.strip_prefix("env:").or_else(|| source.strip_prefix("file:")).is_some_and(|s| !s.is_empty());
-        if !ok {
-            self.push(source.at, field, format!("secret source `{}` must be `env:NAME` or `file:PATH`", source.value));
-        }
+    fn source(&mut self, source: &Loc<String>, field: &str) -> Option<SecretSource> {
+        self.parsed(SecretSource::parse(source), source.at, field)
     }
 
-    fn grant(&mut self, origin: &Loc<String>, field: &str) {
-        if let Err(e) = Grant::parse(origin) {
-            self.push(origin.at, field, e.to_string());
-        }
-    }
-
-    fn duration(&mut self, text: &Loc<String>, field: &str) {
-        if let Err(e) = humantime::parse_duration(text) {
-            self.push(text.at, field, format!("invalid duration `{}` ({e}): write e.g. 30s, 500ms, 2m", text.value));
-        }
-    }
-
-    fn uses(&mut self, uses: &Loc<String>, field: &str) {
-        let (path, pin) = match uses.split_once("@sha256:") {
-            Some((p, h)) => (p, Some(h)),
-            None => (uses.as_str(), None),
-        };
-        if let Some(hash) = pin {
-            if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
-                self.push(uses.at, field, format!("`@sha256:` needs 64 hex digits, got `{hash}`"));
-            }
-        }
-        let base = self.file.parent().unwrap_or(Path::new("."));
-        let resolved = base.join(path);
-        let found = if resolved.is_dir() { resolved.join("Cargo.toml").is_file() } else { resolved.is_file() };
-        if !found {
-            self.push(
-                uses.at,
-                field,
-                format!(
-                    "plugin `{path}` not found (looked for {}): give a plugin crate directory or a .wasm file",
-                    resolved.display()
-                ),
-            );
-        }
+    fn uses(&mut self, uses: &Loc<String>, field: &str) -> Option<PluginRef> {
+        let base = self.base();
+        self.parsed(PluginRef::parse(uses, &base), uses.at, field)
     }
 
     /// Steps whose outputs step `i` may read: everything it transitively needs.
@@ -346,27 +390,31 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn condition(&mut self, cond: &Loc<String>, step: usize, field: &str) {
-        let text = cond.trim();
-        let inner = text.strip_prefix("${{").and_then(|t| t.strip_suffix("}}")).unwrap_or(text);
-        match expr::parse(inner) {
-            Ok(e) => self.expression(&e, Some(step), cond.at, field, true),
-            Err(message) => self.push(cond.at, field, format!("invalid condition: {message}")),
-        }
+    fn condition(&mut self, cond: &Loc<String>, step: usize, field: &str) -> Option<Condition> {
+        let parsed = Condition::parse(cond).map_err(|message| format!("invalid condition: {message}"));
+        let condition = self.parsed(parsed, cond.at, field)?;
+        let before = self.problems.len();
+        self.expression(condition.expr(), Some(step), cond.at, field, true);
+        (self.problems.len() == before).then_some(condition)
     }
 
-    fn overlay(&mut self, overlay: &Overlay, field: &str) {
+    fn overlay(&mut self, overlay: &Overlay, field: &str) -> CheckedOverlay {
+        let mut checked = CheckedOverlay::default();
         let steps: BTreeMap<&str, usize> = self.ids.iter().map(|(k, v)| (*k, *v)).collect();
         let known: Vec<&str> = steps.keys().copied().collect();
         for (name, source) in &overlay.secrets {
             if !self.pipeline.secrets.contains_key(name) {
                 self.push(source.at, &format!("{field}.secrets.{name}"), undeclared_secret(name, &[]));
             }
-            self.source(source, &format!("{field}.secrets.{name}"));
+            if let Some(source) = self.source(source, &format!("{field}.secrets.{name}")) {
+                checked.secrets.insert(name.clone(), source);
+            }
         }
         for (id, uses) in &overlay.plugins {
             if steps.contains_key(id.as_str()) {
-                self.uses(uses, &format!("{field}.plugins.{id}"));
+                if let Some(plugin) = self.uses(uses, &format!("{field}.plugins.{id}")) {
+                    checked.plugins.insert(id.clone(), plugin);
+                }
             } else {
                 let hint = unknown_step(id, &known);
                 self.push(uses.at, &format!("{field}.plugins.{id}"), hint);
@@ -385,8 +433,10 @@ impl<'a> Checker<'a> {
                 self.push(at, &format!("{field}.network.{id}"), hint);
                 continue;
             };
+            if let Some(grants) = self.grants(origins, &format!("{field}.network.{id}")) {
+                checked.network.insert(id.clone(), grants);
+            }
             for origin in origins {
-                self.grant(origin, &format!("{field}.network.{id}"));
                 if !self.pipeline.steps[i].network.iter().any(|g| g.value == origin.value) {
                     self.push(
                         origin.at,
@@ -402,5 +452,6 @@ impl<'a> Checker<'a> {
         for (name, value) in &overlay.env {
             self.template(&located(value, &format!("{field}.env.{name}")), None, false);
         }
+        checked
     }
 }

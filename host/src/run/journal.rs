@@ -1,22 +1,26 @@
-//! The run journal: an append-only record of every event, flushed and fsynced
-//! per event, behind a small trait so a shared backend can replace the file.
+//! The run journal: every event of a run, sequence-numbered and appended to
+//! the [`RunStore`] in the order it happened.
+//!
+//! One writer task per run owns the store's append: events queued while it
+//! waits on stable storage go out together in the next append, so a burst of
+//! events costs one fsync (or one commit) instead of one each. An event whose
+//! [`Journal::write`] returned is durable; the executor writes an event that
+//! way before the side effect that follows it. Once an append fails, the
+//! journal is broken for good and every later write says so: a run never
+//! carries on with a gap in its record.
 
+use super::store::{now_ms, RunStore};
 use super::Event;
-use serde::Serialize;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
 
-/// Where run events are recorded.
-pub trait Journal: Send + Sync {
-    /// Appends one event durably.
-    fn append(&self, event: &Record) -> std::io::Result<()>;
-}
-
-/// One journal line: the event with its time.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// One journal entry: the event with its sequence number and time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
+    /// Position in the run's journal, from 1.
+    #[serde(default)]
+    pub seq: u64,
     /// Milliseconds since the Unix epoch, with microsecond precision.
     pub ts_ms: f64,
     /// The event.
@@ -24,138 +28,120 @@ pub struct Record {
     pub event: Event,
 }
 
-/// `.gantry/runs/<run-id>/journal.jsonl`.
-pub struct FileJournal {
-    path: PathBuf,
-    file: Mutex<File>,
+/// Why an event could not be recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the journal could not be written: {0}")]
+pub struct JournalError(pub String);
+
+/// A queued event, or (`None`) a flush marker acknowledged after everything before it.
+struct Pending {
+    event: Option<Event>,
+    ts_ms: f64,
+    ack: Option<Ack>,
 }
 
-impl FileJournal {
-    /// Creates the run directory and its journal.
-    pub fn create(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("journal.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(Self { path, file: Mutex::new(file) })
+/// A run's journal, open for appending; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::UnboundedSender<Pending>,
+    broken: Arc<OnceLock<JournalError>>,
+}
+
+impl Journal {
+    /// Starts the writer of `run_id`; its first event gets sequence number `next_seq`.
+    /// A run that is new (`next_seq` 1) is created in the store with its first event,
+    /// so a run refused before it started leaves no empty record.
+    pub fn open(store: Arc<dyn RunStore>, run_id: String, next_seq: u64) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let broken = Arc::new(OnceLock::new());
+        tokio::spawn(writer(store, run_id, next_seq, rx, broken.clone()));
+        Self { tx, broken }
     }
 
-    /// The journal file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Records `event` and waits until it is on stable storage.
+    pub async fn write(&self, event: Event) -> Result<Record, JournalError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Some(event), Some(ack))?;
+        let record = done.await.unwrap_or_else(|_| Err(stopped()))?;
+        record.ok_or_else(stopped)
+    }
+
+    /// Queues `event` without waiting: for records of what already happened (requests).
+    pub fn record(&self, event: Event) {
+        let _ = self.send(Some(event), None);
+    }
+
+    /// Waits until everything queued so far is on stable storage.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        let (ack, done) = oneshot::channel();
+        self.send(None, Some(ack))?;
+        done.await.unwrap_or_else(|_| Err(stopped())).map(|_| ())
+    }
+
+    /// The error that broke the journal, if one did.
+    pub fn broken(&self) -> Option<&JournalError> {
+        self.broken.get()
+    }
+
+    fn send(&self, event: Option<Event>, ack: Option<Ack>) -> Result<(), JournalError> {
+        if let Some(e) = self.broken.get() {
+            return Err(e.clone());
+        }
+        self.tx.send(Pending { event, ts_ms: now_ms(), ack }).map_err(|_| stopped())
     }
 }
 
-impl Journal for FileJournal {
-    fn append(&self, record: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&line)?;
-        // A killed runner must not lose an event it reported.
-        file.sync_data()
+/// Answers a queued entry: its record once durable (none for a flush marker), or why not.
+type Ack = oneshot::Sender<Result<Option<Record>, JournalError>>;
+
+fn stopped() -> JournalError {
+    JournalError("the journal writer stopped".into())
+}
+
+async fn append(store: &dyn RunStore, run_id: &str, records: &[Record]) -> Result<(), super::store::StoreError> {
+    if records.first().is_some_and(|r| r.seq == 1) {
+        store.create(run_id).await?;
     }
+    store.append(run_id, records).await
 }
 
-/// Reads a journal back.
-pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path)?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-        .collect()
-}
-
-/// Keeps two runs of one pipeline × environment × entity apart; released on drop.
-#[derive(Debug)]
-pub struct Lock {
-    path: PathBuf,
-}
-
-/// Why a lock could not be taken.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    /// Another live process holds it.
-    #[error("{key} is already running (pid {pid}); lock file {path}")]
-    Held {
-        /// pipeline/environment/entity.
-        key: String,
-        /// The holder.
-        pid: u32,
-        /// The lock file.
-        path: PathBuf,
-    },
-    /// The lock file could not be written.
-    #[error("cannot take the lock {path}: {source}")]
-    Io {
-        /// The lock file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
-}
-
-impl Lock {
-    /// Takes `<dir>/<pipeline>.<environment>.<entity>.lock`, recording this process's pid.
-    /// A lock left by a process that no longer exists is taken over.
-    pub fn acquire(dir: &Path, pipeline: &str, environment: &str, entity: &str) -> Result<Self, LockError> {
-        let key = format!("{pipeline}/{environment}/{entity}");
-        let safe = |s: &str| {
-            s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-                .collect::<String>()
+async fn writer(
+    store: Arc<dyn RunStore>,
+    run_id: String,
+    mut seq: u64,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    broken: Arc<OnceLock<JournalError>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut records = Vec::new();
+        let mut acks = Vec::new();
+        for pending in batch {
+            let Some(event) = pending.event else {
+                acks.push((pending.ack, None));
+                continue;
+            };
+            let record = Record { seq, ts_ms: pending.ts_ms, event };
+            seq += 1;
+            acks.push((pending.ack, Some(record.clone())));
+            records.push(record);
+        }
+        let result = match broken.get() {
+            Some(e) => Err(e.clone()),
+            None if records.is_empty() => Ok(()),
+            None => append(store.as_ref(), &run_id, &records).await.map_err(|e| {
+                let e = JournalError(e.to_string());
+                tracing::error!(run = %run_id, "{e}");
+                broken.get_or_init(|| e).clone()
+            }),
         };
-        let path = dir.join(format!("{}.{}.{}.lock", safe(pipeline), safe(environment), safe(entity)));
-        let io = |source| LockError::Io { path: path.clone(), source };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    file.write_all(std::process::id().to_string().as_bytes()).map_err(io)?;
-                    file.sync_all().map_err(io)?;
-                    return Ok(Self { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let pid = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
-                    match pid {
-                        Some(pid) if alive(pid) => return Err(LockError::Held { key, pid, path }),
-                        _ => {
-                            tracing::warn!(lock = %path.display(), "taking over a lock left by a process that is gone");
-                            std::fs::remove_file(&path).map_err(io)?;
-                        }
-                    }
-                }
-                Err(e) => return Err(io(e)),
+        for (ack, record) in acks {
+            if let Some(ack) = ack {
+                let _ = ack.send(result.clone().map(|()| record));
             }
         }
-        Err(LockError::Io { path, source: std::io::Error::other("the lock kept reappearing") })
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_live_holder_blocks_and_a_dead_one_is_taken_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let lock = Lock::acquire(dir.path(), "p", "production", "e").unwrap();
-        let err = Lock::acquire(dir.path(), "p", "production", "e").unwrap_err();
-        assert!(matches!(err, LockError::Held { pid, .. } if pid == std::process::id()), "{err}");
-        assert!(Lock::acquire(dir.path(), "p", "staging", "e").is_ok(), "another environment is another lock");
-        drop(lock);
-        let path = dir.path().join("p.production.e.lock");
-        assert!(!path.exists(), "released on drop");
-        std::fs::write(&path, "4194304999").unwrap();
-        assert!(Lock::acquire(dir.path(), "p", "production", "e").is_ok(), "a dead holder's lock is taken over");
     }
 }

@@ -1,39 +1,33 @@
-//! Reopening a run from its journal, for `resume` and `rollback`: which
-//! pipeline, environment and entity it was, which steps completed with which
-//! outputs, and whether it finished — re-planned with the very same plugins.
+//! Reopening a run from its journal, for `resume` and `rollback`: the plan it
+//! recorded when it started (never the pipeline file as it is now), which
+//! steps completed with which outputs, and whether it finished.
 
-use super::journal::{self, FileJournal};
+use super::store::StoredJournal;
 use super::Event;
-use crate::build::BuildOptions;
 use crate::plan::Plan;
 use crate::sandbox::Outputs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A run as its journal left it.
+#[derive(Debug, Clone)]
 pub struct Reopened {
-    /// The pipeline, planned again for the run's environment and entity.
+    /// The plan the run recorded when it started.
     pub plan: Plan,
     /// Steps completed and not rolled back, in completion order.
     pub completed: Vec<(String, Outputs)>,
     /// The status it finished with, if it finished.
     pub finished: Option<String>,
-    /// The journal, open for appending.
-    pub journal: FileJournal,
-    /// The pipeline file.
-    pub file: PathBuf,
+    /// The pipeline file it was planned from, for messages.
+    pub file: Option<PathBuf>,
+    /// Journal lines cut off by a crash, ignored.
+    pub torn: Vec<String>,
+    /// The sequence number the next event gets.
+    pub next_seq: u64,
 }
 
 /// Why a run cannot be reopened.
 #[derive(Debug, thiserror::Error)]
 pub enum ReopenError {
-    /// The journal is missing or unreadable.
-    #[error("run {id}: cannot read its journal: {source}")]
-    Journal {
-        /// Run id.
-        id: String,
-        /// Cause.
-        source: std::io::Error,
-    },
     /// The journal does not say what ran.
     #[error("run {id}: {what}")]
     Incomplete {
@@ -42,64 +36,32 @@ pub enum ReopenError {
         /// What is missing.
         what: String,
     },
-    /// The pipeline no longer validates or plans.
-    #[error("run {id}: {message}")]
-    Pipeline {
-        /// Run id.
-        id: String,
-        /// The problems.
-        message: String,
-    },
-    /// A plugin is not the one the run started with.
-    #[error("run {id}: the plugin of step `{step}` changed since the run started (sha256 {then} then, {now} now); refusing to mix plugins in one run")]
-    PluginChanged {
-        /// Run id.
-        id: String,
-        /// Step id.
-        step: String,
-        /// Hash in the journal.
-        then: String,
-        /// Hash now.
-        now: String,
-    },
 }
 
-/// Reads `<runs_dir>/<id>/journal.jsonl` and plans the run again, refusing changed plugins.
-pub fn reopen(runs_dir: &Path, id: &str, build: &BuildOptions) -> Result<Reopened, ReopenError> {
-    let dir = runs_dir.join(id);
-    let io = |source| ReopenError::Journal { id: id.to_string(), source };
-    let records = journal::read(&dir.join("journal.jsonl")).map_err(io)?;
-    let mut started = None;
-    let mut completed: Vec<(String, Outputs)> = Vec::new();
-    let mut finished = None;
-    for record in records {
-        match record.event {
-            Event::RunStarted { file, environment, entity, plugins, .. } if started.is_none() => {
-                started = Some((file, environment, entity, plugins))
+impl Reopened {
+    /// Reads what a run did from its journal.
+    pub fn from_journal(id: &str, journal: StoredJournal) -> Result<Self, ReopenError> {
+        let incomplete = |what: String| ReopenError::Incomplete { id: id.to_string(), what };
+        let mut started = None;
+        let mut completed: Vec<(String, Outputs)> = Vec::new();
+        let mut finished = None;
+        let next_seq = journal.records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
+        for record in journal.records {
+            match record.event {
+                Event::RunStarted { file, plan, .. } if started.is_none() => started = Some((file, plan)),
+                Event::StepFinished { step, outputs } => completed.push((step, outputs)),
+                Event::RolledBack { step } => completed.retain(|(s, _)| *s != step),
+                Event::RunFinished { status } => finished = Some(status),
+                _ => {}
             }
-            Event::StepFinished { step, outputs } => completed.push((step, outputs)),
-            Event::RolledBack { step } => completed.retain(|(s, _)| *s != step),
-            Event::RunFinished { status } => finished = Some(status),
-            _ => {}
         }
-    }
-    let incomplete = |what: &str| ReopenError::Incomplete { id: id.to_string(), what: what.to_string() };
-    let (file, environment, entity, hashes) = started.ok_or_else(|| incomplete("the journal has no start"))?;
-    let file = file.ok_or_else(|| incomplete("the journal does not name its pipeline file"))?;
-    let pipeline_error = |message: String| ReopenError::Pipeline { id: id.to_string(), message };
-    let loaded = crate::pipeline::load(&file).map_err(|p| pipeline_error(p.to_string()))?;
-    let plan = crate::plan::plan(&loaded, &environment, &entity, build).map_err(|e| pipeline_error(e.to_string()))?;
-    for step in &plan.steps {
-        let then = hashes.get(&step.id).cloned().unwrap_or_else(|| "none".into());
-        if then != step.sha256 {
-            return Err(ReopenError::PluginChanged {
-                id: id.to_string(),
-                step: step.id.clone(),
-                then,
-                now: step.sha256.clone(),
-            });
+        let (file, plan) = started.ok_or_else(|| incomplete("the journal has no start".into()))?;
+        let plan: Plan = serde_json::from_value(plan).map_err(|e| {
+            incomplete(format!("the plan recorded at its start cannot be read ({e}); it was written by another gantry version"))
+        })?;
+        if !journal.torn.is_empty() {
+            tracing::warn!(run = id, "ignoring {} journal line(s) cut off by a crash", journal.torn.len());
         }
+        Ok(Self { plan, completed, finished, file, torn: journal.torn, next_seq })
     }
-    let journal = FileJournal::create(&dir).map_err(io)?;
-    Ok(Reopened { plan, completed, finished, journal, file })
 }

@@ -1,10 +1,66 @@
 //! Reports for CI: a run summary built from the journal, written as JSON or
 //! JUnit XML, and GitHub Actions `::error::` annotations.
 
+pub mod progress;
+
 use crate::run::journal::Record;
 use crate::run::Event;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A report format a run can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    /// JUnit XML, one test case per step.
+    Junit,
+    /// The [`Summary`] as JSON.
+    Json,
+}
+
+/// A report to write after a run: `junit=PATH` or `json=PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportSpec {
+    /// The format.
+    pub kind: ReportKind,
+    /// Where to write it.
+    pub path: PathBuf,
+}
+
+impl FromStr for ReportSpec {
+    type Err = String;
+
+    /// Checked before a run starts, so a typo never waits until after a deploy.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (kind, path) = spec.split_once('=').ok_or_else(|| format!("{spec:?}: expected junit=PATH or json=PATH"))?;
+        let kind = match kind {
+            "junit" => ReportKind::Junit,
+            "json" => ReportKind::Json,
+            other => return Err(format!("{other:?}: the report kinds are junit and json")),
+        };
+        if path.is_empty() {
+            return Err(format!("{spec:?}: give the file to write"));
+        }
+        let path = PathBuf::from(path);
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!("{spec:?}: directory {} does not exist", dir.display()));
+        }
+        Ok(Self { kind, path })
+    }
+}
+
+impl ReportSpec {
+    /// Writes the report of `summary`.
+    pub fn write(&self, summary: &Summary) -> std::io::Result<()> {
+        let text = match self.kind {
+            ReportKind::Junit => summary.junit(),
+            ReportKind::Json => serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?,
+        };
+        std::fs::write(&self.path, text)
+    }
+}
 
 /// How one step of a run ended.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -196,7 +252,7 @@ mod tests {
     use super::*;
 
     fn record(ts_ms: f64, event: Event) -> Record {
-        Record { ts_ms, event }
+        Record { seq: 0, ts_ms, event }
     }
 
     #[test]

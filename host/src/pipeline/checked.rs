@@ -1,0 +1,130 @@
+//! What the meaning pass turns a pipeline's text into: plugin references,
+//! conditions, durations, sizes, grants and secret sources as types. The
+//! planner picks from these; nothing downstream parses pipeline text again.
+//! Every default of a step lives here, in the `Default` impls.
+
+use super::condition::Condition;
+use super::source::PluginRef;
+use crate::capability::{FileGrant, Grant, SecretSource};
+use crate::sandbox::{HttpLimits, Limits};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Retry policy of a step: attempts in all, and the wait before the first retry (doubled each time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first.
+    pub attempts: u32,
+    /// Wait before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { attempts: 1, backoff: Duration::from_millis(500) }
+    }
+}
+
+/// Resource caps of one step attempt, resolved to numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// Wall-clock limit of an attempt, host calls included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest linear memory, bytes.
+    pub memory_bytes: usize,
+    /// stdout/stderr kept and outputs returned, bytes.
+    pub output_bytes: usize,
+    /// HTTP requests per attempt.
+    pub requests: u32,
+    /// Largest HTTP response body, bytes.
+    pub response_bytes: usize,
+    /// Longest one HTTP request may take.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        let (l, h) = (Limits::default(), HttpLimits::default());
+        Self {
+            timeout: l.timeout,
+            memory_bytes: l.memory_bytes,
+            output_bytes: l.output_bytes,
+            requests: h.max_requests,
+            response_bytes: h.max_response_bytes,
+            request_timeout: h.request_timeout,
+        }
+    }
+}
+
+impl ResourceLimits {
+    /// The sandbox's limits of one call.
+    pub fn sandbox(&self) -> Limits {
+        Limits { memory_bytes: self.memory_bytes, timeout: self.timeout, output_bytes: self.output_bytes }
+    }
+
+    /// The HTTP caps of one call.
+    pub fn http(&self) -> HttpLimits {
+        HttpLimits {
+            max_requests: self.requests,
+            max_response_bytes: self.response_bytes,
+            request_timeout: self.request_timeout,
+            ..HttpLimits::default()
+        }
+    }
+}
+
+/// One step's typed facts.
+#[derive(Debug, Clone)]
+pub struct CheckedStep {
+    /// Its plugin.
+    pub uses: PluginRef,
+    /// Its run condition.
+    pub condition: Condition,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Resource caps.
+    pub limits: ResourceLimits,
+    /// Granted origins.
+    pub network: Vec<Grant>,
+    /// Restricted address ranges granted names may resolve into.
+    pub addresses: Vec<ipnet::IpNet>,
+    /// Read-only directories.
+    pub files: Vec<FileGrant>,
+}
+
+/// A declared secret, typed.
+#[derive(Debug, Clone)]
+pub struct CheckedSecret {
+    /// Where its value comes from.
+    pub source: SecretSource,
+    /// Origins it may be sent to.
+    pub bind: Vec<Grant>,
+}
+
+/// An environment's or entity's changes, typed.
+#[derive(Debug, Clone, Default)]
+pub struct CheckedOverlay {
+    /// Plugin swaps by step id.
+    pub plugins: BTreeMap<String, PluginRef>,
+    /// Secret sources by secret name.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// Network narrowing by step id.
+    pub network: BTreeMap<String, Vec<Grant>>,
+}
+
+/// A whole pipeline's typed facts, beside the model they came from.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Per step, in file order.
+    pub steps: Vec<CheckedStep>,
+    /// Declared secrets by name.
+    pub secrets: BTreeMap<String, CheckedSecret>,
+    /// Environments by name.
+    pub environments: BTreeMap<String, CheckedOverlay>,
+    /// Entities by name.
+    pub entities: BTreeMap<String, CheckedOverlay>,
+}

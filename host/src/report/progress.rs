@@ -1,0 +1,125 @@
+//! Progress of a run as people and CI see it: one line per event (CI logs,
+//! `gantry runs show`), JSON lines (`--json`), or a live view with a spinner
+//! per step on a terminal.
+
+use crate::run::Event;
+use tokio::sync::mpsc;
+
+/// One line describing an event, as CI logs and `gantry runs show` print it.
+pub fn describe(event: &Event) -> String {
+    use Event::*;
+    match event {
+        RunStarted { run_id, pipeline, environment, entity, .. } => {
+            format!("run {run_id} started: {pipeline} environment={environment} entity={entity}")
+        }
+        StepStarted { step, attempt } => format!("{step}: started (attempt {attempt})"),
+        StepFinished { step, outputs } => {
+            format!("{step}: succeeded {}", serde_json::to_string(outputs).unwrap_or_default())
+        }
+        StepRetrying { step, attempt, error, backoff_ms } => {
+            format!("{step}: attempt {attempt} failed ({error}); retrying in {backoff_ms} ms")
+        }
+        StepFailed { step, kind, error, continue_on_error } => {
+            format!("{step}: {kind}: {error}{}", if *continue_on_error { " (continue_on_error)" } else { "" })
+        }
+        StepSkipped { step, reason } => format!("{step}: skipped ({reason})"),
+        RolledBack { step } => format!("{step}: rolled back"),
+        RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
+        RunFinished { status } => format!("run finished: {status}"),
+        Request(r) => match (&r.reason, r.status) {
+            (Some(reason), _) if !r.allowed => {
+                format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path)
+            }
+            (_, Some(status)) => format!(
+                "{}: {} {}{} -> {status} ({} B, {:.1} ms)",
+                r.step, r.method, r.origin, r.path, r.bytes, r.duration_ms
+            ),
+            (reason, None) => {
+                format!("{}: {} {}{} failed: {}", r.step, r.method, r.origin, r.path, reason.as_deref().unwrap_or(""))
+            }
+        },
+    }
+}
+
+/// Prints events as they arrive: a live view on a terminal, timestamped lines
+/// otherwise (CI logs), or JSON lines with `--json`.
+pub fn printer(json: bool) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let handle = tokio::spawn(async move {
+        let mut view = live_view(json);
+        while let Some(event) = rx.recv().await {
+            if json {
+                println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            } else if let Some(show) = view.as_mut() {
+                show(&event);
+            } else {
+                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+                println!("{now} {}", describe(&event));
+            }
+        }
+    });
+    (tx, handle)
+}
+
+/// A live view when stdout is a terminal (and the `cli` feature brings indicatif); none otherwise.
+#[cfg(feature = "cli")]
+fn live_view(json: bool) -> Option<Box<dyn FnMut(&Event) + Send>> {
+    use std::io::IsTerminal;
+    if json || !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut view = LiveView::default();
+    Some(Box::new(move |event: &Event| view.show(event)))
+}
+
+#[cfg(not(feature = "cli"))]
+fn live_view(_json: bool) -> Option<Box<dyn FnMut(&Event) + Send>> {
+    None
+}
+
+/// One spinner per step with its state and elapsed time, redrawn in place.
+#[cfg(feature = "cli")]
+#[derive(Default)]
+struct LiveView {
+    bars: indicatif::MultiProgress,
+    steps: std::collections::BTreeMap<String, indicatif::ProgressBar>,
+}
+
+#[cfg(feature = "cli")]
+impl LiveView {
+    fn bar(&mut self, step: &str) -> indicatif::ProgressBar {
+        let bars = &self.bars;
+        self.steps
+            .entry(step.to_string())
+            .or_insert_with(|| {
+                let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<20} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+                let bar =
+                    bars.add(indicatif::ProgressBar::new_spinner().with_style(style).with_prefix(step.to_string()));
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                bar
+            })
+            .clone()
+    }
+
+    fn show(&mut self, event: &Event) {
+        use Event::*;
+        match event {
+            StepStarted { step, attempt } => self.bar(step).set_message(format!("running (attempt {attempt})")),
+            StepRetrying { step, backoff_ms, .. } => self.bar(step).set_message(format!("retrying in {backoff_ms} ms")),
+            StepFinished { step, .. } => self.bar(step).finish_with_message("succeeded"),
+            StepFailed { step, kind, error, .. } => self.bar(step).finish_with_message(format!("{kind}: {error}")),
+            StepSkipped { step, reason } => self.bar(step).finish_with_message(format!("skipped ({reason})")),
+            RolledBack { step } => self.bar(step).finish_with_message("rolled back"),
+            RollbackFailed { step, error } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
+            RunStarted { .. } | RunFinished { .. } => {
+                let _ = self.bars.println(describe(event));
+            }
+            Request(r) if !r.allowed => {
+                let _ = self.bars.println(describe(event));
+            }
+            Request(_) => {}
+        }
+    }
+}
+
