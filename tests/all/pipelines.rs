@@ -147,9 +147,17 @@ steps:
     assert_eq!(plan["groups"], serde_json::json!([["audit"], ["sync", "check"], ["notify"]]));
     let steps = plan["steps"].as_array().unwrap();
     let step = |id: &str| steps.iter().find(|s| s["id"] == id).unwrap().clone();
-    assert_eq!(step("audit")["network"], serde_json::json!(["https://the7space.example"]), "production narrows");
+    assert_eq!(
+        step("audit")["network"]["origins"],
+        serde_json::json!(["https://the7space.example"]),
+        "production narrows"
+    );
     assert_eq!(step("audit")["input"], serde_json::json!({"url": "https://the7space.example/health", "probes": 2}));
-    assert_eq!(step("sync")["uses"], misbehave.display().to_string(), "the entity swaps the plugin");
+    assert_eq!(
+        step("sync")["uses"]["source"],
+        serde_json::json!({"kind": "crate", "path": misbehave.display().to_string()}),
+        "the entity swaps the plugin"
+    );
     assert_ne!(step("sync")["sha256"], step("audit")["sha256"]);
     assert_eq!(
         step("sync")["secrets"],
@@ -161,10 +169,11 @@ steps:
     let check = step("check");
     assert_eq!(check["files"][0]["guest"], "/config");
     assert_eq!(check["files"][0]["host"], dir.path().join("config").display().to_string());
-    assert_eq!((check["artifacts"].as_bool(), check["addresses"][0].as_str()), (Some(true), Some("10.0.0.0/8")));
+    let addresses = check["network"]["addresses"][0].as_str();
+    assert_eq!((check["artifacts"].as_bool(), addresses), (Some(true), Some("10.0.0.0/8")));
     assert_eq!(
         check["limits"],
-        serde_json::json!({"memory_bytes": 32 << 20, "output_bytes": 1 << 20, "requests": 5, "response_bytes": 1 << 20, "request_timeout_ms": 2000})
+        serde_json::json!({"timeout": "30s", "memory_bytes": 32 << 20, "output_bytes": 1 << 20, "requests": 5, "response_bytes": 1 << 20, "request_timeout": "2s"})
     );
     // The text plan shows the whole attack surface of each step.
     let text = gantry(&["plan", file.to_str().unwrap(), "--env", "production", "--entity", "am_consulting"]);
@@ -176,7 +185,7 @@ steps:
     let other = gantry(&["plan", file.to_str().unwrap(), "--env", "staging", "--entity", "the_7_space", "--json"]);
     let plan = stdout_json(&other);
     let sync = plan["steps"].as_array().unwrap().iter().find(|s| s["id"] == "sync").unwrap().clone();
-    assert!(sync["uses"].as_str().unwrap().ends_with("plugins/http-check"), "no swap for this entity");
+    assert!(sync["uses"]["source"]["path"].as_str().unwrap().ends_with("plugins/http-check"), "no swap for this entity");
     assert_eq!(sync["input"]["url"], "http://127.0.0.1:8080/the_7_space");
 
     let unknown = gantry(&["plan", file.to_str().unwrap(), "--env", "prod"]);
@@ -200,22 +209,23 @@ fn the_shipped_pipelines_validate_and_plan_for_every_environment_and_entity() {
             let plan = stdout_json(&out);
             let crm = plan["steps"].as_array().unwrap().iter().find(|s| s["id"] == "crm").unwrap().clone();
             let token = crm["secrets"][0]["source"].as_str().unwrap().to_string();
-            let uses = crm["uses"].as_str().unwrap();
+            let uses = crm["uses"]["source"]["path"].as_str().unwrap();
+            let uses = &uses[uses.rfind("/plugins/").expect("a plugin crate") + 1..];
             match entity {
                 "am_consulting" => {
                     // The entity swaps the plugin and its input together.
-                    assert_eq!(uses, "../plugins/http-check");
+                    assert_eq!(uses, "plugins/http-check");
                     assert_eq!(
                         crm["input"],
                         serde_json::json!({"url": "https://crm.amconsulting.example/health", "probes": 3, "max_latency_ms": 1000})
                     );
                 }
-                "the_7_space" => assert_eq!((uses, token.as_str()), ("../plugins/notion-sync", "env:NOTION_TOKEN")),
-                _ => assert_eq!((uses, token.as_str()), ("../plugins/notion-sync", "env:HIGHERSELF_NOTION_TOKEN")),
+                "the_7_space" => assert_eq!((uses, token.as_str()), ("plugins/notion-sync", "env:NOTION_TOKEN")),
+                _ => assert_eq!((uses, token.as_str()), ("plugins/notion-sync", "env:HIGHERSELF_NOTION_TOKEN")),
             }
             if env == "production" {
                 let narrowed = serde_json::json!(["https://api.notion.com", "https://crm.amconsulting.example"]);
-                assert_eq!(crm["network"], narrowed, "production narrows");
+                assert_eq!(crm["network"]["origins"], narrowed, "production narrows");
                 if entity != "am_consulting" {
                     assert_eq!(crm["input"]["api_url"], "https://api.notion.com");
                 }

@@ -99,7 +99,7 @@ pub struct Pipeline {
     #[serde(default)]
     pub entities: BTreeMap<String, Overlay>,
     /// The steps, a DAG through `needs:`.
-    pub steps: Vec<StepDef>,
+    pub steps: Loc<Vec<StepDef>>,
 }
 
 /// Where a secret comes from and where it may be sent.

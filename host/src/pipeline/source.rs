@@ -21,7 +21,7 @@ impl Digest {
     pub fn parse(text: &str) -> Result<Self, String> {
         let hex = text.strip_prefix("sha256:").unwrap_or(text);
         if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("`sha256:` needs 64 hex digits, got `{hex}`"));
+            return Err(format!("`@sha256:` needs 64 hex digits, got `{hex}`"));
         }
         Ok(Self(hex.to_ascii_lowercase()))
     }

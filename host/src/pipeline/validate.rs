@@ -26,7 +26,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     let pipeline = &loaded.pipeline;
     let mut c = Checker { file: &loaded.path, pipeline, ids: HashMap::new(), problems: Vec::new() };
     if pipeline.steps.is_empty() {
-        c.push(pipeline.name.at, "steps", "a pipeline needs at least one step".into());
+        c.push(pipeline.steps.at, "steps", "a pipeline needs at least one step: add one under `steps:`".into());
     }
     c.ids_and_needs();
     c.cycles();
