@@ -10,5 +10,6 @@ mod peers;
 mod pipelines;
 mod runs;
 mod sandbox;
+mod stores;
 mod support;
 mod wordpress;

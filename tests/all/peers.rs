@@ -207,3 +207,78 @@ impl Drop for WordPress {
         }
     }
 }
+
+/// A throw-away PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package), stopped on drop.
+pub struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    /// Keeps the directory until the server is stopped.
+    _dir: tempfile::TempDir,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl Postgres {
+    /// `initdb` into a temporary directory and `pg_ctl start`; as root, both run as the `postgres` user,
+    /// since initdb refuses to run as root.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (scripts/peers-setup)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|b| b.join("initdb").exists())
+            .expect("an initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false);
+        let data = dir.path().join("pg");
+        std::fs::create_dir(&data).unwrap();
+        if root {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert!(Command::new("chown").args(["postgres"]).arg(&data).status().unwrap().success());
+        }
+        let run = |program: &str, args: &[&str]| {
+            let mut cmd = if root { Command::new("runuser") } else { Command::new(bin.join(program)) };
+            if root {
+                cmd.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            }
+            let out = cmd.args(args).output().unwrap();
+            assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let cluster = data.join("data");
+        let (cluster_s, data_s) = (cluster.to_str().unwrap(), data.to_str().unwrap());
+        run("initdb", &["-D", cluster_s, "-A", "trust", "-U", "gantry"]);
+        let port = free_port();
+        let options = format!("-p {port} -k {data_s} -c listen_addresses=127.0.0.1 -c fsync=on");
+        let log = data.join("log");
+        run("pg_ctl", &["-D", cluster_s, "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"]);
+        Self { bin, data: cluster, _dir: dir, port }
+    }
+
+    /// The URL gantry takes as `--state`.
+    pub fn url(&self) -> String {
+        format!("postgres://gantry@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL through `psql` and returns the rows, `|`-separated: an independent read of the store.
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "gantry", "-d", "postgres", "-At", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.data.to_str().unwrap().to_string();
+        let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false);
+        let mut cmd = if root { Command::new("runuser") } else { Command::new(&pg_ctl) };
+        if root {
+            cmd.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+        }
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}

@@ -189,25 +189,26 @@ fn a_second_run_of_the_same_pipeline_environment_and_entity_is_refused() {
     let file = pipeline(dir.path(), &server, &step("a", "", ""));
     let locks = dir.path().join(".gantry/locks");
     std::fs::create_dir_all(&locks).unwrap();
-    // A live holder: this test process.
-    let lock = locks.join("run-test.production.the_7_space.lock");
-    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    // A live holder: this test process holds the flock and says who it is.
+    let path = locks.join("run-test.production.the_7_space.lock");
+    let held = std::fs::File::create(&path).unwrap();
+    held.try_lock().unwrap();
+    let holder = serde_json::json!({"run_id": "holder-run", "pid": 4242, "host": "ci-7", "since_ms": 0.0});
+    std::fs::write(&path, holder.to_string()).unwrap();
     let out = run(dir.path(), &file, &["--env", "production", "--entity", "the_7_space"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("run-test/production/the_7_space is already running (pid {})", std::process::id())),
+        stderr.contains("run-test/production/the_7_space is already running (run holder-run, pid 4242 on ci-7, since 1970-01-01T00:00:00Z)"),
         "{stderr}"
     );
     assert_eq!(server.hits(), 0, "nothing ran");
-    // Another entity is not blocked, and the holder's lock is left alone.
+    // Another entity is not blocked.
     let out = run(dir.path(), &file, &["--env", "production", "--entity", "am_consulting"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(lock.exists());
-    std::fs::remove_file(&lock).unwrap();
+    held.unlock().unwrap();
     let out = run(dir.path(), &file, &["--env", "production", "--entity", "the_7_space"]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(!lock.exists(), "released when the run ends");
+    assert_eq!(out.status.code(), Some(0), "free once the holder lets go");
 }
 
 #[test]
@@ -236,7 +237,11 @@ fn runs_lists_runs_and_shows_a_journal() {
 fn resume_after_kill_9_runs_every_step_exactly_once_and_rollback_undoes_the_run() {
     let server = recorder();
     let dir = tempfile::tempdir().unwrap();
-    let steps = [step("a", "", ""), step("b", "a", ", ms: 4000"), step("c", "b", "")].concat();
+    // Step c runs a copy of the component, so the test can change it under the run.
+    let component = dir.path().join("c.wasm");
+    std::fs::copy(plugin("tests/plugins/misbehave"), &component).unwrap();
+    let c = step("c", "b", "").replace("PLUGIN", component.to_str().unwrap());
+    let steps = [step("a", "", ""), step("b", "a", ", ms: 4000"), c].concat();
     let file = pipeline(dir.path(), &server, &steps);
     let mut child = command(&shared_cache())
         .args(["run", file.to_str().unwrap()])
@@ -262,16 +267,16 @@ fn resume_after_kill_9_runs_every_step_exactly_once_and_rollback_undoes_the_run(
     let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
     let id = id.to_str().unwrap();
 
-    // A changed plugin is refused.
-    let original = std::fs::read_to_string(&file).unwrap();
-    let misbehave = repo().join("tests/plugins/misbehave").display().to_string();
-    let http_check = repo().join("plugins/http-check").display().to_string();
-    let (head, tail) = original.rsplit_once(&misbehave).unwrap();
-    std::fs::write(&file, format!("{head}{http_check}{tail}")).unwrap();
+    // A changed plugin is refused: resume runs exactly the plugins the run started with.
+    let original = std::fs::read(&component).unwrap();
+    std::fs::copy(plugin("plugins/http-check"), &component).unwrap();
     let refused = gantry_in(dir.path(), &["resume", id]);
     assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("the plugin of step `c` changed since the run started"));
-    std::fs::write(&file, original).unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("the plugin of step `c` changed since the run was planned"), "{stderr}");
+    std::fs::write(&component, original).unwrap();
+    // The pipeline file is not read again: resume works from the plan in the journal even when it is gone.
+    std::fs::remove_file(&file).unwrap();
 
     let resumed = gantry_in(dir.path(), &["resume", id]);
     assert_eq!(
@@ -375,4 +380,54 @@ fn a_failure_cancels_what_is_still_running() {
     // Cancelled inside its 20 s sleep: it never reached its request, and is not rolled back.
     assert_eq!(server.requests(), ["POST run broken"]);
     assert!(!j.iter().any(|e| e["event"] == "rolled_back"));
+}
+
+#[test]
+fn success_in_any_spelling_skips_a_step_whose_need_was_skipped() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [
+        step("gate", "", "") + "    if: environment == 'production'\n",
+        step("wrapped", "gate", "") + "    if: ${{ success() }}\n",
+        step("combined", "gate", "") + "    if: success() && entity == 'default'\n",
+        step("always", "gate", "") + "    if: always()\n",
+    ]
+    .concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &["--env", "staging"]);
+    expect_code(&out, 0);
+    assert_eq!(server.requests(), ["POST run always"], "only always() runs after a skipped need");
+    let j = journal(dir.path());
+    for id in ["wrapped", "combined"] {
+        let skipped = j.iter().find(|e| e["event"] == "step_skipped" && e["step"] == id).expect("skipped");
+        assert_eq!(skipped["reason"], "a needed step did not succeed");
+    }
+}
+
+#[test]
+fn rollback_works_from_the_recorded_plan_after_a_step_left_the_pipeline_file() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(dir.path(), &server, &[step("a", "", ""), step("b", "a", "")].concat());
+    expect_code(&run(dir.path(), &file, &[]), 0);
+    let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
+    // Step b is removed from the file; the run still knows it ran and how to undo it.
+    pipeline(dir.path(), &server, &step("a", "", ""));
+    let undone = gantry_in(dir.path(), &["rollback", id.to_str().unwrap()]);
+    assert_eq!(undone.status.code(), Some(0), "{}", String::from_utf8_lossy(&undone.stderr));
+    assert_eq!(server.requests(), ["POST run a", "POST run b", "POST rollback b", "POST rollback a"]);
+}
+
+#[test]
+fn a_bad_report_argument_is_refused_before_the_first_step() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(dir.path(), &server, &step("a", "", ""));
+    for bad in ["junt=out.xml", "junit", "json=no/such/dir/run.json"] {
+        let out = run(dir.path(), &file, &["--report", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--report"), "{bad}");
+    }
+    assert_eq!(server.hits(), 0, "nothing ran");
+    assert!(!dir.path().join(".gantry/runs").exists(), "no run was recorded");
 }

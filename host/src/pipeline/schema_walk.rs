@@ -58,9 +58,7 @@ pub(crate) fn check(node: &mut Node, schema: &Value, root: &Value, field: &str, 
                     remove.push(key.clone());
                 }
             }
-            for key in remove {
-                map.remove(&key);
-            }
+
             // A mapping's own span starts oddly in marked-yaml; its first key is where a reader looks.
             let map_at = map.keys().next().map(|k| Position::of(k.span())).unwrap_or(at);
             for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
@@ -69,6 +67,10 @@ pub(crate) fn check(node: &mut Node, schema: &Value, root: &Value, field: &str, 
                     let target = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
                     out.push((map_at, target, format!("missing required field `{name}`")));
                 }
+            }
+            // Removed only now, so a field of the wrong type is not also reported missing.
+            for key in remove {
+                map.remove(&key);
             }
             true
         }
