@@ -50,6 +50,25 @@
 //! # }
 //! ```
 
+/// Serialises a type as the text it is written as: `TryFrom<String>` through its `parse`,
+/// `Into<String>` through `Display` (for `#[serde(try_from = "String", into = "String")]`).
+macro_rules! serde_as_text {
+    ($type:ty, $error:ty) => {
+        impl TryFrom<String> for $type {
+            type Error = $error;
+            fn try_from(text: String) -> Result<Self, $error> {
+                Self::parse(&text)
+            }
+        }
+
+        impl From<$type> for String {
+            fn from(value: $type) -> String {
+                value.to_string()
+            }
+        }
+    };
+}
+
 pub mod build;
 pub mod capability;
 #[cfg(feature = "cli")]

@@ -154,7 +154,8 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
     let env_overlay = overlay(&checked.environments, environment, &loaded.path, false)?;
     let entity_overlay = overlay(&checked.entities, entity, &loaded.path, true)?;
     let layers: Vec<&CheckedOverlay> = [env_overlay, entity_overlay].into_iter().flatten().collect();
-    let env_layers: Vec<&Overlay> = [p.environments.get(environment), p.entities.get(entity)].into_iter().flatten().collect();
+    let env_layers: Vec<&Overlay> =
+        [p.environments.get(environment), p.entities.get(entity)].into_iter().flatten().collect();
 
     let mut vars: BTreeMap<String, String> = p.env.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
     for layer in &env_layers {

@@ -185,7 +185,10 @@ steps:
     let other = gantry(&["plan", file.to_str().unwrap(), "--env", "staging", "--entity", "the_7_space", "--json"]);
     let plan = stdout_json(&other);
     let sync = plan["steps"].as_array().unwrap().iter().find(|s| s["id"] == "sync").unwrap().clone();
-    assert!(sync["uses"]["source"]["path"].as_str().unwrap().ends_with("plugins/http-check"), "no swap for this entity");
+    assert!(
+        sync["uses"]["source"]["path"].as_str().unwrap().ends_with("plugins/http-check"),
+        "no swap for this entity"
+    );
     assert_eq!(sync["input"]["url"], "http://127.0.0.1:8080/the_7_space");
 
     let unknown = gantry(&["plan", file.to_str().unwrap(), "--env", "prod"]);

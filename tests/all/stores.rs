@@ -283,8 +283,11 @@ async fn a_journal_that_fails_mid_run_stops_the_run_rolls_back_and_asks_for_a_pe
     assert_eq!(result.exit_code(), 3, "not 2: something ran");
     // What the journal kept ends where the disk filled: a's run, never b's start.
     let kept = store.inner.read(&id).await.unwrap();
-    let events: Vec<String> =
-        kept.records.iter().map(|r| serde_json::to_value(&r.event).unwrap()["event"].as_str().unwrap().to_string()).collect();
+    let events: Vec<String> = kept
+        .records
+        .iter()
+        .map(|r| serde_json::to_value(&r.event).unwrap()["event"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(events, ["run_started", "step_started", "request", "step_finished"]);
     let seqs: Vec<u64> = kept.records.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4], "events carry their sequence numbers");

@@ -83,18 +83,7 @@ impl Grant {
     }
 }
 
-impl TryFrom<String> for Grant {
-    type Error = GrantError;
-    fn try_from(text: String) -> Result<Self, GrantError> {
-        Self::parse(&text)
-    }
-}
-
-impl From<Grant> for String {
-    fn from(g: Grant) -> String {
-        g.to_string()
-    }
-}
+serde_as_text!(Grant, GrantError);
 
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -172,18 +172,7 @@ impl fmt::Display for SecretSource {
     }
 }
 
-impl TryFrom<String> for SecretSource {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        Self::parse(&text)
-    }
-}
-
-impl From<SecretSource> for String {
-    fn from(s: SecretSource) -> String {
-        s.to_string()
-    }
-}
+serde_as_text!(SecretSource, String);
 
 /// Opens a placeholder the host fills with a secret value at send time: `{{secret:NAME}}`.
 pub const PLACEHOLDER: &str = "{{secret:";

@@ -74,18 +74,7 @@ impl Default for Condition {
     }
 }
 
-impl TryFrom<String> for Condition {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        Self::parse(&text)
-    }
-}
-
-impl From<Condition> for String {
-    fn from(c: Condition) -> String {
-        c.text
-    }
-}
+serde_as_text!(Condition, String);
 
 impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

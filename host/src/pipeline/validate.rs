@@ -37,9 +37,8 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
         c.template(&located(value, &format!("env.{name}")), None, false);
     }
     let mut overlays = [BTreeMap::new(), BTreeMap::new()];
-    for (k, (kind, defs)) in [("environments", &pipeline.environments), ("entities", &pipeline.entities)]
-        .into_iter()
-        .enumerate()
+    for (k, (kind, defs)) in
+        [("environments", &pipeline.environments), ("entities", &pipeline.entities)].into_iter().enumerate()
     {
         for (name, overlay) in defs {
             let checked = c.overlay(overlay, &format!("{kind}.{name}"));
@@ -168,7 +167,7 @@ impl<'a> Checker<'a> {
                 self.push(name.at, &format!("{field}.secrets"), undeclared_secret(name, &known));
             }
         }
-        let addresses = self.all(&step.addresses, &format!("{field}.addresses"), |a| address::parse_range(a));
+        let addresses = self.all(&step.addresses, &format!("{field}.addresses"), address::parse_range);
         let files = self.all(&step.files, &format!("{field}.files"), |dir| FileGrant::new(dir, &base));
         let limits = self.limits(step, &field);
         let retry = self.retry(step.retry.as_ref(), &field);

@@ -61,9 +61,12 @@ pub fn printer(json: bool) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHa
     (tx, handle)
 }
 
+/// Shows one event in the live view.
+type Shower = Box<dyn FnMut(&Event) + Send>;
+
 /// A live view when stdout is a terminal (and the `cli` feature brings indicatif); none otherwise.
 #[cfg(feature = "cli")]
-fn live_view(json: bool) -> Option<Box<dyn FnMut(&Event) + Send>> {
+fn live_view(json: bool) -> Option<Shower> {
     use std::io::IsTerminal;
     if json || !std::io::stdout().is_terminal() {
         return None;
@@ -73,7 +76,7 @@ fn live_view(json: bool) -> Option<Box<dyn FnMut(&Event) + Send>> {
 }
 
 #[cfg(not(feature = "cli"))]
-fn live_view(_json: bool) -> Option<Box<dyn FnMut(&Event) + Send>> {
+fn live_view(_json: bool) -> Option<Shower> {
     None
 }
 
@@ -122,4 +125,3 @@ impl LiveView {
         }
     }
 }
-

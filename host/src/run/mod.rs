@@ -278,7 +278,13 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(prepared: Prepared, plan: &Plan, session: &Session, dry_run: bool, events: Option<mpsc::UnboundedSender<Event>>) -> Self {
+    fn new(
+        prepared: Prepared,
+        plan: &Plan,
+        session: &Session,
+        dry_run: bool,
+        events: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Self {
         let Prepared { plugins, grants, redactor } = prepared;
         Ctx {
             plan: plan.clone(),
@@ -526,7 +532,8 @@ impl Executor {
     /// What a step is told about the run: status, the step that failed and why, what will be rolled back.
     fn run_so_far(&self) -> Outputs {
         let ctx = &self.ctx;
-        let undo: Vec<&str> = self.completed.iter().rev().filter(|id| ctx.step(id).rollback).map(String::as_str).collect();
+        let undo: Vec<&str> =
+            self.completed.iter().rev().filter(|id| ctx.step(id).rollback).map(String::as_str).collect();
         let mut o = Outputs::from([
             ("status".to_string(), if self.failed { "failed" } else { "running" }.to_string()),
             ("run_id".to_string(), ctx.run_id.clone()),
@@ -544,7 +551,8 @@ impl Executor {
         let ctx = self.ctx.clone();
         let outputs = self.outputs();
         for step in &ctx.plan.steps {
-            if self.journal_error.is_some() || self.state[&step.id] != State::Pending || self.running.len() >= self.jobs {
+            if self.journal_error.is_some() || self.state[&step.id] != State::Pending || self.running.len() >= self.jobs
+            {
                 continue;
             }
             if !step.needs.iter().all(|n| self.settled(n)) {
@@ -597,7 +605,12 @@ impl Executor {
     /// Whether a pending step could start now (a skip can settle others).
     fn can_progress(&self) -> bool {
         self.journal_error.is_none()
-            && self.ctx.plan.steps.iter().any(|s| self.state[&s.id] == State::Pending && s.needs.iter().all(|n| self.settled(n)))
+            && self
+                .ctx
+                .plan
+                .steps
+                .iter()
+                .any(|s| self.state[&s.id] == State::Pending && s.needs.iter().all(|n| self.settled(n)))
     }
 
     /// Records how one step ended.
@@ -623,8 +636,12 @@ impl Executor {
             }
             Err(Failure::Call(e)) => {
                 let continue_on_error = ctx.step(&id).continue_on_error;
-                let event =
-                    Event::StepFailed { step: id.clone(), kind: e.kind().into(), error: e.to_string(), continue_on_error };
+                let event = Event::StepFailed {
+                    step: id.clone(),
+                    kind: e.kind().into(),
+                    error: e.to_string(),
+                    continue_on_error,
+                };
                 if let Err(je) = ctx.emit(event).await {
                     self.journal_failed(je);
                 }

@@ -57,7 +57,9 @@ impl Reopened {
         }
         let (file, plan) = started.ok_or_else(|| incomplete("the journal has no start".into()))?;
         let plan: Plan = serde_json::from_value(plan).map_err(|e| {
-            incomplete(format!("the plan recorded at its start cannot be read ({e}); it was written by another gantry version"))
+            incomplete(format!(
+                "the plan recorded at its start cannot be read ({e}); it was written by another gantry version"
+            ))
         })?;
         if !journal.torn.is_empty() {
             tracing::warn!(run = id, "ignoring {} journal line(s) cut off by a crash", journal.torn.len());

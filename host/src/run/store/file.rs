@@ -144,18 +144,22 @@ impl RunStore for FileStore {
 
     async fn lock(&self, key: &LockKey, holder: &Holder) -> Result<Arc<dyn RunLock>, StoreError> {
         let dir = self.root.join("locks");
-        let path =
-            dir.join(format!("{}.{}.{}.lock", safe(&key.pipeline), safe(&key.environment), safe(&key.entity)));
+        let path = dir.join(format!("{}.{}.{}.lock", safe(&key.pipeline), safe(&key.environment), safe(&key.entity)));
         let io = |source| StoreError::Io { what: format!("lock {}", path.display()), source };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                let holder = serde_json::from_str(&text).ok();
-                return Err(StoreError::Held { key: key.clone(), holder, location: path.display().to_string() });
+                let holder = serde_json::from_str(&text).ok().map(Box::new);
+                return Err(StoreError::Held {
+                    key: Box::new(key.clone()),
+                    holder,
+                    location: path.display().to_string(),
+                });
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }

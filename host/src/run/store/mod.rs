@@ -146,9 +146,9 @@ pub enum StoreError {
     #[error("{key} is already running ({}); lock {location}", holder.as_ref().map(ToString::to_string).unwrap_or_else(|| "holder not recorded yet".into()))]
     Held {
         /// The key.
-        key: LockKey,
+        key: Box<LockKey>,
         /// Who holds it, when recorded.
-        holder: Option<Holder>,
+        holder: Option<Box<Holder>>,
         /// Where the lock is (a file, or the database).
         location: String,
     },

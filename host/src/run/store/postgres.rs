@@ -134,7 +134,10 @@ impl RunStore for PostgresStore {
 
     async fn create(&self, run_id: &str) -> Result<(), StoreError> {
         let client = self.client.lock().await;
-        client.execute("insert into gantry_runs (id) values ($1)", &[&run_id]).await.map_err(|e| db(&self.location, e))?;
+        client
+            .execute("insert into gantry_runs (id) values ($1)", &[&run_id])
+            .await
+            .map_err(|e| db(&self.location, e))?;
         Ok(())
     }
 
@@ -223,9 +226,10 @@ impl RunStore for PostgresStore {
         let name = key.to_string();
         if !taken {
             let row = client.query_opt("select holder from gantry_locks where lock_key = $1", &[&name]).await;
-            let holder = row.ok().flatten().and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok());
+            let holder =
+                row.ok().flatten().and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok()).map(Box::new);
             return Err(StoreError::Held {
-                key: key.clone(),
+                key: Box::new(key.clone()),
                 holder,
                 location: format!("advisory lock {id} in {}", self.location),
             });
@@ -282,6 +286,9 @@ mod tests {
         let key = |e: &str| LockKey { pipeline: "p".into(), environment: "production".into(), entity: e.into() };
         assert_ne!(lock_id(&key("a")), lock_id(&key("b")));
         assert_eq!(lock_id(&key("a")), lock_id(&key("a")));
-        assert_eq!(without_password("postgres://gantry:s3cret@127.0.0.1:5432/runs"), "postgres://gantry@127.0.0.1:5432/runs");
+        assert_eq!(
+            without_password("postgres://gantry:s3cret@127.0.0.1:5432/runs"),
+            "postgres://gantry@127.0.0.1:5432/runs"
+        );
     }
 }
