@@ -3,7 +3,8 @@
 use crate::build::{build_crate, BuildOptions};
 use crate::capability::secrets::SecretSource;
 use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Secret};
-use crate::sandbox::{limits::parse_memory, CallError, HttpLimits, Limits, RequestLog, RequestRecord, StepCall};
+use crate::pipeline::ResourceLimits;
+use crate::sandbox::{limits::parse_memory, CallError, RequestLog, RequestRecord, StepCall};
 use anyhow::anyhow;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -40,24 +41,24 @@ pub(crate) struct RunArgs {
     /// Give the plugin a writable /artifacts directory backed by DIR.
     #[arg(long, value_name = "DIR")]
     artifacts: Option<PathBuf>,
-    /// Most HTTP requests the call may make.
-    #[arg(long, default_value_t = HttpLimits::default().max_requests)]
-    requests: u32,
-    /// Largest HTTP response body, e.g. 16MiB.
-    #[arg(long, default_value = "16MiB", value_parser = parse_memory)]
-    response_size: usize,
-    /// Longest one HTTP request may take.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    request_timeout: Duration,
-    /// Most bytes of stdout/stderr kept, and of outputs returned, e.g. 1MiB.
-    #[arg(long, default_value = "1MiB", value_parser = parse_memory)]
-    output: usize,
-    /// Wall-clock limit for the call, e.g. 10s, 500ms, 2m.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    /// Memory limit, e.g. 64MiB.
-    #[arg(long, default_value = "64MiB", value_parser = parse_memory)]
-    memory: usize,
+    /// Most HTTP requests the call may make (default as in pipelines: 10000).
+    #[arg(long)]
+    requests: Option<u32>,
+    /// Largest HTTP response body, e.g. 16MiB (the default).
+    #[arg(long, value_parser = parse_memory)]
+    response_size: Option<usize>,
+    /// Longest one HTTP request may take (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    request_timeout: Option<Duration>,
+    /// Most bytes of stdout/stderr kept, and of outputs returned, e.g. 1MiB (the default).
+    #[arg(long, value_parser = parse_memory)]
+    output: Option<usize>,
+    /// Wall-clock limit for the call, e.g. 10s, 500ms, 2m (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory limit, e.g. 64MiB (the default).
+    #[arg(long, value_parser = parse_memory)]
+    memory: Option<usize>,
     /// Step id the plugin sees.
     #[arg(long, default_value = "step")]
     id: String,
@@ -125,17 +126,22 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         let (name, secret) = secret_from(spec)?;
         grants.secrets.insert(name, secret);
     }
+    // The same defaults as a pipeline step's, overridden by what was given.
+    let defaults = ResourceLimits::default();
+    let limits = ResourceLimits {
+        timeout: args.timeout.unwrap_or(defaults.timeout),
+        memory_bytes: args.memory.unwrap_or(defaults.memory_bytes),
+        output_bytes: args.output.unwrap_or(defaults.output_bytes),
+        requests: args.requests.unwrap_or(defaults.requests),
+        response_bytes: args.response_size.unwrap_or(defaults.response_bytes),
+        request_timeout: args.request_timeout.unwrap_or(defaults.request_timeout),
+    };
     let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
     let sink = records.clone();
     let mut call = StepCall {
         grants,
-        limits: Limits { memory_bytes: args.memory, timeout: args.timeout, output_bytes: args.output },
-        http: HttpLimits {
-            max_requests: args.requests,
-            max_response_bytes: args.response_size,
-            request_timeout: args.request_timeout,
-            ..HttpLimits::default()
-        },
+        limits: limits.sandbox(),
+        http: limits.http(),
         requests: Some(RequestLog(Arc::new(move |r| sink.lock().unwrap_or_else(|e| e.into_inner()).push(r)))),
         context: Default::default(),
     };

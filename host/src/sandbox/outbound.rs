@@ -98,6 +98,19 @@ pub(crate) struct Outbound {
     pub(crate) hide_path: bool,
 }
 
+/// One request of a chain of redirects.
+struct Hop {
+    started: Instant,
+    method: reqwest::Method,
+    url: Url,
+}
+
+impl Hop {
+    fn outcome(&self, allowed: bool, reason: Option<String>) -> Outcome {
+        Outcome { started: self.started, status: None, bytes: 0, allowed, reason }
+    }
+}
+
 fn denied(step: &str, url: &Url) -> String {
     format!(
         "network access to {} denied for step `{step}`: add it to `network:` of the step (or --allow-net)",
@@ -133,13 +146,45 @@ impl Outbound {
         error
     }
 
-    /// Performs the request; `deadline` is the step call's own.
+    /// Performs the request; `deadline` is the step call's own. Each hop (the first request and every
+    /// redirect) is admitted against the grants and caps, sent, then followed or received.
     pub(crate) async fn send(&mut self, req: Request, deadline: Instant) -> Result<Response, HttpError> {
+        let (mut method, mut url, url_secrets) = self.target(&req)?;
+        let per_request =
+            req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(self.limits.request_timeout);
+        let started = Instant::now();
+        let until = deadline.min(started + per_request);
+        let (mut body, mut headers) = (req.body, req.headers);
+        for _hop in 0..=self.limits.max_redirects {
+            let hop = Hop { started: Instant::now(), method: method.clone(), url: url.clone() };
+            let (map, filled) = self.admit(&hop, &url_secrets, &headers, &body, &req.secrets)?;
+            let response = self.transmit(&hop, map, filled, until).await?;
+            let Some(next) = self.redirect(&hop, &response)? else {
+                return self.receive(&hop, response, started).await;
+            };
+            // 303, and 301/302 after POST, turn into GET as browsers and curl do.
+            let status = response.status();
+            if status == reqwest::StatusCode::SEE_OTHER
+                || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST)
+            {
+                method = reqwest::Method::GET;
+                body.clear();
+                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+            }
+            url = next;
+        }
+        let message = format!("more than {} redirects from {}", self.limits.max_redirects, req.url);
+        Err(self.refuse(Refusal::Limit(message)))
+    }
+
+    /// The method and URL of a request; a URL that is itself a secret (a webhook) is filled in here
+    /// and never shown in full.
+    fn target(&mut self, req: &Request) -> Result<(reqwest::Method, Url, Vec<String>), HttpError> {
         let method_name = req.method.to_ascii_uppercase();
         if !METHODS.contains(&method_name.as_str()) {
             return Err(HttpError::Invalid(format!("method {:?} is not supported", req.method)));
         }
-        // A URL that is itself a secret (a webhook) is filled in here and never shown in full.
+        let method = reqwest::Method::from_bytes(method_name.as_bytes()).expect("listed methods parse");
         let secret_url = req.url.contains(PLACEHOLDER);
         let (url_text, url_secrets) = if secret_url {
             self.grants
@@ -149,7 +194,7 @@ impl Outbound {
         } else {
             (req.url.clone(), Vec::new())
         };
-        let mut url = Url::parse(&url_text).map_err(|e| {
+        let url = Url::parse(&url_text).map_err(|e| {
             let shown = if secret_url { req.url.clone() } else { format!("{:?}", req.url) };
             HttpError::Invalid(format!(
                 "invalid URL {shown}: {}",
@@ -160,117 +205,123 @@ impl Outbound {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(HttpError::Invalid(format!("URL {:?} is not http or https", req.url)));
         }
-        let per_request =
-            req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(self.limits.request_timeout);
-        let started = Instant::now();
-        let until = deadline.min(started + per_request);
-        let mut method = reqwest::Method::from_bytes(method_name.as_bytes()).expect("listed methods parse");
-        let mut body = req.body;
-        let mut headers = req.headers;
-        for _hop in 0..=self.limits.max_redirects {
-            let hop_started = Instant::now();
-            let outcome = |allowed, reason: Option<String>| Outcome {
-                started: hop_started,
-                status: None,
-                bytes: 0,
-                allowed,
-                reason,
-            };
-            if !self.grants.network.allows(&url) {
-                tracing::warn!(step = %self.step, origin = %origin_of(&url), "network access denied");
-                let message = denied(&self.step, &url);
-                self.record(method.as_str(), &url, outcome(false, Some(message.clone())));
-                return Err(self.refuse(Refusal::Network(message)));
-            }
-            self.requests += 1;
-            if self.requests > self.limits.max_requests {
-                let message = format!("step `{}` made more than {} requests", self.step, self.limits.max_requests);
-                self.record(method.as_str(), &url, outcome(false, Some(message.clone())));
-                return Err(self.refuse(Refusal::Limit(message)));
-            }
-            let filled = match self.fill(&url, &url_secrets, &body) {
-                Ok(filled) => filled,
-                Err(message) => {
-                    self.record(method.as_str(), &url, outcome(false, Some(message.clone())));
-                    return Err(self.refuse(Refusal::Secret(message)));
-                }
-            };
-            let map = match self.headers(&headers, method.as_str(), &url, &filled, &req.secrets) {
-                Ok(map) => map,
-                Err(e) => {
-                    self.record(method.as_str(), &url, outcome(false, Some(e.to_string())));
-                    return Err(match e {
-                        HeaderError::Invalid(m) => HttpError::Invalid(m),
-                        HeaderError::Secret(m) => self.refuse(Refusal::Secret(m)),
-                    });
-                }
-            };
-            let remaining = until.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(HttpError::Timeout(format!("request to {} ran out of time", origin_of(&url))));
-            }
-            let sent = self.client.request(method.clone(), url.clone()).headers(map).body(filled);
-            let response = match sent.timeout(remaining).send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let error = self.transport(&url, e);
-                    let allowed = !matches!(error, HttpError::Denied(_));
-                    self.record(method.as_str(), &url, outcome(allowed, Some(http_error_message(&error))));
-                    return Err(error);
-                }
-            };
-            let status = response.status();
-            if status.is_redirection() {
-                if let Some(location) = response.headers().get(reqwest::header::LOCATION) {
-                    self.record(
-                        method.as_str(),
-                        &url,
-                        Outcome { status: Some(status.as_u16()), ..outcome(true, None) },
-                    );
-                    let location =
-                        location.to_str().map_err(|_| HttpError::Invalid("redirect location is not text".into()))?;
-                    let next = url
-                        .join(location)
-                        .map_err(|e| HttpError::Invalid(format!("bad redirect location {location:?}: {e}")))?;
-                    // 303, and 301/302 after POST, turn into GET as browsers and curl do.
-                    if status == reqwest::StatusCode::SEE_OTHER
-                        || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST)
-                    {
-                        method = reqwest::Method::GET;
-                        body.clear();
-                        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
-                    }
-                    url = next;
-                    continue;
-                }
-            }
-            let response_headers = response
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), self.grants.secrets.redact(&String::from_utf8_lossy(v.as_bytes()))))
-                .collect();
-            let read = self.read_body(response, &url).await;
-            let bytes = read.as_ref().map(|b| b.len() as u64).unwrap_or_default();
-            let reason = read.as_ref().err().map(http_error_message);
-            self.record(
-                method.as_str(),
-                &url,
-                Outcome { status: Some(status.as_u16()), bytes, ..outcome(true, reason) },
-            );
-            let body = match read {
-                Ok(body) => body,
-                Err(HttpError::Limit(m)) => return Err(self.refuse(Refusal::Limit(m))),
-                Err(e) => return Err(e),
-            };
-            return Ok(Response {
-                status: status.as_u16(),
-                headers: response_headers,
-                body: self.redact_body(body),
-                elapsed_us: started.elapsed().as_micros() as u64,
-            });
+        Ok((method, url, url_secrets))
+    }
+
+    /// Lets a hop out or refuses it: the origin's grant, the request cap, secrets bound to the origin.
+    fn admit(
+        &mut self,
+        hop: &Hop,
+        url_secrets: &[String],
+        headers: &[(String, String)],
+        body: &[u8],
+        uses: &[SecretUse],
+    ) -> Result<(HeaderMap, Vec<u8>), HttpError> {
+        let (method, url) = (hop.method.as_str(), &hop.url);
+        if !self.grants.network.allows(url) {
+            tracing::warn!(step = %self.step, origin = %origin_of(url), "network access denied");
+            let message = denied(&self.step, url);
+            self.record(method, url, hop.outcome(false, Some(message.clone())));
+            return Err(self.refuse(Refusal::Network(message)));
         }
-        let message = format!("more than {} redirects from {}", self.limits.max_redirects, req.url);
-        Err(self.refuse(Refusal::Limit(message)))
+        self.requests += 1;
+        if self.requests > self.limits.max_requests {
+            let message = format!("step `{}` made more than {} requests", self.step, self.limits.max_requests);
+            self.record(method, url, hop.outcome(false, Some(message.clone())));
+            return Err(self.refuse(Refusal::Limit(message)));
+        }
+        let filled = match self.fill(url, url_secrets, body) {
+            Ok(filled) => filled,
+            Err(message) => {
+                self.record(method, url, hop.outcome(false, Some(message.clone())));
+                return Err(self.refuse(Refusal::Secret(message)));
+            }
+        };
+        match self.headers(headers, method, url, &filled, uses) {
+            Ok(map) => Ok((map, filled)),
+            Err(e) => {
+                self.record(method, url, hop.outcome(false, Some(e.to_string())));
+                Err(match e {
+                    HeaderError::Invalid(m) => HttpError::Invalid(m),
+                    HeaderError::Secret(m) => self.refuse(Refusal::Secret(m)),
+                })
+            }
+        }
+    }
+
+    /// Sends an admitted hop within what is left of the time allowed.
+    async fn transmit(
+        &mut self,
+        hop: &Hop,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        until: Instant,
+    ) -> Result<reqwest::Response, HttpError> {
+        let remaining = until.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(HttpError::Timeout(format!("request to {} ran out of time", origin_of(&hop.url))));
+        }
+        let sent = self.client.request(hop.method.clone(), hop.url.clone()).headers(headers).body(body);
+        match sent.timeout(remaining).send().await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                let error = self.transport(&hop.url, e);
+                let allowed = !matches!(error, HttpError::Denied(_));
+                self.record(hop.method.as_str(), &hop.url, hop.outcome(allowed, Some(http_error_message(&error))));
+                Err(error)
+            }
+        }
+    }
+
+    /// Where a redirect points, recorded as a hop of its own; `None` for any other response.
+    fn redirect(&mut self, hop: &Hop, response: &reqwest::Response) -> Result<Option<Url>, HttpError> {
+        let status = response.status();
+        let location = match response.headers().get(reqwest::header::LOCATION) {
+            Some(location) if status.is_redirection() => location,
+            _ => return Ok(None),
+        };
+        self.record(
+            hop.method.as_str(),
+            &hop.url,
+            Outcome { status: Some(status.as_u16()), ..hop.outcome(true, None) },
+        );
+        let location = location.to_str().map_err(|_| HttpError::Invalid("redirect location is not text".into()))?;
+        let next = hop
+            .url
+            .join(location)
+            .map_err(|e| HttpError::Invalid(format!("bad redirect location {location:?}: {e}")))?;
+        Ok(Some(next))
+    }
+
+    /// Reads the final response within the size cap and hands the plugin its redacted form.
+    async fn receive(
+        &mut self,
+        hop: &Hop,
+        response: reqwest::Response,
+        started: Instant,
+    ) -> Result<Response, HttpError> {
+        let status = response.status();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), self.grants.secrets.redact(&String::from_utf8_lossy(v.as_bytes()))))
+            .collect();
+        let read = self.read_body(response, &hop.url).await;
+        let bytes = read.as_ref().map(|b| b.len() as u64).unwrap_or_default();
+        let reason = read.as_ref().err().map(http_error_message);
+        let outcome = Outcome { status: Some(status.as_u16()), bytes, ..hop.outcome(true, reason) };
+        self.record(hop.method.as_str(), &hop.url, outcome);
+        let body = match read {
+            Ok(body) => body,
+            Err(HttpError::Limit(m)) => return Err(self.refuse(Refusal::Limit(m))),
+            Err(e) => return Err(e),
+        };
+        Ok(Response {
+            status: status.as_u16(),
+            headers,
+            body: self.redact_body(body),
+            elapsed_us: started.elapsed().as_micros() as u64,
+        })
     }
 
     /// Checks a secret URL's bindings against this hop and fills `{{secret:NAME}}` in the body.
