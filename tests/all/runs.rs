@@ -431,3 +431,129 @@ fn a_bad_report_argument_is_refused_before_the_first_step() {
     assert_eq!(server.hits(), 0, "nothing ran");
     assert!(!dir.path().join(".gantry/runs").exists(), "no run was recorded");
 }
+
+/// Starts `gantry run` in `dir` and waits until the journal shows `event` (for `step`, when given).
+fn run_until(dir: &Path, file: &Path, event: &str, step: Option<&str>) -> std::process::Child {
+    let child = command(&shared_cache())
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let reached = dir.join(".gantry/runs").exists()
+            && std::fs::read_dir(dir.join(".gantry/runs")).unwrap().next().is_some()
+            && journal(dir).iter().any(|e| e["event"] == event && step.is_none_or(|s| e["step"] == s));
+        if reached {
+            return child;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never reached {event} {step:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill").args(["-s", name, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn sigint_or_sigterm_mid_run_cancels_rolls_back_and_ends_the_journal() {
+    for sig in ["INT", "TERM"] {
+        let server = recorder();
+        let dir = tempfile::tempdir().unwrap();
+        let steps = [step("a", "", ""), step("b", "a", ", ms: 20000"), step("c", "b", "")].concat();
+        let file = pipeline(dir.path(), &server, &steps);
+        let child = run_until(dir.path(), &file, "step_started", Some("b"));
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "SIG{sig}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(server.requests(), ["POST run a", "POST rollback a"], "SIG{sig}: a is undone, c never starts");
+        let j = journal(dir.path());
+        let interrupted = j.iter().find(|e| e["event"] == "interrupted").expect("the signal is journaled");
+        assert_eq!(interrupted["signal"], format!("SIG{sig}"));
+        let b = j.iter().find(|e| e["event"] == "step_failed" && e["step"] == "b").unwrap();
+        assert_eq!(b["kind"], "cancelled");
+        assert!(j.iter().any(|e| e["event"] == "step_skipped" && e["step"] == "c"));
+        assert_eq!(j.last().unwrap()["event"], "run_finished");
+        assert_eq!(j.last().unwrap()["status"], "interrupted");
+    }
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_leaves_the_run_to_a_person_then_rollback_finishes_it() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("a", "", ", rollback_ms: 5000"), step("b", "a", ", ms: 20000")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let child = run_until(dir.path(), &file, "step_started", Some("b"));
+    signal(&child, "TERM");
+    let child_id = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !journal(dir.path()).iter().any(|e| e["event"] == "interrupted") {
+        assert!(std::time::Instant::now() < deadline, "run {child_id} never recorded the first signal");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500)); // inside a's 5 s rollback
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NEEDS A PERSON"));
+    assert_eq!(server.requests(), ["POST run a"], "a's rollback was cut off before its change");
+    let j = journal(dir.path());
+    assert_eq!(j.last().unwrap()["event"], "abandoned");
+    assert_eq!(j.last().unwrap()["signal"], "SIGINT");
+    let list = String::from_utf8_lossy(&gantry_in(dir.path(), &["runs"]).stdout).to_string();
+    assert!(list.contains("needs-a-person"), "{list}");
+    let id = list.split_whitespace().next().unwrap().to_string();
+
+    let finished = gantry_in(dir.path(), &["rollback", &id]);
+    assert_eq!(finished.status.code(), Some(0), "{}", String::from_utf8_lossy(&finished.stderr));
+    assert_eq!(server.requests(), ["POST run a", "POST rollback a"]);
+    assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
+}
+
+#[test]
+fn resume_after_a_crash_during_rollback_goes_on_rolling_back() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("a", "", ", rollback_ms: 4000"), step("b", "a", ", action: fail")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let mut child = run_until(dir.path(), &file, "step_failed", Some("b"));
+    std::thread::sleep(std::time::Duration::from_millis(500)); // inside a's rollback
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(server.requests(), ["POST run a", "POST run b"]);
+    let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
+    let resumed = gantry_in(dir.path(), &["resume", id.to_str().unwrap()]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("was rolling back when it stopped"));
+    assert_eq!(server.requests(), ["POST run a", "POST run b", "POST rollback a"], "never rolled forward");
+    assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
+}
+
+#[test]
+fn rollback_gets_the_step_timeout_and_retry_policy() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [
+        // Longer than the 30 s default, under the step's own 5 minutes.
+        step("slow", "", ", rollback_ms: 31000") + "    timeout: 5m\n",
+        step("flaky", "slow", ", rollback_fails_until: 3") + "    retry: { attempts: 3, backoff: 10ms }\n",
+        step("broken", "flaky", ", action: fail"),
+    ]
+    .concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        server.requests()[3..],
+        ["POST rollback-attempt flaky", "POST rollback-attempt flaky", "POST rollback flaky", "POST rollback slow"]
+    );
+    let j = journal(dir.path());
+    let rolled: Vec<&str> =
+        j.iter().filter(|e| e["event"] == "rolled_back").map(|e| e["step"].as_str().unwrap()).collect();
+    assert_eq!(rolled, ["flaky", "slow"]);
+}

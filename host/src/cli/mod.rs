@@ -130,6 +130,8 @@ struct Target {
 pub const EXIT_STEP_FAILED: u8 = 1;
 /// Exit code for bad usage or an unusable plugin.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a run that needs a person: a rollback failed, the journal is incomplete, or it was abandoned.
+pub const EXIT_NEEDS_PERSON: u8 = 3;
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {

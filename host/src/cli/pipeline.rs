@@ -4,9 +4,11 @@ use crate::pipeline;
 use crate::report::progress::{describe, printer};
 use crate::report::ReportSpec;
 use crate::run::store::RunStore;
+use crate::run::Event;
 use crate::run::{RunOptions, Session};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Checks a pipeline file and prints every problem; exit 2 when there is any.
 pub(crate) fn validate(file: PathBuf, json: bool) -> u8 {
@@ -138,14 +140,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let session = Session::start(store.clone(), &plan).await?;
     let run_id = session.run_id().to_string();
     let (tx, printer) = printer(args.json);
+    let (interrupt, signals) = signals(&session);
     let options = RunOptions {
         jobs: args.jobs,
         dry_run: args.dry_run,
         file: Some(args.file.canonicalize()?),
+        interrupt: Some(interrupt),
         ..RunOptions::default()
     };
     let result = crate::run::run(&runtime, &plan, &session, &options, Some(tx)).await;
     let _ = printer.await;
+    signals.abort();
     let closed = session.close().await;
     let result = match result {
         Ok(result) => result,
@@ -160,6 +165,37 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     report_journal_error(&result, closed);
     write_reports(store.as_ref(), &run_id, &args.reports).await?;
     Ok(result.exit_code())
+}
+
+/// Watches SIGINT and SIGTERM for a run: the first asks it to stop and roll back (through the returned
+/// receiver); the second records that the run was abandoned and needs a person, then exits at once with 3.
+fn signals(session: &Session) -> (watch::Receiver<Option<String>>, tokio::task::JoinHandle<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(None);
+    let journal = session.journal().clone();
+    let run_id = session.run_id().to_string();
+    let handle = tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            tracing::warn!("cannot watch SIGINT/SIGTERM: a signal will end the run without rolling back");
+            return;
+        };
+        async fn next(int: &mut tokio::signal::unix::Signal, term: &mut tokio::signal::unix::Signal) -> &'static str {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        }
+        let first = next(&mut int, &mut term).await;
+        eprintln!("{first}: run {run_id} stops starting steps and rolls back; a second signal exits at once");
+        let _ = tx.send(Some(first.to_string()));
+        let second = next(&mut int, &mut term).await;
+        let _ = journal.write(Event::Abandoned { signal: second.to_string() }).await;
+        eprintln!(
+            "{second} again: exiting now. Run {run_id} NEEDS A PERSON: check the target systems, then `gantry rollback {run_id}`"
+        );
+        std::process::exit(super::EXIT_NEEDS_PERSON.into());
+    });
+    (rx, handle)
 }
 
 /// Says loudly when the journal stopped recording: the run's record is incomplete.
@@ -211,11 +247,25 @@ pub(crate) async fn resume(id: String, jobs: usize, json: bool, state: Option<&s
     if let Some(status) = &r.finished {
         anyhow::bail!("run {id} already finished ({status}); nothing to resume");
     }
+    if r.rolling_back {
+        // A run that had failed or was interrupted is never rolled forward.
+        eprintln!("run {id} was rolling back when it stopped: continuing the rollback");
+        return undo(session, r, json).await;
+    }
     let runtime = super::runtime()?;
-    let options = RunOptions { jobs, file: r.file, completed: r.completed, resumed: true, ..RunOptions::default() };
     let (tx, printer) = printer(json);
+    let (interrupt, signals) = signals(&session);
+    let options = RunOptions {
+        jobs,
+        file: r.file,
+        completed: r.completed,
+        resumed: true,
+        interrupt: Some(interrupt),
+        ..RunOptions::default()
+    };
     let result = crate::run::run(&runtime, &r.plan, &session, &options, Some(tx)).await;
     let _ = printer.await;
+    signals.abort();
     let closed = session.close().await;
     let result = result?;
     report_journal_error(&result, closed);
@@ -226,10 +276,18 @@ pub(crate) async fn resume(id: String, jobs: usize, json: bool, state: Option<&s
 pub(crate) async fn rollback(id: String, json: bool, state: Option<&str>) -> anyhow::Result<u8> {
     let store = store(state).await?;
     let (session, r) = Session::reopen(store, &id).await?;
+    undo(session, r, json).await
+}
+
+/// Rolls back a reopened run in its session.
+async fn undo(session: Session, r: crate::run::resume::Reopened, json: bool) -> anyhow::Result<u8> {
     let runtime = super::runtime()?;
     let (tx, printer) = printer(json);
+    // A rollback is not stopped by the first signal (it is already the way back); a second one abandons it.
+    let (_interrupt, signals) = signals(&session);
     let result = crate::run::rollback(&runtime, &r.plan, &session, &r.completed, Some(tx)).await;
     let _ = printer.await;
+    signals.abort();
     let closed = session.close().await;
     let result = result?;
     report_journal_error(&result, closed);

@@ -26,6 +26,14 @@ pub fn describe(event: &Event) -> String {
         RolledBack { step } => format!("{step}: rolled back"),
         RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
+        Interrupted { signal } => {
+            format!("{signal}: stopping: no new steps, cancelling running ones, rolling back (a second signal exits at once)")
+        }
+        Abandoned { signal } => {
+            format!(
+                "second {signal}: exiting now; the run NEEDS A PERSON: `gantry rollback <run id>` finishes undoing it"
+            )
+        }
         Request(r) => match (&r.reason, r.status) {
             (Some(reason), _) if !r.allowed => {
                 format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path)
@@ -115,7 +123,7 @@ impl LiveView {
             StepSkipped { step, reason } => self.bar(step).finish_with_message(format!("skipped ({reason})")),
             RolledBack { step } => self.bar(step).finish_with_message("rolled back"),
             RollbackFailed { step, error } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
-            RunStarted { .. } | RunFinished { .. } => {
+            RunStarted { .. } | RunFinished { .. } | Interrupted { .. } | Abandoned { .. } => {
                 let _ = self.bars.println(describe(event));
             }
             Request(r) if !r.allowed => {

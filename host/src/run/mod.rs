@@ -107,6 +107,17 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A signal asked the run to stop: no new steps, running ones cancelled, completed ones rolled back.
+    Interrupted {
+        /// What asked, e.g. `SIGTERM`.
+        signal: String,
+    },
+    /// A second signal ended the process before the run could finish: the run needs a person,
+    /// and `gantry rollback <id>` finishes undoing it from the journal.
+    Abandoned {
+        /// What ended it, e.g. `SIGINT`.
+        signal: String,
+    },
     /// The run ended.
     RunFinished {
         /// succeeded, failed or rollback-failed.
@@ -144,6 +155,7 @@ impl Event {
                 req.reason.iter_mut().for_each(text);
             }
             Event::RunFinished { status } => text(status),
+            Event::Interrupted { signal } | Event::Abandoned { signal } => text(signal),
         }
         self
     }
@@ -161,6 +173,8 @@ pub enum Status {
     RollbackFailed,
     /// Completed steps were undone on request (`gantry rollback`).
     RolledBack,
+    /// A signal stopped the run and its completed steps were rolled back.
+    Interrupted,
 }
 
 impl Status {
@@ -171,6 +185,7 @@ impl Status {
             Status::Failed => 1,
             Status::RollbackFailed => 3,
             Status::RolledBack => 0,
+            Status::Interrupted => 1,
         }
     }
 }
@@ -224,6 +239,8 @@ pub struct RunOptions {
     pub completed: Vec<(String, Outputs)>,
     /// The run continues a journal that already holds its start (`resume`).
     pub resumed: bool,
+    /// Becomes `Some(signal)` when the run is asked to stop (Ctrl-C, a cancelled CI job).
+    pub interrupt: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 /// The result of a run.
@@ -483,10 +500,24 @@ struct Executor {
     tasks: tokio::task::JoinSet<(String, Result<Outputs, Failure>)>,
     running: BTreeMap<tokio::task::Id, String>,
     jobs: usize,
+    interrupt: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// The signal that stopped the run, once one did.
+    interrupted: Option<String>,
+}
+
+/// Waits until `interrupt` names a signal; forever when there is none to watch.
+async fn signalled(interrupt: &mut Option<tokio::sync::watch::Receiver<Option<String>>>) -> String {
+    if let Some(rx) = interrupt {
+        if let Ok(signal) = rx.wait_for(Option::is_some).await {
+            return signal.clone().unwrap_or_default();
+        }
+    }
+    std::future::pending().await
 }
 
 impl Executor {
-    fn new(ctx: Arc<Ctx>, completed: &[(String, Outputs)], jobs: usize) -> Self {
+    fn new(ctx: Arc<Ctx>, options: &RunOptions) -> Self {
+        let (completed, jobs) = (&options.completed, options.jobs);
         let mut state: BTreeMap<String, State> =
             ctx.plan.steps.iter().map(|s| (s.id.clone(), State::Pending)).collect();
         let mut order = Vec::new();
@@ -506,7 +537,21 @@ impl Executor {
             tasks: tokio::task::JoinSet::new(),
             running: BTreeMap::new(),
             jobs: jobs.max(1),
+            interrupt: options.interrupt.clone(),
+            interrupted: None,
         }
+    }
+
+    /// A signal asked the run to stop: it starts nothing more, cancels what runs, and will roll back.
+    async fn interrupt(&mut self, signal: String) {
+        self.interrupt = None;
+        if let Err(e) = self.ctx.emit(Event::Interrupted { signal: signal.clone() }).await {
+            self.journal_failed(e);
+        }
+        self.failed = true;
+        self.first_failure.get_or_insert_with(|| ("(interrupted)".into(), format!("interrupted by {signal}")));
+        self.interrupted = Some(signal.clone());
+        self.cancel_running(&format!("cancelled: the run was interrupted by {signal}")).await;
     }
 
     fn outputs(&self) -> BTreeMap<String, Outputs> {
@@ -683,7 +728,14 @@ impl Executor {
                 }
                 break;
             }
-            let Some(joined) = self.tasks.join_next_with_id().await else { break };
+            let joined = tokio::select! {
+                joined = self.tasks.join_next_with_id() => joined,
+                signal = signalled(&mut self.interrupt) => {
+                    self.interrupt(signal).await;
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
             let (task_id, (id, result)) = match joined {
                 Ok(done) => done,
                 Err(e) => {
@@ -726,14 +778,15 @@ pub async fn run(
         ctx.emit(started).await?;
     }
 
-    let mut exec = Executor::new(ctx.clone(), &options.completed, options.jobs);
+    let mut exec = Executor::new(ctx.clone(), options);
     exec.drive().await;
     let (rolled_back, rollback_failed) =
         if exec.failed { undo(&ctx, &exec.completed, &exec.outputs()).await } else { (Vec::new(), false) };
-    let status = match (exec.failed, rollback_failed) {
-        (false, _) => Status::Succeeded,
-        (true, false) => Status::Failed,
-        (true, true) => Status::RollbackFailed,
+    let status = match (exec.failed, rollback_failed, &exec.interrupted) {
+        (false, _, _) => Status::Succeeded,
+        (true, true, _) => Status::RollbackFailed,
+        (true, false, Some(_)) => Status::Interrupted,
+        (true, false, None) => Status::Failed,
     };
     finish(&ctx, status, &mut exec.journal_error).await;
     Ok(RunResult {
@@ -763,10 +816,7 @@ async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outpu
         if !step.rollback {
             continue;
         }
-        // The step's own outputs go in as upstream under its id: what `run` recorded is what `rollback` undoes.
-        let own = outputs.get(id).map(|o| BTreeMap::from([(id.clone(), o.clone())])).unwrap_or_default();
-        let call = ctx.call(step, ctx.context(id, 1, render_outputs(&step.input, outputs), own));
-        let event = match ctx.plugins[id].rollback(&call).await {
+        let event = match undo_step(ctx, step, outputs).await {
             Ok(_) => {
                 rolled_back.push(id.clone());
                 Event::RolledBack { step: id.clone() }
@@ -782,6 +832,41 @@ async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outpu
         }
     }
     (rolled_back, failed)
+}
+
+/// Rolls back one step under its own timeout, retrying errors its plugin marks retryable (and
+/// timeouts) as its retry policy allows, as `run` does.
+async fn undo_step(
+    ctx: &Arc<Ctx>,
+    step: &PlannedStep,
+    outputs: &BTreeMap<String, Outputs>,
+) -> Result<Outputs, CallError> {
+    let id = &step.id;
+    // The step's own outputs go in as upstream under its id: what `run` recorded is what `rollback` undoes.
+    let own = outputs.get(id).map(|o| BTreeMap::from([(id.clone(), o.clone())])).unwrap_or_default();
+    let input = render_outputs(&step.input, outputs);
+    let mut backoff = step.retry.backoff;
+    let mut attempt = 1;
+    loop {
+        let call = ctx.call(step, ctx.context(id, attempt, input.clone(), own.clone()));
+        match ctx.plugins[id].rollback(&call).await {
+            Err(e) if e.is_retryable() && attempt < step.retry.attempts => {
+                let retrying = Event::StepRetrying {
+                    step: id.clone(),
+                    attempt,
+                    error: format!("rollback: {e}"),
+                    backoff_ms: backoff.as_millis() as u64,
+                };
+                if ctx.emit(retrying.clone()).await.is_err() {
+                    ctx.show(retrying);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Undoes the completed steps of an earlier run (`gantry rollback <id>`), newest first.

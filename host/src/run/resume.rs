@@ -17,6 +17,8 @@ pub struct Reopened {
     pub completed: Vec<(String, Outputs)>,
     /// The status it finished with, if it finished.
     pub finished: Option<String>,
+    /// It had failed or been interrupted, so it was rolling back: it may only go on rolling back.
+    pub rolling_back: bool,
     /// The pipeline file it was planned from, for messages.
     pub file: Option<PathBuf>,
     /// Journal lines cut off by a crash, ignored.
@@ -45,12 +47,20 @@ impl Reopened {
         let mut started = None;
         let mut completed: Vec<(String, Outputs)> = Vec::new();
         let mut finished = None;
+        let mut rolling_back = false;
         let next_seq = journal.records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         for record in journal.records {
             match record.event {
                 Event::RunStarted { file, plan, .. } if started.is_none() => started = Some((file, plan)),
                 Event::StepFinished { step, outputs } => completed.push((step, outputs)),
-                Event::RolledBack { step } => completed.retain(|(s, _)| *s != step),
+                Event::RolledBack { step } => {
+                    completed.retain(|(s, _)| *s != step);
+                    rolling_back = true;
+                }
+                Event::StepFailed { continue_on_error: false, .. }
+                | Event::RollbackFailed { .. }
+                | Event::Interrupted { .. }
+                | Event::Abandoned { .. } => rolling_back = true,
                 Event::RunFinished { status } => finished = Some(status),
                 _ => {}
             }
@@ -64,6 +74,6 @@ impl Reopened {
         if !journal.torn.is_empty() {
             tracing::warn!(run = id, "ignoring {} journal line(s) cut off by a crash", journal.torn.len());
         }
-        Ok(Self { plan, completed, finished, file, torn: journal.torn, next_seq })
+        Ok(Self { plan, completed, finished, rolling_back, file, torn: journal.torn, next_seq })
     }
 }

@@ -88,6 +88,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
+/// The status of a run a second signal ended before it could finish.
+pub const NEEDS_A_PERSON: &str = "needs-a-person";
+
 /// One run, as `gantry runs` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunInfo {
@@ -123,6 +126,7 @@ impl RunInfo {
                         (pipeline.clone(), environment.clone(), entity.clone())
                 }
                 Event::RunFinished { status } => info.status = status.clone(),
+                Event::Abandoned { .. } => info.status = NEEDS_A_PERSON.into(),
                 _ => {}
             }
         }

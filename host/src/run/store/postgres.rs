@@ -165,6 +165,10 @@ impl RunStore for PostgresStore {
                     .execute("update gantry_runs set status = $2 where id = $1", &[&run_id, status])
                     .await
                     .map_err(err)?,
+                Event::Abandoned { .. } => tx
+                    .execute("update gantry_runs set status = $2 where id = $1", &[&run_id, &super::NEEDS_A_PERSON])
+                    .await
+                    .map_err(err)?,
                 _ => 0,
             };
         }

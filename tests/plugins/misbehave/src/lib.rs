@@ -26,6 +26,12 @@ struct Input {
     /// Makes `rollback` panic.
     #[serde(default)]
     rollback_panics: bool,
+    /// How long `rollback` works before it reports, in milliseconds.
+    #[serde(default)]
+    rollback_ms: u64,
+    /// `rollback` fails, retryably, on attempts before this one.
+    #[serde(default)]
+    rollback_fails_until: u32,
     /// Secret `http` sends as a bearer token.
     #[serde(default)]
     bearer: Option<String>,
@@ -171,6 +177,13 @@ impl Step for Misbehave {
 
     fn rollback(ctx: &Context) -> Result<Outputs, Error> {
         let input: Input = ctx.input()?;
+        if input.rollback_ms > 0 {
+            gantry_sdk::sleep_ms(input.rollback_ms);
+        }
+        if ctx.attempt() < input.rollback_fails_until {
+            record(ctx, &input, "rollback-attempt")?;
+            return Err(Error::retryable(format!("rollback attempt {} refused", ctx.attempt())));
+        }
         record(ctx, &input, "rollback")?;
         if input.rollback_panics {
             panic!("deliberate panic in rollback");
