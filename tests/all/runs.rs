@@ -434,7 +434,7 @@ fn a_bad_report_argument_is_refused_before_the_first_step() {
 
 /// Starts `gantry run` in `dir` and waits until the journal shows `event` (for `step`, when given).
 fn run_until(dir: &Path, file: &Path, event: &str, step: Option<&str>) -> std::process::Child {
-    let child = command(&shared_cache())
+    let mut child = command(&shared_cache())
         .args(["run", file.to_str().unwrap()])
         .current_dir(dir)
         .stdout(std::process::Stdio::null())
@@ -449,7 +449,11 @@ fn run_until(dir: &Path, file: &Path, event: &str, step: Option<&str>) -> std::p
         if reached {
             return child;
         }
-        assert!(std::time::Instant::now() < deadline, "the run never reached {event} {step:?}");
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the run never reached {event} {step:?}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
