@@ -433,6 +433,8 @@ fn a_bad_report_argument_is_refused_before_the_first_step() {
 }
 
 /// Starts `gantry run` in `dir` and waits until the journal shows `event` (for `step`, when given).
+// The child is handed to the caller, who signals and waits on it.
+#[allow(clippy::zombie_processes)]
 fn run_until(dir: &Path, file: &Path, event: &str, step: Option<&str>) -> std::process::Child {
     let mut child = command(&shared_cache())
         .args(["run", file.to_str().unwrap()])
