@@ -16,7 +16,12 @@ pub struct Context {
     dry_run: bool,
     input: String,
     upstream: BTreeMap<String, BTreeMap<String, String>>,
+    /// This step's checkpoints so far: from earlier attempts (given by the host) and this call.
+    checkpoints: std::cell::RefCell<BTreeMap<String, String>>,
 }
+
+/// The upstream entry under which the host hands a step its own checkpoints.
+const CHECKPOINTS_UPSTREAM: &str = "gantry.checkpoints";
 
 impl Context {
     pub(crate) fn from_wit(ctx: wit::Context) -> Self {
@@ -29,7 +34,15 @@ impl Context {
             dry_run: ctx.dry_run,
             input: ctx.input,
             upstream: ctx.upstream.into_iter().map(|u| (u.step, u.outputs.into_iter().collect())).collect(),
+            checkpoints: Default::default(),
         }
+        .with_checkpoints_from_upstream()
+    }
+
+    fn with_checkpoints_from_upstream(mut self) -> Self {
+        let given = self.upstream.remove(CHECKPOINTS_UPSTREAM).unwrap_or_default();
+        self.checkpoints = std::cell::RefCell::new(given);
+        self
     }
 
     /// A context for unit tests of a step's pure logic.
@@ -48,6 +61,7 @@ impl Context {
             dry_run: false,
             input: input.to_string(),
             upstream: BTreeMap::new(),
+            checkpoints: Default::default(),
         }
     }
 
@@ -122,6 +136,44 @@ impl Context {
     /// In `rollback`: an output this step's `run` returned, so it can undo exactly what it did.
     pub fn recorded(&self, output: &str) -> Option<&str> {
         self.upstream(&self.step_id, output)
+    }
+
+    /// Records undo information in the run's journal before a change: call it *before* the side effect
+    /// it protects, and make the change only when it returns `Ok`. A key keeps its first value for the
+    /// whole step, across retries and resumes, so record what was there before the first change.
+    /// `rollback` reads them back with [`Context::checkpointed`], whether `run` finished or not.
+    ///
+    /// ```
+    /// let ctx = gantry_sdk::Context::for_test("shift", serde_json::json!({}));
+    /// ctx.checkpoint("original_weights", "100,0").unwrap();
+    /// ctx.checkpoint("original_weights", "95,5").unwrap(); // the first value stays
+    /// assert_eq!(ctx.checkpointed("original_weights").as_deref(), Some("100,0"));
+    /// ```
+    pub fn checkpoint(&self, key: &str, value: &str) -> Result<(), Error> {
+        if self.checkpoints.borrow().contains_key(key) {
+            return Ok(());
+        }
+        #[cfg(target_arch = "wasm32")]
+        crate::__private::bindings::gantry::step::host::checkpoint(key, value)
+            .map_err(|e| Error::failed(format!("cannot record checkpoint `{key}`: {e}")))?;
+        self.checkpoints.borrow_mut().insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    /// A checkpoint this step recorded (in this call, an earlier attempt, or before a crash).
+    pub fn checkpointed(&self, key: &str) -> Option<String> {
+        self.checkpoints.borrow().get(key).cloned()
+    }
+
+    /// Every checkpoint this step recorded, by key.
+    pub fn checkpoints(&self) -> BTreeMap<String, String> {
+        self.checkpoints.borrow().clone()
+    }
+
+    /// The same context with a checkpoint already recorded, for unit tests of `rollback`.
+    pub fn with_checkpoint(self, key: &str, value: &str) -> Self {
+        self.checkpoints.borrow_mut().insert(key.to_string(), value.to_string());
+        self
     }
 
     /// The HTTP client; requests are performed by the host under the step's network policy.

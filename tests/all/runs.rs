@@ -563,3 +563,65 @@ fn rollback_gets_the_step_timeout_and_retry_policy() {
         j.iter().filter(|e| e["event"] == "rolled_back").map(|e| e["step"].as_str().unwrap()).collect();
     assert_eq!(rolled, ["flaky", "slow"]);
 }
+
+#[test]
+fn a_step_that_fails_after_a_checkpoint_is_rolled_back_from_it_before_the_completed_ones() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [
+        step("a", "", ""),
+        step("b", "a", ", action: guarded, message: blue100, then_fail: true"),
+        step("plain", "b", ", action: fail"),
+    ]
+    .concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let out = run(dir.path(), &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // b changed something and failed: it is undone from its checkpoint, then a; `plain` never ran.
+    assert_eq!(server.requests(), ["POST run a", "POST run b", "POST rollback-to-blue100 b", "POST rollback a"]);
+    let j = journal(dir.path());
+    let cp = j.iter().position(|e| e["event"] == "checkpoint" && e["step"] == "b").expect("journaled");
+    let change = j.iter().position(|e| e["event"] == "request" && e["step"] == "b").unwrap();
+    assert!(cp < change, "the checkpoint is in the journal before the change");
+    assert_eq!(j[cp]["key"], "before");
+    assert_eq!(j[cp]["value"], "blue100");
+}
+
+#[test]
+fn kill_9_after_a_checkpoint_then_resume_undoes_the_half_change_first_and_rollback_finds_it_too() {
+    for then in ["resume", "rollback"] {
+        let server = recorder();
+        let dir = tempfile::tempdir().unwrap();
+        let steps =
+            [step("a", "", ""), step("b", "a", ", action: guarded, message: original, ms: 3000"), step("c", "b", "")]
+                .concat();
+        let file = pipeline(dir.path(), &server, &steps);
+        let mut child = run_until(dir.path(), &file, "request", Some("b"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(server.requests(), ["POST run a", "POST run b"], "killed after b's change");
+        let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
+        let id = id.to_str().unwrap();
+        if then == "resume" {
+            // A resume never runs b again on top of its half-change: b is undone first, then run from the start.
+            let resumed = command(&shared_cache())
+                .args(["resume", id])
+                .current_dir(dir.path())
+                .env("GANTRY_LOG", "warn")
+                .output()
+                .unwrap();
+            assert_eq!(resumed.status.code(), Some(0), "{}", String::from_utf8_lossy(&resumed.stderr));
+            assert_eq!(
+                server.requests(),
+                ["POST run a", "POST run b", "POST rollback-to-original b", "POST run b", "POST run c"]
+            );
+        } else {
+            let undone = gantry_in(dir.path(), &["rollback", id]);
+            assert_eq!(undone.status.code(), Some(0), "{}", String::from_utf8_lossy(&undone.stderr));
+            assert_eq!(
+                server.requests(),
+                ["POST run a", "POST run b", "POST rollback-to-original b", "POST rollback a"]
+            );
+        }
+    }
+}

@@ -255,12 +255,16 @@ pub(crate) async fn resume(id: String, jobs: usize, json: bool, state: Option<&s
     let runtime = super::runtime()?;
     let (tx, printer) = printer(json);
     let (interrupt, signals) = signals(&session);
+    // Steps cut off part-way are rolled back from their checkpoints first, then run again.
+    let partial = r.partial.iter().filter(|id| r.checkpoints.contains_key(*id)).cloned().collect();
     let options = RunOptions {
         jobs,
         file: r.file,
         completed: r.completed,
         resumed: true,
         interrupt: Some(interrupt),
+        checkpoints: r.checkpoints,
+        partial,
         ..RunOptions::default()
     };
     let result = crate::run::run(&runtime, &r.plan, &session, &options, Some(tx)).await;
@@ -285,7 +289,7 @@ async fn undo(session: Session, r: crate::run::resume::Reopened, json: bool) -> 
     let (tx, printer) = printer(json);
     // A rollback is not stopped by the first signal (it is already the way back); a second one abandons it.
     let (_interrupt, signals) = signals(&session);
-    let result = crate::run::rollback(&runtime, &r.plan, &session, &r.completed, Some(tx)).await;
+    let result = crate::run::rollback(&runtime, &session, &r, Some(tx)).await;
     let _ = printer.await;
     signals.abort();
     let closed = session.close().await;

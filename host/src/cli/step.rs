@@ -4,7 +4,7 @@ use crate::build::{build_crate, BuildOptions};
 use crate::capability::secrets::SecretSource;
 use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Secret};
 use crate::pipeline::ResourceLimits;
-use crate::sandbox::{limits::parse_memory, CallError, RequestLog, RequestRecord, StepCall};
+use crate::sandbox::{limits::parse_memory, CallError, CheckpointLog, RequestLog, RequestRecord, StepCall};
 use anyhow::anyhow;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -143,6 +143,11 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         limits: limits.sandbox(),
         http: limits.http(),
         requests: Some(RequestLog(Arc::new(move |r| sink.lock().unwrap_or_else(|e| e.into_inner()).push(r)))),
+        // Outside a pipeline there is no journal: checkpoints are accepted and logged.
+        checkpoints: Some(CheckpointLog(Arc::new(|key, value| {
+            tracing::info!(%key, %value, "checkpoint");
+            Box::pin(async { Ok(()) })
+        }))),
         context: Default::default(),
     };
     call.context.step_id = args.id.clone();

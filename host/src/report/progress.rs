@@ -26,6 +26,7 @@ pub fn describe(event: &Event) -> String {
         RolledBack { step } => format!("{step}: rolled back"),
         RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
+        Checkpoint { step, key, .. } => format!("{step}: checkpoint {key} recorded"),
         Interrupted { signal } => {
             format!("{signal}: stopping: no new steps, cancelling running ones, rolling back (a second signal exits at once)")
         }
@@ -129,7 +130,7 @@ impl LiveView {
             Request(r) if !r.allowed => {
                 let _ = self.bars.println(describe(event));
             }
-            Request(_) => {}
+            Request(_) | Checkpoint { .. } => {}
         }
     }
 }

@@ -17,7 +17,9 @@ use crate::capability::{Files, Grants, Redactor, Secret, Secrets};
 use crate::pipeline::condition::Facts;
 use crate::pipeline::expr;
 use crate::plan::{Plan, PlannedStep};
-use crate::sandbox::{CallError, Outputs, Plugin, RequestLog, RequestRecord, Runtime, StepCall, StepContext};
+use crate::sandbox::{
+    CallError, CheckpointLog, Outputs, Plugin, RequestLog, RequestRecord, Runtime, StepCall, StepContext,
+};
 use journal::{Journal, JournalError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,6 +97,15 @@ pub enum Event {
     },
     /// A step made (or tried to make) an HTTP request.
     Request(RequestRecord),
+    /// A step recorded undo information before a change.
+    Checkpoint {
+        /// Step id.
+        step: String,
+        /// Key, as the plugin named it.
+        key: String,
+        /// Value.
+        value: String,
+    },
     /// A completed step was undone.
     RolledBack {
         /// Step id.
@@ -156,6 +167,7 @@ impl Event {
             }
             Event::RunFinished { status } => text(status),
             Event::Interrupted { signal } | Event::Abandoned { signal } => text(signal),
+            Event::Checkpoint { step, key, value } => [step, key, value].into_iter().for_each(text),
         }
         self
     }
@@ -241,6 +253,11 @@ pub struct RunOptions {
     pub resumed: bool,
     /// Becomes `Some(signal)` when the run is asked to stop (Ctrl-C, a cancelled CI job).
     pub interrupt: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// Checkpoints an earlier attempt of this run recorded, by step.
+    pub checkpoints: BTreeMap<String, Outputs>,
+    /// Steps that were under way when an earlier attempt stopped and left checkpoints: rolled back
+    /// from them before anything else, then run again from the start, never on top of a half-change.
+    pub partial: Vec<String>,
 }
 
 /// The result of a run.
@@ -292,7 +309,12 @@ struct Ctx {
     redactor: Redactor,
     /// Run id, told to steps.
     run_id: String,
+    /// Each step's checkpoints (key → first value), as the journal has them.
+    checkpoints: std::sync::Mutex<BTreeMap<String, Outputs>>,
 }
+
+/// The upstream entry under which a step receives its own checkpoints.
+pub const CHECKPOINTS_UPSTREAM: &str = "gantry.checkpoints";
 
 impl Ctx {
     fn new(
@@ -312,7 +334,44 @@ impl Ctx {
             dry_run,
             redactor,
             run_id: session.run_id().to_string(),
+            checkpoints: Default::default(),
         }
+    }
+
+    fn seed_checkpoints(self, checkpoints: &BTreeMap<String, Outputs>) -> Self {
+        *self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()) = checkpoints.clone();
+        self
+    }
+
+    /// Step `id`'s checkpoints so far.
+    fn checkpoints_of(&self, id: &str) -> Outputs {
+        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned().unwrap_or_default()
+    }
+
+    /// `upstream` with the step's own checkpoints added, as a call of it receives them.
+    fn with_checkpoints(&self, id: &str, upstream: &BTreeMap<String, Outputs>) -> BTreeMap<String, Outputs> {
+        let mut upstream = upstream.clone();
+        let own = self.checkpoints_of(id);
+        if !own.is_empty() {
+            upstream.insert(CHECKPOINTS_UPSTREAM.into(), own);
+        }
+        upstream
+    }
+
+    /// Records a checkpoint durably; a key keeps its first value.
+    async fn checkpoint(&self, step: &str, key: String, value: String) -> Result<(), String> {
+        if self.checkpoints_of(step).contains_key(&key) {
+            return Ok(());
+        }
+        let event = Event::Checkpoint { step: step.to_string(), key: key.clone(), value: value.clone() };
+        self.emit(event).await.map_err(|e| e.to_string())?;
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(step.to_string())
+            .or_default()
+            .insert(key, value);
+        Ok(())
     }
 
     /// Writes an event durably, then shows it.
@@ -364,12 +423,23 @@ impl Ctx {
                 ctx.record(Event::Request(record));
             }
         }));
+        let (weak, id) = (Arc::downgrade(self), step.id.clone());
+        let checkpoints = CheckpointLog(Arc::new(move |key, value| {
+            let (weak, id) = (weak.clone(), id.clone());
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(ctx) => ctx.checkpoint(&id, key, value).await,
+                    None => Err("the run has ended".into()),
+                }
+            })
+        }));
         StepCall {
             context,
             grants: self.grants[&step.id].clone(),
             limits: step.limits.sandbox(),
             http: step.limits.http(),
             requests: Some(log),
+            checkpoints: Some(checkpoints),
         }
     }
 
@@ -433,7 +503,7 @@ async fn attempt_step(
     let mut attempt = 1;
     loop {
         ctx.emit(Event::StepStarted { step: id.clone(), attempt }).await.map_err(Failure::Journal)?;
-        let call = ctx.call(&step, ctx.context(&id, attempt, input.clone(), upstream.clone()));
+        let call = ctx.call(&step, ctx.context(&id, attempt, input.clone(), ctx.with_checkpoints(&id, &upstream)));
         match plugin.run(&call).await {
             Ok(outputs) => return Ok(outputs),
             Err(e) if e.is_retryable() && attempt < step.retry.attempts => {
@@ -494,6 +564,9 @@ struct Executor {
     state: BTreeMap<String, State>,
     /// Steps that completed and count for rollback, in completion order.
     completed: Vec<String>,
+    /// Steps that failed or were cancelled part-way, in the order they stopped: rolled back first
+    /// when they left checkpoints.
+    partial: Vec<String>,
     failed: bool,
     first_failure: Option<(String, String)>,
     journal_error: Option<JournalError>,
@@ -531,6 +604,7 @@ impl Executor {
             ctx,
             state,
             completed: order,
+            partial: Vec::new(),
             failed: false,
             first_failure: None,
             journal_error: None,
@@ -690,6 +764,7 @@ impl Executor {
                 if let Err(je) = ctx.emit(event).await {
                     self.journal_failed(je);
                 }
+                self.partial.push(id.clone());
                 self.state.insert(id.clone(), State::Failed);
                 if !continue_on_error && self.first_failure.is_none() {
                     self.failed = true;
@@ -712,6 +787,7 @@ impl Executor {
             if let Err(e) = self.ctx.emit(event).await {
                 self.journal_failed(e);
             }
+            self.partial.push(other.clone());
             self.state.insert(other, State::Failed);
         }
         self.tasks.abort_all();
@@ -749,6 +825,12 @@ impl Executor {
         }
     }
 
+    /// What a rollback undoes, in order: steps stopped part-way that left checkpoints (latest first),
+    /// then completed steps, newest first.
+    fn undo_order(&self) -> Vec<String> {
+        undo_order(&self.ctx, &self.partial, &self.completed)
+    }
+
     fn ids_in(&self, wanted: &State) -> Vec<String> {
         self.state.iter().filter(|(_, s)| *s == wanted).map(|(k, _)| k.clone()).collect()
     }
@@ -763,7 +845,8 @@ pub async fn run(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let prepared = prepare(runtime, plan, &session.artifacts())?;
-    let ctx = Arc::new(Ctx::new(prepared, plan, session, options.dry_run, events));
+    let ctx =
+        Arc::new(Ctx::new(prepared, plan, session, options.dry_run, events).seed_checkpoints(&options.checkpoints));
     let started = Event::RunStarted {
         run_id: ctx.run_id.clone(),
         pipeline: plan.pipeline.clone(),
@@ -779,9 +862,26 @@ pub async fn run(
     }
 
     let mut exec = Executor::new(ctx.clone(), options);
-    exec.drive().await;
-    let (rolled_back, rollback_failed) =
-        if exec.failed { undo(&ctx, &exec.completed, &exec.outputs()).await } else { (Vec::new(), false) };
+    // A step cut off part-way by a crash is undone from its checkpoints before it runs again.
+    let (mut rolled_back, mut rollback_failed) = (Vec::new(), false);
+    if !options.partial.is_empty() {
+        let order = undo_order(&ctx, &options.partial, &[]);
+        (rolled_back, rollback_failed) = undo(&ctx, &order, &exec.outputs()).await;
+        ctx.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| !rolled_back.contains(id));
+        if rollback_failed {
+            exec.failed = true;
+            exec.first_failure = Some(("(resume)".into(), "a step cut off part-way could not be rolled back".into()));
+        }
+    }
+    if !rollback_failed {
+        exec.drive().await;
+    }
+    if exec.failed && !rollback_failed {
+        let order = exec.undo_order();
+        let (more, failed) = undo(&ctx, &order, &exec.outputs()).await;
+        rolled_back.extend(more);
+        rollback_failed = failed;
+    }
     let status = match (exec.failed, rollback_failed, &exec.interrupted) {
         (false, _, _) => Status::Succeeded,
         (true, true, _) => Status::RollbackFailed,
@@ -806,12 +906,18 @@ async fn finish(ctx: &Ctx, status: Status, journal_error: &mut Option<JournalErr
     }
 }
 
-/// Rolls back `order` (completion order) in reverse, for steps that allow it. Every step is tried even when
+/// Steps stopped part-way that left checkpoints (latest first), then `completed` newest first.
+fn undo_order(ctx: &Ctx, partial: &[String], completed: &[String]) -> Vec<String> {
+    let with_checkpoints = partial.iter().rev().filter(|id| !ctx.checkpoints_of(id).is_empty());
+    with_checkpoints.chain(completed.iter().rev()).cloned().collect()
+}
+
+/// Rolls back the steps of `order`, in that order, for steps that allow it. Every step is tried even when
 /// the journal no longer records: undoing a change matters more than writing down that it was undone.
 async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outputs>) -> (Vec<String>, bool) {
     let mut rolled_back = Vec::new();
     let mut failed = false;
-    for id in order.iter().rev() {
+    for id in order {
         let step = ctx.step(id);
         if !step.rollback {
             continue;
@@ -844,6 +950,7 @@ async fn undo_step(
     let id = &step.id;
     // The step's own outputs go in as upstream under its id: what `run` recorded is what `rollback` undoes.
     let own = outputs.get(id).map(|o| BTreeMap::from([(id.clone(), o.clone())])).unwrap_or_default();
+    let own = ctx.with_checkpoints(id, &own);
     let input = render_outputs(&step.input, outputs);
     let mut backoff = step.retry.backoff;
     let mut attempt = 1;
@@ -869,18 +976,20 @@ async fn undo_step(
     }
 }
 
-/// Undoes the completed steps of an earlier run (`gantry rollback <id>`), newest first.
+/// Undoes an earlier run (`gantry rollback <id>`, or `resume` of a run that was rolling back): steps
+/// stopped part-way that left checkpoints, then completed steps newest first.
 pub async fn rollback(
     runtime: &Runtime,
-    plan: &Plan,
     session: &Session,
-    completed: &[(String, Outputs)],
+    reopened: &resume::Reopened,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
+    let plan = &reopened.plan;
     let prepared = prepare(runtime, plan, &session.artifacts())?;
-    let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events));
-    let order: Vec<String> = completed.iter().map(|(id, _)| id.clone()).collect();
-    let outputs: BTreeMap<String, Outputs> = completed.iter().cloned().collect();
+    let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events).seed_checkpoints(&reopened.checkpoints));
+    let completed: Vec<String> = reopened.completed.iter().map(|(id, _)| id.clone()).collect();
+    let order = undo_order(&ctx, &reopened.partial, &completed);
+    let outputs: BTreeMap<String, Outputs> = reopened.completed.iter().cloned().collect();
     let (rolled_back, failed) = undo(&ctx, &order, &outputs).await;
     let status = if failed { Status::RollbackFailed } else { Status::RolledBack };
     let mut journal_error = session.journal().broken().cloned();

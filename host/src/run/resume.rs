@@ -6,6 +6,7 @@ use super::store::StoredJournal;
 use super::Event;
 use crate::plan::Plan;
 use crate::sandbox::Outputs;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A run as its journal left it.
@@ -19,6 +20,10 @@ pub struct Reopened {
     pub finished: Option<String>,
     /// It had failed or been interrupted, so it was rolling back: it may only go on rolling back.
     pub rolling_back: bool,
+    /// Each step's checkpoints (key → first value).
+    pub checkpoints: BTreeMap<String, Outputs>,
+    /// Steps started and neither finished nor rolled back, in the order they started.
+    pub partial: Vec<String>,
     /// The pipeline file it was planned from, for messages.
     pub file: Option<PathBuf>,
     /// Journal lines cut off by a crash, ignored.
@@ -48,13 +53,28 @@ impl Reopened {
         let mut completed: Vec<(String, Outputs)> = Vec::new();
         let mut finished = None;
         let mut rolling_back = false;
+        let mut checkpoints: BTreeMap<String, Outputs> = BTreeMap::new();
+        let mut partial: Vec<String> = Vec::new();
         let next_seq = journal.records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         for record in journal.records {
             match record.event {
                 Event::RunStarted { file, plan, .. } if started.is_none() => started = Some((file, plan)),
-                Event::StepFinished { step, outputs } => completed.push((step, outputs)),
+                Event::StepStarted { step, .. } => {
+                    if !partial.contains(&step) {
+                        partial.push(step)
+                    }
+                }
+                Event::Checkpoint { step, key, value } => {
+                    checkpoints.entry(step).or_default().entry(key).or_insert(value);
+                }
+                Event::StepFinished { step, outputs } => {
+                    partial.retain(|s| *s != step);
+                    completed.push((step, outputs));
+                }
                 Event::RolledBack { step } => {
                     completed.retain(|(s, _)| *s != step);
+                    partial.retain(|s| *s != step);
+                    checkpoints.remove(&step);
                     rolling_back = true;
                 }
                 Event::StepFailed { continue_on_error: false, .. }
@@ -74,6 +94,6 @@ impl Reopened {
         if !journal.torn.is_empty() {
             tracing::warn!(run = id, "ignoring {} journal line(s) cut off by a crash", journal.torn.len());
         }
-        Ok(Self { plan, completed, finished, rolling_back, file, torn: journal.torn, next_seq })
+        Ok(Self { plan, completed, finished, rolling_back, checkpoints, partial, file, torn: journal.torn, next_seq })
     }
 }

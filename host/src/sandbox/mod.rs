@@ -214,6 +214,28 @@ pub struct StepCall {
     pub http: HttpLimits,
     /// Receives a record of every request, for the journal.
     pub requests: Option<RequestLog>,
+    /// Records the step's checkpoints durably; without it, `checkpoint` fails.
+    pub checkpoints: Option<CheckpointLog>,
+}
+
+/// Most bytes of one checkpoint's key, and of its value; most checkpoints per call.
+pub const CHECKPOINT_LIMITS: (usize, usize, usize) = (256, 64 << 10, 1000);
+
+/// Records a step's checkpoint (key, value) durably before the call goes on; `Err` says why it could not.
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct CheckpointLog(
+    pub  Arc<
+        dyn Fn(String, String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for CheckpointLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointLog")
+    }
 }
 
 /// Outputs of a successful call.
@@ -225,6 +247,8 @@ struct State {
     table: ResourceTable,
     tracker: limits::Tracker,
     outbound: outbound::Outbound,
+    checkpoints: Option<CheckpointLog>,
+    checkpointed: usize,
 }
 
 impl WasiView for State {
@@ -264,6 +288,22 @@ impl bindings::gantry::step::host::Host for State {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default()
+    }
+
+    async fn checkpoint(&mut self, key: String, value: String) -> Result<(), String> {
+        let (max_key, max_value, max_count) = CHECKPOINT_LIMITS;
+        if key.is_empty() || key.len() > max_key || value.len() > max_value {
+            return Err(format!("a checkpoint key is 1 to {max_key} bytes and its value at most {max_value} bytes"));
+        }
+        self.checkpointed += 1;
+        if self.checkpointed > max_count {
+            return Err(format!("more than {max_count} checkpoints in one call"));
+        }
+        let Some(log) = &self.checkpoints else {
+            return Err("this host records no checkpoints here: make no change that would need one".into());
+        };
+        // Waits until the journal has it: the plugin makes its change only after this returns.
+        log.0(key, value).await
     }
 }
 
@@ -509,6 +549,8 @@ impl Plugin {
                 refusal: None,
                 hide_path: false,
             },
+            checkpoints: call.checkpoints.clone(),
+            checkpointed: 0,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.tracker);

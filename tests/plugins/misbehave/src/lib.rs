@@ -32,6 +32,9 @@ struct Input {
     /// `rollback` fails, retryably, on attempts before this one.
     #[serde(default)]
     rollback_fails_until: u32,
+    /// `guarded` fails after its change.
+    #[serde(default)]
+    then_fail: bool,
     /// Secret `http` sends as a bearer token.
     #[serde(default)]
     bearer: Option<String>,
@@ -76,6 +79,19 @@ impl Step for Misbehave {
     fn run(ctx: &Context) -> Result<Outputs, Error> {
         let input: Input = ctx.input()?;
         match input.action.as_str() {
+            // Checkpoints `message` as the state before its change, makes the change (a record),
+            // then works for `ms` and fails when asked.
+            "guarded" => {
+                ctx.checkpoint("before", &input.message)?;
+                record(ctx, &input, "run")?;
+                if input.ms > 0 {
+                    gantry_sdk::sleep_ms(input.ms);
+                }
+                if input.then_fail {
+                    return Err(Error::failed("guarded step failed after its change"));
+                }
+                Ok(Outputs::new().with("attempt", ctx.attempt()))
+            }
             "record" => {
                 if input.ms > 0 {
                     gantry_sdk::sleep_ms(input.ms);
@@ -184,7 +200,10 @@ impl Step for Misbehave {
             record(ctx, &input, "rollback-attempt")?;
             return Err(Error::retryable(format!("rollback attempt {} refused", ctx.attempt())));
         }
-        record(ctx, &input, "rollback")?;
+        match ctx.checkpointed("before") {
+            Some(before) => record(ctx, &input, &format!("rollback-to-{before}"))?,
+            None => record(ctx, &input, "rollback")?,
+        }
         if input.rollback_panics {
             panic!("deliberate panic in rollback");
         }
