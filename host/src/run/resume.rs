@@ -59,11 +59,7 @@ impl Reopened {
         for record in journal.records {
             match record.event {
                 Event::RunStarted { file, plan, .. } if started.is_none() => started = Some((file, plan)),
-                Event::StepStarted { step, .. } => {
-                    if !partial.contains(&step) {
-                        partial.push(step)
-                    }
-                }
+                Event::StepStarted { step, .. } if !partial.contains(&step) => partial.push(step),
                 Event::Checkpoint { step, key, value } => {
                     checkpoints.entry(step).or_default().entry(key).or_insert(value);
                 }
