@@ -163,3 +163,131 @@ steps:
     assert!(events.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "shift"));
     assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "rollback restored the recorded weights");
 }
+
+/// The canary pipeline (shift only, 4 stages, `pause_ms` between them) for `aws`, written into `dir`.
+fn canary(dir: &std::path::Path, aws: &Aws, pause_ms: u64) -> std::path::PathBuf {
+    let moto = &aws.moto.origin;
+    let yaml = format!(
+        r#"name: canary-kill
+secrets:
+  AWS_ACCESS_KEY_ID: {{ from: "env:TEST_AWS_KEY", bind: ["{moto}"] }}
+  AWS_SECRET_ACCESS_KEY: {{ from: "env:TEST_AWS_SECRET", bind: ["{moto}"] }}
+steps:
+  - id: shift
+    uses: {plugin}
+    network: ["{moto}"]
+    secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]
+    timeout: 2m
+    with:
+      endpoint: "{moto}/"
+      listener_arn: "{listener}"
+      blue_target_group_arn: "{blue}"
+      green_target_group_arn: "{green}"
+      pause_ms: {pause_ms}
+      target_health: false
+"#,
+        plugin = plugin(ALB_SHIFT).display(),
+        listener = aws.get("listener"),
+        blue = aws.get("blue"),
+        green = aws.get("green"),
+    );
+    let file = dir.join("canary.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+fn journal_of(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let runs = dir.join(".gantry/runs");
+    let Some(Ok(run)) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) else { return Vec::new() };
+    let text = std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Requests `shift` made after its checkpoint: with no gates, the n-th is the n-th ModifyListener.
+fn modifies_after_checkpoint(journal: &[serde_json::Value]) -> usize {
+    let Some(cp) = journal.iter().position(|e| e["event"] == "checkpoint") else { return 0 };
+    journal[cp..].iter().filter(|e| e["event"] == "request" && e["step"] == "shift").count()
+}
+
+fn gantry_aws(dir: &std::path::Path, aws: &Aws, args: &[&str]) -> std::process::Command {
+    let mut cmd = command(&shared_cache());
+    cmd.args(args)
+        .current_dir(dir)
+        .env("TEST_AWS_KEY", aws.get("access_key"))
+        .env("TEST_AWS_SECRET", aws.get("secret_key"));
+    cmd
+}
+
+#[test]
+fn kill_9_at_every_stage_of_the_canary_then_resume_or_rollback_leaves_exact_weights() {
+    let mut table = Vec::new();
+    for stage in 1..=4 {
+        for then in ["rollback", "resume"] {
+            let aws = Aws::start();
+            let dir = tempfile::tempdir().unwrap();
+            let file = canary(dir.path(), &aws, 800);
+            let mut child = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let until = Instant::now() + Duration::from_secs(60);
+            while modifies_after_checkpoint(&journal_of(dir.path())) < stage {
+                if Instant::now() > until {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the canary never reached stage {stage}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.kill().unwrap(); // during the pause after the stage's ModifyListener
+            child.wait().unwrap();
+            let percent = [5, 25, 50, 100][stage - 1];
+            assert_eq!(aws.weights(), weights_of(&aws, 100 - percent, percent), "killed at stage {stage}");
+            let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
+            let out = gantry_aws(dir.path(), &aws, &[then, id.to_str().unwrap()]).output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{then} after stage {stage}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Read back by boto3, not through the plugin: exactly the original, or exactly the target.
+            let expected = if then == "rollback" { weights_of(&aws, 100, 0) } else { weights_of(&aws, 0, 100) };
+            assert_eq!(aws.weights(), expected, "{then} after a kill at stage {stage}");
+            let last = journal_of(dir.path()).last().cloned().unwrap();
+            let status = if then == "rollback" { "rolled-back" } else { "succeeded" };
+            assert_eq!(last["status"], status, "the journal says which");
+            table.push(format!("stage {stage} ({percent}%) + {then}: {expected:?}"));
+        }
+    }
+    assert_eq!(table.len(), 8, "kill points tested");
+}
+
+#[test]
+fn sigint_and_sigterm_during_the_canary_restore_the_original_weights() {
+    for sig in ["INT", "TERM"] {
+        let aws = Aws::start();
+        let dir = tempfile::tempdir().unwrap();
+        let file = canary(dir.path(), &aws, 1500);
+        let child = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        while modifies_after_checkpoint(&journal_of(dir.path())) < 2 {
+            assert!(Instant::now() < until, "the canary never reached 25 %");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(aws.weights(), weights_of(&aws, 75, 25));
+        let status = std::process::Command::new("kill").args(["-s", sig, &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "SIG{sig}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "SIG{sig} at 25 % restores the original");
+        let journal = journal_of(dir.path());
+        assert_eq!(journal.last().unwrap()["status"], "interrupted");
+        assert!(journal.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "shift"));
+    }
+}

@@ -219,6 +219,13 @@ impl Step for AlbShift {
                 .with("stages_completed", 0)
                 .with("changed", false));
         }
+        // The weights before the first change, journaled before it: a retry or a resume keeps the
+        // first value, so the original is never mistaken for a half-shifted listener.
+        ctx.checkpoint("original_weights", &format_weights(&original))?;
+        let original = match ctx.checkpointed("original_weights") {
+            Some(text) => parse_weights(&text)?,
+            None => original,
+        };
         let mut completed = 0;
         for &percent in &input.stages {
             let weights = stage_weights(blue, green, percent);
@@ -251,12 +258,13 @@ impl Step for AlbShift {
 
     fn rollback(ctx: &Context) -> Result<Outputs, Error> {
         let input = input_of(ctx)?;
-        let Some(recorded) = ctx.recorded("original_weights") else {
+        // The checkpoint exists whenever a weight was changed, even when `run` never returned.
+        let recorded = ctx.checkpointed("original_weights").or_else(|| ctx.recorded("original_weights").map(String::from));
+        let Some(recorded) = recorded else {
             return Err(Error::failed("no original weights were recorded by run; nothing to restore"));
         };
-        let original: Vec<Weighted> =
-            serde_json::from_str(recorded).map_err(|e| Error::failed(format!("recorded weights: {e}")))?;
-        if ctx.recorded("changed") == Some("false") {
+        let original = parse_weights(&recorded)?;
+        if ctx.checkpointed("original_weights").is_none() && ctx.recorded("changed") == Some("false") {
             return Ok(Outputs::new().with("restored", false));
         }
         let elb = elb(ctx, &input);
@@ -264,6 +272,11 @@ impl Step for AlbShift {
         gantry_sdk::info!("restored {}", format_weights(&original));
         Ok(Outputs::new().with("restored", true).with("weights", format_weights(&original)))
     }
+}
+
+/// Weights as `format_weights` wrote them.
+fn parse_weights(text: &str) -> Result<Vec<Weighted>, Error> {
+    serde_json::from_str(text).map_err(|e| Error::failed(format!("recorded weights: {e}")))
 }
 
 gantry_sdk::export_step!(AlbShift);
@@ -317,5 +330,12 @@ mod tests {
             .with_upstream("shift", "original_weights", "[]")
             .with_upstream("shift", "changed", "false");
         assert_eq!(AlbShift::rollback(&ctx).unwrap().get("restored"), Some("false"));
+    }
+
+    #[test]
+    fn run_checkpoints_the_original_weights_once() {
+        let ctx = Context::for_test("shift", serde_json::json!({})).with_checkpoint("original_weights", "[]");
+        ctx.checkpoint("original_weights", "[{\"arn\":\"x\",\"weight\":5}]").unwrap();
+        assert_eq!(parse_weights(&ctx.checkpointed("original_weights").unwrap()).unwrap().len(), 0, "first value kept");
     }
 }
