@@ -125,34 +125,15 @@ fn a_wrong_secret_key_is_refused_by_the_signature_check() {
 fn a_later_failure_rolls_the_shift_back_from_the_recorded_weights() {
     let aws = Aws::start();
     let dir = tempfile::tempdir().unwrap();
-    let moto = &aws.moto.origin;
-    let yaml = format!(
-        r#"name: canary
-secrets:
-  AWS_ACCESS_KEY_ID: {{ from: "env:TEST_AWS_KEY", bind: ["{moto}"] }}
-  AWS_SECRET_ACCESS_KEY: {{ from: "env:TEST_AWS_SECRET", bind: ["{moto}"] }}
-steps:
-  - id: shift
-    uses: {plugin}
-    network: ["{moto}"]
-    secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]
-    with:
-      endpoint: "{moto}/"
-      listener_arn: "{listener}"
-      blue_target_group_arn: "{blue}"
-      green_target_group_arn: "{green}"
-      pause_ms: 0
-  - id: smoke
+    let yaml = canary_yaml(&aws, 0)
+        + &format!(
+            r#"  - id: smoke
     uses: {misbehave}
     needs: [shift]
     with: {{ action: fail, message: "post-release check failed" }}
 "#,
-        plugin = repo().join(ALB_SHIFT).display(),
-        misbehave = repo().join("tests/plugins/misbehave").display(),
-        listener = aws.get("listener"),
-        blue = aws.get("blue"),
-        green = aws.get("green"),
-    );
+            misbehave = repo().join("tests/plugins/misbehave").display()
+        );
     let (key, secret) = (aws.get("access_key"), aws.get("secret_key"));
     let out = run_pipeline(dir.path(), &yaml, &[("TEST_AWS_KEY", &key), ("TEST_AWS_SECRET", &secret)], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -164,10 +145,17 @@ steps:
     assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "rollback restored the recorded weights");
 }
 
-/// The canary pipeline (shift only, 4 stages, `pause_ms` between them) for `aws`, written into `dir`.
+/// The canary pipeline (shift only, 4 stages, `pause_ms` between them, no gates) for `aws`, written into `dir`.
 fn canary(dir: &std::path::Path, aws: &Aws, pause_ms: u64) -> std::path::PathBuf {
+    let file = dir.join("canary.yaml");
+    std::fs::write(&file, canary_yaml(aws, pause_ms)).unwrap();
+    file
+}
+
+/// The canary pipeline's text.
+fn canary_yaml(aws: &Aws, pause_ms: u64) -> String {
     let moto = &aws.moto.origin;
-    let yaml = format!(
+    format!(
         r#"name: canary-kill
 secrets:
   AWS_ACCESS_KEY_ID: {{ from: "env:TEST_AWS_KEY", bind: ["{moto}"] }}
@@ -190,10 +178,7 @@ steps:
         listener = aws.get("listener"),
         blue = aws.get("blue"),
         green = aws.get("green"),
-    );
-    let file = dir.join("canary.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    file
+    )
 }
 
 fn journal_of(dir: &std::path::Path) -> Vec<serde_json::Value> {
