@@ -181,13 +181,6 @@ steps:
     )
 }
 
-fn journal_of(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let runs = dir.join(".gantry/runs");
-    let Some(Ok(run)) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) else { return Vec::new() };
-    let text = std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
 /// Requests `shift` made after its checkpoint: with no gates, the n-th is the n-th ModifyListener.
 fn modifies_after_checkpoint(journal: &[serde_json::Value]) -> usize {
     let Some(cp) = journal.iter().position(|e| e["event"] == "checkpoint") else { return 0 };
@@ -217,7 +210,7 @@ fn kill_9_at_every_stage_of_the_canary_then_resume_or_rollback_leaves_exact_weig
                 .spawn()
                 .unwrap();
             let until = Instant::now() + Duration::from_secs(60);
-            while modifies_after_checkpoint(&journal_of(dir.path())) < stage {
+            while modifies_after_checkpoint(&journal(dir.path())) < stage {
                 if Instant::now() > until {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -229,8 +222,7 @@ fn kill_9_at_every_stage_of_the_canary_then_resume_or_rollback_leaves_exact_weig
             child.wait().unwrap();
             let percent = [5, 25, 50, 100][stage - 1];
             assert_eq!(aws.weights(), weights_of(&aws, 100 - percent, percent), "killed at stage {stage}");
-            let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
-            let out = gantry_aws(dir.path(), &aws, &[then, id.to_str().unwrap()]).output().unwrap();
+            let out = gantry_aws(dir.path(), &aws, &[then, &run_id(dir.path())]).output().unwrap();
             assert_eq!(
                 out.status.code(),
                 Some(0),
@@ -240,7 +232,7 @@ fn kill_9_at_every_stage_of_the_canary_then_resume_or_rollback_leaves_exact_weig
             // Read back by boto3, not through the plugin: exactly the original, or exactly the target.
             let expected = if then == "rollback" { weights_of(&aws, 100, 0) } else { weights_of(&aws, 0, 100) };
             assert_eq!(aws.weights(), expected, "{then} after a kill at stage {stage}");
-            let last = journal_of(dir.path()).last().cloned().unwrap();
+            let last = journal(dir.path()).last().cloned().unwrap();
             let status = if then == "rollback" { "rolled-back" } else { "succeeded" };
             assert_eq!(last["status"], status, "the journal says which");
             table.push(format!("stage {stage} ({percent}%) + {then}: {expected:?}"));
@@ -261,7 +253,7 @@ fn sigint_and_sigterm_during_the_canary_restore_the_original_weights() {
             .spawn()
             .unwrap();
         let until = Instant::now() + Duration::from_secs(60);
-        while modifies_after_checkpoint(&journal_of(dir.path())) < 2 {
+        while modifies_after_checkpoint(&journal(dir.path())) < 2 {
             assert!(Instant::now() < until, "the canary never reached 25 %");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -271,7 +263,7 @@ fn sigint_and_sigterm_during_the_canary_restore_the_original_weights() {
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(1), "SIG{sig}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "SIG{sig} at 25 % restores the original");
-        let journal = journal_of(dir.path());
+        let journal = journal(dir.path());
         assert_eq!(journal.last().unwrap()["status"], "interrupted");
         assert!(journal.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "shift"));
     }

@@ -27,16 +27,6 @@ fn step(id: &str, needs: &str, extra: &str) -> String {
     )
 }
 
-fn journal(dir: &Path) -> Vec<serde_json::Value> {
-    let runs = dir.join(".gantry/runs");
-    let run = std::fs::read_dir(&runs).unwrap().next().expect("a run directory").unwrap().path();
-    std::fs::read_to_string(run.join("journal.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn at(journal: &[serde_json::Value], event: &str, step: &str) -> f64 {
     journal.iter().find(|e| e["event"] == event && e["step"] == step).unwrap_or_else(|| panic!("no {event} for {step}"))
         ["ts_ms"]
@@ -243,29 +233,12 @@ fn resume_after_kill_9_runs_every_step_exactly_once_and_rollback_undoes_the_run(
     let c = step("c", "b", "").replace("PLUGIN", component.to_str().unwrap());
     let steps = [step("a", "", ""), step("b", "a", ", ms: 4000"), c].concat();
     let file = pipeline(dir.path(), &server, &steps);
-    let mut child = command(&shared_cache())
-        .args(["run", file.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until `a` is done and `b` is under way, then kill the runner outright.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let started_b = dir.path().join(".gantry/runs").exists()
-            && journal(dir.path()).iter().any(|e| e["event"] == "step_started" && e["step"] == "b");
-        if started_b {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the run never reached step b");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut child = run_until(dir.path(), &file, "step_started", Some("b"));
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(server.requests(), ["POST run a"]);
-    let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
-    let id = id.to_str().unwrap();
+    let id = &run_id(dir.path());
 
     // A changed plugin is refused: resume runs exactly the plugins the run started with.
     let original = std::fs::read(&component).unwrap();
@@ -410,10 +383,10 @@ fn rollback_works_from_the_recorded_plan_after_a_step_left_the_pipeline_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline(dir.path(), &server, &[step("a", "", ""), step("b", "a", "")].concat());
     expect_code(&run(dir.path(), &file, &[]), 0);
-    let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
+    let id = run_id(dir.path());
     // Step b is removed from the file; the run still knows it ran and how to undo it.
     pipeline(dir.path(), &server, &step("a", "", ""));
-    let undone = gantry_in(dir.path(), &["rollback", id.to_str().unwrap()]);
+    let undone = gantry_in(dir.path(), &["rollback", &id]);
     assert_eq!(undone.status.code(), Some(0), "{}", String::from_utf8_lossy(&undone.stderr));
     assert_eq!(server.requests(), ["POST run a", "POST run b", "POST rollback b", "POST rollback a"]);
 }
@@ -445,9 +418,7 @@ fn run_until(dir: &Path, file: &Path, event: &str, step: Option<&str>) -> std::p
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let reached = dir.join(".gantry/runs").exists()
-            && std::fs::read_dir(dir.join(".gantry/runs")).unwrap().next().is_some()
-            && journal(dir).iter().any(|e| e["event"] == event && step.is_none_or(|s| e["step"] == s));
+        let reached = journal(dir).iter().any(|e| e["event"] == event && step.is_none_or(|s| e["step"] == s));
         if reached {
             return child;
         }
@@ -532,8 +503,7 @@ fn resume_after_a_crash_during_rollback_goes_on_rolling_back() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(server.requests(), ["POST run a", "POST run b"]);
-    let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
-    let resumed = gantry_in(dir.path(), &["resume", id.to_str().unwrap()]);
+    let resumed = gantry_in(dir.path(), &["resume", &run_id(dir.path())]);
     assert_eq!(resumed.status.code(), Some(0), "{}", String::from_utf8_lossy(&resumed.stderr));
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("was rolling back when it stopped"));
     assert_eq!(server.requests(), ["POST run a", "POST run b", "POST rollback a"], "never rolled forward");
@@ -600,8 +570,7 @@ fn kill_9_after_a_checkpoint_then_resume_undoes_the_half_change_first_and_rollba
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(server.requests(), ["POST run a", "POST run b"], "killed after b's change");
-        let id = std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().next().unwrap().unwrap().file_name();
-        let id = id.to_str().unwrap();
+        let id = &run_id(dir.path());
         if then == "resume" {
             // A resume never runs b again on top of its half-change: b is undone first, then run from the start.
             let resumed = command(&shared_cache())

@@ -227,3 +227,18 @@ pub fn run_pipeline(dir: &Path, yaml: &str, env: &[(&str, &str)], extra: &[&str]
     cmd.current_dir(dir).envs(env.iter().copied()).args(["run", file.to_str().unwrap(), "--json"]).args(extra);
     cmd.output().unwrap()
 }
+
+/// The id of the one run recorded under `dir/.gantry/runs`.
+pub fn run_id(dir: &Path) -> String {
+    let entry = std::fs::read_dir(dir.join(".gantry/runs")).unwrap().next().expect("a run directory").unwrap();
+    entry.file_name().to_string_lossy().into_owned()
+}
+
+/// The events of the one run under `dir/.gantry/runs`, as JSON; empty until the run has a journal.
+pub fn journal(dir: &Path) -> Vec<serde_json::Value> {
+    let Some(Ok(run)) = std::fs::read_dir(dir.join(".gantry/runs")).ok().and_then(|mut d| d.next()) else {
+        return Vec::new();
+    };
+    let text = std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
