@@ -441,7 +441,14 @@ fn sigint_or_sigterm_mid_run_cancels_rolls_back_and_ends_the_journal() {
     for sig in ["INT", "TERM"] {
         let server = recorder();
         let dir = tempfile::tempdir().unwrap();
-        let steps = [step("a", "", ""), step("b", "a", ", ms: 20000"), step("c", "b", "")].concat();
+        let steps = [
+            step("a", "", ""),
+            step("b", "a", ", ms: 20000"),
+            step("c", "b", ""),
+            // Would run after a failure; after a signal nothing starts.
+            step("cleanup", "b", "") + "    if: always()\n",
+        ]
+        .concat();
         let file = pipeline(dir.path(), &server, &steps);
         let child = run_until(dir.path(), &file, "step_started", Some("b"));
         signal(&child, sig);
@@ -453,7 +460,10 @@ fn sigint_or_sigterm_mid_run_cancels_rolls_back_and_ends_the_journal() {
         assert_eq!(interrupted["signal"], format!("SIG{sig}"));
         let b = j.iter().find(|e| e["event"] == "step_failed" && e["step"] == "b").unwrap();
         assert_eq!(b["kind"], "cancelled");
-        assert!(j.iter().any(|e| e["event"] == "step_skipped" && e["step"] == "c"));
+        for id in ["c", "cleanup"] {
+            let skipped = j.iter().find(|e| e["event"] == "step_skipped" && e["step"] == id).expect("skipped");
+            assert_eq!(skipped["reason"], format!("the run was interrupted by SIG{sig}"));
+        }
         assert_eq!(j.last().unwrap()["event"], "run_finished");
         assert_eq!(j.last().unwrap()["status"], "interrupted");
     }

@@ -674,6 +674,11 @@ impl Executor {
             {
                 continue;
             }
+            if let Some(signal) = &self.interrupted {
+                let reason = format!("the run was interrupted by {signal}");
+                self.skip(&step.id, reason).await;
+                continue;
+            }
             if !step.needs.iter().all(|n| self.settled(n)) {
                 continue;
             }
@@ -684,7 +689,7 @@ impl Executor {
             let facts = Facts {
                 failed: self.failed,
                 needs_ok,
-                cancelled: false,
+                cancelled: self.interrupted.is_some(),
                 environment: &ctx.plan.environment,
                 entity: &ctx.plan.entity,
                 outputs: &outputs,
@@ -695,12 +700,7 @@ impl Executor {
                     (false, true) if self.failed => "the pipeline has failed".to_string(),
                     _ => format!("condition `{}` is false", step.condition),
                 };
-                match ctx.emit(Event::StepSkipped { step: step.id.clone(), reason }).await {
-                    Ok(()) => {
-                        self.state.insert(step.id.clone(), State::Skipped);
-                    }
-                    Err(e) => self.journal_failed(e),
-                }
+                self.skip(&step.id, reason).await;
                 continue;
             }
             let mut upstream: BTreeMap<String, Outputs> = upstream_of(&ctx.plan, &step.id)
@@ -721,6 +721,16 @@ impl Executor {
         }
     }
 
+    /// Records that a step will not run, and why.
+    async fn skip(&mut self, id: &str, reason: String) {
+        match self.ctx.emit(Event::StepSkipped { step: id.to_string(), reason }).await {
+            Ok(()) => {
+                self.state.insert(id.to_string(), State::Skipped);
+            }
+            Err(e) => self.journal_failed(e),
+        }
+    }
+
     /// Whether a pending step could start now (a skip can settle others).
     fn can_progress(&self) -> bool {
         self.journal_error.is_none()
@@ -737,12 +747,14 @@ impl Executor {
         let ctx = self.ctx.clone();
         match result {
             Ok(outputs) => {
+                // Steps that ran because the pipeline had failed (notifiers) are not part of what is undone;
+                // a step whose finish the journal could not record still made its change, so it is.
+                let ran_after_failure = self.failed;
                 let event = Event::StepFinished { step: id.clone(), outputs: outputs.clone() };
                 if let Err(e) = ctx.emit(event).await {
                     self.journal_failed(e);
                 }
-                // Steps that ran because the pipeline failed (notifiers) are not part of what is undone.
-                if !self.failed || self.journal_error.is_some() {
+                if !ran_after_failure {
                     self.completed.push(id.clone());
                 }
                 self.state.insert(id, State::Succeeded(outputs));
