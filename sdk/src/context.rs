@@ -121,8 +121,10 @@ impl Context {
         self.upstream.get(step)?.get(output).map(String::as_str)
     }
 
-    /// What the host says about the run so far: `status` (`running` or `failed`), `run_id`, and after a
-    /// failure `failed_step`, `error` and `rolling_back` (comma-separated, in undo order). For notifiers.
+    /// What the host says about the run so far, for notifiers: `status` (`running`, `failed`, `paused`,
+    /// `rolled-back`, `rollback-failed`), `run_id`, after a failure `failed_step` and `error`, and once
+    /// the rollback ran (before `failure()`/`always()` steps start) `rolled_back` and `rollback_failed`
+    /// (comma-separated, in undo order).
     pub fn run_info(&self, key: &str) -> Option<&str> {
         self.upstream("gantry.run", key)
     }

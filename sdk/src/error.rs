@@ -1,24 +1,46 @@
-//! Step errors: whether a retry may help is the plugin's call.
+//! Step errors: whether a retry may help, or a person must decide, is the plugin's call.
 
 use crate::__private::bindings::gantry::step::types as wit;
 use std::fmt;
 
-/// Why a step failed, and whether the host may retry it.
+/// What a failed step asks of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Another attempt will not help: the run fails and rolls back.
+    Failed,
+    /// Another attempt may help: the host retries as the step's `retry:` allows.
+    Retryable,
+    /// The step could not decide: the run pauses without rolling back, for a person.
+    Inconclusive,
+}
+
+/// Why a step failed, and what the run should do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     message: String,
-    retryable: bool,
+    failure: Failure,
 }
 
 impl Error {
     /// A failure that another attempt will not fix (bad input, a failed check).
     pub fn failed(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: false }
+        Self { message: message.into(), failure: Failure::Failed }
     }
 
     /// A failure that another attempt may fix (timeout, 503, rate limit).
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: true }
+        Self { message: message.into(), failure: Failure::Retryable }
+    }
+
+    /// The step cannot tell whether to go on (a gate without data): the run pauses, changes stay as
+    /// they are, and a person decides with `gantry resume` (run the step again) or `gantry rollback`.
+    pub fn inconclusive(message: impl Into<String>) -> Self {
+        Self { message: message.into(), failure: Failure::Inconclusive }
+    }
+
+    /// What the run does about it.
+    pub fn failure(&self) -> Failure {
+        self.failure
     }
 
     /// The message for a person.
@@ -28,11 +50,16 @@ impl Error {
 
     /// Whether the host may retry the step.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.failure == Failure::Retryable
     }
 
     pub(crate) fn into_wit(self) -> wit::StepError {
-        wit::StepError { message: self.message, retryable: self.retryable }
+        let failure = match self.failure {
+            Failure::Failed => wit::Failure::Failed,
+            Failure::Retryable => wit::Failure::Retryable,
+            Failure::Inconclusive => wit::Failure::Inconclusive,
+        };
+        wit::StepError { message: self.message, failure }
     }
 }
 

@@ -50,7 +50,7 @@ mod outputs;
 
 pub use context::Context;
 pub use describe::Describe;
-pub use error::Error;
+pub use error::{Error, Failure};
 pub use http::{percent_encode, Client, HttpError, RequestBuilder, Response, Sigv4};
 pub use log::{log, Level};
 pub use outputs::Outputs;
@@ -68,7 +68,7 @@ pub use serde_json;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.3.0";
 
 /// A deployment step: what a plugin author implements.
 pub trait Step {

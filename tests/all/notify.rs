@@ -7,10 +7,27 @@ use serde_json::Value;
 
 const ROUTING_KEY: &str = "R0UTINGKEY0123456789abcdef";
 
-fn pipeline(dir: &std::path::Path, slack: &CountingServer, pd: &CountingServer, fail: bool) -> std::process::Output {
+/// How the deploy goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Deploy {
+    Succeeds,
+    Fails,
+    /// Fails, and undoing `audit` fails too.
+    FailsAndRollbackFails,
+}
+
+fn pipeline(
+    dir: &std::path::Path,
+    slack: &CountingServer,
+    pd: &CountingServer,
+    deploy: Deploy,
+) -> std::process::Output {
     let misbehave = repo().join("tests/plugins/misbehave");
-    let deploy =
-        if fail { "{ action: fail, message: \"deploy failed: 502 from upstream\" }" } else { "{ action: ok }" };
+    let audit = format!("{{ action: ok, rollback_fails: {} }}", deploy == Deploy::FailsAndRollbackFails);
+    let deploy = match deploy {
+        Deploy::Succeeds => "{ action: ok }",
+        _ => "{ action: fail, message: \"deploy failed: 502 from upstream\" }",
+    };
     let yaml = format!(
         r#"name: gallery-release
 secrets:
@@ -19,7 +36,7 @@ secrets:
 steps:
   - id: audit
     uses: {misbehave}
-    with: {{ action: ok }}
+    with: {audit}
   - id: deploy
     uses: {misbehave}
     needs: [audit]
@@ -53,8 +70,13 @@ fn a_failed_run_triggers_pagerduty_and_posts_to_the_webhook_and_a_success_resolv
     let slack = CountingServer::start(Reply::text(200, "ok"));
     let pd = CountingServer::start(Reply::text(202, r#"{"status":"success","message":"Event processed"}"#));
     let dir = tempfile::tempdir().unwrap();
-    let out = pipeline(dir.path(), &slack, &pd, true);
+    let out = pipeline(dir.path(), &slack, &pd, Deploy::Fails);
     expect_code(&out, 1);
+    // The notifier runs once the rollback is done, so "Rolled back" is what was undone.
+    let events: Vec<String> = journal(dir.path()).iter().map(|e| format!("{} {}", e["event"], e["step"])).collect();
+    let undone = events.iter().position(|e| e == "\"rolled_back\" \"audit\"").expect("audit rolled back");
+    let notified = events.iter().position(|e| e == "\"step_started\" \"notify\"").expect("notify ran");
+    assert!(undone < notified, "{events:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     for secret in [ROUTING_KEY, "xoxHOOKsecret", "T0GALLERY"] {
         assert!(!stdout.contains(secret) && !String::from_utf8_lossy(&out.stderr).contains(secret), "{secret} leaked");
@@ -81,7 +103,7 @@ fn a_failed_run_triggers_pagerduty_and_posts_to_the_webhook_and_a_success_resolv
     assert_eq!(hook["path"], "/***", "the webhook's path is part of the secret");
 
     let dir = tempfile::tempdir().unwrap();
-    let ok = pipeline(dir.path(), &slack, &pd, false);
+    let ok = pipeline(dir.path(), &slack, &pd, Deploy::Succeeds);
     expect_code(&ok, 0);
     let resolve = body(&pd, 1);
     assert_eq!(
@@ -89,6 +111,25 @@ fn a_failed_run_triggers_pagerduty_and_posts_to_the_webhook_and_a_success_resolv
         (Some("resolve"), trigger["dedup_key"].clone())
     );
     assert_eq!(body(&slack, 1)["text"], "gallery-release succeeded in development for default");
+}
+
+#[test]
+fn a_failed_rollback_is_reported_as_critical_and_needing_a_person() {
+    let slack = CountingServer::start(Reply::text(200, "ok"));
+    let pd = CountingServer::start(Reply::text(202, r#"{"status":"success"}"#));
+    let dir = tempfile::tempdir().unwrap();
+    let out = pipeline(dir.path(), &slack, &pd, Deploy::FailsAndRollbackFails);
+    expect_code(&out, 3);
+    let message = body(&slack, 0);
+    assert_eq!(
+        message["text"],
+        "gallery-release failed in development for default at step `deploy`; ROLLBACK FAILED for audit: needs a person"
+    );
+    assert!(message["blocks"].to_string().contains("*Rollback failed*\\naudit"), "{}", message["blocks"]);
+    let trigger = body(&pd, 0);
+    assert_eq!(trigger["payload"]["severity"], "critical");
+    assert_eq!(trigger["payload"]["custom_details"]["status"], "rollback-failed");
+    assert_eq!(trigger["payload"]["custom_details"]["rollback_failed"][0], "audit");
 }
 
 #[test]

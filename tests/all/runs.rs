@@ -604,3 +604,68 @@ fn kill_9_after_a_checkpoint_then_resume_undoes_the_half_change_first_and_rollba
         }
     }
 }
+
+#[test]
+fn an_inconclusive_step_pauses_the_run_without_rolling_back_for_a_person_to_resume_or_roll_back() {
+    for then in ["resume", "rollback"] {
+        let server = recorder();
+        let dir = tempfile::tempdir().unwrap();
+        let steps = [
+            step("a", "", ""),
+            step("b", "a", ", action: inconclusive, message: original"),
+            step("c", "b", ""),
+            step("notify", "b", "") + "    if: failure()\n",
+        ]
+        .concat();
+        let file = pipeline(dir.path(), &server, &steps);
+        let out = run(dir.path(), &file, &[]);
+        assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+        // Nothing is undone: the person deciding sees the target as b left it; the notifier tells them.
+        assert_eq!(server.requests(), ["POST run a", "POST run b", "POST run notify"]);
+        let j = journal(dir.path());
+        let paused = j.iter().find(|e| e["event"] == "paused").expect("the pause is journaled");
+        assert_eq!((paused["step"].as_str(), paused["reason"].as_str()), (Some("b"), Some("cannot tell: original")));
+        assert!(j.iter().any(|e| e["event"] == "step_skipped" && e["step"] == "c"));
+        assert_eq!(j.last().unwrap()["status"], "paused");
+        let listed = gantry_in(dir.path(), &["runs"]);
+        assert!(String::from_utf8_lossy(&listed.stdout).contains("paused"), "{listed:?}");
+        let id = &run_id(dir.path());
+        let decided = gantry_in(dir.path(), &[then, id]);
+        let after = &server.requests()[3..];
+        if then == "resume" {
+            // b is undone from its checkpoint and runs again (still inconclusive here: paused again); a stays.
+            assert_eq!(decided.status.code(), Some(4), "{}", String::from_utf8_lossy(&decided.stderr));
+            assert_eq!(after, ["POST rollback-to-original b", "POST run b", "POST run notify"]);
+        } else {
+            assert_eq!(decided.status.code(), Some(0), "{}", String::from_utf8_lossy(&decided.stderr));
+            assert_eq!(after, ["POST rollback-to-original b", "POST rollback a"]);
+        }
+    }
+}
+
+#[test]
+fn a_step_cut_off_after_a_change_without_checkpoints_is_not_run_again_unless_asked() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("a", "", ""), step("b", "a", ", action: unguarded, ms: 3000"), step("c", "b", "")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let mut child = run_until(dir.path(), &file, "request", Some("b"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let id = &run_id(dir.path());
+    let refused = gantry_in(dir.path(), &["resume", id]);
+    assert_ne!(refused.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "step `b` (after POST {}/record) was cut off after a change and left no checkpoints",
+            server.origin()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("`gantry resume {id} --rerun STEP`")), "{stderr}");
+    assert_eq!(server.requests(), ["POST run a", "POST run b"], "nothing ran again");
+    let resumed = gantry_in(dir.path(), &["resume", id, "--rerun", "b"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(server.requests(), ["POST run a", "POST run b", "POST run b", "POST run c"]);
+}

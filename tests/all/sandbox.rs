@@ -84,7 +84,7 @@ fn plugin_inspect_prints_describe_contract_and_sha256() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let info = stdout_json(&out);
     assert_eq!(info["plugin"]["name"], "http-check");
-    assert_eq!(info["contract"], "gantry:step@0.2.0");
+    assert_eq!(info["contract"], "gantry:step@0.3.0");
     assert_eq!(info["sha256"].as_str().unwrap().len(), 64);
     let schema = &info["plugin"]["input_schema"];
     assert_eq!(schema["required"], serde_json::json!(["url"]));
@@ -240,20 +240,21 @@ fn a_component_of_another_world_or_contract_version_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
-            "is not a gantry step: it does not export `gantry:step/plugin@0.2.0` (it exports: example:greeter/api)"
+            "is not a gantry step: it does not export `gantry:step/plugin@0.3.0` (it exports: example:greeter/api)"
         ),
         "{stderr}"
     );
 
-    // 0.2 added the checkpoint import: a 0.1 plugin is refused with the remedy, as is a newer one.
-    for version in ["0.1.0", "0.3.0"] {
+    // 0.2 added the checkpoint import and 0.3 the failure kinds: older plugins are refused with the
+    // remedy, as is a newer one.
+    for version in ["0.1.0", "0.2.0", "0.4.0"] {
         let other = write_component(dir.path(), "other.wasm", &format!("gantry:step/plugin@{version}"));
         let out = gantry(&["plugin", "inspect", other.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(&format!(
-                "was built for contract gantry:step@{version}, but this host speaks gantry:step@0.2.0: rebuild it with a matching gantry-sdk"
+                "was built for contract gantry:step@{version}, but this host speaks gantry:step@0.3.0: rebuild it with a matching gantry-sdk"
             )),
             "{stderr}"
         );

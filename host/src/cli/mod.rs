@@ -1,7 +1,8 @@
 //! The `gantry` command line. Each subcommand is a few lines over a library call.
 //!
 //! Exit codes: 0 success, 1 a step failed (and was rolled back), 2 bad usage,
-//! an invalid pipeline or an unusable plugin, 3 a rollback failed.
+//! an invalid pipeline or an unusable plugin, 3 a rollback failed (needs a
+//! person), 4 paused: a step was inconclusive and a person decides.
 
 mod pipeline;
 mod plugin;
@@ -75,10 +76,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Continue an interrupted run after its last completed step, with the same plugins.
+    /// Continue an interrupted or paused run after its last completed step, with the same plugins.
     Resume {
         /// Run id (see `gantry runs`).
         id: String,
+        /// Run this step again although it was cut off after a change and left no checkpoints to undo it
+        /// (after checking the target by hand; repeatable).
+        #[arg(long, value_name = "STEP")]
+        rerun: Vec<String>,
         /// Most steps running at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
@@ -94,7 +99,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 2 invalid.
+    /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 4 paused, 2 invalid.
     Run {
         #[command(flatten)]
         target: Target,
@@ -159,7 +164,7 @@ pub fn main() -> ExitCode {
                 (Some(_), None) => Err(anyhow::anyhow!("`gantry runs show` needs a run id")),
                 (None, _) => pipeline::runs(None, json, state).await,
             },
-            Command::Resume { id, jobs, json } => pipeline::resume(id, jobs, json, state).await,
+            Command::Resume { id, rerun, jobs, json } => pipeline::resume(id, &rerun, jobs, json, state).await,
             Command::Rollback { id, json } => pipeline::rollback(id, json, state).await,
             Command::Run { target, dry_run, jobs, json, reports } => {
                 let Target { file, environment, entity } = target;

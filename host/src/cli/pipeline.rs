@@ -241,16 +241,40 @@ pub(crate) async fn runs(show: Option<String>, json: bool, state: Option<&str>) 
 }
 
 /// `gantry resume <id>`: continues an interrupted run after its last completed step, from its recorded plan.
-pub(crate) async fn resume(id: String, jobs: usize, json: bool, state: Option<&str>) -> anyhow::Result<u8> {
+pub(crate) async fn resume(
+    id: String,
+    rerun: &[String],
+    jobs: usize,
+    json: bool,
+    state: Option<&str>,
+) -> anyhow::Result<u8> {
     let store = store(state).await?;
     let (session, r) = Session::reopen(store, &id).await?;
-    if let Some(status) = &r.finished {
-        anyhow::bail!("run {id} already finished ({status}); nothing to resume");
+    match (&r.finished, &r.paused) {
+        (Some(_), Some(step)) => {
+            eprintln!("run {id} was paused by step `{step}`: undoing it from its checkpoints, then running it again")
+        }
+        (Some(status), None) => anyhow::bail!("run {id} already finished ({status}); nothing to resume"),
+        (None, _) => {}
     }
     if r.rolling_back {
         // A run that had failed or was interrupted is never rolled forward.
         eprintln!("run {id} was rolling back when it stopped: continuing the rollback");
         return undo(session, r, json).await;
+    }
+    // A step cut off after a change with nothing to undo it from is not run again on top of it.
+    let unknown: Vec<String> = r
+        .changes
+        .iter()
+        .filter(|(step, _)| !r.checkpoints.contains_key(*step) && !rerun.contains(step))
+        .map(|(step, change)| format!("`{step}` (after {change})"))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "run {id}: step {} was cut off after a change and left no checkpoints, so gantry cannot tell what it changed; \
+             check the target, then `gantry resume {id} --rerun STEP` to run it again or `gantry rollback {id}`",
+            unknown.join(", ")
+        );
     }
     let runtime = super::runtime()?;
     let (tx, printer) = printer(json);

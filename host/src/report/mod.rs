@@ -161,6 +161,12 @@ impl Summary {
                     let i = step(id, &mut summary);
                     (summary.steps[i].status, summary.steps[i].message) = ("skipped".into(), Some(reason.clone()));
                 }
+                Event::Paused { step: id, reason } => {
+                    let seconds = elapsed(id);
+                    let i = step(id, &mut summary);
+                    let s = &mut summary.steps[i];
+                    (s.status, s.seconds, s.message) = ("paused".into(), seconds, Some(reason.clone()));
+                }
                 Event::Request(r) => {
                     let i = step(&r.step, &mut summary);
                     if r.allowed {
@@ -188,7 +194,8 @@ impl Summary {
 
     /// JUnit XML: one test suite for the run, one test case per step.
     pub fn junit(&self) -> String {
-        let failed = |s: &StepSummary| matches!(s.status.as_str(), "failed" | "cancelled" | "rollback-failed");
+        let failed =
+            |s: &StepSummary| matches!(s.status.as_str(), "failed" | "cancelled" | "rollback-failed" | "paused");
         let failures = self.steps.iter().filter(|s| failed(s)).count();
         let skipped = self.steps.iter().filter(|s| s.status == "skipped").count();
         let total: f64 = self.steps.iter().map(|s| s.seconds).sum();

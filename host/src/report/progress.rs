@@ -23,6 +23,9 @@ pub fn describe(event: &Event) -> String {
             format!("{step}: {kind}: {error}{}", if *continue_on_error { " (continue_on_error)" } else { "" })
         }
         StepSkipped { step, reason } => format!("{step}: skipped ({reason})"),
+        Paused { step, reason } => format!(
+            "{step}: INCONCLUSIVE: {reason}; the run is paused, nothing rolled back: `gantry resume <run id>` runs the step again, `gantry rollback <run id>` undoes the run"
+        ),
         RolledBack { step } => format!("{step}: rolled back"),
         RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
@@ -122,6 +125,7 @@ impl LiveView {
             StepFinished { step, .. } => self.bar(step).finish_with_message("succeeded"),
             StepFailed { step, kind, error, .. } => self.bar(step).finish_with_message(format!("{kind}: {error}")),
             StepSkipped { step, reason } => self.bar(step).finish_with_message(format!("skipped ({reason})")),
+            Paused { step, reason } => self.bar(step).finish_with_message(format!("paused: {reason}")),
             RolledBack { step } => self.bar(step).finish_with_message("rolled back"),
             RollbackFailed { step, error } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
             RunStarted { .. } | RunFinished { .. } | Interrupted { .. } | Abandoned { .. } => {

@@ -118,6 +118,14 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A step could not decide whether to go on (a gate without data): the run starts nothing more,
+    /// rolls nothing back, and waits for a person to `resume` (the step runs again) or `rollback`.
+    Paused {
+        /// Step id.
+        step: String,
+        /// Why it could not decide.
+        reason: String,
+    },
     /// A signal asked the run to stop: no new steps, running ones cancelled, completed ones rolled back.
     Interrupted {
         /// What asked, e.g. `SIGTERM`.
@@ -151,7 +159,9 @@ impl Event {
                 r.redact_json(plan);
             }
             Event::StepStarted { step, .. } | Event::RolledBack { step } => text(step),
-            Event::StepSkipped { step, reason } => [step, reason].into_iter().for_each(text),
+            Event::StepSkipped { step, reason } | Event::Paused { step, reason } => {
+                [step, reason].into_iter().for_each(text)
+            }
             Event::StepFinished { step, outputs: o } => {
                 text(step);
                 outputs(o);
@@ -174,8 +184,7 @@ impl Event {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Every step that had to run succeeded.
     Succeeded,
@@ -187,10 +196,12 @@ pub enum Status {
     RolledBack,
     /// A signal stopped the run and its completed steps were rolled back.
     Interrupted,
+    /// A step could not decide; nothing was rolled back and a person decides: `resume` or `rollback`.
+    Paused,
 }
 
 impl Status {
-    /// The process exit code: 0, 1 or 3.
+    /// The process exit code: 0, 1, 3 (needs a person) or 4 (paused for a decision).
     pub fn exit_code(self) -> u8 {
         match self {
             Status::Succeeded => 0,
@@ -198,7 +209,32 @@ impl Status {
             Status::RollbackFailed => 3,
             Status::RolledBack => 0,
             Status::Interrupted => 1,
+            Status::Paused => 4,
         }
+    }
+
+    /// The name the journal and `gantry runs` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::RollbackFailed => "rollback-failed",
+            Status::RolledBack => "rolled-back",
+            Status::Interrupted => "interrupted",
+            Status::Paused => "paused",
+        }
+    }
+
+    /// The status a journal names; `None` for a name this version does not know.
+    pub fn parse(name: &str) -> Option<Self> {
+        use Status::*;
+        [Succeeded, Failed, RollbackFailed, RolledBack, Interrupted, Paused].into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 
@@ -576,6 +612,23 @@ struct Executor {
     interrupt: Option<tokio::sync::watch::Receiver<Option<String>>>,
     /// The signal that stopped the run, once one did.
     interrupted: Option<String>,
+    /// The step whose inconclusive result paused the run.
+    paused: Option<String>,
+    /// `failure()`/`always()` steps held back until the rollback is done, so they can report it.
+    deferred: BTreeSet<String>,
+    /// Whether deferred steps may start now.
+    release_deferred: bool,
+    /// Steps started after the pipeline had failed (notifiers): not part of what is undone.
+    after_failure: BTreeSet<String>,
+    /// What the rollback undid and what it could not, once it ran.
+    undone: Option<Undone>,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Default)]
+struct Undone {
+    rolled_back: Vec<String>,
+    failed: Vec<String>,
 }
 
 /// Waits until `interrupt` names a signal; forever when there is none to watch.
@@ -613,6 +666,11 @@ impl Executor {
             jobs: jobs.max(1),
             interrupt: options.interrupt.clone(),
             interrupted: None,
+            paused: None,
+            deferred: BTreeSet::new(),
+            release_deferred: false,
+            after_failure: BTreeSet::new(),
+            undone: None,
         }
     }
 
@@ -648,19 +706,26 @@ impl Executor {
         self.failed = true;
     }
 
-    /// What a step is told about the run: status, the step that failed and why, what will be rolled back.
+    /// What a step is told about the run: status (`running`, `failed`, `paused`, `rolled-back`,
+    /// `rollback-failed`), the step that failed and why, what was rolled back and what could not be.
     fn run_so_far(&self) -> Outputs {
         let ctx = &self.ctx;
-        let undo: Vec<&str> =
-            self.completed.iter().rev().filter(|id| ctx.step(id).rollback).map(String::as_str).collect();
-        let mut o = Outputs::from([
-            ("status".to_string(), if self.failed { "failed" } else { "running" }.to_string()),
-            ("run_id".to_string(), ctx.run_id.clone()),
-        ]);
+        let status = match (&self.undone, &self.paused) {
+            _ if !self.failed => "running",
+            (_, Some(_)) => Status::Paused.name(),
+            (Some(u), None) if !u.failed.is_empty() => Status::RollbackFailed.name(),
+            (Some(_), None) => Status::RolledBack.name(),
+            (None, None) => Status::Failed.name(),
+        };
+        let mut o =
+            Outputs::from([("status".to_string(), status.to_string()), ("run_id".to_string(), ctx.run_id.clone())]);
         if let Some((step, error)) = &self.first_failure {
             o.insert("failed_step".into(), step.clone());
             o.insert("error".into(), ctx.redactor.redact(error));
-            o.insert("rolling_back".into(), undo.join(","));
+        }
+        if let Some(u) = &self.undone {
+            o.insert("rolled_back".into(), u.rolled_back.join(","));
+            o.insert("rollback_failed".into(), u.failed.join(","));
         }
         o
     }
@@ -670,7 +735,10 @@ impl Executor {
         let ctx = self.ctx.clone();
         let outputs = self.outputs();
         for step in &ctx.plan.steps {
-            if self.journal_error.is_some() || self.state[&step.id] != State::Pending || self.running.len() >= self.jobs
+            if self.journal_error.is_some()
+                || self.state[&step.id] != State::Pending
+                || self.running.len() >= self.jobs
+                || self.held_back(&step.id)
             {
                 continue;
             }
@@ -703,6 +771,14 @@ impl Executor {
                 self.skip(&step.id, reason).await;
                 continue;
             }
+            if self.failed && !self.release_deferred {
+                // A notifier runs once the rollback is done, so it reports what was undone, not what will be.
+                self.deferred.insert(step.id.clone());
+                continue;
+            }
+            if self.failed {
+                self.after_failure.insert(step.id.clone());
+            }
             let mut upstream: BTreeMap<String, Outputs> = upstream_of(&ctx.plan, &step.id)
                 .into_iter()
                 .filter_map(|id| outputs.get(&id).map(|o| (id, o.clone())))
@@ -731,15 +807,17 @@ impl Executor {
         }
     }
 
+    /// Whether a `failure()`/`always()` step waits for the rollback to finish.
+    fn held_back(&self, id: &str) -> bool {
+        self.deferred.contains(id) && !self.release_deferred
+    }
+
     /// Whether a pending step could start now (a skip can settle others).
     fn can_progress(&self) -> bool {
         self.journal_error.is_none()
-            && self
-                .ctx
-                .plan
-                .steps
-                .iter()
-                .any(|s| self.state[&s.id] == State::Pending && s.needs.iter().all(|n| self.settled(n)))
+            && self.ctx.plan.steps.iter().any(|s| {
+                self.state[&s.id] == State::Pending && !self.held_back(&s.id) && s.needs.iter().all(|n| self.settled(n))
+            })
     }
 
     /// Records how one step ended.
@@ -747,9 +825,9 @@ impl Executor {
         let ctx = self.ctx.clone();
         match result {
             Ok(outputs) => {
-                // Steps that ran because the pipeline had failed (notifiers) are not part of what is undone;
+                // Steps that started because the pipeline had failed (notifiers) are not part of what is undone;
                 // a step whose finish the journal could not record still made its change, so it is.
-                let ran_after_failure = self.failed;
+                let ran_after_failure = self.after_failure.contains(&id);
                 let event = Event::StepFinished { step: id.clone(), outputs: outputs.clone() };
                 if let Err(e) = ctx.emit(event).await {
                     self.journal_failed(e);
@@ -764,6 +842,18 @@ impl Executor {
                 self.state.insert(id, State::Failed);
                 self.journal_failed(e);
                 self.cancel_running("the journal could not be written").await;
+            }
+            Err(Failure::Call(CallError::Inconclusive { message, .. }))
+                if !ctx.step(&id).continue_on_error && !self.failed =>
+            {
+                // Nothing is undone: the person who decides sees the target as the step left it.
+                if let Err(e) = ctx.emit(Event::Paused { step: id.clone(), reason: message.clone() }).await {
+                    self.journal_failed(e);
+                }
+                self.state.insert(id.clone(), State::Failed);
+                self.failed = true;
+                self.first_failure = Some((id.clone(), message));
+                self.paused = Some(id);
             }
             Err(Failure::Call(e)) => {
                 let continue_on_error = ctx.step(&id).continue_on_error;
@@ -878,7 +968,9 @@ pub async fn run(
     let (mut rolled_back, mut rollback_failed) = (Vec::new(), false);
     if !options.partial.is_empty() {
         let order = undo_order(&ctx, &options.partial, &[]);
-        (rolled_back, rollback_failed) = undo(&ctx, &order, &exec.outputs()).await;
+        let failed;
+        (rolled_back, failed) = undo(&ctx, &order, &exec.outputs()).await;
+        rollback_failed = !failed.is_empty();
         ctx.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| !rolled_back.contains(id));
         if rollback_failed {
             exec.failed = true;
@@ -888,17 +980,23 @@ pub async fn run(
     if !rollback_failed {
         exec.drive().await;
     }
-    if exec.failed && !rollback_failed {
+    if exec.failed && !rollback_failed && exec.paused.is_none() {
         let order = exec.undo_order();
         let (more, failed) = undo(&ctx, &order, &exec.outputs()).await;
         rolled_back.extend(more);
-        rollback_failed = failed;
+        rollback_failed = !failed.is_empty();
+        exec.undone = Some(Undone { rolled_back: rolled_back.clone(), failed });
     }
-    let status = match (exec.failed, rollback_failed, &exec.interrupted) {
-        (false, _, _) => Status::Succeeded,
-        (true, true, _) => Status::RollbackFailed,
-        (true, false, Some(_)) => Status::Interrupted,
-        (true, false, None) => Status::Failed,
+    if !exec.deferred.is_empty() {
+        exec.release_deferred = true;
+        exec.drive().await;
+    }
+    let status = match (exec.failed, rollback_failed, &exec.interrupted, &exec.paused) {
+        (false, _, _, _) => Status::Succeeded,
+        (true, true, _, _) => Status::RollbackFailed,
+        (true, false, Some(_), _) => Status::Interrupted,
+        (true, false, None, Some(_)) => Status::Paused,
+        (true, false, None, None) => Status::Failed,
     };
     finish(&ctx, status, &mut exec.journal_error).await;
     Ok(RunResult {
@@ -912,8 +1010,7 @@ pub async fn run(
 }
 
 async fn finish(ctx: &Ctx, status: Status, journal_error: &mut Option<JournalError>) {
-    let status = serde_json::to_value(status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    if let Err(e) = ctx.emit(Event::RunFinished { status }).await {
+    if let Err(e) = ctx.emit(Event::RunFinished { status: status.name().into() }).await {
         journal_error.get_or_insert(e);
     }
 }
@@ -924,11 +1021,12 @@ fn undo_order(ctx: &Ctx, partial: &[String], completed: &[String]) -> Vec<String
     with_checkpoints.chain(completed.iter().rev()).cloned().collect()
 }
 
-/// Rolls back the steps of `order`, in that order, for steps that allow it. Every step is tried even when
-/// the journal no longer records: undoing a change matters more than writing down that it was undone.
-async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outputs>) -> (Vec<String>, bool) {
+/// Rolls back the steps of `order`, in that order, for steps that allow it; gives back the steps undone
+/// and those whose rollback failed. Every step is tried even when the journal no longer records: undoing
+/// a change matters more than writing down that it was undone.
+async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outputs>) -> (Vec<String>, Vec<String>) {
     let mut rolled_back = Vec::new();
-    let mut failed = false;
+    let mut failed = Vec::new();
     for id in order {
         let step = ctx.step(id);
         if !step.rollback {
@@ -940,7 +1038,7 @@ async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outpu
                 Event::RolledBack { step: id.clone() }
             }
             Err(e) => {
-                failed = true;
+                failed.push(id.clone());
                 Event::RollbackFailed { step: id.clone(), error: e.to_string() }
             }
         };
@@ -1003,7 +1101,7 @@ pub async fn rollback(
     let order = undo_order(&ctx, &reopened.partial, &completed);
     let outputs: BTreeMap<String, Outputs> = reopened.completed.iter().cloned().collect();
     let (rolled_back, failed) = undo(&ctx, &order, &outputs).await;
-    let status = if failed { Status::RollbackFailed } else { Status::RolledBack };
+    let status = if failed.is_empty() { Status::RolledBack } else { Status::RollbackFailed };
     let mut journal_error = session.journal().broken().cloned();
     finish(&ctx, status, &mut journal_error).await;
     Ok(RunResult {

@@ -16,14 +16,19 @@ pub struct Reopened {
     pub plan: Plan,
     /// Steps completed and not rolled back, in completion order.
     pub completed: Vec<(String, Outputs)>,
-    /// The status it finished with, if it finished.
+    /// The status it finished with, if it finished (and no later `resume` took it up again).
     pub finished: Option<String>,
     /// It had failed or been interrupted, so it was rolling back: it may only go on rolling back.
     pub rolling_back: bool,
+    /// The step whose inconclusive result paused it, while it waits for a person.
+    pub paused: Option<String>,
     /// Each step's checkpoints (key → first value).
     pub checkpoints: BTreeMap<String, Outputs>,
     /// Steps started and neither finished nor rolled back, in the order they started.
     pub partial: Vec<String>,
+    /// For steps of `partial`: the first request that may have changed something (not `GET`, `HEAD`
+    /// or `OPTIONS`), e.g. `PATCH https://api.notion.com/v1/pages/…`, as the journal recorded it.
+    pub changes: BTreeMap<String, String>,
     /// The pipeline file it was planned from, for messages.
     pub file: Option<PathBuf>,
     /// Journal lines cut off by a crash, ignored.
@@ -51,19 +56,35 @@ impl Reopened {
         let incomplete = |what: String| ReopenError::Incomplete { id: id.to_string(), what };
         let mut started = None;
         let mut completed: Vec<(String, Outputs)> = Vec::new();
-        let mut finished = None;
-        let mut rolling_back = false;
+        let mut finished: Option<String> = None;
+        let mut phase = Phase::Running;
+        // Steps that started once the run had failed or paused (notifiers): never counted as completed.
+        let mut after_failure: Vec<String> = Vec::new();
         let mut checkpoints: BTreeMap<String, Outputs> = BTreeMap::new();
         let mut partial: Vec<String> = Vec::new();
+        let mut changes: BTreeMap<String, String> = BTreeMap::new();
         let next_seq = journal.records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         for record in journal.records {
+            if !matches!(record.event, Event::RunFinished { .. }) && finished.take().is_some() {
+                // A later `resume` or `rollback` took the run up again; a paused one runs again.
+                if let Phase::Paused(_) = phase {
+                    phase = Phase::Running;
+                    after_failure.clear();
+                }
+            }
             match record.event {
                 Event::RunStarted { file, plan, .. } if started.is_none() => started = Some((file, plan)),
-                Event::StepStarted { step, .. } if !partial.contains(&step) => partial.push(step),
+                Event::StepStarted { step, .. } => {
+                    if phase != Phase::Running && !after_failure.contains(&step) {
+                        after_failure.push(step);
+                    } else if phase == Phase::Running && !partial.contains(&step) {
+                        partial.push(step);
+                    }
+                }
                 Event::Checkpoint { step, key, value } => {
                     checkpoints.entry(step).or_default().entry(key).or_insert(value);
                 }
-                Event::StepFinished { step, outputs } => {
+                Event::StepFinished { step, outputs } if !after_failure.contains(&step) => {
                     partial.retain(|s| *s != step);
                     completed.push((step, outputs));
                 }
@@ -71,13 +92,20 @@ impl Reopened {
                     completed.retain(|(s, _)| *s != step);
                     partial.retain(|s| *s != step);
                     checkpoints.remove(&step);
-                    rolling_back = true;
+                    changes.remove(&step);
+                    phase = Phase::RollingBack;
                 }
-                Event::StepFailed { continue_on_error: false, .. }
-                | Event::RollbackFailed { .. }
-                | Event::Interrupted { .. }
-                | Event::Abandoned { .. } => rolling_back = true,
+                Event::StepFailed { continue_on_error: false, step, .. } if !after_failure.contains(&step) => {
+                    phase = phase.failed();
+                }
+                Event::RollbackFailed { .. } | Event::Interrupted { .. } | Event::Abandoned { .. } => {
+                    phase = Phase::RollingBack;
+                }
+                Event::Paused { step, .. } if phase == Phase::Running => phase = Phase::Paused(step),
                 Event::RunFinished { status } => finished = Some(status),
+                Event::Request(r) if r.allowed && !matches!(r.method.as_str(), "GET" | "HEAD" | "OPTIONS") => {
+                    changes.entry(r.step).or_insert_with(|| format!("{} {}{}", r.method, r.origin, r.path));
+                }
                 _ => {}
             }
         }
@@ -90,6 +118,41 @@ impl Reopened {
         if !journal.torn.is_empty() {
             tracing::warn!(run = id, "ignoring {} journal line(s) cut off by a crash", journal.torn.len());
         }
-        Ok(Self { plan, completed, finished, rolling_back, checkpoints, partial, file, torn: journal.torn, next_seq })
+        let rolling_back = phase == Phase::RollingBack;
+        changes.retain(|step, _| partial.contains(step));
+        let paused = if let Phase::Paused(step) = phase { Some(step) } else { None };
+        Ok(Self {
+            plan,
+            completed,
+            finished,
+            rolling_back,
+            paused,
+            checkpoints,
+            partial,
+            changes,
+            file,
+            torn: journal.torn,
+            next_seq,
+        })
+    }
+}
+
+/// Where a run stood as its journal is read.
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Running,
+    /// A step was inconclusive; nothing is undone until a person decides.
+    Paused(String),
+    /// It failed, was interrupted or a rollback began: it may only go back.
+    RollingBack,
+}
+
+impl Phase {
+    /// A step failed for good: the run rolls back, unless it is paused (a notifier failing then).
+    fn failed(self) -> Self {
+        match self {
+            Phase::Paused(step) => Phase::Paused(step),
+            _ => Phase::RollingBack,
+        }
     }
 }

@@ -98,6 +98,14 @@ pub enum CallError {
         /// Whether the plugin says a retry may help.
         retryable: bool,
     },
+    /// The plugin could not decide whether to go on (a gate without data): the run pauses for a person.
+    #[error("step `{step}` is inconclusive: {message}")]
+    Inconclusive {
+        /// Step id.
+        step: String,
+        /// The plugin's message.
+        message: String,
+    },
     /// The call ran past its timeout and was stopped.
     #[error("step `{step}` timed out after {}", humantime::format_duration(*after))]
     Timeout {
@@ -156,6 +164,7 @@ impl CallError {
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::Failed { .. } => "failed",
+            CallError::Inconclusive { .. } => "inconclusive",
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimit { .. } => "memory-limit",
             CallError::OutputLimit { .. } => "output-limit",
@@ -660,7 +669,13 @@ impl Plugin {
                     let message = secrets.redact(&format!("{host} (the plugin reported: {})", e.message));
                     CallError::Refused { step, kind, message }
                 }
-                None => CallError::Failed { step, message: secrets.redact(&e.message), retryable: e.retryable },
+                None => {
+                    let message = secrets.redact(&e.message);
+                    match e.failure {
+                        wit::Failure::Inconclusive => CallError::Inconclusive { step, message },
+                        failure => CallError::Failed { step, message, retryable: failure == wit::Failure::Retryable },
+                    }
+                }
             }),
         }
     }

@@ -55,11 +55,19 @@ pub struct Summary {
     pub environment: String,
     pub entity: String,
     pub run_id: String,
-    pub failed: bool,
+    /// `running` (nothing failed), `failed`, `paused`, `rolled-back` or `rollback-failed`.
+    pub status: String,
     pub failed_step: Option<String>,
     pub error: Option<String>,
-    pub rolling_back: Vec<String>,
+    /// Steps the rollback undid, before this step ran.
+    pub rolled_back: Vec<String>,
+    /// Steps whose rollback failed: the target needs a person.
+    pub rollback_failed: Vec<String>,
     pub report_url: Option<String>,
+}
+
+fn list(text: Option<&str>) -> Vec<String> {
+    text.map(|s| s.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default()
 }
 
 impl Summary {
@@ -70,25 +78,37 @@ impl Summary {
             environment: ctx.environment().into(),
             entity: ctx.entity().into(),
             run_id: ctx.run_info("run_id").unwrap_or_default().into(),
-            failed: ctx.run_info("status") == Some("failed"),
+            status: ctx.run_info("status").unwrap_or("running").into(),
             failed_step: ctx.run_info("failed_step").map(String::from),
             error: ctx.run_info("error").map(String::from),
-            rolling_back: ctx
-                .run_info("rolling_back")
-                .map(|s| s.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
-                .unwrap_or_default(),
+            rolled_back: list(ctx.run_info("rolled_back")),
+            rollback_failed: list(ctx.run_info("rollback_failed")),
             report_url,
         }
     }
 
+    /// Whether something went wrong in the run.
+    pub fn failed(&self) -> bool {
+        self.status != "running"
+    }
+
     /// One line for titles.
     pub fn title(&self) -> String {
-        match &self.failed_step {
-            Some(step) => {
-                format!("{} failed in {} for {} at step `{step}`", self.pipeline, self.environment, self.entity)
-            }
-            None => format!("{} succeeded in {} for {}", self.pipeline, self.environment, self.entity),
+        let (pipeline, environment, entity) = (&self.pipeline, &self.environment, &self.entity);
+        let step = self.failed_step.as_deref().unwrap_or("?");
+        if !self.failed() {
+            return format!("{pipeline} succeeded in {environment} for {entity}");
         }
+        if self.status == "paused" {
+            return format!(
+                "{pipeline} is paused in {environment} for {entity} at step `{step}`: decide `gantry resume` or `gantry rollback`"
+            );
+        }
+        let mut title = format!("{pipeline} failed in {environment} for {entity} at step `{step}`");
+        if !self.rollback_failed.is_empty() {
+            title += &format!("; ROLLBACK FAILED for {}: needs a person", self.rollback_failed.join(", "));
+        }
+        title
     }
 
     /// The Slack message: `text` plus blocks.
@@ -102,8 +122,12 @@ impl Summary {
         if let Some(step) = &self.failed_step {
             fields.push(json!({"type": "mrkdwn", "text": format!("*Failed step*\n{step}")}));
         }
-        if !self.rolling_back.is_empty() {
-            fields.push(json!({"type": "mrkdwn", "text": format!("*Rolled back*\n{}", self.rolling_back.join(", "))}));
+        if !self.rolled_back.is_empty() {
+            fields.push(json!({"type": "mrkdwn", "text": format!("*Rolled back*\n{}", self.rolled_back.join(", "))}));
+        }
+        if !self.rollback_failed.is_empty() {
+            let failed = self.rollback_failed.join(", ");
+            fields.push(json!({"type": "mrkdwn", "text": format!("*Rollback failed*\n{failed}")}));
         }
         let mut blocks = vec![
             json!({"type": "header", "text": {"type": "plain_text", "text": self.title()}}),
@@ -120,10 +144,11 @@ impl Summary {
         json!({"text": self.title(), "blocks": blocks})
     }
 
-    /// The PagerDuty event: `trigger` on failure, `resolve` otherwise, deduplicated per pipeline × environment × entity.
+    /// The PagerDuty event: `trigger` on failure (`critical` when a rollback failed), `resolve` otherwise,
+    /// deduplicated per pipeline × environment × entity.
     pub fn pagerduty(&self, pd: &PagerDuty, routing_key: &str) -> Value {
         let dedup = format!("gantry/{}/{}/{}", self.pipeline, self.environment, self.entity);
-        if !self.failed {
+        if !self.failed() {
             return json!({"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup});
         }
         let mut event = json!({
@@ -133,12 +158,13 @@ impl Summary {
             "payload": {
                 "summary": self.title(),
                 "source": format!("gantry/{}", self.pipeline),
-                "severity": pd.severity,
+                "severity": if self.rollback_failed.is_empty() { pd.severity.as_str() } else { "critical" },
                 "component": self.failed_step,
                 "group": self.environment,
                 "class": "deployment",
                 "custom_details": {
-                    "run_id": self.run_id, "entity": self.entity, "error": self.error, "rolled_back": self.rolling_back,
+                    "run_id": self.run_id, "entity": self.entity, "error": self.error, "status": self.status,
+                    "rolled_back": self.rolled_back, "rollback_failed": self.rollback_failed,
                 },
             },
         });
@@ -211,10 +237,11 @@ mod tests {
             environment: "production".into(),
             entity: "the_7_space".into(),
             run_id: "r1".into(),
-            failed: true,
+            status: "rolled-back".into(),
             failed_step: Some("shift".into()),
             error: Some("gate failed at 25%".into()),
-            rolling_back: vec!["audit".into()],
+            rolled_back: vec!["audit".into()],
+            rollback_failed: vec![],
             report_url: Some("https://ci.example/run/1".into()),
         }
     }
@@ -226,7 +253,7 @@ mod tests {
         assert_eq!(t["event_action"], "trigger");
         assert_eq!(t["payload"]["severity"], "critical");
         assert_eq!(t["payload"]["summary"], "release failed in production for the_7_space at step `shift`");
-        let ok = Summary { failed: false, failed_step: None, ..failed() };
+        let ok = Summary { status: "running".into(), failed_step: None, ..failed() };
         let r = ok.pagerduty(&pd, "{{secret:K}}");
         assert_eq!((r["event_action"].as_str(), r["dedup_key"].clone()), (Some("resolve"), t["dedup_key"].clone()));
     }
@@ -237,5 +264,17 @@ mod tests {
         assert_eq!(m["text"], "release failed in production for the_7_space at step `shift`");
         assert!(m["blocks"].to_string().contains("*Rolled back*\\naudit"));
         assert!(m["blocks"].to_string().contains("<https://ci.example/run/1|Run report>"));
+    }
+
+    #[test]
+    fn a_failed_rollback_is_critical_and_a_pause_asks_for_a_decision() {
+        let pd = PagerDuty { routing_key_secret: "K".into(), events_url: "u".into(), severity: "warning".into() };
+        let broken = Summary { status: "rollback-failed".into(), rollback_failed: vec!["shift".into()], ..failed() };
+        assert_eq!(broken.pagerduty(&pd, "k")["payload"]["severity"], "critical");
+        assert!(broken.title().ends_with("; ROLLBACK FAILED for shift: needs a person"), "{}", broken.title());
+        assert!(broken.slack()["blocks"].to_string().contains("*Rollback failed*\\nshift"));
+        let paused = Summary { status: "paused".into(), rolled_back: vec![], ..failed() };
+        assert!(paused.title().contains("is paused in production"), "{}", paused.title());
+        assert_eq!(paused.pagerduty(&pd, "k")["event_action"], "trigger");
     }
 }

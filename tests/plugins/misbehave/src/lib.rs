@@ -92,6 +92,17 @@ impl Step for Misbehave {
                 }
                 Ok(Outputs::new().with("attempt", ctx.attempt()))
             }
+            // Changes something without a checkpoint first, then works on: what the contract forbids.
+            "unguarded" => {
+                record(ctx, &input, "run")?;
+                gantry_sdk::sleep_ms(input.ms);
+                Ok(Outputs::new())
+            }
+            "inconclusive" => {
+                ctx.checkpoint("before", &input.message)?;
+                record(ctx, &input, "run")?;
+                Err(Error::inconclusive(format!("cannot tell: {}", input.message)))
+            }
             "record" => {
                 if input.ms > 0 {
                     gantry_sdk::sleep_ms(input.ms);
