@@ -66,8 +66,12 @@ fn a_canary_rolls_out_through_every_gate_and_a_second_run_changes_nothing() {
     let prom = prometheus(&metrics, dir.path());
     wait_for_data(&prom.origin);
     let health = format!("{}/health", metrics.origin);
-    let extra =
-        [format!("prometheus={}", gate(&prom.origin)), format!("health_url={health}"), "pause_ms=1500".to_string()];
+    let extra = [
+        format!("prometheus={}", gate(&prom.origin)),
+        format!("health_url={health}"),
+        "pause_ms=1000".to_string(),
+        r#"window={"samples": 2, "interval_ms": 300}"#.to_string(),
+    ];
     let out = shift(&aws, &aws.get("secret_key"), &[&prom.origin, &metrics.origin], &extra);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let result = stdout_json(&out);
@@ -75,10 +79,20 @@ fn a_canary_rolls_out_through_every_gate_and_a_second_run_changes_nothing() {
     assert_eq!(aws.weights(), weights_of(&aws, 0, 100), "all traffic on green");
     let requests = result["requests"].as_array().unwrap();
     let to = |origin: &str| requests.iter().filter(|r| r["origin"] == origin && r["status"] == 200).count();
-    assert_eq!(to(&prom.origin), 4, "one Prometheus gate per stage");
-    assert_eq!(to(&metrics.origin), 4, "one health gate per stage");
-    // 1 describe + 4 × (modify + target health) + 1 final describe, all signed and accepted.
-    assert_eq!(to(&aws.moto.origin), 10);
+    assert_eq!(to(&prom.origin), 8, "two Prometheus samples per stage");
+    assert_eq!(to(&metrics.origin), 8, "two health samples per stage");
+    // 1 describe + 4 × (modify + 2 target health samples) + 1 final describe, all signed and accepted.
+    assert_eq!(to(&aws.moto.origin), 14);
+    // Every verdict is in the outputs: stage, sample, gate, what was observed, against what.
+    let verdicts: Vec<serde_json::Value> = serde_json::from_str(result["outputs"]["gates"].as_str().unwrap()).unwrap();
+    assert_eq!(verdicts.len(), 4 * 2 * 3);
+    assert!(verdicts.iter().all(|v| v["verdict"] == "pass"), "{verdicts:?}");
+    let health = verdicts.iter().find(|v| v["gate"] == "target-health" && v["stage"] == 50).unwrap();
+    assert_eq!(health["observed"], "2 of 2 targets healthy");
+    let prom_at_25 =
+        verdicts.iter().find(|v| v["gate"] == "prometheus" && v["stage"] == 25 && v["sample"] == 2).unwrap();
+    assert!(prom_at_25["observed"].as_str().unwrap().contains(" = 0"), "{prom_at_25}");
+    assert_eq!(prom_at_25["threshold"], "<= 0.1, no data: fail");
 
     let again = shift(&aws, &aws.get("secret_key"), &[], &["pause_ms=0".to_string()]);
     assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
@@ -105,8 +119,8 @@ fn a_failed_gate_at_25_percent_restores_the_original_weights() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let message = stdout_json(&out)["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("gate failed at 25%: prometheus gate:"), "{message}");
-    assert!(message.contains("is over 0.1; restored the original weights"), "{message}");
+    assert!(message.contains("gate failed at 25%: sample 1: prometheus gate: `"), "{message}");
+    assert!(message.contains("(threshold <= 0.1, no data: fail): Fail; restored the original weights"), "{message}");
     assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "back to where it started");
 }
 
@@ -154,7 +168,14 @@ fn canary(dir: &std::path::Path, aws: &Aws, pause_ms: u64) -> std::path::PathBuf
 
 /// The canary pipeline's text.
 fn canary_yaml(aws: &Aws, pause_ms: u64) -> String {
+    canary_yaml_with(aws, &format!("pause_ms: {pause_ms}\n      target_health: false"), &[])
+}
+
+/// The canary pipeline with `with` lines added to the shift's input and `origins` granted to it.
+fn canary_yaml_with(aws: &Aws, with: &str, origins: &[&str]) -> String {
     let moto = &aws.moto.origin;
+    let network: Vec<String> =
+        std::iter::once(moto.as_str()).chain(origins.iter().copied()).map(|o| format!("\"{o}\"")).collect();
     format!(
         r#"name: canary-kill
 secrets:
@@ -163,7 +184,7 @@ secrets:
 steps:
   - id: shift
     uses: {plugin}
-    network: ["{moto}"]
+    network: [{network}]
     secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]
     timeout: 2m
     with:
@@ -171,9 +192,9 @@ steps:
       listener_arn: "{listener}"
       blue_target_group_arn: "{blue}"
       green_target_group_arn: "{green}"
-      pause_ms: {pause_ms}
-      target_health: false
+      {with}
 "#,
+        network = network.join(", "),
         plugin = plugin(ALB_SHIFT).display(),
         listener = aws.get("listener"),
         blue = aws.get("blue"),
@@ -266,5 +287,97 @@ fn sigint_and_sigterm_during_the_canary_restore_the_original_weights() {
         let journal = journal(dir.path());
         assert_eq!(journal.last().unwrap()["status"], "interrupted");
         assert!(journal.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "shift"));
+    }
+}
+
+#[test]
+fn gates_that_fail_restore_the_original_weights_and_say_why() {
+    // (what breaks, how the AWS peer is set up, the verdict the error must carry)
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("empty green group", &["--no-green-targets"], "target-health gate: no targets are registered"),
+        ("an unhealthy green target", &[], "target-health gate: not healthy: i-"),
+        ("health URL answering 503", &[], "health-url gate: http://127.0.0.1:"),
+    ];
+    for (what, setup, verdict) in cases {
+        let aws = Aws::start_with(setup);
+        let metrics = aws.metrics(false);
+        let dir = tempfile::tempdir().unwrap();
+        match what {
+            "an unhealthy green target" => aws.stop_green_instance(),
+            "health URL answering 503" => {
+                assert_eq!(
+                    crate::peers::request(&metrics.origin, "POST", "/control?health=503").map(|r| r.0),
+                    Some(204)
+                )
+            }
+            _ => {}
+        }
+        let with = format!("pause_ms: 0\n      health_url: \"{}/health\"", metrics.origin);
+        let yaml = canary_yaml_with(&aws, &with, &[&metrics.origin]);
+        let (key, secret) = (aws.get("access_key"), aws.get("secret_key"));
+        let out = run_pipeline(dir.path(), &yaml, &[("TEST_AWS_KEY", &key), ("TEST_AWS_SECRET", &secret)], &[]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "{what}: back to the original");
+        let journal = journal(dir.path());
+        let failed = journal.iter().find(|e| e["event"] == "step_failed").unwrap();
+        let error = failed["error"].as_str().unwrap();
+        assert!(error.contains("gate failed at 5%: sample 1: ") && error.contains(verdict), "{what}: {error}");
+        if what == "health URL answering 503" {
+            assert!(error.contains("/health answered 503"), "{error}");
+        }
+        // Every reading is in the journal as the plugin logged it, the failing one included.
+        let logged = journal.iter().filter(|e| e["event"] == "log" && e["step"] == "shift").count();
+        assert!(
+            journal.iter().any(|e| e["event"] == "log" && e["message"].as_str().unwrap().contains(verdict)),
+            "{what}: {logged} log lines, none with the verdict"
+        );
+    }
+}
+
+#[test]
+fn a_gate_without_data_pauses_the_canary_for_a_person_then_resume_or_rollback_decides() {
+    for then in ["resume", "rollback"] {
+        let aws = Aws::start();
+        let metrics = aws.metrics(false);
+        let dir = tempfile::tempdir().unwrap();
+        let prom = prometheus(&metrics, dir.path());
+        let query = "sum(rate(canary_checks_total[3s]))";
+        let gate = serde_json::json!({"url": prom.origin, "query": query, "max": 1000, "no_data": "inconclusive"});
+        let with = format!(
+            "pause_ms: 0\n      target_health: false\n      prometheus: {gate}\n      window: {{ samples: 2, interval_ms: 200 }}"
+        );
+        let yaml = canary_yaml_with(&aws, &with, &[&prom.origin]);
+        let (key, secret) = (aws.get("access_key"), aws.get("secret_key"));
+        let env = [("TEST_AWS_KEY", key.as_str()), ("TEST_AWS_SECRET", secret.as_str())];
+        let out = run_pipeline(dir.path(), &yaml, &env, &[]);
+        assert_eq!(out.status.code(), Some(4), "paused: {}", String::from_utf8_lossy(&out.stderr));
+        // Nothing was rolled back: traffic stays at the first stage for the person to see.
+        assert_eq!(aws.weights(), weights_of(&aws, 95, 5));
+        let j = journal(dir.path());
+        let paused = j.iter().find(|e| e["event"] == "paused").expect("journaled");
+        let reason = paused["reason"].as_str().unwrap();
+        assert!(reason.contains("gate inconclusive at 5%: sample 1: prometheus gate: `sum(rate(canary_checks_total[3s]))` returned no data"), "{reason}");
+        assert_eq!(j.last().unwrap()["status"], "paused");
+        let id = run_id(dir.path());
+        if then == "resume" {
+            // The data arrives; the person resumes: the step is undone from its checkpoint and runs again.
+            assert_eq!(crate::peers::request(&metrics.origin, "POST", "/control?checks=1").map(|r| r.0), Some(204));
+            let q: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+            let until = Instant::now() + Duration::from_secs(30);
+            while !get(&prom.origin, &format!("/api/v1/query?query={q}")).is_some_and(|(_, b)| b.contains("\"value\""))
+            {
+                assert!(Instant::now() < until, "no data after 30 s");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let out = gantry_aws(dir.path(), &aws, &["resume", &id]).output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(aws.weights(), weights_of(&aws, 0, 100));
+            assert_eq!(journal(dir.path()).last().unwrap()["status"], "succeeded");
+        } else {
+            let out = gantry_aws(dir.path(), &aws, &["rollback", &id]).output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(aws.weights(), weights_of(&aws, 100, 0));
+            assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
+        }
     }
 }

@@ -31,10 +31,15 @@ pub fn free_port() -> u16 {
 
 /// Status and body of a plain GET.
 pub fn get(origin: &str, path: &str) -> Option<(u16, String)> {
+    request(origin, "GET", path)
+}
+
+/// Status and body of a bodiless request.
+pub fn request(origin: &str, method: &str, path: &str) -> Option<(u16, String)> {
     let addr = origin.strip_prefix("http://")?;
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
@@ -69,14 +74,21 @@ pub struct Aws {
 }
 
 impl Aws {
-    /// Starts moto (only the three IAM calls of the setup go unsigned) and creates the load balancer.
+    /// Starts moto (only the three IAM calls of the setup go unsigned) and creates the load balancer,
+    /// with two healthy targets in each group.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`Aws::start`], with extra arguments to `aws.py setup` (e.g. `--no-green-targets`).
+    pub fn start_with(args: &[&str]) -> Self {
         let port = free_port();
         let mut cmd = Command::new(venv("moto_server"));
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
         let moto = spawn(cmd, port, "/moto-api/");
-        let out =
-            Command::new(venv("python")).arg(aws_py()).args(["setup", "--endpoint", &moto.origin]).output().unwrap();
+        let mut setup = Command::new(venv("python"));
+        setup.arg(aws_py()).args(["setup", "--endpoint", &moto.origin]).args(args);
+        let out = setup.output().unwrap();
         assert!(out.status.success(), "aws.py setup: {}", String::from_utf8_lossy(&out.stderr));
         Self { moto, setup: serde_json::from_slice(&out.stdout).unwrap() }
     }
@@ -104,6 +116,19 @@ impl Aws {
             .iter()
             .map(|w| (w["arn"].as_str().unwrap().to_string(), w["weight"].as_u64().unwrap()))
             .collect()
+    }
+
+    /// Stops one of green's instances: its target is no longer healthy.
+    pub fn stop_green_instance(&self) {
+        let id = self.setup["green_instances"][0].as_str().unwrap().to_string();
+        let out = Command::new(venv("python"))
+            .arg(aws_py())
+            .arg("stop")
+            .args(self.auth_args())
+            .args(["--instance", &id])
+            .output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "aws.py stop: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The canary's `/metrics` and `/health`; with `broken_green`, errors follow green's share of traffic.

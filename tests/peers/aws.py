@@ -2,11 +2,18 @@
 
 setup    creates an IAM user with an allow-all policy (the only unsigned calls
          moto lets through), then with that user's key a VPC, a load balancer,
-         blue and green target groups and a listener forwarding to blue; prints JSON.
+         blue and green target groups with two running instances registered in
+         each (healthy; --no-green-targets leaves green empty) and a listener
+         forwarding to blue; prints JSON.
 weights  prints the listener's forward weights as JSON.
+stop     stops an instance: moto then reports its target `unused`
+         (Target.InvalidState), not healthy.
 serve    serves /metrics for Prometheus and /health: every scrape counts 100
          requests, and with --broken-green as many errors as green's weight,
-         so the error rate follows the canary's share of traffic.
+         so the error rate follows the canary's share of traffic. POST
+         /control?health=503 makes /health answer 503; POST
+         /control?checks=1 adds a `canary_checks_total` series to /metrics,
+         which is absent until then (a gate without data).
 """
 import argparse
 import http.server
@@ -38,13 +45,25 @@ def setup(a):
     lb = elb.create_load_balancer(Name="web", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
     groups = {name: elb.create_target_group(Name=name, Protocol="HTTP", Port=80, VpcId=vpc)["TargetGroups"][0]["TargetGroupArn"]
               for name in ("blue", "green")}
+    instances = {}
+    for name in ("blue", "green"):
+        if name == "green" and a.no_green_targets:
+            instances[name] = []
+            continue
+        run = ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2, SubnetId=subnets[0])
+        instances[name] = [i["InstanceId"] for i in run["Instances"]]
+        elb.register_targets(TargetGroupArn=groups[name], Targets=[{"Id": i, "Port": 80} for i in instances[name]])
     listener = elb.create_listener(
         LoadBalancerArn=lb, Protocol="HTTP", Port=80,
         DefaultActions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": [
             {"TargetGroupArn": groups["blue"], "Weight": 100}, {"TargetGroupArn": groups["green"], "Weight": 0}]}}],
     )["Listeners"][0]["ListenerArn"]
     print(json.dumps({"access_key": k, "secret_key": s, "listener": listener,
-                      "blue": groups["blue"], "green": groups["green"]}))
+                      "blue": groups["blue"], "green": groups["green"], "green_instances": instances["green"]}))
+
+
+def stop(a):
+    client("ec2", a.endpoint, a.key, a.secret).stop_instances(InstanceIds=[a.instance])
 
 
 def weights(endpoint, key, secret, listener):
@@ -56,14 +75,28 @@ def weights(endpoint, key, secret, listener):
 
 def serve(a):
     totals = {"ok": 0, "error": 0}
+    control = {"health": 200, "checks": 0}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
+        def do_POST(self):
+            query = self.path.partition("?")[2]
+            for pair in filter(None, query.split("&")):
+                key, _, value = pair.partition("=")
+                control[key] = int(value)
+            self.send_response(204)
+            self.end_headers()
+
         def do_GET(self):
             if self.path == "/health":
                 body = b"ok"
+                if control["health"] != 200:
+                    self.send_response(control["health"])
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
             elif self.path == "/metrics":
                 green = 0
                 if a.broken_green:
@@ -71,9 +104,13 @@ def serve(a):
                     green = w.get(a.green, 0) * 100 // max(1, sum(w.values()))
                 totals["error"] += green
                 totals["ok"] += 100 - green
-                body = ("# TYPE http_requests_total counter\n"
+                text = ("# TYPE http_requests_total counter\n"
                         f'http_requests_total{{status="200"}} {totals["ok"]}\n'
-                        f'http_requests_total{{status="500"}} {totals["error"]}\n').encode()
+                        f'http_requests_total{{status="500"}} {totals["error"]}\n')
+                if control["checks"]:
+                    totals["checks"] = totals.get("checks", 0) + 1
+                    text += f'# TYPE canary_checks_total counter\ncanary_checks_total {totals["checks"]}\n'
+                body = text.encode()
             else:
                 self.send_response(404)
                 self.end_headers()
@@ -94,10 +131,13 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup")
     s.add_argument("--endpoint", required=True)
-    for name in ("weights", "serve"):
+    s.add_argument("--no-green-targets", action="store_true")
+    for name in ("weights", "serve", "stop"):
         s = sub.add_parser(name)
         for arg in ("--endpoint", "--key", "--secret", "--listener"):
             s.add_argument(arg, required=True)
+        if name == "stop":
+            s.add_argument("--instance", required=True)
         if name == "serve":
             s.add_argument("--green", required=True)
             s.add_argument("--port", type=int, required=True)
@@ -107,6 +147,8 @@ def main():
         setup(a)
     elif a.cmd == "weights":
         print(json.dumps(weights(a.endpoint, a.key, a.secret, a.listener)))
+    elif a.cmd == "stop":
+        stop(a)
     else:
         serve(a)
 

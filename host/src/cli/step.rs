@@ -148,6 +148,8 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             tracing::info!(%key, %value, "checkpoint");
             Box::pin(async { Ok(()) })
         }))),
+        // The log lines go to stderr through tracing; there is no journal to keep them.
+        logs: None,
         context: Default::default(),
     };
     call.context.step_id = args.id.clone();

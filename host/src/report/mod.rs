@@ -185,7 +185,10 @@ impl Summary {
                     (s.status, s.message) = ("rollback-failed".into(), Some(error.clone()));
                 }
                 Event::RunFinished { status } => summary.status = status.clone(),
-                Event::StepRetrying { .. } | Event::Interrupted { .. } | Event::Checkpoint { .. } => {}
+                Event::StepRetrying { .. }
+                | Event::Interrupted { .. }
+                | Event::Checkpoint { .. }
+                | Event::Log { .. } => {}
                 Event::Abandoned { .. } => summary.status = crate::run::store::NEEDS_A_PERSON.into(),
             }
         }

@@ -30,6 +30,7 @@ pub fn describe(event: &Event) -> String {
         RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
         Checkpoint { step, key, .. } => format!("{step}: checkpoint {key} recorded"),
+        Log { step, level, message } => format!("{step}: {level:?}: {message}"),
         Interrupted { signal } => {
             format!("{signal}: stopping: no new steps, cancelling running ones, rolling back (a second signal exits at once)")
         }
@@ -62,6 +63,8 @@ pub fn printer(json: bool) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHa
         while let Some(event) = rx.recv().await {
             if json {
                 println!("{}", serde_json::to_string(&event).unwrap_or_default());
+            } else if matches!(event, Event::Log { .. }) {
+                // The log already went to stderr as the plugin wrote it.
             } else if let Some(show) = view.as_mut() {
                 show(&event);
             } else {
@@ -134,7 +137,7 @@ impl LiveView {
             Request(r) if !r.allowed => {
                 let _ = self.bars.println(describe(event));
             }
-            Request(_) | Checkpoint { .. } => {}
+            Request(_) | Checkpoint { .. } | Log { .. } => {}
         }
     }
 }

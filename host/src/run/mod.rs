@@ -18,7 +18,8 @@ use crate::pipeline::condition::Facts;
 use crate::pipeline::expr;
 use crate::plan::{Plan, PlannedStep};
 use crate::sandbox::{
-    CallError, CheckpointLog, Outputs, Plugin, RequestLog, RequestRecord, Runtime, StepCall, StepContext,
+    CallError, CheckpointLog, Level, LineLog, Outputs, Plugin, RequestLog, RequestRecord, Runtime, StepCall,
+    StepContext,
 };
 use journal::{Journal, JournalError};
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,15 @@ pub enum Event {
     },
     /// A step made (or tried to make) an HTTP request.
     Request(RequestRecord),
+    /// A step logged a line (`info` and above; the first lines of each attempt, see `LOG_LINES_KEPT`).
+    Log {
+        /// Step id.
+        step: String,
+        /// How loud.
+        level: Level,
+        /// The line, redacted.
+        message: String,
+    },
     /// A step recorded undo information before a change.
     Checkpoint {
         /// Step id.
@@ -178,6 +188,7 @@ impl Event {
             Event::RunFinished { status } => text(status),
             Event::Interrupted { signal } | Event::Abandoned { signal } => text(signal),
             Event::Checkpoint { step, key, value } => [step, key, value].into_iter().for_each(text),
+            Event::Log { step, message, .. } => [step, message].into_iter().for_each(text),
         }
         self
     }
@@ -469,6 +480,12 @@ impl Ctx {
                 }
             })
         }));
+        let (weak, id) = (Arc::downgrade(self), step.id.clone());
+        let logs = LineLog(Arc::new(move |level, message| {
+            if let Some(ctx) = weak.upgrade() {
+                ctx.record(Event::Log { step: id.clone(), level, message });
+            }
+        }));
         StepCall {
             context,
             grants: self.grants[&step.id].clone(),
@@ -476,6 +493,7 @@ impl Ctx {
             http: step.limits.http(),
             requests: Some(log),
             checkpoints: Some(checkpoints),
+            logs: Some(logs),
         }
     }
 

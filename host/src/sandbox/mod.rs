@@ -225,6 +225,37 @@ pub struct StepCall {
     pub requests: Option<RequestLog>,
     /// Records the step's checkpoints durably; without it, `checkpoint` fails.
     pub checkpoints: Option<CheckpointLog>,
+    /// Receives the step's log lines at `info` and above, redacted, up to [`LOG_LINES_KEPT`] per call.
+    pub logs: Option<LineLog>,
+}
+
+/// Most log lines of one call passed to a [`LineLog`]; the rest are counted in one last line.
+pub const LOG_LINES_KEPT: usize = 1000;
+
+/// How loud a plugin's log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Details for whoever debugs the plugin.
+    Trace,
+    /// Details for whoever debugs the run.
+    Debug,
+    /// What the step is doing.
+    Info,
+    /// Something an operator should look at.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// Receives a step's log lines, for the journal.
+#[derive(Clone)]
+pub struct LineLog(pub Arc<dyn Fn(Level, String) + Send + Sync>);
+
+impl std::fmt::Debug for LineLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineLog")
+    }
 }
 
 /// Most bytes of one checkpoint's key, and of its value; most checkpoints per call.
@@ -258,6 +289,8 @@ struct State {
     outbound: outbound::Outbound,
     checkpoints: Option<CheckpointLog>,
     checkpointed: usize,
+    logs: Option<LineLog>,
+    logged: usize,
 }
 
 impl WasiView for State {
@@ -272,12 +305,29 @@ impl bindings::gantry::step::host::Host for State {
     async fn log(&mut self, level: wit::Level, message: String) {
         let step = self.outbound.step.as_str();
         let message = self.outbound.grants.secrets.redact(&message);
+        let level = match level {
+            wit::Level::Trace => Level::Trace,
+            wit::Level::Debug => Level::Debug,
+            wit::Level::Info => Level::Info,
+            wit::Level::Warn => Level::Warn,
+            wit::Level::Error => Level::Error,
+        };
         match level {
-            wit::Level::Trace => tracing::trace!(target: "gantry::plugin", step, "{message}"),
-            wit::Level::Debug => tracing::debug!(target: "gantry::plugin", step, "{message}"),
-            wit::Level::Info => tracing::info!(target: "gantry::plugin", step, "{message}"),
-            wit::Level::Warn => tracing::warn!(target: "gantry::plugin", step, "{message}"),
-            wit::Level::Error => tracing::error!(target: "gantry::plugin", step, "{message}"),
+            Level::Trace => tracing::trace!(target: "gantry::plugin", step, "{message}"),
+            Level::Debug => tracing::debug!(target: "gantry::plugin", step, "{message}"),
+            Level::Info => tracing::info!(target: "gantry::plugin", step, "{message}"),
+            Level::Warn => tracing::warn!(target: "gantry::plugin", step, "{message}"),
+            Level::Error => tracing::error!(target: "gantry::plugin", step, "{message}"),
+        }
+        if let (Some(sink), true) = (&self.logs, level >= Level::Info) {
+            self.logged += 1;
+            match self.logged {
+                n if n <= LOG_LINES_KEPT => (sink.0)(level, message),
+                n if n == LOG_LINES_KEPT + 1 => {
+                    (sink.0)(Level::Warn, format!("more than {LOG_LINES_KEPT} log lines: the rest are not journaled"))
+                }
+                _ => {}
+            }
         }
     }
 
@@ -560,6 +610,8 @@ impl Plugin {
             },
             checkpoints: call.checkpoints.clone(),
             checkpointed: 0,
+            logs: call.logs.clone(),
+            logged: 0,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.tracker);

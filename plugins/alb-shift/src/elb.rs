@@ -23,8 +23,29 @@ pub struct Elb<'a> {
 
 const VERSION: &str = "2015-12-01";
 
+/// Attempts of one API call, and the wait before the second (doubling after).
+const ATTEMPTS: (u32, u64) = (4, 250);
+
 impl Elb<'_> {
+    /// One API call, retried on 5xx, `Throttling` and transport errors: every call the shift makes is
+    /// idempotent (reads, and `ModifyListener` with absolute weights).
     fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, Error> {
+        let (attempts, mut wait_ms) = ATTEMPTS;
+        let mut attempt = 1;
+        loop {
+            match self.call_once(action, params) {
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    gantry_sdk::warn!("{e}; trying again in {wait_ms} ms (attempt {attempt} of {attempts})");
+                    gantry_sdk::sleep_ms(wait_ms);
+                    wait_ms *= 2;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn call_once(&self, action: &str, params: &[(String, String)]) -> Result<String, Error> {
         let mut pairs: Vec<(&str, &str)> = vec![("Action", action), ("Version", VERSION)];
         pairs.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let response = self
@@ -80,21 +101,17 @@ impl Elb<'_> {
         self.call("ModifyListener", &params).map(|_| ())
     }
 
-    /// Targets of a group that are not `healthy`, as `id: state`.
-    pub fn unhealthy_targets(&self, target_group: &str) -> Result<Vec<String>, Error> {
+    /// Every target of a group with its state (`healthy`, `unhealthy`, `unused`, ...), as `(id, state)`.
+    pub fn target_states(&self, target_group: &str) -> Result<Vec<(String, String)>, Error> {
         let body = self.call("DescribeTargetHealth", &[("TargetGroupArn".into(), target_group.into())])?;
         let doc = roxmltree::Document::parse(&body).map_err(|e| Error::failed(format!("DescribeTargetHealth: {e}")))?;
-        let mut bad = Vec::new();
+        let mut states = Vec::new();
         for member in doc.descendants().filter(|n| n.has_tag_name("TargetHealthDescriptions")) {
             for d in member.children().filter(|n| n.has_tag_name("member")) {
-                let id = text(&d, "Id").unwrap_or_default();
-                let state = text(&d, "State").unwrap_or_default();
-                if state != "healthy" {
-                    bad.push(format!("{id}: {state}"));
-                }
+                states.push((text(&d, "Id").unwrap_or_default(), text(&d, "State").unwrap_or_default()));
             }
         }
-        Ok(bad)
+        Ok(states)
     }
 }
 

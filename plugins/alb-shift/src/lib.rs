@@ -1,8 +1,9 @@
 //! `alb-shift`: moves traffic of an AWS Application Load Balancer listener from
 //! a blue to a green target group through a canary schedule (default 5 → 25 →
-//! 50 → 100 %), checking gates after each stage. A failed gate restores the
-//! weights found before the shift and fails the step; `rollback` restores them
-//! from what `run` recorded. Requests are signed with SigV4 by the host: the
+//! 50 → 100 %), checking gates after each stage over a window of samples. A
+//! failed gate restores the weights found before the shift and fails the step;
+//! an inconclusive one (no data, when so configured) leaves traffic where it is
+//! and pauses the run for a person; `rollback` restores the checkpointed weights. Requests are signed with SigV4 by the host: the
 //! plugin names the secrets, it never holds the keys.
 
 pub mod elb;
@@ -10,6 +11,7 @@ pub mod gates;
 
 use elb::{Elb, Weighted};
 use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+use gates::{Measurement, Verdict};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -44,6 +46,9 @@ pub struct Input {
     /// A Prometheus query that must stay under a threshold after each stage.
     #[serde(default)]
     pub prometheus: Option<gates::PrometheusGate>,
+    /// How many consecutive samples every gate must pass at each stage, and how far apart.
+    #[serde(default)]
+    pub window: gates::Window,
     /// Secret with the access key id.
     #[serde(default = "default_access_key")]
     pub access_key_secret: String,
@@ -149,23 +154,57 @@ fn elb<'a>(ctx: &'a Context, input: &Input) -> Elb<'a> {
     }
 }
 
-/// The first failing gate's reason.
-fn gates(ctx: &Context, input: &Input, elb: &Elb) -> Result<Option<String>, Error> {
+/// One sample of every configured gate at `stage`; a gate that cannot be read at all fails.
+fn sample(ctx: &Context, input: &Input, elb: &Elb, stage: u32, sample: u32) -> Vec<Measurement> {
+    let mut readings: Vec<(&'static str, String, (String, Verdict))> = Vec::new();
+    let unreadable = |e: Error| (e.message().to_string(), Verdict::Fail);
     if input.target_health {
-        let bad = elb.unhealthy_targets(&input.green_target_group_arn)?;
-        if !bad.is_empty() {
-            return Ok(Some(format!("target health gate: {}", bad.join(", "))));
-        }
+        let reading = elb.target_states(&input.green_target_group_arn).map(|s| gates::target_health(&s));
+        readings.push((
+            "target-health",
+            "every green target healthy, at least one".into(),
+            reading.unwrap_or_else(unreadable),
+        ));
     }
     if let Some(url) = &input.health_url {
-        if let Some(reason) = gates::health_url(ctx, url)? {
-            return Ok(Some(reason));
+        readings.push(("health-url", "2xx".into(), gates::health_url(ctx, url)));
+    }
+    if let Some(p) = &input.prometheus {
+        let threshold = format!("<= {}, no data: {:?}", p.max, p.no_data).to_lowercase();
+        readings.push(("prometheus", threshold, p.measure(ctx).unwrap_or_else(unreadable)));
+    }
+    readings
+        .into_iter()
+        .map(|(gate, threshold, (observed, verdict))| Measurement { stage, sample, gate, observed, threshold, verdict })
+        .collect()
+}
+
+/// Samples the gates over the stage's window, recording every reading; ends at the first sample that
+/// does not pass, with its verdict and the readings that decided it.
+fn judge_stage(
+    ctx: &Context,
+    input: &Input,
+    elb: &Elb,
+    stage: u32,
+    record: &mut Vec<Measurement>,
+) -> (Verdict, String) {
+    for n in 1..=input.window.samples.max(1) {
+        if n > 1 && input.window.interval_ms > 0 {
+            gantry_sdk::sleep_ms(input.window.interval_ms);
+        }
+        let readings = sample(ctx, input, elb, stage, n);
+        for m in &readings {
+            gantry_sdk::info!("stage {stage}% sample {n}/{}: {}", input.window.samples.max(1), m.describe());
+        }
+        let verdict = gates::worst(readings.iter().map(|m| m.verdict));
+        let deciding: Vec<String> =
+            readings.iter().filter(|m| m.verdict == verdict).map(Measurement::describe).collect();
+        record.extend(readings);
+        if verdict != Verdict::Pass {
+            return (verdict, format!("sample {n}: {}", deciding.join("; ")));
         }
     }
-    match &input.prometheus {
-        Some(p) => p.check(ctx),
-        None => Ok(None),
-    }
+    (Verdict::Pass, String::new())
 }
 
 fn input_of(ctx: &Context) -> Result<Input, Error> {
@@ -227,6 +266,7 @@ impl Step for AlbShift {
             None => original,
         };
         let mut completed = 0;
+        let mut record = Vec::new();
         for &percent in &input.stages {
             let weights = stage_weights(blue, green, percent);
             check_weights(&weights).map_err(Error::failed)?;
@@ -235,31 +275,39 @@ impl Step for AlbShift {
             if input.pause_ms > 0 {
                 gantry_sdk::sleep_ms(input.pause_ms);
             }
-            let failed = match gates(ctx, &input, &elb) {
-                Ok(reason) => reason,
-                Err(e) => Some(e.message().to_string()),
-            };
-            if let Some(reason) = failed {
-                gantry_sdk::warn!("gate failed at {percent}%: {reason}; restoring the original weights");
-                elb.set_weights(&input.listener_arn, &original)?;
-                return Err(Error::failed(format!(
-                    "gate failed at {percent}%: {reason}; restored the original weights {}",
-                    format_weights(&original)
-                )));
+            match judge_stage(ctx, &input, &elb, percent, &mut record) {
+                (Verdict::Pass, _) => completed += 1,
+                (Verdict::Fail, why) => {
+                    gantry_sdk::warn!("gate failed at {percent}%: {why}; restoring the original weights");
+                    elb.set_weights(&input.listener_arn, &original)?;
+                    return Err(Error::failed(format!(
+                        "gate failed at {percent}%: {why}; restored the original weights {}",
+                        format_weights(&original)
+                    )));
+                }
+                (Verdict::Inconclusive, why) => {
+                    // Traffic stays where it is: a person decides between going on and going back.
+                    return Err(Error::inconclusive(format!(
+                        "gate inconclusive at {percent}%: {why}; traffic stays at {}; `gantry resume` runs the canary again from the original weights, `gantry rollback` restores {}",
+                        format_weights(&weights),
+                        format_weights(&original)
+                    )));
+                }
             }
-            completed += 1;
         }
         let final_weights = elb.weights(&input.listener_arn)?;
         Ok(outputs
             .with("final_weights", format_weights(&final_weights))
             .with("stages_completed", completed)
-            .with("changed", true))
+            .with("changed", true)
+            .with("gates", serde_json::to_string(&record).unwrap_or_default()))
     }
 
     fn rollback(ctx: &Context) -> Result<Outputs, Error> {
         let input = input_of(ctx)?;
         // The checkpoint exists whenever a weight was changed, even when `run` never returned.
-        let recorded = ctx.checkpointed("original_weights").or_else(|| ctx.recorded("original_weights").map(String::from));
+        let recorded =
+            ctx.checkpointed("original_weights").or_else(|| ctx.recorded("original_weights").map(String::from));
         let Some(recorded) = recorded else {
             return Err(Error::failed("no original weights were recorded by run; nothing to restore"));
         };
