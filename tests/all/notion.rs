@@ -132,7 +132,25 @@ fn notion_errors_are_surfaced_and_a_later_failure_restores_every_segment() {
 
     let before = segments(&peer);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
+    let yaml = crm_pipeline(&peer)
+        + &format!(
+            r#"  - id: verify
+    uses: {misbehave}
+    needs: [sync]
+    with: {{ action: fail, message: "site check failed" }}
+"#,
+            misbehave = repo().join("tests/plugins/misbehave").display()
+        );
+    let out = run_pipeline(dir.path(), &yaml, &[("TEST_NOTION_TOKEN", TOKEN)], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = patches(&peer);
+    assert!(written > 200, "run wrote, then rollback wrote each change back: {written}");
+    assert_eq!(segments(&peer), before, "every segment is as it was");
+}
+
+/// A pipeline whose one step syncs the CRM of `peer`.
+fn crm_pipeline(peer: &Peer) -> String {
+    format!(
         r#"name: crm
 secrets:
   NOTION_TOKEN: {{ from: "env:TEST_NOTION_TOKEN", bind: ["{origin}"] }}
@@ -141,19 +159,75 @@ steps:
     uses: {plugin}
     network: ["{origin}"]
     secrets: [NOTION_TOKEN]
+    timeout: 2m
     with: {{ api_url: "{origin}", data_source_id: "{DS}" }}
-  - id: verify
-    uses: {misbehave}
-    needs: [sync]
-    with: {{ action: fail, message: "site check failed" }}
 "#,
         origin = peer.origin,
         plugin = repo().join("plugins/notion-sync").display(),
-        misbehave = repo().join("tests/plugins/misbehave").display()
-    );
-    let out = run_pipeline(dir.path(), &yaml, &[("TEST_NOTION_TOKEN", TOKEN)], &[]);
+    )
+}
+
+/// The segments a clean sync of a fresh stand-in ends with: what a completed run intends.
+fn intended() -> Vec<(String, Value)> {
+    let peer = notion(TOKEN, DS, &[]);
+    outputs(&sync(&peer, TOKEN, &[]));
+    segments(&peer)
+}
+
+#[test]
+fn a_write_refused_mid_sync_is_undone_from_the_checkpoints() {
+    let peer = notion(TOKEN, DS, &["--refuse-patch", "70"]);
+    let before = segments(&peer);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_pipeline(dir.path(), &crm_pipeline(&peer), &[("TEST_NOTION_TOKEN", TOKEN)], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let written = patches(&peer);
-    assert!(written > 200, "run wrote, then rollback wrote each change back: {written}");
-    assert_eq!(segments(&peer), before, "every segment is as it was");
+    let j = journal(dir.path());
+    let failed = j.iter().find(|e| e["event"] == "step_failed").unwrap();
+    assert!(failed["error"].as_str().unwrap().contains("Can't edit block that is archived"), "{failed}");
+    // Two batches were announced before their writes (the refusal came in the second); the failed step
+    // is rolled back from them.
+    let batches: Vec<&str> =
+        j.iter().filter(|e| e["event"] == "checkpoint").map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(batches, ["batch 00000", "batch 00001"]);
+    let first_write = j.iter().position(|e| e["event"] == "request" && e["method"] == "PATCH").unwrap();
+    let first_checkpoint = j.iter().position(|e| e["event"] == "checkpoint").unwrap();
+    assert!(first_checkpoint < first_write, "journaled before the first write");
+    assert!(j.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "sync"));
+    assert_eq!(segments(&peer), before, "every segment is as it was, read from the stand-in");
+}
+
+#[test]
+fn kill_9_mid_sync_then_rollback_or_resume_leaves_every_segment_as_before_or_as_intended() {
+    let intended = intended();
+    for then in ["rollback", "resume"] {
+        let peer = notion(TOKEN, DS, &["--patch-delay-ms", "15"]);
+        let before = segments(&peer);
+        assert_ne!(before, intended);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.yaml");
+        std::fs::write(&file, crm_pipeline(&peer)).unwrap();
+        let mut child = command(&shared_cache())
+            .args(["run", file.to_str().unwrap()])
+            .current_dir(dir.path())
+            .env("TEST_NOTION_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while patches(&peer) < 60 {
+            assert!(std::time::Instant::now() < until, "the sync never wrote 60 pages");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.kill().unwrap(); // mid-way through the second batch
+        child.wait().unwrap();
+        let half = segments(&peer);
+        assert!(half != before && half != intended, "killed half-way");
+        let mut cmd = command(&shared_cache());
+        let out = cmd.args([then, &run_id(dir.path())]).current_dir(dir.path()).env("TEST_NOTION_TOKEN", TOKEN);
+        let out = out.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{then}: {}", String::from_utf8_lossy(&out.stderr));
+        let expected = if then == "rollback" { &before } else { &intended };
+        assert!(segments(&peer) == *expected, "{then} after kill -9 mid-sync: exactly as before or as intended");
+    }
 }

@@ -16,6 +16,7 @@ import json
 import random
 import sys
 import threading
+import time
 import uuid
 
 FIRST = ["Ana", "Ben", "Chloe", "Dev", "Elif", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kemi", "Luis", "Mara", "Noor", "Otto"]
@@ -72,6 +73,8 @@ def main():
     p.add_argument("--rate-limit-burst", type=int, default=0, help="answer this many queries with 429 first")
     p.add_argument("--retry-after", default="1")
     p.add_argument("--fail-once", action="store_true", help="answer the second query page with a 500 once")
+    p.add_argument("--refuse-patch", type=int, default=0, help="answer the N-th PATCH with a 400 (not retryable)")
+    p.add_argument("--patch-delay-ms", type=int, default=0, help="take this long over each PATCH")
     a = p.parse_args()
     lock = threading.Lock()
     state = {"pages": contacts(a.contacts, 7), "log": [], "burst": a.rate_limit_burst, "fail": a.fail_once, "queries": 0}
@@ -164,6 +167,11 @@ def main():
             body = self.body()
             with lock:
                 state["log"].append(f"PATCH {self.path}")
+                n = sum(1 for line in state["log"] if line.startswith("PATCH"))
+            if a.patch_delay_ms:
+                time.sleep(a.patch_delay_ms / 1000)
+            if n == a.refuse_patch:
+                return self.error(400, "validation_error", "Can't edit block that is archived.")
             if len(parts) != 3 or parts[:2] != ["v1", "pages"]:
                 return self.error(404, "object_not_found", "Could not find the requested resource.")
             if not self.check(self.headers.get("notion-version") or "2025-09-03"):
