@@ -173,9 +173,13 @@ fn canary_yaml(aws: &Aws, pause_ms: u64) -> String {
 
 /// The canary pipeline with `with` lines added to the shift's input and `origins` granted to it.
 fn canary_yaml_with(aws: &Aws, with: &str, origins: &[&str]) -> String {
-    let moto = &aws.moto.origin;
+    canary_yaml_at(aws, &aws.moto.origin, with, origins)
+}
+
+/// The canary pipeline calling ELBv2 at `moto` (moto itself, or a proxy in front of it).
+pub(crate) fn canary_yaml_at(aws: &Aws, moto: &str, with: &str, origins: &[&str]) -> String {
     let network: Vec<String> =
-        std::iter::once(moto.as_str()).chain(origins.iter().copied()).map(|o| format!("\"{o}\"")).collect();
+        std::iter::once(moto).chain(origins.iter().copied()).map(|o| format!("\"{o}\"")).collect();
     format!(
         r#"name: canary-kill
 secrets:

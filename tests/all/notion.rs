@@ -8,8 +8,8 @@ use crate::support::*;
 use serde_json::Value;
 use std::process::Output;
 
-const TOKEN: &str = "secret_ntn_5kQ2xYzzzExampleToken";
-const DS: &str = "2a8f1c3e-0000-4000-8000-000000000191";
+pub(crate) const TOKEN: &str = "secret_ntn_5kQ2xYzzzExampleToken";
+pub(crate) const DS: &str = "2a8f1c3e-0000-4000-8000-000000000191";
 const SEGMENTS: [&str; 4] = ["artists/gallery", "wellness clients", "business partners", "general visitors"];
 
 fn state(peer: &Peer) -> Value {
@@ -132,7 +132,7 @@ fn notion_errors_are_surfaced_and_a_later_failure_restores_every_segment() {
 
     let before = segments(&peer);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = crm_pipeline(&peer)
+    let yaml = crm_pipeline(&peer.origin)
         + &format!(
             r#"  - id: verify
     uses: {misbehave}
@@ -148,8 +148,8 @@ fn notion_errors_are_surfaced_and_a_later_failure_restores_every_segment() {
     assert_eq!(segments(&peer), before, "every segment is as it was");
 }
 
-/// A pipeline whose one step syncs the CRM of `peer`.
-fn crm_pipeline(peer: &Peer) -> String {
+/// A pipeline whose one step syncs the CRM at `origin`.
+pub(crate) fn crm_pipeline(origin: &str) -> String {
     format!(
         r#"name: crm
 secrets:
@@ -162,7 +162,6 @@ steps:
     timeout: 2m
     with: {{ api_url: "{origin}", data_source_id: "{DS}" }}
 "#,
-        origin = peer.origin,
         plugin = repo().join("plugins/notion-sync").display(),
     )
 }
@@ -179,7 +178,7 @@ fn a_write_refused_mid_sync_is_undone_from_the_checkpoints() {
     let peer = notion(TOKEN, DS, &["--refuse-patch", "70"]);
     let before = segments(&peer);
     let dir = tempfile::tempdir().unwrap();
-    let out = run_pipeline(dir.path(), &crm_pipeline(&peer), &[("TEST_NOTION_TOKEN", TOKEN)], &[]);
+    let out = run_pipeline(dir.path(), &crm_pipeline(&peer.origin), &[("TEST_NOTION_TOKEN", TOKEN)], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let j = journal(dir.path());
     let failed = j.iter().find(|e| e["event"] == "step_failed").unwrap();
@@ -205,7 +204,7 @@ fn kill_9_mid_sync_then_rollback_or_resume_leaves_every_segment_as_before_or_as_
         assert_ne!(before, intended);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pipeline.yaml");
-        std::fs::write(&file, crm_pipeline(&peer)).unwrap();
+        std::fs::write(&file, crm_pipeline(&peer.origin)).unwrap();
         let mut child = command(&shared_cache())
             .args(["run", file.to_str().unwrap()])
             .current_dir(dir.path())

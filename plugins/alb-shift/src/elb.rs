@@ -70,11 +70,21 @@ impl Elb<'_> {
             })?;
         let body = response.text();
         if response.is_success() {
-            return Ok(body);
+            // A 2xx that is not the action's answer (a proxy's garbage, a cut-off body) proves nothing was done.
+            let expected = format!("{action}Response");
+            let parsed = roxmltree::Document::parse(&body).map(|d| d.root_element().tag_name().name() == expected);
+            return match parsed {
+                Ok(true) => Ok(body),
+                _ => Err(Error::retryable(format!(
+                    "ELBv2 {action} answered {} without a {expected}: {}",
+                    response.status(),
+                    body.chars().take(80).collect::<String>()
+                ))),
+            };
         }
         let (code, message) = error_of(&body);
         let text = format!("ELBv2 {action} answered {}: {code}: {message}", response.status());
-        if response.status() >= 500 || code == "Throttling" {
+        if response.status() >= 500 || response.status() == 429 || code == "Throttling" {
             Err(Error::retryable(text))
         } else {
             Err(Error::failed(text))

@@ -58,30 +58,47 @@ pub fn error_text(response: &Response) -> String {
 }
 
 impl Api<'_> {
-    /// Sends `method path` with a JSON body, retrying 429 and 5xx; returns the JSON answer.
+    /// Sends `method path` with a JSON body, retrying 429, 5xx, dropped connections and garbled answers
+    /// (every call the sync makes is safe to repeat: queries, and PATCHes of absolute values); returns
+    /// the JSON answer.
     pub fn call(&self, method: &str, path: &str, body: &Value) -> Result<Value, Error> {
         let url = format!("{}{path}", self.base.trim_end_matches('/'));
         let mut backoff = 500u64;
         for attempt in 0..=self.max_retries {
-            let response = self
+            let last = attempt == self.max_retries;
+            let sent = self
                 .ctx
                 .http()
                 .request(method, &url)
                 .bearer_secret(&self.token_secret)
                 .header("Notion-Version", &self.version)
                 .json(body)
-                .send()
-                .map_err(|e| {
-                    if e.is_retryable() {
-                        Error::retryable(format!("{method} {path}: {e}"))
-                    } else {
-                        Error::failed(format!("{method} {path}: {e}"))
-                    }
-                })?;
+                .send();
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) if e.is_retryable() && !last => {
+                    gantry_sdk::warn!("{method} {path}: {e}; waiting {backoff} ms (attempt {})", attempt + 1);
+                    gantry_sdk::sleep_ms(backoff);
+                    backoff = (backoff * 2).min(self.max_wait_ms.max(1));
+                    continue;
+                }
+                Err(e) if e.is_retryable() => return Err(Error::retryable(format!("{method} {path}: {e}"))),
+                Err(e) => return Err(Error::failed(format!("{method} {path}: {e}"))),
+            };
             let status = response.status();
             if response.is_success() {
-                return serde_json::from_slice(response.body())
-                    .map_err(|e| Error::failed(format!("{method} {path}: answer is not JSON: {e}")));
+                match serde_json::from_slice(response.body()) {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) if last => {
+                        return Err(Error::retryable(format!("{method} {path}: answer is not JSON: {e}")))
+                    }
+                    Err(e) => {
+                        gantry_sdk::warn!("{method} {path}: answer is not JSON ({e}); trying again");
+                        gantry_sdk::sleep_ms(backoff);
+                        backoff = (backoff * 2).min(self.max_wait_ms.max(1));
+                        continue;
+                    }
+                }
             }
             let retry = status == 429 || status >= 500;
             if !retry || attempt == self.max_retries {
