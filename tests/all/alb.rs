@@ -221,49 +221,104 @@ fn gantry_aws(dir: &std::path::Path, aws: &Aws, args: &[&str]) -> std::process::
     cmd
 }
 
+/// Where a `kill -9` lands in the canary pipeline (audit → shift with gates → smoke).
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// At the step boundary before the shift: while `audit` runs.
+    BeforeShift,
+    /// During the pause after the stage's `ModifyListener`.
+    Pause(u64),
+    /// During the stage's gate window, between its two samples.
+    Gate(u64),
+    /// At the step boundary after the shift: while `smoke` runs.
+    AfterShift,
+}
+
+impl KillPoint {
+    /// Whether the journal shows the run has reached this point.
+    fn reached(self, journal: &[serde_json::Value]) -> bool {
+        let logged = |prefix: &str| {
+            journal.iter().any(|e| e["event"] == "log" && e["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+        };
+        let started = |step: &str| journal.iter().any(|e| e["event"] == "step_started" && e["step"] == step);
+        match self {
+            KillPoint::BeforeShift => started("audit"),
+            KillPoint::Pause(p) => logged(&format!("stage {p}%: green weight")),
+            KillPoint::Gate(p) => logged(&format!("stage {p}% sample 1/2: health-url gate")),
+            KillPoint::AfterShift => started("smoke"),
+        }
+    }
+
+    /// Percent on green when the kill lands.
+    fn green(self) -> u64 {
+        match self {
+            KillPoint::BeforeShift => 0,
+            KillPoint::Pause(p) | KillPoint::Gate(p) => p,
+            KillPoint::AfterShift => 100,
+        }
+    }
+}
+
 #[test]
-fn kill_9_at_every_stage_of_the_canary_then_resume_or_rollback_leaves_exact_weights() {
+fn kill_9_at_every_step_boundary_stage_pause_and_gate_then_resume_or_rollback_leaves_exact_weights() {
+    let mut points = vec![KillPoint::BeforeShift];
+    for p in [5, 25, 50, 100] {
+        points.extend([KillPoint::Pause(p), KillPoint::Gate(p)]);
+    }
+    points.push(KillPoint::AfterShift);
     let mut table = Vec::new();
-    for stage in 1..=4 {
+    for point in points {
         for then in ["rollback", "resume"] {
             let aws = Aws::start();
+            let metrics = aws.metrics(false);
             let dir = tempfile::tempdir().unwrap();
-            let file = canary(dir.path(), &aws, 800);
+            let misbehave = repo().join("tests/plugins/misbehave");
+            let with = format!(
+                "pause_ms: 300\n      health_url: \"{}/health\"\n      window: {{ samples: 2, interval_ms: 300 }}\n    needs: [audit]",
+                metrics.origin
+            );
+            let yaml = canary_yaml_with(&aws, &with, &[&metrics.origin]).replace(
+                "steps:\n",
+                &format!(
+                    "steps:\n  - id: audit\n    uses: {}\n    with: {{ action: sleep, ms: 1000 }}\n",
+                    misbehave.display()
+                ),
+            ) + &format!(
+                "  - id: smoke\n    uses: {}\n    needs: [shift]\n    with: {{ action: sleep, ms: 1000 }}\n",
+                misbehave.display()
+            );
+            let file = dir.path().join("canary.yaml");
+            std::fs::write(&file, yaml).unwrap();
             let mut child = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
             let until = Instant::now() + Duration::from_secs(60);
-            while modifies_after_checkpoint(&journal(dir.path())) < stage {
+            while !point.reached(&journal(dir.path())) {
                 if Instant::now() > until {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("the canary never reached stage {stage}");
+                    panic!("the run never reached {point:?}");
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            child.kill().unwrap(); // during the pause after the stage's ModifyListener
+            child.kill().unwrap();
             child.wait().unwrap();
-            let percent = [5, 25, 50, 100][stage - 1];
-            assert_eq!(aws.weights(), weights_of(&aws, 100 - percent, percent), "killed at stage {stage}");
+            let green = point.green();
+            assert_eq!(aws.weights(), weights_of(&aws, 100 - green, green), "killed at {point:?}");
             let out = gantry_aws(dir.path(), &aws, &[then, &run_id(dir.path())]).output().unwrap();
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{then} after stage {stage}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_eq!(out.status.code(), Some(0), "{then} after {point:?}: {}", String::from_utf8_lossy(&out.stderr));
             // Read back by boto3, not through the plugin: exactly the original, or exactly the target.
             let expected = if then == "rollback" { weights_of(&aws, 100, 0) } else { weights_of(&aws, 0, 100) };
-            assert_eq!(aws.weights(), expected, "{then} after a kill at stage {stage}");
+            assert_eq!(aws.weights(), expected, "{then} after a kill at {point:?}");
             let last = journal(dir.path()).last().cloned().unwrap();
             let status = if then == "rollback" { "rolled-back" } else { "succeeded" };
             assert_eq!(last["status"], status, "the journal says which");
-            table.push(format!("stage {stage} ({percent}%) + {then}: {expected:?}"));
+            table.push(format!("{point:?} + {then}"));
         }
     }
-    assert_eq!(table.len(), 8, "kill points tested");
+    assert_eq!(table.len(), 20, "kill points tested: {table:?}");
 }
 
 #[test]
