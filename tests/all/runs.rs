@@ -669,3 +669,35 @@ fn a_step_cut_off_after_a_change_without_checkpoints_is_not_run_again_unless_ask
     assert_eq!(resumed.status.code(), Some(0), "{}", String::from_utf8_lossy(&resumed.stderr));
     assert_eq!(server.requests(), ["POST run a", "POST run b", "POST run b", "POST run c"]);
 }
+
+#[test]
+fn a_journal_ending_in_half_a_line_is_reported_and_resume_and_rollback_still_work() {
+    for then in ["resume", "rollback"] {
+        let server = recorder();
+        let dir = tempfile::tempdir().unwrap();
+        let steps =
+            [step("a", "", ""), step("b", "a", ", action: guarded, message: original, ms: 3000"), step("c", "b", "")]
+                .concat();
+        let file = pipeline(dir.path(), &server, &steps);
+        let mut child = run_until(dir.path(), &file, "request", Some("b"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The crash came mid-write: the journal ends in half a JSON line.
+        let id = &run_id(dir.path());
+        let path = dir.path().join(".gantry/runs").join(id).join("journal.jsonl");
+        let mut journal_file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut journal_file, br#"{"seq":99,"ts_ms":1.0,"event":"step_fini"#).unwrap();
+        let out = command(&shared_cache()).args([then, id]).current_dir(dir.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{then}: {stderr}");
+        assert!(stderr.contains("journal line(s) cut off by a crash"), "{then} reports the torn line: {stderr}");
+        let after = &server.requests()[2..];
+        match then {
+            "resume" => assert_eq!(after, ["POST rollback-to-original b", "POST run b", "POST run c"]),
+            _ => assert_eq!(after, ["POST rollback-to-original b", "POST rollback a"]),
+        }
+        // The next event went on a line of its own: the journal reads back whole after the torn line.
+        let last = journal(dir.path()).last().cloned().unwrap();
+        assert_eq!(last["status"], if then == "resume" { "succeeded" } else { "rolled-back" });
+    }
+}
