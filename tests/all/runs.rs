@@ -567,18 +567,24 @@ fn a_step_that_fails_after_a_checkpoint_is_rolled_back_from_it_before_the_comple
     assert_eq!(j[cp]["value"], "blue100");
 }
 
+/// Runs a → b (checkpoints `original`, changes, works on) → c and kills the run with `kill -9` after b's change.
+fn killed_after_b_changed() -> (CountingServer, tempfile::TempDir) {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps =
+        [step("a", "", ""), step("b", "a", ", action: guarded, message: original, ms: 3000"), step("c", "b", "")]
+            .concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let mut child = run_until(dir.path(), &file, "request", Some("b"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (server, dir)
+}
+
 #[test]
 fn kill_9_after_a_checkpoint_then_resume_undoes_the_half_change_first_and_rollback_finds_it_too() {
     for then in ["resume", "rollback"] {
-        let server = recorder();
-        let dir = tempfile::tempdir().unwrap();
-        let steps =
-            [step("a", "", ""), step("b", "a", ", action: guarded, message: original, ms: 3000"), step("c", "b", "")]
-                .concat();
-        let file = pipeline(dir.path(), &server, &steps);
-        let mut child = run_until(dir.path(), &file, "request", Some("b"));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let (server, dir) = killed_after_b_changed();
         assert_eq!(server.requests(), ["POST run a", "POST run b"], "killed after b's change");
         let id = &run_id(dir.path());
         if then == "resume" {
@@ -673,15 +679,7 @@ fn a_step_cut_off_after_a_change_without_checkpoints_is_not_run_again_unless_ask
 #[test]
 fn a_journal_ending_in_half_a_line_is_reported_and_resume_and_rollback_still_work() {
     for then in ["resume", "rollback"] {
-        let server = recorder();
-        let dir = tempfile::tempdir().unwrap();
-        let steps =
-            [step("a", "", ""), step("b", "a", ", action: guarded, message: original, ms: 3000"), step("c", "b", "")]
-                .concat();
-        let file = pipeline(dir.path(), &server, &steps);
-        let mut child = run_until(dir.path(), &file, "request", Some("b"));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let (server, dir) = killed_after_b_changed();
         // The crash came mid-write: the journal ends in half a JSON line.
         let id = &run_id(dir.path());
         let path = dir.path().join(".gantry/runs").join(id).join("journal.jsonl");
