@@ -170,6 +170,62 @@ async fn a_response_echoing_the_authorization_header_is_redacted_before_the_plug
     assert!(!body.contains(TOKEN), "{body}");
 }
 
+/// A secret with the characters encoders escape: `/` (PHP writes `\/`), `&`, `<`, `>` (Go writes `\u0026`...).
+const AWS_LIKE: &str = "wJalrXUtnFEMI/K7MDENG+bPx&RfiCY<EXAMPLE>KEY";
+
+/// The request headers as PHP's `json_encode` writes them.
+fn php_json(headers: &str) -> String {
+    format!("{{\"headers\":{}}}", serde_json::to_string(headers).unwrap().replace('/', "\\/"))
+}
+
+/// The request headers as Go's `encoding/json` writes them.
+fn go_json(headers: &str) -> String {
+    let escaped = serde_json::to_string(headers).unwrap();
+    format!("{{\"headers\":{}}}", escaped.replace('&', "\\u0026").replace('<', "\\u003c").replace('>', "\\u003e"))
+}
+
+/// The request headers in lower-case hex.
+fn hex_dump(headers: &str) -> String {
+    headers.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn an_echoed_secret_escaped_as_php_or_go_write_json_or_in_hex_is_redacted_before_the_plugin_sees_it() {
+    for encode in [php_json as fn(&str) -> String, go_json, hex_dump] {
+        let echo = CountingServer::start(Reply { status: 200, echo_encoded: Some(encode), ..Reply::default() });
+        let input = json!({"action": "http", "url": format!("{}/", echo.origin()), "bearer": "KEY"});
+        let (mut call, _) = attack(input, &[echo.origin()]);
+        let mut secrets = Secrets::default();
+        secrets.insert("KEY", Secret::new(AWS_LIKE, vec![Grant::parse(&echo.origin()).unwrap()]));
+        call.grants.secrets = secrets;
+        let outputs = run(&runtime(), &call).await.unwrap();
+        assert!(echo.headers()[0].contains(AWS_LIKE), "the server got the real key");
+        let body = &outputs["body"];
+        let as_echoed = encode(AWS_LIKE);
+        let as_echoed = as_echoed.trim_start_matches("{\"headers\":\"").trim_end_matches("\"}");
+        assert!(!body.contains(as_echoed) && !body.contains(AWS_LIKE), "the key reached the plugin: {body}");
+        assert!(body.contains("***"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_transport_error_shows_the_plugin_the_origin_not_a_url_that_came_from_a_secret() {
+    let report = CountingServer::start(Reply::text(200, "ok"));
+    let closed = format!("http://127.0.0.1:{}", crate::peers::free_port());
+    let hook = format!("{closed}/services/T0GALLERY/B0RELEASE/xoxHOOKsecret");
+    let input = json!({"action": "http", "url": "{{secret:HOOK}}", "report": format!("{}/", report.origin())});
+    let (mut call, _) = attack(input, &[closed.clone(), report.origin()]);
+    let mut secrets = Secrets::default();
+    secrets.insert("HOOK", Secret::new(hook.as_str(), vec![Grant::parse(&closed).unwrap()]));
+    call.grants.secrets = secrets;
+    let error = run(&runtime(), &call).await.unwrap_err().to_string();
+    // What the plugin saw is what it sent out: the origin and the cause, never the path.
+    let seen = report.requests().pop().expect("the plugin reported the error it saw");
+    assert!(seen.contains(&closed) && seen.to_lowercase().contains("connect"), "{seen}");
+    assert!(!seen.contains("xoxHOOKsecret") && !seen.contains("/services/"), "the plugin saw the URL: {seen}");
+    assert!(!error.contains("xoxHOOKsecret"), "{error}");
+}
+
 #[tokio::test]
 async fn caps_on_requests_and_response_size_fail_the_call_not_the_host() {
     let server = CountingServer::start(Reply::text(200, &"x".repeat(4096)));

@@ -95,6 +95,8 @@ pub struct Reply {
     pub echo_headers: bool,
     /// `Location` header, for redirects.
     pub location: Option<String>,
+    /// Answer with the request's headers as this function encodes them (a JSON encoder's style, hex).
+    pub echo_encoded: Option<fn(&str) -> String>,
 }
 
 impl Reply {
@@ -183,7 +185,12 @@ fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<(String, String)>
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body)?;
     let mut stream = stream;
-    let answer = if reply.echo_headers { &headers } else { &reply.body };
+    let encoded = reply.echo_encoded.map(|encode| encode(&headers));
+    let answer = match (&encoded, reply.echo_headers) {
+        (Some(encoded), _) => encoded,
+        (None, true) => &headers,
+        (None, false) => &reply.body,
+    };
     let location = reply.location.as_ref().map(|l| format!("location: {l}\r\n")).unwrap_or_default();
     write!(
         stream,

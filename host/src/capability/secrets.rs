@@ -45,52 +45,140 @@ pub struct Secrets {
     redactor: Redactor,
 }
 
-/// Replaces secret values, and their base64 and URL-encoded forms, with `***`.
+/// Replaces secret values with `***` in every form a text may carry them: as written, base64
+/// (standard and URL-safe, padded or not), URL-encoded (`+` or `%20` for spaces, upper- or lower-case
+/// hex), hex (upper or lower), and any of these inside a JSON string, whatever the encoder escaped
+/// (`\/` as PHP writes it, `\u0026` as Go writes `&`, `\"`, `\\`, `\n`, `\uXXXX` for any character).
 #[derive(Clone, Default)]
 pub struct Redactor {
-    /// Longest first, so a value is never half-replaced by a shorter one it contains.
-    needles: Arc<Vec<String>>,
+    /// Every form of every value, longest first, each character also matching its JSON escapes; `None`
+    /// when there is nothing to redact.
+    pattern: Option<Arc<regex::bytes::Regex>>,
+    forms: usize,
 }
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} forms)", self.needles.len())
+        write!(f, "Redactor({} forms)", self.forms)
     }
 }
 
 /// Shorter values are redacted only as written: their encoded forms are too likely to occur by chance.
 const MIN_ENCODED_LEN: usize = 4;
 
+/// The forms a value may take in a text, before JSON escaping.
+fn forms(value: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    if value.len() < MIN_ENCODED_LEN {
+        return vec![value.to_string()];
+    }
+    let upper_percent = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let lower = |encoded: &str| {
+        // Only the hex digits after `%` change case.
+        let mut out = String::with_capacity(encoded.len());
+        let mut hex_left = 0u8;
+        for c in encoded.chars() {
+            out.push(if hex_left > 0 { c.to_ascii_lowercase() } else { c });
+            hex_left = if c == '%' { 2 } else { hex_left.saturating_sub(1) };
+        }
+        out
+    };
+    vec![
+        value.to_string(),
+        STANDARD.encode(value),
+        STANDARD.encode(value).trim_end_matches('=').to_string(),
+        URL_SAFE.encode(value),
+        URL_SAFE_NO_PAD.encode(value),
+        lower(&upper_percent),
+        lower(&form),
+        upper_percent,
+        form,
+        hex::encode(value),
+        hex::encode_upper(value),
+    ]
+}
+
+/// A pattern matching `text` with each character as written or as a JSON encoder may escape it.
+fn json_tolerant(text: &str) -> String {
+    let mut pattern = String::new();
+    for c in text.chars() {
+        let mut units = [0u16; 2];
+        // `\uXXXX` (a surrogate pair outside the BMP), hex digits in either case.
+        let escaped: String = c
+            .encode_utf16(&mut units)
+            .iter()
+            .map(|u| format!("\\\\u{}", format!("{u:04x}").chars().map(hex_class).collect::<String>()))
+            .collect();
+        let short = match c {
+            '/' => Some(r"\\/"),
+            '"' => Some(r#"\\""#),
+            '\\' => Some(r"\\\\"),
+            '\n' => Some(r"\\n"),
+            '\r' => Some(r"\\r"),
+            '\t' => Some(r"\\t"),
+            '\u{8}' => Some(r"\\b"),
+            '\u{c}' => Some(r"\\f"),
+            _ => None,
+        };
+        pattern.push_str("(?:");
+        pattern.push_str(&regex::escape(c.encode_utf8(&mut [0; 4])));
+        pattern.push('|');
+        pattern.push_str(&escaped);
+        if let Some(short) = short {
+            pattern.push('|');
+            pattern.push_str(short);
+        }
+        pattern.push(')');
+    }
+    pattern
+}
+
+/// A hex digit in either case, as a character class.
+fn hex_class(c: char) -> String {
+    if c.is_ascii_alphabetic() {
+        format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+    } else {
+        c.to_string()
+    }
+}
+
 impl Redactor {
     /// A redactor for `values` and their encoded forms.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut needles = Vec::new();
-        for value in values.into_iter().filter(|v| !v.is_empty()) {
-            needles.push(value.to_string());
-            if value.len() < MIN_ENCODED_LEN {
-                continue;
-            }
-            let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-            needles.push(b64.trim_end_matches('=').to_string());
-            needles.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value));
-            needles.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
-            needles.push(percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string());
-            needles.push(b64);
-        }
+        let mut needles: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).flat_map(forms).collect();
         needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         needles.dedup();
-        Self { needles: Arc::new(needles) }
+        if needles.is_empty() {
+            return Self::default();
+        }
+        // Alternatives are tried in order, so the longest form wins where one contains another.
+        let alternatives: Vec<String> = needles.iter().map(|n| json_tolerant(n)).collect();
+        let pattern = regex::bytes::RegexBuilder::new(&alternatives.join("|"))
+            .unicode(false)
+            .size_limit(64 << 20)
+            .build()
+            .expect("an escaped alternation of literals is a valid pattern");
+        Self { pattern: Some(Arc::new(pattern)), forms: needles.len() }
     }
 
     /// Replaces every form of every value in `text` with `***`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for needle in self.needles.iter() {
-            if out.contains(needle.as_str()) {
-                out = out.replace(needle.as_str(), "***");
+        match self.redact_bytes(text.as_bytes()) {
+            std::borrow::Cow::Borrowed(_) => text.to_string(),
+            // Every form is whole UTF-8 characters, so replacing it in UTF-8 leaves UTF-8.
+            std::borrow::Cow::Owned(bytes) => {
+                String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
             }
         }
-        out
+    }
+
+    /// Replaces every form of every value in `bytes` (a body that may not be UTF-8) with `***`.
+    pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        match &self.pattern {
+            Some(p) => p.replace_all(bytes, &b"***"[..]),
+            None => std::borrow::Cow::Borrowed(bytes),
+        }
     }
 
     /// Redacts every string inside a JSON value.
@@ -105,7 +193,7 @@ impl Redactor {
 
     /// Whether there is nothing to redact.
     pub fn is_empty(&self) -> bool {
-        self.needles.is_empty()
+        self.pattern.is_none()
     }
 }
 
@@ -409,6 +497,68 @@ mod tests {
         let mut json = serde_json::json!({"x": ["p@ss word/+?"], "y": {"z": b64}});
         s.redactor().redact_json(&mut json);
         assert_eq!(json, serde_json::json!({"x": ["***"], "y": {"z": "***"}}));
+    }
+
+    /// Every way `value` may appear: each form as written and as PHP's and Go's JSON encoders write it.
+    fn encodings(value: &str) -> Vec<String> {
+        let php = |s: &str| serde_json::to_string(s).unwrap().replace('/', "\\/");
+        let go = |s: &str| {
+            serde_json::to_string(s).unwrap().replace('&', "\\u0026").replace('<', "\\u003c").replace('>', "\\u003e")
+        };
+        let ascii_only = |s: &str| {
+            s.encode_utf16()
+                .map(|u| if u < 0x80 { (u as u8 as char).to_string() } else { format!("\\u{u:04X}") })
+                .collect()
+        };
+        let mut all = Vec::new();
+        for form in forms(value) {
+            all.extend([php(&form), go(&form), ascii_only(&serde_json::to_string(&form).unwrap()), form]);
+        }
+        all
+    }
+
+    #[test]
+    fn json_escaped_hex_and_lower_case_forms_are_redacted() {
+        let values = ["wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "a&b<c>d\"e\\f/g", "pässwörd 😀 x", "tok\nline\tTAB"];
+        let r = Redactor::new(values);
+        for value in values {
+            for encoded in encodings(value) {
+                let text = format!("{{\"echo\":{encoded},\"n\":1}}");
+                let out = r.redact(&text);
+                assert!(!out.contains(value) && out.contains("***"), "{value:?} survived as {encoded}: {out}");
+                assert!(out.ends_with(",\"n\":1}"), "only the secret goes: {out}");
+            }
+        }
+        let body = format!("{{\"auth\":\"Bearer {}\"}}", values[0].replace('/', "\\/"));
+        assert_eq!(r.redact(&body), "{\"auth\":\"Bearer ***\"}", "PHP's json_encode of an echoed header");
+        assert_eq!(r.redact(&hex::encode(values[0])), "***");
+        assert_eq!(r.redact("p%c3%a4ssw%c3%b6rd%20%f0%9f%98%80%20x"), "***", "lower-case percent-encoding");
+        let binary = [b"\xff\xfe raw ".to_vec(), values[0].as_bytes().to_vec(), b" \x00".to_vec()].concat();
+        assert_eq!(&*r.redact_bytes(&binary), b"\xff\xfe raw *** \x00", "a body that is not UTF-8");
+    }
+
+    #[test]
+    fn no_secret_survives_in_any_encoding_for_generated_values() {
+        // A deterministic sweep over values mixing every character class an encoder treats differently.
+        let alphabet: Vec<char> = "aZ09/+=&<>\"\\'% \n\té€😀-_.~".chars().collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            let len = 4 + (seed % 20) as usize;
+            let value: String = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let r = Redactor::new([value.as_str()]);
+            for encoded in encodings(&value) {
+                let out = r.redact(&format!("x{encoded}y"));
+                assert!(!out.contains(&value), "{value:?} survived in {encoded:?}: {out:?}");
+                assert!(out.contains("***"), "{value:?} not found in {encoded:?}: {out:?}");
+            }
+        }
     }
 
     #[test]

@@ -402,7 +402,8 @@ impl Outbound {
     async fn read_body(&self, mut response: reqwest::Response, url: &Url) -> Result<Vec<u8>, HttpError> {
         let cap = self.limits.max_response_bytes;
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport(url, e))? {
+        let secrets = &self.grants.secrets;
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport(url, e, secrets))? {
             if body.len() + chunk.len() > cap {
                 return Err(HttpError::Limit(format!("response from {} is larger than {cap} bytes", origin_of(url))));
             }
@@ -413,9 +414,10 @@ impl Outbound {
 
     /// A response that echoes a secret back must not hand it to the plugin.
     fn redact_body(&self, body: Vec<u8>) -> Vec<u8> {
-        match String::from_utf8(body) {
-            Ok(text) => self.grants.secrets.redact(&text).into_bytes(),
-            Err(e) => e.into_bytes(),
+        // Bytes, not text: a body that is not UTF-8 may still carry a secret.
+        match self.grants.secrets.redactor().redact_bytes(&body) {
+            std::borrow::Cow::Borrowed(_) => body,
+            std::borrow::Cow::Owned(redacted) => redacted,
         }
     }
 
@@ -429,7 +431,7 @@ impl Outbound {
             }
             source = s.source();
         }
-        transport(url, e)
+        transport(url, e, &self.grants.secrets)
     }
 }
 
@@ -465,18 +467,21 @@ fn http_error_message(e: &HttpError) -> String {
     }
 }
 
-fn transport(url: &Url, e: reqwest::Error) -> HttpError {
+/// A transport error as the plugin sees it: the origin and the cause, without the URL reqwest names (it
+/// may have come from a secret, as a webhook's does), redacted.
+fn transport(url: &Url, e: reqwest::Error, secrets: &crate::capability::Secrets) -> HttpError {
     if e.is_timeout() {
-        HttpError::Timeout(format!("request to {} timed out", origin_of(url)))
+        HttpError::Timeout(secrets.redact(&format!("request to {} timed out", origin_of(url))))
     } else {
+        let e = e.without_url();
         // reqwest's Display omits the cause; the chain says e.g. "connection refused".
-        let mut message = e.to_string();
+        let mut message = format!("{}: {e}", origin_of(url));
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             message.push_str(": ");
             message.push_str(&s.to_string());
             source = s.source();
         }
-        HttpError::Transport(message)
+        HttpError::Transport(secrets.redact(&message))
     }
 }

@@ -50,6 +50,9 @@ struct Input {
     /// Makes `leak` fail with the message instead of returning it.
     #[serde(default)]
     fail: bool,
+    /// Where `http` sends the error it saw, as an attacker would exfiltrate it.
+    #[serde(default)]
+    report: Option<String>,
 }
 
 /// Tells the recording server what happened, so tests can count calls and order.
@@ -163,7 +166,15 @@ impl Step for Misbehave {
                     if let Some(secret) = &input.bearer {
                         req = req.bearer_secret(secret);
                     }
-                    last = Some(req.send().map_err(|e| Error::failed(format!("request failed: {e}")))?);
+                    match req.send() {
+                        Ok(r) => last = Some(r),
+                        Err(e) => {
+                            if let Some(to) = &input.report {
+                                ctx.http().post(to).body(e.to_string()).send()?;
+                            }
+                            return Err(Error::failed(format!("request failed: {e}")));
+                        }
+                    }
                 }
                 let resp = last.ok_or_else(|| Error::failed("no request made"))?;
                 Ok(Outputs::new().with("status", resp.status()).with("body", resp.text()))
