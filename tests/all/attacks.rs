@@ -291,6 +291,23 @@ async fn a_gigabyte_of_output_is_cut_off_and_the_next_call_runs() {
     run(&runtime, &call).await.expect("the host keeps working");
 }
 
+#[test]
+fn a_plugin_logging_in_a_loop_is_cut_off_at_the_output_limit_with_one_line_saying_so() {
+    let wasm = plugin(MISBEHAVE);
+    let mut cmd = command(&shared_cache());
+    cmd.args(["step", "run", wasm.to_str().unwrap(), "--json", "--output", "64KiB"]);
+    cmd.args(["--with", "action=log_flood", "--with", &format!("bytes={}", 64u64 << 20)]);
+    let out = cmd.output().unwrap();
+    expect_code(&out, 1);
+    let error = &stdout_json(&out)["error"];
+    assert_eq!(error["kind"], "output-limit", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("(log: 65472 lines (67043328 bytes) dropped)"), "{error}");
+    // 64 MiB logged, at most the limit (plus the host's own lines) printed.
+    assert!(out.stderr.len() < 256 << 10, "{} bytes reached stderr", out.stderr.len());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.matches("dropped 65472 lines").count(), 1, "one line says how much was dropped");
+}
+
 /// `gantry step run misbehave --with action=leak ...` with TOKEN granted.
 fn leak(message: &str, fail: bool) -> std::process::Output {
     let wasm = plugin(MISBEHAVE);

@@ -50,7 +50,7 @@ pub(crate) struct RunArgs {
     /// Longest one HTTP request may take (default 30s).
     #[arg(long, value_parser = humantime::parse_duration)]
     request_timeout: Option<Duration>,
-    /// Most bytes of stdout/stderr kept, and of outputs returned, e.g. 1MiB (the default).
+    /// Most bytes of stdout/stderr kept, of log lines, and of outputs returned, e.g. 1MiB (the default).
     #[arg(long, value_parser = parse_memory)]
     output: Option<usize>,
     /// Wall-clock limit for the call, e.g. 10s, 500ms, 2m (default 30s).

@@ -291,6 +291,10 @@ struct State {
     checkpointed: usize,
     logs: Option<LineLog>,
     logged: usize,
+    /// Bytes of log lines printed, which count against the output limit, and what was dropped past it.
+    log_bytes: usize,
+    log_dropped: (usize, usize),
+    log_limit: usize,
 }
 
 impl WasiView for State {
@@ -304,6 +308,12 @@ impl wit::Host for State {}
 impl bindings::gantry::step::host::Host for State {
     async fn log(&mut self, level: wit::Level, message: String) {
         let step = self.outbound.step.as_str();
+        if self.log_bytes + message.len() > self.log_limit {
+            // Past the output limit nothing more is printed or journaled; the call fails with output-limit.
+            self.log_dropped = (self.log_dropped.0 + 1, self.log_dropped.1 + message.len());
+            return;
+        }
+        self.log_bytes += message.len();
         let message = self.outbound.grants.secrets.redact(&message);
         let level = match level {
             wit::Level::Trace => Level::Trace,
@@ -612,6 +622,9 @@ impl Plugin {
             checkpointed: 0,
             logs: call.logs.clone(),
             logged: 0,
+            log_bytes: 0,
+            log_dropped: (0, 0),
+            log_limit: call.limits.output_bytes,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.tracker);
@@ -695,6 +708,15 @@ impl Plugin {
         let secrets = &call.grants.secrets;
         let step = call.context.step_id.clone();
         let settled = self.settle(call, &mut store, result, &captured.stderr);
+        let (lines, bytes) = store.data().log_dropped;
+        if lines > 0 {
+            let limit = call.limits.output_bytes;
+            tracing::warn!(target: "gantry::plugin", step, "log output over {limit} bytes: dropped {lines} lines ({bytes} bytes)");
+        }
+        if lines > 0 && !matches!(settled, Err(CallError::Timeout { .. } | CallError::MemoryLimit { .. })) {
+            let what = format!("log: {lines} lines ({bytes} bytes) dropped");
+            return Err(CallError::OutputLimit { step, limit: call.limits.output_bytes, what });
+        }
         // A full pipe means writes were refused; whatever the plugin made of that, the limit was hit.
         if captured.full && !matches!(settled, Err(CallError::Timeout { .. } | CallError::MemoryLimit { .. })) {
             return Err(CallError::OutputLimit { step, limit: call.limits.output_bytes, what: "stdout/stderr".into() });

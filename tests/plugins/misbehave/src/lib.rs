@@ -197,6 +197,14 @@ impl Step for Misbehave {
                 }
                 Ok(Outputs::new().with("leak", &input.message))
             }
+            // `bytes` of log lines through the host's `log` import, 1 KiB each.
+            "log_flood" => {
+                let line = "y".repeat(1024);
+                for _ in 0..input.bytes / 1024 {
+                    gantry_sdk::info!("{line}");
+                }
+                Ok(Outputs::new().with("logged", input.bytes))
+            }
             "flood" => {
                 use std::io::Write;
                 let chunk = vec![b'x'; 64 << 10];
