@@ -273,6 +273,38 @@ async fn files_outside_the_granted_directory_do_not_exist_and_granted_ones_are_r
 }
 
 #[tokio::test]
+async fn artifacts_are_capped_while_the_step_runs_and_links_left_behind_are_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let artifacts = root.path().join("artifacts");
+    let runtime = runtime();
+    let call_with = |input: Value| {
+        let (mut call, logs) = attack(input, &[]);
+        call.grants.files = Files { read: vec![], artifacts: Some(artifacts.clone()) };
+        call.limits.artifacts_bytes = 8 << 20;
+        (call, logs)
+    };
+    // 512 MiB asked for: the watcher stops the call soon after 8 MiB, and nothing is left behind.
+    let (fill, _) = call_with(json!({"action": "fill", "path": "/artifacts/disk.bin", "bytes": 512u64 << 20}));
+    let err = run(&runtime, &fill).await.unwrap_err();
+    assert_eq!(err.kind(), "artifacts-limit", "{err}");
+    assert!(err.to_string().contains("exceeded its artifacts limit of 8388608 bytes"), "{err}");
+    assert_eq!(gantry_host::sandbox::artifacts::usage(&artifacts).bytes, 0, "emptied");
+
+    // Links pointing outside, however made, are removed when the step ends; regular files stay.
+    let (call, _) = call_with(json!({"action": "link", "message": "../../../../etc", "path": "/artifacts/up"}));
+    run(&runtime, &call).await.expect("WASI lets a plugin make a relative link that points outside");
+    assert!(!artifacts.join("up").exists() && artifacts.join("up").symlink_metadata().is_err(), "and it is gone");
+    // An absolute target is refused by WASI itself; were it made, it would be removed the same way.
+    let (call, _) = call_with(json!({"action": "link", "message": "/etc/passwd", "path": "/artifacts/passwd"}));
+    let _ = run(&runtime, &call).await;
+    let (report, _) = call_with(json!({"action": "write", "path": "/artifacts/report.txt", "message": "ok"}));
+    run(&runtime, &report).await.unwrap();
+    let left: Vec<String> =
+        std::fs::read_dir(&artifacts).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["report.txt"], "only the regular file stays");
+}
+
+#[tokio::test]
 async fn the_plugin_sees_no_environment_and_no_arguments() {
     assert!(std::env::vars().count() > 0);
     let (call, _) = attack(json!({"action": "env"}), &[]);

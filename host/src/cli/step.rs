@@ -53,6 +53,9 @@ pub(crate) struct RunArgs {
     /// Most bytes of stdout/stderr kept, of log lines, and of outputs returned, e.g. 1MiB (the default).
     #[arg(long, value_parser = parse_memory)]
     output: Option<usize>,
+    /// Most bytes left in `/artifacts` (with --artifacts), e.g. 256MiB (the default).
+    #[arg(long, value_parser = parse_memory)]
+    artifacts_size: Option<usize>,
     /// Wall-clock limit for the call, e.g. 10s, 500ms, 2m (default 30s).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -135,6 +138,8 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         requests: args.requests.unwrap_or(defaults.requests),
         response_bytes: args.response_size.unwrap_or(defaults.response_bytes),
         request_timeout: args.request_timeout.unwrap_or(defaults.request_timeout),
+        artifacts_bytes: args.artifacts_size.unwrap_or(defaults.artifacts_bytes),
+        artifact_files: defaults.artifact_files,
     };
     let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
     let sink = records.clone();

@@ -44,6 +44,20 @@ pub struct ResourceLimits {
     /// Longest one HTTP request may take.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Most bytes left in `/artifacts`.
+    #[serde(default = "default_artifacts_bytes")]
+    pub artifacts_bytes: usize,
+    /// Most files and directories left in `/artifacts`.
+    #[serde(default = "default_artifact_files")]
+    pub artifact_files: usize,
+}
+
+fn default_artifacts_bytes() -> usize {
+    Limits::default().artifacts_bytes
+}
+
+fn default_artifact_files() -> usize {
+    Limits::default().artifact_files
 }
 
 impl Default for ResourceLimits {
@@ -56,6 +70,8 @@ impl Default for ResourceLimits {
             requests: h.max_requests,
             response_bytes: h.max_response_bytes,
             request_timeout: h.request_timeout,
+            artifacts_bytes: l.artifacts_bytes,
+            artifact_files: l.artifact_files,
         }
     }
 }
@@ -63,7 +79,13 @@ impl Default for ResourceLimits {
 impl ResourceLimits {
     /// The sandbox's limits of one call.
     pub fn sandbox(&self) -> Limits {
-        Limits { memory_bytes: self.memory_bytes, timeout: self.timeout, output_bytes: self.output_bytes }
+        Limits {
+            memory_bytes: self.memory_bytes,
+            timeout: self.timeout,
+            output_bytes: self.output_bytes,
+            artifacts_bytes: self.artifacts_bytes,
+            artifact_files: self.artifact_files,
+        }
     }
 
     /// The HTTP caps of one call.

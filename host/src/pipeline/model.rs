@@ -163,6 +163,12 @@ pub struct StepLimits {
     /// Longest one HTTP request may take, e.g. `30s` (default).
     #[serde(default)]
     pub request_timeout: Option<Loc<String>>,
+    /// Most bytes a step may leave in `/artifacts`, e.g. `256MiB` (default).
+    #[serde(default)]
+    pub artifacts: Option<Loc<String>>,
+    /// Most files and directories a step may leave in `/artifacts` (default 10000).
+    #[serde(default)]
+    pub artifact_files: Option<Loc<u32>>,
 }
 
 /// One step of a pipeline.

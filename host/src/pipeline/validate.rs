@@ -239,6 +239,7 @@ impl<'a> Checker<'a> {
             ("memory", &def.memory, &mut limits.memory_bytes),
             ("output", &def.output, &mut limits.output_bytes),
             ("response_size", &def.response_size, &mut limits.response_bytes),
+            ("artifacts", &def.artifacts, &mut limits.artifacts_bytes),
         ] {
             if let Some(size) = size {
                 ok &= self.size(size, &format!("{field}.limits.{name}")).map(|n| *target = n).is_some();
@@ -247,6 +248,9 @@ impl<'a> Checker<'a> {
         if let Some(t) = &def.request_timeout {
             let parsed = self.duration(t, &format!("{field}.limits.request_timeout"));
             ok &= parsed.map(|t| limits.request_timeout = t).is_some();
+        }
+        if let Some(n) = &def.artifact_files {
+            limits.artifact_files = n.value as usize;
         }
         if let Some(n) = &def.requests {
             if n.value == 0 {

@@ -12,11 +12,21 @@ pub struct Limits {
     pub timeout: Duration,
     /// Most bytes of stdout plus stderr kept from the plugin.
     pub output_bytes: usize,
+    /// Most bytes the plugin may leave in `/artifacts`.
+    pub artifacts_bytes: usize,
+    /// Most files and directories the plugin may leave in `/artifacts`.
+    pub artifact_files: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: 64 << 20, timeout: Duration::from_secs(30), output_bytes: 1 << 20 }
+        Self {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(30),
+            output_bytes: 1 << 20,
+            artifacts_bytes: 256 << 20,
+            artifact_files: 10_000,
+        }
     }
 }
 
@@ -27,6 +37,8 @@ pub(crate) struct Tracker {
     pub(crate) deadline: Instant,
     pub(crate) memory_exceeded: Option<usize>,
     pub(crate) timed_out: bool,
+    /// Raised by the artifacts watcher; the next epoch tick stops the call.
+    pub(crate) artifacts_over: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Tracker {
@@ -36,6 +48,7 @@ impl Tracker {
             deadline: Instant::now() + limits.timeout,
             memory_exceeded: None,
             timed_out: false,
+            artifacts_over: Default::default(),
         }
     }
 }

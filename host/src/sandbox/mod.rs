@@ -7,6 +7,7 @@
 //! environment, no files, no sockets), memory limit and deadline, so one
 //! misbehaving call never affects the next.
 
+pub mod artifacts;
 mod bindings;
 pub mod cache;
 pub mod contract;
@@ -144,6 +145,18 @@ pub enum CallError {
         /// What the host refused and why.
         message: String,
     },
+    /// The plugin left more in `/artifacts` than its limits allow; the directory was emptied.
+    #[error("step `{step}` exceeded its artifacts limit of {bytes} bytes and {files} files ({used})")]
+    ArtifactsLimit {
+        /// Step id.
+        step: String,
+        /// The byte limit.
+        bytes: usize,
+        /// The file-count limit.
+        files: usize,
+        /// What was found.
+        used: String,
+    },
     /// The plugin trapped: a panic, stack overflow, unreachable code.
     #[error("step `{step}` crashed: {message}")]
     Trap {
@@ -168,6 +181,7 @@ impl CallError {
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimit { .. } => "memory-limit",
             CallError::OutputLimit { .. } => "output-limit",
+            CallError::ArtifactsLimit { .. } => "artifacts-limit",
             CallError::Refused { kind, .. } => kind,
             CallError::Trap { .. } => "trap",
         }
@@ -631,7 +645,9 @@ impl Plugin {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let tracker = &mut ctx.data_mut().tracker;
-            if Instant::now() >= tracker.deadline {
+            if tracker.artifacts_over.load(Ordering::Relaxed) {
+                Ok(UpdateDeadline::Interrupt)
+            } else if Instant::now() >= tracker.deadline {
                 tracker.timed_out = true;
                 Ok(UpdateDeadline::Interrupt)
             } else {
@@ -695,6 +711,11 @@ impl Plugin {
                 .collect(),
         };
         let (mut store, stdout, stderr) = self.store(call)?;
+        let artifacts = call.grants.files.artifacts.clone();
+        let watcher = artifacts.as_ref().map(|dir| {
+            let over = store.data().tracker.artifacts_over.clone();
+            artifacts::watch(dir.clone(), call.limits.artifacts_bytes as u64, call.limits.artifact_files, over)
+        });
         let result = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let plugin = instance.gantry_step_plugin();
@@ -704,6 +725,10 @@ impl Plugin {
             }
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
+        watcher.inspect(tokio::task::JoinHandle::abort);
+        if let Some(dir) = &artifacts {
+            self.check_artifacts(call, dir)?;
+        }
         let captured = forward_output(call, &stdout, &stderr);
         let secrets = &call.grants.secrets;
         let step = call.context.step_id.clone();
@@ -755,6 +780,31 @@ impl Plugin {
     }
 
     /// Turns a finished, trapped or timed-out call into a value or a `CallError`.
+    /// After a call: over its caps, `/artifacts` is emptied and the call fails; otherwise anything but
+    /// regular files and directories is removed, and each removal is logged (and journaled).
+    fn check_artifacts(&self, call: &StepCall, dir: &Path) -> Result<(), CallError> {
+        let step = call.context.step_id.clone();
+        let removed = artifacts::sanitise(dir);
+        for what in &removed {
+            let line = format!("removed {what} from /artifacts: only regular files and directories are kept");
+            tracing::warn!(target: "gantry::plugin", step, "{line}");
+            if let Some(sink) = &call.logs {
+                (sink.0)(Level::Warn, line);
+            }
+        }
+        let used = artifacts::usage(dir);
+        if used.bytes > call.limits.artifacts_bytes as u64 || used.entries > call.limits.artifact_files {
+            artifacts::clear(dir);
+            return Err(CallError::ArtifactsLimit {
+                step,
+                bytes: call.limits.artifacts_bytes,
+                files: call.limits.artifact_files,
+                used: format!("found {} bytes in {} entries; removed them", used.bytes, used.entries),
+            });
+        }
+        Ok(())
+    }
+
     fn settle<T>(
         &self,
         call: &StepCall,

@@ -63,6 +63,27 @@ fn record(ctx: &Context, input: &Input, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// `path_symlink` of WASI preview 1, which std exposes only on nightly: `target` as written, at `link`
+/// (an absolute path inside a preopened directory).
+fn symlink(target: &str, link: &str) -> Result<(), String> {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        fn path_symlink(old: *const u8, old_len: usize, fd: i32, new: *const u8, new_len: usize) -> u16;
+    }
+    let path = std::path::Path::new(link);
+    let (dir, name) = (path.parent().ok_or("no directory")?, path.file_name().ok_or("no name")?);
+    let dir = std::fs::File::open(dir).map_err(|e| e.to_string())?;
+    let name = name.to_str().ok_or("not UTF-8")?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    // SAFETY: both buffers are valid for their lengths for the duration of the call.
+    let errno = unsafe { path_symlink(target.as_ptr(), target.len(), fd, name.as_ptr(), name.len()) };
+    if errno == 0 {
+        Ok(())
+    } else {
+        Err(format!("errno {errno}"))
+    }
+}
+
 fn default_action() -> String {
     "record".into()
 }
@@ -205,6 +226,23 @@ impl Step for Misbehave {
                 }
                 Ok(Outputs::new().with("logged", input.bytes))
             }
+            // Writes `bytes` to `path` in 1 MiB chunks, as a plugin filling the disk would.
+            "fill" => {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&input.path)
+                    .map_err(|e| Error::failed(format!("cannot create {}: {e}", input.path)))?;
+                let chunk = vec![b'z'; 1 << 20];
+                let mut written = 0u64;
+                while written < input.bytes {
+                    file.write_all(&chunk).map_err(|e| Error::failed(format!("write: {e}")))?;
+                    written += chunk.len() as u64;
+                }
+                Ok(Outputs::new().with("written", written))
+            }
+            // Leaves a link at `path` pointing at `message`, for a process reading artifacts later to follow.
+            "link" => symlink(&input.message, &input.path)
+                .map(|()| Outputs::new().with("linked", &input.path))
+                .map_err(|e| Error::failed(format!("cannot link {}: {e}", input.path))),
             "flood" => {
                 use std::io::Write;
                 let chunk = vec![b'x'; 64 << 10];
