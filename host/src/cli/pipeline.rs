@@ -93,7 +93,7 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
         }
         let (l, r) = (&step.limits, &step.retry);
         println!(
-            "  limits    timeout {}, {} attempts, backoff {}, memory {} B, output {} B, {} requests, response {} B, request timeout {}",
+            "  limits    timeout {}, {} attempts, backoff {}, memory {} B, output {} B, {} requests, response {} B, request timeout {}, artifacts {} B in {} files",
             humantime::format_duration(l.timeout),
             r.attempts,
             humantime::format_duration(r.backoff),
@@ -102,6 +102,8 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
             l.requests,
             l.response_bytes,
             humantime::format_duration(l.request_timeout),
+            l.artifacts_bytes,
+            l.artifact_files,
         );
         println!("  input     {}", step.input);
     }
