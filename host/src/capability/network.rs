@@ -76,9 +76,13 @@ impl Grant {
                 .is_some_and(|labels| !labels.is_empty()),
             None => host == self.host,
         };
+        // Under a path prefix, an encoded `/` or `\` is refused: a server that decodes it before resolving
+        // `..` would read `/api/..%2Fadmin` as `/admin`.
+        let path = url.path();
+        let lower = path.to_ascii_lowercase();
         let path_ok = self.path_prefix.is_empty()
-            || url.path() == self.path_prefix
-            || url.path().starts_with(&format!("{}/", self.path_prefix));
+            || (!lower.contains("%2f") && !lower.contains("%5c"))
+                && (path == self.path_prefix || path.starts_with(&format!("{}/", self.path_prefix)));
         url.scheme() == self.scheme && host_ok && url.port_or_known_default() == Some(self.port) && path_ok
     }
 }
@@ -147,6 +151,25 @@ impl NetworkPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_prefix_holds_against_dot_segments_and_encoded_separators() {
+        let grant = Grant::parse("http://127.0.0.1:5055/api").unwrap();
+        let allows = |u: &str| grant.allows(&Url::parse(u).unwrap());
+        assert!(allows("http://127.0.0.1:5055/api") && allows("http://127.0.0.1:5055/api/v1/x"));
+        for outside in [
+            "http://127.0.0.1:5055/apix",
+            "http://127.0.0.1:5055/api/../admin",
+            "http://127.0.0.1:5055/api/%2e%2e/admin",
+            "http://127.0.0.1:5055/api/..%2fadmin",
+            "http://127.0.0.1:5055/api/..%2Fadmin",
+            "http://127.0.0.1:5055/api/..%5cadmin",
+            "http://127.0.0.1:5055/api\\..\\admin",
+            "http://127.0.0.1:5055/API/x",
+        ] {
+            assert!(!allows(outside), "{outside} is outside /api");
+        }
+    }
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
