@@ -52,17 +52,24 @@ pub fn venv(bin: &str) -> PathBuf {
     path
 }
 
-pub fn spawn(mut cmd: Command, port: u16, ready_path: &str) -> Peer {
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the peer starts");
-    let peer = Peer { child, origin: format!("http://127.0.0.1:{port}") };
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        if get(&peer.origin, ready_path).is_some_and(|(s, _)| s < 500) {
-            return peer;
+/// Starts the peer `make` builds for a free port, and waits until `ready_path` answers as `ours` says
+/// this peer answers. Another test's server can take a port between `free_port` and the peer binding
+/// it: the peer then exits, or the answer is not its own, and it is started again on another port.
+pub fn spawn(make: impl Fn(u16) -> Command, ready_path: &str, ours: fn(u16, &str) -> bool) -> Peer {
+    for _ in 0..5 {
+        let port = free_port();
+        let child = make(port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the peer starts");
+        let mut peer = Peer { child, origin: format!("http://127.0.0.1:{port}") };
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until && peer.child.try_wait().ok().flatten().is_none() {
+            match get(&peer.origin, ready_path) {
+                Some((status, body)) if ours(status, &body) => return peer,
+                Some(_) => break, // someone else's server on this port
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{} did not answer {ready_path} within 30 s", peer.origin);
+    panic!("the peer did not start on any of 5 ports (answering {ready_path})");
 }
 
 /// moto's server with signature checking on, and what `tests/peers/aws.py setup` made in it.
@@ -82,10 +89,15 @@ impl Aws {
 
     /// As [`Aws::start`], with extra arguments to `aws.py setup` (e.g. `--no-green-targets`).
     pub fn start_with(args: &[&str]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(venv("moto_server"));
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
-        let moto = spawn(cmd, port, "/moto-api/");
+        let moto = spawn(
+            |port| {
+                let mut cmd = Command::new(venv("moto_server"));
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
+                cmd
+            },
+            "/moto-api/data.json",
+            |status, body| status == 200 && body.trim_start().starts_with('{'),
+        );
         let mut setup = Command::new(venv("python"));
         setup.arg(aws_py()).args(["setup", "--endpoint", &moto.origin]).args(args);
         let out = setup.output().unwrap();
@@ -133,14 +145,16 @@ impl Aws {
 
     /// The canary's `/metrics` and `/health`; with `broken_green`, errors follow green's share of traffic.
     pub fn metrics(&self, broken_green: bool) -> Peer {
-        let port = free_port();
-        let mut cmd = Command::new(venv("python"));
-        cmd.arg(aws_py()).arg("serve").args(self.auth_args()).args(["--green", &self.get("green")]);
-        cmd.args(["--port", &port.to_string()]);
-        if broken_green {
-            cmd.arg("--broken-green");
-        }
-        spawn(cmd, port, "/health")
+        let make = |port: u16| {
+            let mut cmd = Command::new(venv("python"));
+            cmd.arg(aws_py()).arg("serve").args(self.auth_args()).args(["--green", &self.get("green")]);
+            cmd.args(["--port", &port.to_string()]);
+            if broken_green {
+                cmd.arg("--broken-green");
+            }
+            cmd
+        };
+        spawn(make, "/metrics", |status, body| status == 200 && body.contains("http_requests_total"))
     }
 }
 
@@ -150,7 +164,6 @@ fn aws_py() -> PathBuf {
 
 /// Prometheus scraping `target` every 500 ms, with its data in `dir`.
 pub fn prometheus(target: &Peer, dir: &std::path::Path) -> Peer {
-    let port = free_port();
     let config = dir.join("prometheus.yml");
     let target = target.origin.trim_start_matches("http://");
     std::fs::write(
@@ -158,21 +171,26 @@ pub fn prometheus(target: &Peer, dir: &std::path::Path) -> Peer {
         format!("global:\n  scrape_interval: 500ms\nscrape_configs:\n  - job_name: canary\n    static_configs:\n      - targets: ['{target}']\n"),
     )
     .unwrap();
-    let mut cmd = Command::new("prometheus");
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--storage.tsdb.retention.time=1h");
-    spawn(cmd, port, "/-/ready")
+    let make = |port: u16| {
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--storage.tsdb.retention.time=1h");
+        cmd
+    };
+    spawn(make, "/-/ready", |status, body| status == 200 && body.contains("Prometheus"))
 }
 
 /// The Notion stand-in (`tests/peers/notion.py`) with its token, data source and extra flags.
 pub fn notion(token: &str, data_source: &str, flags: &[&str]) -> Peer {
-    let port = free_port();
-    let mut cmd = Command::new(venv("python"));
-    cmd.arg(repo().join("tests/peers/notion.py")).args(["--port", &port.to_string(), "--token", token]);
-    cmd.args(["--data-source", data_source]).args(flags);
-    spawn(cmd, port, "/_state")
+    let make = |port: u16| {
+        let mut cmd = Command::new(venv("python"));
+        cmd.arg(repo().join("tests/peers/notion.py")).args(["--port", &port.to_string(), "--token", token]);
+        cmd.args(["--data-source", data_source]).args(flags);
+        cmd
+    };
+    spawn(make, "/_state", |status, body| status == 200 && body.contains("\"pages\""))
 }
 
 /// A real WordPress on 127.0.0.1 (`tests/peers/wordpress.sh`); its process groups are killed on drop.
