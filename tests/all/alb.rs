@@ -139,15 +139,7 @@ fn a_wrong_secret_key_is_refused_by_the_signature_check() {
 fn a_later_failure_rolls_the_shift_back_from_the_recorded_weights() {
     let aws = Aws::start();
     let dir = tempfile::tempdir().unwrap();
-    let yaml = canary_yaml(&aws, 0)
-        + &format!(
-            r#"  - id: smoke
-    uses: {misbehave}
-    needs: [shift]
-    with: {{ action: fail, message: "post-release check failed" }}
-"#,
-            misbehave = repo().join("tests/plugins/misbehave").display()
-        );
+    let yaml = canary_yaml(&aws, 0) + &failing_step("smoke", "shift", "post-release check failed");
     let (key, secret) = (aws.get("access_key"), aws.get("secret_key"));
     let out = run_pipeline(dir.path(), &yaml, &[("TEST_AWS_KEY", &key), ("TEST_AWS_SECRET", &secret)], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -289,20 +281,9 @@ fn kill_9_at_every_step_boundary_stage_pause_and_gate_then_resume_or_rollback_le
             );
             let file = dir.path().join("canary.yaml");
             std::fs::write(&file, yaml).unwrap();
-            let mut child = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let until = Instant::now() + Duration::from_secs(60);
-            while !point.reached(&journal(dir.path())) {
-                if Instant::now() > until {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the run never reached {point:?}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let mut cmd = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()]);
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            let mut child = spawn_until(&mut cmd, &format!("{point:?}"), || point.reached(&journal(dir.path())));
             child.kill().unwrap();
             child.wait().unwrap();
             let green = point.green();
@@ -327,16 +308,9 @@ fn sigint_and_sigterm_during_the_canary_restore_the_original_weights() {
         let aws = Aws::start();
         let dir = tempfile::tempdir().unwrap();
         let file = canary(dir.path(), &aws, 1500);
-        let child = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let until = Instant::now() + Duration::from_secs(60);
-        while modifies_after_checkpoint(&journal(dir.path())) < 2 {
-            assert!(Instant::now() < until, "the canary never reached 25 %");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut cmd = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()]);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let child = spawn_until(&mut cmd, "25 %", || modifies_after_checkpoint(&journal(dir.path())) >= 2);
         assert_eq!(aws.weights(), weights_of(&aws, 75, 25));
         let status = std::process::Command::new("kill").args(["-s", sig, &child.id().to_string()]).status().unwrap();
         assert!(status.success());

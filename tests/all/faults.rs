@@ -8,7 +8,7 @@
 use crate::peers::{notion, Aws, WordPress};
 use crate::support::*;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,32 +91,14 @@ fn serve(
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(client.try_clone()?);
-    let mut head = Vec::new();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap_or(0),
-                "connection" => continue,
-                _ => {}
-            }
-        }
-        let end = line == "\r\n";
-        if end {
-            head.extend_from_slice(b"Connection: close\r\n");
-        }
-        head.extend_from_slice(line.as_bytes());
-        if end {
-            break;
-        }
+    let Some(request) = read_request(&client)? else { return Ok(()) };
+    // Each connection carries one request: the proxy's own `Connection: close` replaces the client's.
+    let mut head = request.line.into_bytes();
+    for header in request.headers.iter().filter(|h| !h.to_ascii_lowercase().starts_with("connection:")) {
+        head.extend_from_slice(header.as_bytes());
     }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    let body = request.body;
     let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
     let fault = faults.get(&n).copied();
     if let Some(f) = fault {

@@ -132,15 +132,7 @@ fn notion_errors_are_surfaced_and_a_later_failure_restores_every_segment() {
 
     let before = segments(&peer);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = crm_pipeline(&peer.origin)
-        + &format!(
-            r#"  - id: verify
-    uses: {misbehave}
-    needs: [sync]
-    with: {{ action: fail, message: "site check failed" }}
-"#,
-            misbehave = repo().join("tests/plugins/misbehave").display()
-        );
+    let yaml = crm_pipeline(&peer.origin) + &failing_step("verify", "sync", "site check failed");
     let out = run_pipeline(dir.path(), &yaml, &[("TEST_NOTION_TOKEN", TOKEN)], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let written = patches(&peer);
@@ -205,19 +197,10 @@ fn kill_9_mid_sync_then_rollback_or_resume_leaves_every_segment_as_before_or_as_
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pipeline.yaml");
         std::fs::write(&file, crm_pipeline(&peer.origin)).unwrap();
-        let mut child = command(&shared_cache())
-            .args(["run", file.to_str().unwrap()])
-            .current_dir(dir.path())
-            .env("TEST_NOTION_TOKEN", TOKEN)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while patches(&peer) < 60 {
-            assert!(std::time::Instant::now() < until, "the sync never wrote 60 pages");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let mut cmd = command(&shared_cache());
+        cmd.args(["run", file.to_str().unwrap()]).current_dir(dir.path()).env("TEST_NOTION_TOKEN", TOKEN);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut child = spawn_until(&mut cmd, "60 pages written", || patches(&peer) >= 60);
         child.kill().unwrap(); // mid-way through the second batch
         child.wait().unwrap();
         let half = segments(&peer);

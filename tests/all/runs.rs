@@ -406,29 +406,15 @@ fn a_bad_report_argument_is_refused_before_the_first_step() {
 }
 
 /// Starts `gantry run` in `dir` and waits until the journal shows `event` (for `step`, when given).
-// The child is handed to the caller, who signals and waits on it.
-#[allow(clippy::zombie_processes)]
 fn run_until(dir: &Path, file: &Path, event: &str, step: Option<&str>) -> std::process::Child {
-    let mut child = command(&shared_cache())
-        .args(["run", file.to_str().unwrap()])
+    let mut cmd = command(&shared_cache());
+    cmd.args(["run", file.to_str().unwrap()])
         .current_dir(dir)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let reached = journal(dir).iter().any(|e| e["event"] == event && step.is_none_or(|s| e["step"] == s));
-        if reached {
-            return child;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the run never reached {event} {step:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        .stderr(std::process::Stdio::piped());
+    spawn_until(&mut cmd, &format!("{event} {step:?}"), || {
+        journal(dir).iter().any(|e| e["event"] == event && step.is_none_or(|s| e["step"] == s))
+    })
 }
 
 fn signal(child: &std::process::Child, name: &str) {

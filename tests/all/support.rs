@@ -163,27 +163,47 @@ impl CountingServer {
     }
 }
 
-/// Answers one request; returns it as `METHOD body`, and its header lines.
-fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<(String, String)> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// One HTTP/1.1 request as read off a socket.
+pub struct RawRequest {
+    /// `METHOD target HTTP/1.1`, with its line end.
+    pub line: String,
+    /// Header lines, each with its line end.
+    pub headers: Vec<String>,
+    /// The body, `Content-Length` bytes.
+    pub body: Vec<u8>,
+}
+
+/// Reads one request (head, then a `Content-Length` body); `None` when the peer closed first.
+pub fn read_request(stream: &TcpStream) -> std::io::Result<Option<RawRequest>> {
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut content_length = 0usize;
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let method = request_line.split(' ').next().unwrap_or_default().to_string();
-    let mut headers = String::new();
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let (mut headers, mut content_length) = (Vec::new(), 0usize);
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
             break;
         }
-        headers.push_str(&line);
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
             content_length = v.trim().parse().unwrap_or(0);
         }
+        headers.push(header);
     }
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body)?;
+    Ok(Some(RawRequest { line, headers, body }))
+}
+
+/// Answers one request; returns it as `METHOD body`, and its header lines.
+fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<(String, String)> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let Some(RawRequest { line, headers, body }) = read_request(&stream)? else {
+        return Ok((String::new(), String::new()));
+    };
+    let method = line.split(' ').next().unwrap_or_default().to_string();
+    let headers = headers.concat();
     let mut stream = stream;
     let encoded = reply.echo_encoded.map(|encode| encode(&headers));
     let answer = match (&encoded, reply.echo_headers) {
@@ -248,4 +268,30 @@ pub fn journal(dir: &Path) -> Vec<serde_json::Value> {
     };
     let text = std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default();
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Spawns `cmd` and polls `reached` until it holds (60 s at most), for a test that then signals or kills
+/// the child at that point of its run; a child that never gets there is killed and the test fails.
+// The child is handed to the caller, who signals and waits on it.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_until(cmd: &mut Command, what: &str, reached: impl Fn() -> bool) -> std::process::Child {
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the run never reached {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// A pipeline step that fails with `message` once `needs` are done, for rollback tests.
+pub fn failing_step(id: &str, needs: &str, message: &str) -> String {
+    format!(
+        "  - id: {id}\n    uses: {}\n    needs: [{needs}]\n    with: {{ action: fail, message: \"{message}\" }}\n",
+        repo().join("tests/plugins/misbehave").display()
+    )
 }

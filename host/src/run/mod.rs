@@ -235,12 +235,6 @@ impl Status {
             Status::Paused => "paused",
         }
     }
-
-    /// The status a journal names; `None` for a name this version does not know.
-    pub fn parse(name: &str) -> Option<Self> {
-        use Status::*;
-        [Succeeded, Failed, RollbackFailed, RolledBack, Interrupted, Paused].into_iter().find(|s| s.name() == name)
-    }
 }
 
 impl Serialize for Status {

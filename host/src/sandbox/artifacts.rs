@@ -24,21 +24,40 @@ pub struct Usage {
 
 /// Measures `dir` without following links.
 pub fn usage(dir: &Path) -> Usage {
-    let mut total = Usage::default();
+    walk(dir, false).1
+}
+
+/// Walks `dir` without following links, measuring what stays; with `remove`, anything that is not a
+/// regular file or a directory is removed and named, as `path (kind)` relative to `dir`.
+fn walk(dir: &Path, remove: bool) -> (Vec<String>, Usage) {
+    let (mut removed, mut total) = (Vec::new(), Usage::default());
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for entry in entries.flatten() {
-            total.entries += 1;
-            let Ok(meta) = entry.path().symlink_metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else if meta.is_file() {
+            let path = entry.path();
+            let Ok(meta) = path.symlink_metadata() else { continue };
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
                 total.bytes += meta.len();
+            } else if remove {
+                let what = if kind.is_symlink() { "link" } else { "special file" };
+                let relative = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        removed.push(format!("{relative} ({what})"));
+                        continue;
+                    }
+                    Err(e) => removed.push(format!("{relative} ({what}; could not remove: {e})")),
+                }
             }
+            total.entries += 1;
         }
     }
-    total
+    removed.sort();
+    (removed, total)
 }
 
 /// Watches `dir` while a call runs and raises `over` once it holds more than `bytes` or `entries`.
@@ -57,33 +76,9 @@ pub(crate) fn watch(dir: PathBuf, bytes: u64, entries: usize, over: Arc<AtomicBo
 }
 
 /// Removes everything under `dir` that is not a regular file or a directory; gives back what it
-/// removed, as `path (kind)` relative to `dir`.
-pub fn sanitise(dir: &Path) -> Vec<String> {
-    let mut removed = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = path.symlink_metadata() else { continue };
-            let kind = meta.file_type();
-            if kind.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            if kind.is_file() {
-                continue;
-            }
-            let what = if kind.is_symlink() { "link" } else { "special file" };
-            let relative = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed.push(format!("{relative} ({what})")),
-                Err(e) => removed.push(format!("{relative} ({what}; could not remove: {e})")),
-            }
-        }
-    }
-    removed.sort();
-    removed
+/// removed, as `path (kind)` relative to `dir`, and what stays.
+pub fn sanitise(dir: &Path) -> (Vec<String>, Usage) {
+    walk(dir, true)
 }
 
 /// Empties `dir`: a step over its artifacts cap leaves nothing half-written behind.
@@ -113,8 +108,10 @@ mod tests {
         // SAFETY: a valid NUL-terminated path and a plain mode.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert_eq!(usage(root), Usage { bytes: 2, entries: 5 });
-        assert_eq!(sanitise(root), ["passwd (link)", "pipe (special file)", "sub/up (link)"]);
-        assert_eq!(usage(root), Usage { bytes: 2, entries: 2 });
+        let (removed, left) = sanitise(root);
+        assert_eq!(removed, ["passwd (link)", "pipe (special file)", "sub/up (link)"]);
+        assert_eq!(left, Usage { bytes: 2, entries: 2 });
+        assert_eq!(usage(root), left);
         assert!(root.join("sub/report.json").is_file());
         clear(root);
         assert_eq!(usage(root), Usage::default());

@@ -784,7 +784,7 @@ impl Plugin {
     /// regular files and directories is removed, and each removal is logged (and journaled).
     fn check_artifacts(&self, call: &StepCall, dir: &Path) -> Result<(), CallError> {
         let step = call.context.step_id.clone();
-        let removed = artifacts::sanitise(dir);
+        let (removed, used) = artifacts::sanitise(dir);
         for what in &removed {
             let line = format!("removed {what} from /artifacts: only regular files and directories are kept");
             tracing::warn!(target: "gantry::plugin", step, "{line}");
@@ -792,7 +792,6 @@ impl Plugin {
                 (sink.0)(Level::Warn, line);
             }
         }
-        let used = artifacts::usage(dir);
         if used.bytes > call.limits.artifacts_bytes as u64 || used.entries > call.limits.artifact_files {
             artifacts::clear(dir);
             return Err(CallError::ArtifactsLimit {

@@ -57,69 +57,78 @@ pub fn error_text(response: &Response) -> String {
     }
 }
 
+/// How one attempt of a call ended.
+enum Attempt {
+    /// The JSON answer.
+    Done(Value),
+    /// An error another attempt will not fix.
+    Fatal(Error),
+    /// Worth another attempt: the error to report if none is left, what to log, and how long to wait
+    /// (`None`: the current backoff).
+    Again(Error, String, Option<u64>),
+}
+
 impl Api<'_> {
     /// Sends `method path` with a JSON body, retrying 429, 5xx, dropped connections and garbled answers
     /// (every call the sync makes is safe to repeat: queries, and PATCHes of absolute values); returns
     /// the JSON answer.
     pub fn call(&self, method: &str, path: &str, body: &Value) -> Result<Value, Error> {
-        let url = format!("{}{path}", self.base.trim_end_matches('/'));
         let mut backoff = 500u64;
         for attempt in 0..=self.max_retries {
-            let last = attempt == self.max_retries;
-            let sent = self
-                .ctx
-                .http()
-                .request(method, &url)
-                .bearer_secret(&self.token_secret)
-                .header("Notion-Version", &self.version)
-                .json(body)
-                .send();
-            let response = match sent {
-                Ok(response) => response,
-                Err(e) if e.is_retryable() && !last => {
-                    gantry_sdk::warn!("{method} {path}: {e}; waiting {backoff} ms (attempt {})", attempt + 1);
-                    gantry_sdk::sleep_ms(backoff);
+            match self.attempt(method, path, body, backoff) {
+                Attempt::Done(answer) => return Ok(answer),
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Again(e, _, _) if attempt == self.max_retries => return Err(e),
+                Attempt::Again(_, why, wait) => {
+                    let wait = wait.unwrap_or(backoff);
+                    gantry_sdk::warn!("{method} {path}: {why}; waiting {wait} ms (attempt {})", attempt + 1);
+                    gantry_sdk::sleep_ms(wait);
                     backoff = (backoff * 2).min(self.max_wait_ms.max(1));
-                    continue;
-                }
-                Err(e) if e.is_retryable() => return Err(Error::retryable(format!("{method} {path}: {e}"))),
-                Err(e) => return Err(Error::failed(format!("{method} {path}: {e}"))),
-            };
-            let status = response.status();
-            if response.is_success() {
-                match serde_json::from_slice(response.body()) {
-                    Ok(answer) => return Ok(answer),
-                    Err(e) if last => {
-                        return Err(Error::retryable(format!("{method} {path}: answer is not JSON: {e}")))
-                    }
-                    Err(e) => {
-                        gantry_sdk::warn!("{method} {path}: answer is not JSON ({e}); trying again");
-                        gantry_sdk::sleep_ms(backoff);
-                        backoff = (backoff * 2).min(self.max_wait_ms.max(1));
-                        continue;
-                    }
                 }
             }
-            let retry = status == 429 || status >= 500;
-            if !retry || attempt == self.max_retries {
-                let text = format!("Notion {method} {path}: {}", error_text(&response));
-                return Err(if retry { Error::retryable(text) } else { Error::failed(text) });
-            }
-            let jitter = gantry_sdk::now_ms() % (backoff / 2 + 1);
-            let wait = response
-                .header("retry-after")
-                .and_then(|v| retry_after_ms(v, gantry_sdk::now_ms()))
-                .unwrap_or(backoff + jitter)
-                .min(self.max_wait_ms);
-            gantry_sdk::warn!(
-                "{method} {path}: {}; waiting {wait} ms (attempt {})",
-                error_text(&response),
-                attempt + 1
-            );
-            gantry_sdk::sleep_ms(wait);
-            backoff = (backoff * 2).min(self.max_wait_ms.max(1));
         }
         unreachable!("the last attempt returns")
+    }
+
+    fn attempt(&self, method: &str, path: &str, body: &Value, backoff: u64) -> Attempt {
+        let url = format!("{}{path}", self.base.trim_end_matches('/'));
+        let sent = self
+            .ctx
+            .http()
+            .request(method, &url)
+            .bearer_secret(&self.token_secret)
+            .header("Notion-Version", &self.version)
+            .json(body)
+            .send();
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) if e.is_retryable() => {
+                return Attempt::Again(Error::retryable(format!("{method} {path}: {e}")), e.to_string(), None)
+            }
+            Err(e) => return Attempt::Fatal(Error::failed(format!("{method} {path}: {e}"))),
+        };
+        let status = response.status();
+        if response.is_success() {
+            return match serde_json::from_slice(response.body()) {
+                Ok(answer) => Attempt::Done(answer),
+                Err(e) => Attempt::Again(
+                    Error::retryable(format!("{method} {path}: answer is not JSON: {e}")),
+                    format!("answer is not JSON ({e})"),
+                    None,
+                ),
+            };
+        }
+        let text = format!("Notion {method} {path}: {}", error_text(&response));
+        if status != 429 && status < 500 {
+            return Attempt::Fatal(Error::failed(text));
+        }
+        let jitter = gantry_sdk::now_ms() % (backoff / 2 + 1);
+        let wait = response
+            .header("retry-after")
+            .and_then(|v| retry_after_ms(v, gantry_sdk::now_ms()))
+            .unwrap_or(backoff + jitter)
+            .min(self.max_wait_ms);
+        Attempt::Again(Error::retryable(text), error_text(&response), Some(wait))
     }
 }
 
