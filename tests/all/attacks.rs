@@ -209,6 +209,26 @@ async fn an_echoed_secret_escaped_as_php_or_go_write_json_or_in_hex_is_redacted_
 }
 
 #[tokio::test]
+async fn an_echoed_basic_credential_is_redacted_whatever_user_name_shifts_the_base64() {
+    // base64("user:secret") carries the secret's own base64 only when the user name and colon are a
+    // multiple of 3 bytes long; the plugin chooses the name, then decodes what the server echoes.
+    for user in ["ab", "abc", "abcd"] {
+        let echo = CountingServer::start(Reply { status: 200, echo_headers: true, ..Reply::default() });
+        let input = json!({"action": "http", "url": format!("{}/", echo.origin()), "basic": [user, "KEY"]});
+        let (mut call, _) = attack(input, &[echo.origin()]);
+        let mut secrets = Secrets::default();
+        secrets.insert("KEY", Secret::new(AWS_LIKE, vec![Grant::parse(&echo.origin()).unwrap()]));
+        call.grants.secrets = secrets;
+        let outputs = run(&runtime(), &call).await.unwrap();
+        let sent = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{AWS_LIKE}"));
+        assert!(echo.headers()[0].contains(&sent), "the server got the real credential");
+        let body = &outputs["body"];
+        assert!(!body.contains(&sent), "user {user}: the credential reached the plugin: {body}");
+        assert!(body.to_ascii_lowercase().contains("authorization: basic ***"), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn a_transport_error_shows_the_plugin_the_origin_not_a_url_that_came_from_a_secret() {
     let report = CountingServer::start(Reply::text(200, "ok"));
     let closed = format!("http://127.0.0.1:{}", crate::peers::free_port());

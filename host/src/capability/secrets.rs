@@ -55,6 +55,8 @@ pub struct Redactor {
     /// when there is nothing to redact.
     pattern: Option<Arc<regex::bytes::Regex>>,
     forms: usize,
+    /// The values it was built from, so it can be extended with one more.
+    values: Arc<Vec<String>>,
 }
 
 impl fmt::Debug for Redactor {
@@ -146,7 +148,8 @@ fn hex_class(c: char) -> String {
 impl Redactor {
     /// A redactor for `values` and their encoded forms.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut needles: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).flat_map(forms).collect();
+        let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).map(str::to_string).collect();
+        let mut needles: Vec<String> = values.iter().flat_map(|v| forms(v)).collect();
         needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         needles.dedup();
         if needles.is_empty() {
@@ -159,7 +162,16 @@ impl Redactor {
             .size_limit(64 << 20)
             .build()
             .expect("an escaped alternation of literals is a valid pattern");
-        Self { pattern: Some(Arc::new(pattern)), forms: needles.len() }
+        Self { pattern: Some(Arc::new(pattern)), forms: needles.len(), values: Arc::new(values) }
+    }
+
+    /// This redactor and `value` too (a credential the host derived from a secret, such as a basic
+    /// authentication token, which a server may echo back); itself when it already redacts `value`.
+    pub fn with(&self, value: &str) -> Self {
+        if value.is_empty() || self.values.iter().any(|v| v == value) {
+            return self.clone();
+        }
+        Self::new(self.values.iter().map(String::as_str).chain([value]))
     }
 
     /// Replaces every form of every value in `text` with `***`.
@@ -388,10 +400,13 @@ impl Secrets {
         Ok((header.to_string(), format!("{prefix}{}", self.value_for(name, url)?)))
     }
 
-    /// `Authorization: Basic base64(user:secret)`.
-    pub fn basic(&self, username: &str, password: &str, url: &Url) -> Result<Header, SecretError> {
+    /// `Authorization: Basic base64(user:secret)`; from then on the token is redacted too, since its
+    /// base64 holds the secret's own only when the user name happens to align it.
+    pub fn basic(&mut self, username: &str, password: &str, url: &Url) -> Result<Header, SecretError> {
         let pair = format!("{username}:{}", self.value_for(password, url)?);
-        Ok(("authorization".into(), format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))))
+        let token = base64::engine::general_purpose::STANDARD.encode(pair);
+        self.redactor = self.redactor.with(&token);
+        Ok(("authorization".into(), format!("Basic {token}")))
     }
 
     /// `<header>: <prefix><hex hmac-sha256(secret, body)>`.

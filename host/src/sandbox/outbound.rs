@@ -340,7 +340,7 @@ impl Outbound {
 
     /// The plugin's headers, then the secrets it asked for (which replace same-named ones).
     fn headers(
-        &self,
+        &mut self,
         own: &[(String, String)],
         method: &str,
         url: &Url,
@@ -371,14 +371,14 @@ impl Outbound {
     }
 
     fn secret_headers(
-        &self,
+        &mut self,
         use_: &SecretUse,
         method: &str,
         url: &Url,
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<Vec<(String, String)>, HeaderError> {
-        let secrets = &self.grants.secrets;
+        let secrets = &mut self.grants.secrets;
         let one = |r: Result<(String, String), SecretError>| r.map(|h| vec![h]);
         let result = match use_ {
             SecretUse::Bearer(name) => one(secrets.bearer(name, url)),

@@ -38,6 +38,9 @@ struct Input {
     /// Secret `http` sends as a bearer token.
     #[serde(default)]
     bearer: Option<String>,
+    /// `[user, secret]` `http` sends as basic authentication.
+    #[serde(default)]
+    basic: Option<(String, String)>,
     /// How many requests `http` makes.
     #[serde(default)]
     times: Option<u32>,
@@ -186,6 +189,9 @@ impl Step for Misbehave {
                     let mut req = ctx.http().get(url);
                     if let Some(secret) = &input.bearer {
                         req = req.bearer_secret(secret);
+                    }
+                    if let Some((user, secret)) = &input.basic {
+                        req = req.basic_secret(user, secret);
                     }
                     match req.send() {
                         Ok(r) => last = Some(r),
