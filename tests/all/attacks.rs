@@ -208,6 +208,43 @@ async fn an_echoed_secret_escaped_as_php_or_go_write_json_or_in_hex_is_redacted_
     }
 }
 
+/// The request headers as JavaScript's `encodeURIComponent` writes them: `-_.!~*'()` left as they are.
+fn js_uri(headers: &str) -> String {
+    const KEPT: &[u8] = b"-_.!~*'()";
+    headers
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || KEPT.contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// The request headers as Python's `quote(safe="")` writes them, in a JSON string: `-_.~` kept.
+fn python_quote_json(headers: &str) -> String {
+    let quoted: String = headers
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02x}") })
+        .collect();
+    serde_json::to_string(&quoted).unwrap()
+}
+
+#[tokio::test]
+async fn an_echoed_secret_url_encoded_by_an_encoder_that_keeps_unreserved_characters_is_redacted() {
+    // A GitHub-style token with the characters encoders disagree about.
+    const TOKEN_LIKE: &str = "ghp_9aB-c.D~e/F+g&h";
+    for encode in [js_uri as fn(&str) -> String, python_quote_json] {
+        let echo = CountingServer::start(Reply { status: 200, echo_encoded: Some(encode), ..Reply::default() });
+        let input = json!({"action": "http", "url": format!("{}/", echo.origin()), "bearer": "KEY"});
+        let (mut call, _) = attack(input, &[echo.origin()]);
+        let mut secrets = Secrets::default();
+        secrets.insert("KEY", Secret::new(TOKEN_LIKE, vec![Grant::parse(&echo.origin()).unwrap()]));
+        call.grants.secrets = secrets;
+        let outputs = run(&runtime(), &call).await.unwrap();
+        let body = &outputs["body"];
+        let as_echoed = encode(TOKEN_LIKE);
+        assert!(!body.contains(as_echoed.trim_matches('"')), "the token reached the plugin: {body}");
+        assert!(body.contains("***"), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn an_echoed_basic_credential_is_redacted_whatever_user_name_shifts_the_base64() {
     // base64("user:secret") carries the secret's own base64 only when the user name and colon are a

@@ -46,12 +46,14 @@ pub struct Secrets {
 }
 
 /// Replaces secret values with `***` in every form a text may carry them: as written, base64
-/// (standard and URL-safe, padded or not), URL-encoded (`+` or `%20` for spaces, upper- or lower-case
-/// hex), hex (upper or lower), and any of these inside a JSON string, whatever the encoder escaped
-/// (`\/` as PHP writes it, `\u0026` as Go writes `&`, `\"`, `\\`, `\n`, `\uXXXX` for any character).
+/// (standard and URL-safe, padded or not) and hex (either case), each of these with any of its
+/// characters URL-encoded (`%XX` in either case, `+` for a space: whatever set an encoder leaves
+/// alone, as `encodeURIComponent`, `rawurlencode` and form encoding differ) and inside a JSON string
+/// whatever the encoder escaped (`\/` as PHP writes it, `\u0026` as Go writes `&`, `\uXXXX` for any
+/// character).
 #[derive(Clone, Default)]
 pub struct Redactor {
-    /// Every form of every value, longest first, each character also matching its JSON escapes; `None`
+    /// Every form of every value, longest first, each character also matching its escapes; `None`
     /// when there is nothing to redact.
     pattern: Option<Arc<regex::bytes::Regex>>,
     forms: usize,
@@ -65,74 +67,98 @@ impl fmt::Debug for Redactor {
     }
 }
 
-/// Shorter values are redacted only as written: their encoded forms are too likely to occur by chance.
+/// Shorter values are redacted only as written (and escaped): their encoded forms are too likely to
+/// occur by chance.
 const MIN_ENCODED_LEN: usize = 4;
 
-/// The forms a value may take in a text, before JSON escaping.
-fn forms(value: &str) -> Vec<String> {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+/// One form a value may take before URL- and JSON-escaping.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Form {
+    text: String,
+    /// Hex digits match in either case.
+    any_case: bool,
+}
+
+/// The forms of a value: as written, base64 and hex.
+fn forms(value: &str) -> Vec<Form> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let text = |text: String| Form { text, any_case: false };
     if value.len() < MIN_ENCODED_LEN {
-        return vec![value.to_string()];
+        return vec![text(value.to_string())];
     }
-    let upper_percent = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string();
-    let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
-    let lower = |encoded: &str| {
-        // Only the hex digits after `%` change case.
-        let mut out = String::with_capacity(encoded.len());
-        let mut hex_left = 0u8;
-        for c in encoded.chars() {
-            out.push(if hex_left > 0 { c.to_ascii_lowercase() } else { c });
-            hex_left = if c == '%' { 2 } else { hex_left.saturating_sub(1) };
-        }
-        out
-    };
     vec![
-        value.to_string(),
-        STANDARD.encode(value),
-        STANDARD.encode(value).trim_end_matches('=').to_string(),
-        URL_SAFE.encode(value),
-        URL_SAFE_NO_PAD.encode(value),
-        lower(&upper_percent),
-        lower(&form),
-        upper_percent,
-        form,
-        hex::encode(value),
-        hex::encode_upper(value),
+        text(value.to_string()),
+        text(STANDARD.encode(value)),
+        text(STANDARD_NO_PAD.encode(value)),
+        text(URL_SAFE.encode(value)),
+        text(URL_SAFE_NO_PAD.encode(value)),
+        Form { text: hex::encode(value), any_case: true },
     ]
 }
 
-/// A pattern matching `text` with each character as written or as a JSON encoder may escape it.
-fn json_tolerant(text: &str) -> String {
-    let mut pattern = String::new();
-    for c in text.chars() {
-        let mut units = [0u16; 2];
-        // `\uXXXX` (a surrogate pair outside the BMP), hex digits in either case.
-        let escaped: String = c
-            .encode_utf16(&mut units)
-            .iter()
-            .map(|u| format!("\\\\u{}", format!("{u:04x}").chars().map(hex_class).collect::<String>()))
-            .collect();
-        let short = match c {
-            '/' => Some(r"\\/"),
-            '"' => Some(r#"\\""#),
-            '\\' => Some(r"\\\\"),
-            '\n' => Some(r"\\n"),
-            '\r' => Some(r"\\r"),
-            '\t' => Some(r"\\t"),
-            '\u{8}' => Some(r"\\b"),
-            '\u{c}' => Some(r"\\f"),
-            _ => None,
-        };
-        pattern.push_str("(?:");
-        pattern.push_str(&regex::escape(c.encode_utf8(&mut [0; 4])));
-        pattern.push('|');
-        pattern.push_str(&escaped);
-        if let Some(short) = short {
-            pattern.push('|');
-            pattern.push_str(short);
-        }
-        pattern.push(')');
+/// A pattern matching `form` with each character as written, URL-encoded or JSON-escaped.
+fn escaped(form: &Form) -> String {
+    form.text.chars().map(|c| url_char(c, form.any_case)).collect()
+}
+
+/// One character as written (in either case for `any_case`), `%XX`-encoded (either hex case), `+`
+/// for a space, each of those as a JSON encoder may escape it.
+fn url_char(c: char, any_case: bool) -> String {
+    let mut alternatives = vec![json_char(c)];
+    if any_case && c.is_ascii_alphabetic() {
+        alternatives.push(json_char(if c.is_ascii_lowercase() { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() }));
     }
+    if !c.is_ascii_alphanumeric() {
+        let percent = json_char('%');
+        alternatives.push(
+            c.encode_utf8(&mut [0; 4])
+                .bytes()
+                .map(|b| format!("{percent}{}{}", hex_digit(b >> 4), hex_digit(b & 0xf)))
+                .collect(),
+        );
+        if c == ' ' {
+            alternatives.push(json_char('+'));
+        }
+    }
+    format!("(?:{})", alternatives.join("|"))
+}
+
+/// A hex digit in either case, each as a JSON encoder may escape it.
+fn hex_digit(d: u8) -> String {
+    let c = char::from_digit(d.into(), 16).expect("a nibble is a hex digit");
+    if c.is_ascii_alphabetic() {
+        format!("(?:{}|{})", json_char(c), json_char(c.to_ascii_uppercase()))
+    } else {
+        json_char(c)
+    }
+}
+
+/// One character as written or as a JSON encoder may escape it.
+fn json_char(c: char) -> String {
+    let mut units = [0u16; 2];
+    // `\uXXXX` (a surrogate pair outside the BMP), hex digits in either case.
+    let escaped: String = c
+        .encode_utf16(&mut units)
+        .iter()
+        .map(|u| format!("\\\\u{}", format!("{u:04x}").chars().map(hex_class).collect::<String>()))
+        .collect();
+    let short = match c {
+        '/' => Some(r"\\/"),
+        '"' => Some(r#"\\""#),
+        '\\' => Some(r"\\\\"),
+        '\n' => Some(r"\\n"),
+        '\r' => Some(r"\\r"),
+        '\t' => Some(r"\\t"),
+        '\u{8}' => Some(r"\\b"),
+        '\u{c}' => Some(r"\\f"),
+        _ => None,
+    };
+    let mut pattern = format!("(?:{}|{escaped}", regex::escape(c.encode_utf8(&mut [0; 4])));
+    if let Some(short) = short {
+        pattern.push('|');
+        pattern.push_str(short);
+    }
+    pattern.push(')');
     pattern
 }
 
@@ -149,14 +175,14 @@ impl Redactor {
     /// A redactor for `values` and their encoded forms.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
         let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).map(str::to_string).collect();
-        let mut needles: Vec<String> = values.iter().flat_map(|v| forms(v)).collect();
-        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        let mut needles: Vec<Form> = values.iter().flat_map(|v| forms(v)).collect();
+        needles.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then_with(|| a.cmp(b)));
         needles.dedup();
         if needles.is_empty() {
             return Self::default();
         }
         // Alternatives are tried in order, so the longest form wins where one contains another.
-        let alternatives: Vec<String> = needles.iter().map(|n| json_tolerant(n)).collect();
+        let alternatives: Vec<String> = needles.iter().map(escaped).collect();
         let pattern = regex::bytes::RegexBuilder::new(&alternatives.join("|"))
             .unicode(false)
             .size_limit(64 << 20)
@@ -525,9 +551,26 @@ mod tests {
                 .map(|u| if u < 0x80 { (u as u8 as char).to_string() } else { format!("\\u{u:04X}") })
                 .collect()
         };
+        // encodeURIComponent leaves these alone; NON_ALPHANUMERIC encodes them too.
+        const JS: &percent_encoding::AsciiSet =
+            &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'!').remove(b'~');
+        let lower = |s: String| s.replace("%2F", "%2f").replace("%C3%A4", "%c3%a4").replace("%3D", "%3d");
         let mut all = Vec::new();
         for form in forms(value) {
-            all.extend([php(&form), go(&form), ascii_only(&serde_json::to_string(&form).unwrap()), form]);
+            let upper = percent_encoding::utf8_percent_encode(&form.text, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let mut url_forms = vec![
+                lower(upper.clone()),
+                upper,
+                percent_encoding::utf8_percent_encode(&form.text, JS).to_string(),
+                url::form_urlencoded::byte_serialize(form.text.as_bytes()).collect(),
+            ];
+            if form.any_case {
+                url_forms.push(form.text.to_ascii_uppercase());
+            }
+            url_forms.push(form.text);
+            for url_form in url_forms {
+                all.extend([php(&url_form), go(&url_form), ascii_only(&serde_json::to_string(&url_form).unwrap()), url_form]);
+            }
         }
         all
     }
