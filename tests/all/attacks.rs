@@ -213,7 +213,15 @@ fn js_uri(headers: &str) -> String {
     const KEPT: &[u8] = b"-_.!~*'()";
     headers
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || KEPT.contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(
+            |b| {
+                if b.is_ascii_alphanumeric() || KEPT.contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            },
+        )
         .collect()
 }
 
@@ -221,7 +229,13 @@ fn js_uri(headers: &str) -> String {
 fn python_quote_json(headers: &str) -> String {
     let quoted: String = headers
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02x}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
         .collect();
     serde_json::to_string(&quoted).unwrap()
 }

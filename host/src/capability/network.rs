@@ -43,11 +43,22 @@ impl Grant {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') && h.ends_with(']') => {
-                (h, p.parse::<u16>().map_err(|_| err("port must be a number"))?)
+        if text.contains(|c: char| c.is_control() || c.is_whitespace()) {
+            return Err(err("a grant has no spaces or control characters"));
+        }
+        let port = |p: &str| p.parse::<u16>().map_err(|_| err("port must be a number"));
+        // An IPv6 address is bracketed and full of colons: the port, if any, follows the `]`.
+        let (host, port) = match authority.strip_prefix('[').map(|r| r.split_once(']')) {
+            Some(None) => return Err(err("an IPv6 address needs its closing `]`")),
+            Some(Some((inside, ""))) => (format!("[{inside}]"), default),
+            Some(Some((inside, after))) => {
+                let p = after.strip_prefix(':').ok_or_else(|| err("expected `:port` after `]`"))?;
+                (format!("[{inside}]"), port(p)?)
             }
-            _ => (authority, default),
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), port(p)?),
+                None => (authority.to_string(), default),
+            },
         };
         let host = host.to_ascii_lowercase();
         if host.is_empty() {
@@ -59,6 +70,17 @@ impl Grant {
         }
         if authority.contains('@') {
             return Err(err("user info is not allowed"));
+        }
+        match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inside) if inside.parse::<std::net::Ipv6Addr>().is_err() => {
+                return Err(err("not an IPv6 address between `[` and `]`"))
+            }
+            None if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*')) => {
+                return Err(err(
+                    "a host is letters, digits, `-`, `.` and `_` (write an international name in punycode)",
+                ))
+            }
+            _ => {}
         }
         Ok(Self { scheme, host, port, path_prefix: path.trim_end_matches('/').to_string() })
     }
@@ -216,5 +238,147 @@ mod tests {
         assert!(Grant::parse("ftp://x").unwrap_err().reason.contains("http or https"));
         assert!(Grant::parse("127.0.0.1:80").unwrap_err().reason.contains("scheme://"));
         assert!(Grant::parse("http://u@h").unwrap_err().reason.contains("user info"));
+        assert!(Grant::parse("http://h/a b").unwrap_err().reason.contains("no spaces"));
+        assert!(Grant::parse("http://[::1").unwrap_err().reason.contains("closing `]`"));
+        // Found by the `origin` fuzz target: `https://*.example.com::443` kept a `:` in the host.
+        assert!(Grant::parse("https://*.example.com::443").unwrap_err().reason.contains("a host is"));
+        assert!(Grant::parse("http://[zz]").unwrap_err().reason.contains("IPv6"));
+    }
+
+    #[test]
+    fn an_ipv6_grant_without_a_port_parses_and_reads_back() {
+        // Found by the `origin` fuzz target: `http://[::1]:80/x` showed as `http://[::1]/x`, which did not parse.
+        for text in ["http://[::1]", "http://[::1]:80/x", "https://[2001:db8::1]:8443/api"] {
+            let g = Grant::parse(text).unwrap();
+            assert_eq!(Grant::parse(&g.to_string()), Ok(g.clone()), "{text}");
+        }
+        assert!(Grant::parse("http://[::1]").unwrap().allows(&url("http://[::1]/health")));
+        assert!(!Grant::parse("http://[::1]").unwrap().allows(&url("http://[::1]:8080/health")));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn label() -> impl Strategy<Value = String> {
+            "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?"
+        }
+
+        fn host() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::collection::vec(label(), 1..4).prop_map(|l| l.join(".")),
+                any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string()),
+                any::<u128>().prop_map(|a| format!("[{}]", std::net::Ipv6Addr::from(a))),
+            ]
+        }
+
+        /// Path segments with the spellings that try to leave a prefix.
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => label(),
+                1 => Just("..".to_string()),
+                1 => Just(".".to_string()),
+                1 => Just("%2e%2e".to_string()),
+                1 => Just("..%2F".to_string()),
+                1 => Just("%5c..".to_string()),
+                1 => Just("a\\..".to_string()),
+                1 => Just("".to_string()),
+            ]
+        }
+
+        fn grant() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![Just("http"), Just("https"), Just("HTTPS")],
+                any::<bool>(),
+                host(),
+                prop::option::of(1u16..),
+                prop::collection::vec(label(), 0..3),
+            )
+                .prop_map(|(scheme, wild, host, port, path)| {
+                    let host = if wild && !host.starts_with('[') { format!("*.{host}") } else { host };
+                    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                    let path: String = path.iter().map(|s| format!("/{s}")).collect();
+                    format!("{scheme}://{host}{port}{path}")
+                })
+        }
+
+        /// A URL near the grant: its host or a subdomain or another, its port or another, its
+        /// prefix followed by segments that may climb out.
+        fn near(grant: &str) -> impl Strategy<Value = String> {
+            let grant = grant.to_string();
+            (
+                prop_oneof![Just("http"), Just("https")],
+                0..3u8,
+                prop::option::of(prop_oneof![Just(80u16), Just(443u16), 1u16..]),
+                prop::collection::vec(segment(), 0..5),
+                any::<bool>(),
+            )
+                .prop_map(move |(scheme, host_choice, port, segments, keep_prefix)| {
+                    let g = Grant::parse(&grant).unwrap();
+                    let bare = g.host.trim_start_matches("*.");
+                    let host = match host_choice {
+                        0 => bare.to_string(),
+                        1 if !bare.starts_with('[') => format!("sub.{}", bare.to_ascii_uppercase()),
+                        _ => "other.example".to_string(),
+                    };
+                    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                    let prefix = if keep_prefix { g.path_prefix.clone() } else { String::new() };
+                    let rest: String = segments.iter().map(|s| format!("/{s}")).collect();
+                    format!("{scheme}://{host}{port}{prefix}{rest}")
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn a_grant_reads_back_as_it_shows(text in grant()) {
+                let g = Grant::parse(&text).unwrap();
+                prop_assert_eq!(Grant::parse(&g.to_string()), Ok(g));
+            }
+
+            #[test]
+            fn an_allowed_url_has_the_grants_origin_and_stays_under_its_prefix(
+                (text, candidate) in grant().prop_flat_map(|g| (Just(g.clone()), near(&g)))
+            ) {
+                let g = Grant::parse(&text).unwrap();
+                let Ok(url) = Url::parse(&candidate) else { return Ok(()) };
+                if g.allows(&url) {
+                    prop_assert_eq!(url.scheme(), g.scheme.as_str());
+                    prop_assert_eq!(url.port_or_known_default(), Some(g.port));
+                    let host = url.host_str().unwrap().to_ascii_lowercase();
+                    match g.host.strip_prefix("*.") {
+                        Some(suffix) => {
+                            let dotted = format!(".{suffix}");
+                            prop_assert!(host.ends_with(&dotted));
+                        }
+                        None => prop_assert_eq!(&host, &g.host),
+                    }
+                    let path = url.path();
+                    if !g.path_prefix.is_empty() {
+                        let under = format!("{}/", g.path_prefix);
+                        prop_assert!(path == g.path_prefix || path.starts_with(&under));
+                        prop_assert!(!path.to_ascii_lowercase().contains("%2f") && !path.to_ascii_lowercase().contains("%5c"));
+                        prop_assert!(!path.split('/').any(|s| s == ".." || s == "."));
+                    }
+                }
+            }
+
+            #[test]
+            fn a_path_of_plain_segments_under_the_prefix_is_allowed_and_a_sibling_is_not(
+                prefix in prop::collection::vec(label(), 1..3),
+                rest in prop::collection::vec(label(), 0..4),
+                sibling in label(),
+            ) {
+                let prefix: String = prefix.iter().map(|s| format!("/{s}")).collect();
+                let g = Grant::parse(&format!("https://api.example.com{prefix}")).unwrap();
+                let rest: String = rest.iter().map(|s| format!("/{s}")).collect();
+                let inside = format!("https://api.example.com{prefix}{rest}");
+                prop_assert!(g.allows(&url(&inside)));
+                let beside = format!("https://api.example.com{prefix}{sibling}");
+                prop_assert!(!g.allows(&url(&beside)), "{} is beside {}", beside, prefix);
+                let last = prefix.rsplit('/').next().unwrap_or_default();
+                let climbed = format!("https://api.example.com{prefix}/../{sibling}");
+                prop_assert!(sibling == last || !g.allows(&url(&climbed)), "{} left {}", climbed, prefix);
+            }
+        }
     }
 }

@@ -46,7 +46,8 @@ pub struct Secrets {
 }
 
 /// Replaces secret values with `***` in every form a text may carry them: as written, base64
-/// (standard and URL-safe, padded or not) and hex (either case), each of these with any of its
+/// (standard and URL-safe, padded or not, and from 8 bytes on inside the base64 of a larger text)
+/// and hex (either case), each of these with any of its
 /// characters URL-encoded (`%XX` in either case, `+` for a space: whatever set an encoder leaves
 /// alone, as `encodeURIComponent`, `rawurlencode` and form encoding differ) and inside a JSON string
 /// whatever the encoder escaped (`\/` as PHP writes it, `\u0026` as Go writes `&`, `\uXXXX` for any
@@ -71,43 +72,83 @@ impl fmt::Debug for Redactor {
 /// occur by chance.
 const MIN_ENCODED_LEN: usize = 4;
 
+/// Values this long are also found inside the base64 of a larger text (a whole echoed request, a
+/// basic-authentication token): the characters they alone determine are long enough not to occur
+/// by chance.
+const MIN_EMBEDDED_LEN: usize = 8;
+
 /// One form a value may take before URL- and JSON-escaping.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Form {
     text: String,
-    /// Hex digits match in either case.
-    any_case: bool,
+    /// What may follow when nothing else does (base64's last partial character and padding).
+    tail: String,
+    encoding: Encoding,
 }
 
-/// The forms of a value: as written, base64 and hex.
+/// How a form's characters vary.
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
+enum Encoding {
+    /// As they are.
+    Text,
+    /// Hex digits in either case.
+    Hex,
+    /// Base64 in the standard or the URL-safe alphabet (`-` for `+`, `_` for `/`).
+    Base64,
+}
+
+/// The forms of a value: as written, hex, and base64 at each of the three alignments it can have
+/// inside a larger text (the first as the whole encoding, with its padding).
 fn forms(value: &str) -> Vec<Form> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    let text = |text: String| Form { text, any_case: false };
+    let form = |text: &str, tail: &str, encoding| Form { text: text.into(), tail: tail.into(), encoding };
+    let mut forms = vec![form(value, "", Encoding::Text)];
     if value.len() < MIN_ENCODED_LEN {
-        return vec![text(value.to_string())];
+        return forms;
     }
-    vec![
-        text(value.to_string()),
-        text(STANDARD.encode(value)),
-        text(STANDARD_NO_PAD.encode(value)),
-        text(URL_SAFE.encode(value)),
-        text(URL_SAFE_NO_PAD.encode(value)),
-        Form { text: hex::encode(value), any_case: true },
-    ]
+    forms.push(form(&hex::encode(value), "", Encoding::Hex));
+    let alignments = if value.len() >= MIN_EMBEDDED_LEN { 3 } else { 1 };
+    for k in 0..alignments {
+        // After `k` bytes of anything, the value's bits start at bit 8k: the characters wholly inside
+        // them are the same whatever comes before or after.
+        let encoded = base64::engine::general_purpose::STANDARD.encode([&[0u8; 2][..k], value.as_bytes()].concat());
+        let (start, end) = ((8 * k).div_ceil(6), 8 * (k + value.len()) / 6);
+        let tail = if k == 0 { &encoded[end..] } else { "" };
+        forms.push(form(&encoded[start..end], tail, Encoding::Base64));
+    }
+    forms
 }
 
 /// A pattern matching `form` with each character as written, URL-encoded or JSON-escaped.
 fn escaped(form: &Form) -> String {
-    form.text.chars().map(|c| url_char(c, form.any_case)).collect()
+    let chars = |text: &str| -> String {
+        text.chars()
+            .map(|c| {
+                let variant = match (form.encoding, c) {
+                    (Encoding::Hex, c) if c.is_ascii_alphabetic() => Some(c.to_ascii_uppercase()),
+                    (Encoding::Base64, '+') => Some('-'),
+                    (Encoding::Base64, '/') => Some('_'),
+                    _ => None,
+                };
+                match variant {
+                    Some(v) => format!("(?:{}|{})", url_char(c), url_char(v)),
+                    None => url_char(c),
+                }
+            })
+            .collect()
+    };
+    let mut pattern = chars(&form.text);
+    if let Some((last, padding)) = form.tail.split_at_checked(1) {
+        // The last character alone, or with any part of its padding.
+        let padding: String = padding.chars().map(|c| format!("(?:{}", chars(&c.to_string()))).collect();
+        pattern.push_str(&format!("(?:{}{}{})?", chars(last), padding, ")?".repeat(form.tail.len() - 1)));
+    }
+    pattern
 }
 
-/// One character as written (in either case for `any_case`), `%XX`-encoded (either hex case), `+`
-/// for a space, each of those as a JSON encoder may escape it.
-fn url_char(c: char, any_case: bool) -> String {
+/// One character as written, `%XX`-encoded (either hex case), `+` for a space, each of those as a
+/// JSON encoder may escape it.
+fn url_char(c: char) -> String {
     let mut alternatives = vec![json_char(c)];
-    if any_case && c.is_ascii_alphabetic() {
-        alternatives.push(json_char(if c.is_ascii_lowercase() { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() }));
-    }
     if !c.is_ascii_alphanumeric() {
         let percent = json_char('%');
         alternatives.push(
@@ -175,8 +216,16 @@ impl Redactor {
     /// A redactor for `values` and their encoded forms.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
         let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).map(str::to_string).collect();
+        // A URL that is a secret (a webhook) is secret by its path: a server echoing the request line
+        // shows only that part.
+        let paths = values.iter().filter_map(|v| Url::parse(v).ok()).filter_map(|url| {
+            let path = &url[url::Position::BeforePath..];
+            (path.len() >= MIN_EMBEDDED_LEN).then(|| path.to_string())
+        });
+        let values: Vec<String> = values.iter().cloned().chain(paths).collect();
         let mut needles: Vec<Form> = values.iter().flat_map(|v| forms(v)).collect();
-        needles.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then_with(|| a.cmp(b)));
+        needles
+            .sort_by(|a, b| (b.text.len() + b.tail.len()).cmp(&(a.text.len() + a.tail.len())).then_with(|| a.cmp(b)));
         needles.dedup();
         if needles.is_empty() {
             return Self::default();
@@ -556,20 +605,28 @@ mod tests {
             &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'!').remove(b'~');
         let lower = |s: String| s.replace("%2F", "%2f").replace("%C3%A4", "%c3%a4").replace("%3D", "%3d");
         let mut all = Vec::new();
-        for form in forms(value) {
-            let upper = percent_encoding::utf8_percent_encode(&form.text, percent_encoding::NON_ALPHANUMERIC).to_string();
-            let mut url_forms = vec![
+        let mut plain_forms = vec![value.to_string()];
+        if value.len() >= MIN_ENCODED_LEN {
+            use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+            plain_forms.extend([STANDARD.encode(value), STANDARD_NO_PAD.encode(value), URL_SAFE.encode(value)]);
+            plain_forms.extend([URL_SAFE_NO_PAD.encode(value), hex::encode(value), hex::encode_upper(value)]);
+        }
+        for form in plain_forms {
+            let upper = percent_encoding::utf8_percent_encode(&form, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let url_forms = [
                 lower(upper.clone()),
                 upper,
-                percent_encoding::utf8_percent_encode(&form.text, JS).to_string(),
-                url::form_urlencoded::byte_serialize(form.text.as_bytes()).collect(),
+                percent_encoding::utf8_percent_encode(&form, JS).to_string(),
+                url::form_urlencoded::byte_serialize(form.as_bytes()).collect(),
+                form,
             ];
-            if form.any_case {
-                url_forms.push(form.text.to_ascii_uppercase());
-            }
-            url_forms.push(form.text);
             for url_form in url_forms {
-                all.extend([php(&url_form), go(&url_form), ascii_only(&serde_json::to_string(&url_form).unwrap()), url_form]);
+                all.extend([
+                    php(&url_form),
+                    go(&url_form),
+                    ascii_only(&serde_json::to_string(&url_form).unwrap()),
+                    url_form,
+                ]);
             }
         }
         all
@@ -617,6 +674,31 @@ mod tests {
                 assert!(out.contains("***"), "{value:?} not found in {encoded:?}: {out:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_value_inside_the_base64_of_a_larger_text_is_redacted_at_every_alignment() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let value = "wJalrXUtnFEMI/K7MDENG+bPxRfiCY";
+        let r = Redactor::new([value]);
+        for before in ["", "a", "ab", "Authorization: Basic user:"] {
+            let blob = format!("{before}{value}\r\nnext: header");
+            for encoded in [STANDARD.encode(&blob), URL_SAFE_NO_PAD.encode(&blob)] {
+                let out = r.redact(&encoded);
+                // All but the characters shared with the neighbours are gone.
+                let hidden = encoded.len() - (out.len() - "***".len());
+                assert!(hidden + 4 >= value.len() * 4 / 3, "{before:?}: {out}");
+            }
+        }
+        assert_eq!(Redactor::new(["short7!"]).redact(&STANDARD.encode("xshort7!y")), STANDARD.encode("xshort7!y"));
+    }
+
+    #[test]
+    fn the_path_of_a_url_that_is_a_secret_is_redacted_on_its_own() {
+        // Found by the `boundary` fuzz target: a server echoing the request line showed a webhook's path.
+        let r = Redactor::new(["https://hooks.slack.com/services/T0/B0/xoxSECRET?x=1", "https://a.example/"]);
+        assert_eq!(r.redact("POST /services/T0/B0/xoxSECRET?x=1 HTTP/1.1"), "POST *** HTTP/1.1");
+        assert_eq!(r.redact("GET / HTTP/1.1"), "GET / HTTP/1.1", "a short path is no secret");
     }
 
     #[test]

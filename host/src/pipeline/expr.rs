@@ -96,9 +96,15 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
+/// Longest expression, in tokens, and deepest nesting of `(` and `!`: evaluation recurses over the
+/// tree, so a pathological `if:` must be refused, not overflow the stack.
+const MAX_TOKENS: usize = 1000;
+const MAX_DEPTH: usize = 64;
+
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -142,16 +148,32 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, String> {
+        if matches!(self.peek(), Some(Token::Op("!" | "("))) {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(format!("the expression nests `(` and `!` more than {MAX_DEPTH} deep"));
+            }
+            let inner = self.nested();
+            self.depth -= 1;
+            return inner;
+        }
+        self.operand()
+    }
+
+    /// `!x` or `(x)`.
+    fn nested(&mut self) -> Result<Expr, String> {
         if self.eat("!") {
             return Ok(Expr::Not(Box::new(self.unary()?)));
         }
-        if self.eat("(") {
-            let inner = self.or()?;
-            if !self.eat(")") {
-                return Err("missing `)`".into());
-            }
-            return Ok(inner);
+        self.eat("(");
+        let inner = self.or()?;
+        if !self.eat(")") {
+            return Err("missing `)`".into());
         }
+        Ok(inner)
+    }
+
+    fn operand(&mut self) -> Result<Expr, String> {
         match self.tokens.get(self.pos).cloned() {
             Some(Token::Str(s)) => {
                 self.pos += 1;
@@ -179,9 +201,12 @@ impl Parser {
 
 /// Parses one expression (the inside of `${{ }}`, or a bare `if:` condition).
 pub fn parse(text: &str) -> Result<Expr, String> {
-    let mut parser = Parser { tokens: tokenize(text)?, pos: 0 };
+    let mut parser = Parser { tokens: tokenize(text)?, pos: 0, depth: 0 };
     if parser.tokens.is_empty() {
         return Err("empty expression".into());
+    }
+    if parser.tokens.len() > MAX_TOKENS {
+        return Err(format!("the expression is longer than {MAX_TOKENS} tokens"));
     }
     let expr = parser.or()?;
     match parser.peek() {
@@ -290,5 +315,18 @@ mod tests {
         assert!(parse("success(").is_err());
         assert!(parse("a == ").is_err());
         assert!(parse("a b").unwrap_err().contains("unexpected `b`"));
+    }
+
+    #[test]
+    fn deep_nesting_and_long_chains_are_refused_not_a_stack_overflow() {
+        // Found by hand beside the `expr` fuzz target, whose inputs stay under 4 KiB: 200 000 `!`
+        // or `(` overflowed the parser's stack, and a long `||` chain the evaluator's.
+        for deep in ["!".repeat(200_000) + "a", "(".repeat(200_000) + "a" + &")".repeat(200_000)] {
+            assert!(parse(&deep).is_err());
+        }
+        assert!(parse(&("!".repeat(400) + "a")).unwrap_err().contains("more than 64 deep"));
+        assert!(parse(&("(".repeat(300) + "a" + &")".repeat(300))).unwrap_err().contains("more than 64 deep"));
+        assert!(parse(&vec!["a"; 100_000].join(" || ")).unwrap_err().contains("longer than 1000 tokens"));
+        assert!(parse(&("!".repeat(64) + "a")).is_ok() && parse(&vec!["a"; 500].join(" || ")).is_ok());
     }
 }

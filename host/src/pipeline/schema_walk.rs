@@ -40,7 +40,7 @@ pub(crate) fn check(node: &mut Node, schema: &Value, root: &Value, field: &str, 
             let additional = schema.get("additionalProperties");
             let mut remove = Vec::new();
             for (key, value) in map.iter_mut() {
-                let child = if field.is_empty() { key.to_string() } else { format!("{field}.{}", key.as_str()) };
+                let child = if field.is_empty() { shown(key) } else { format!("{field}.{}", shown(key)) };
                 let fits = match properties.and_then(|p| p.get(key.as_str())) {
                     Some(s) => check(value, s, root, &child, out),
                     None => match additional {
@@ -140,6 +140,15 @@ fn describe(types: &[&str]) -> String {
 }
 
 /// "unknown field `nedds`; did you mean `needs`? (expected one of ...)".
+/// A key as a field path shows it: quoted when it is empty or would read as more than one field.
+fn shown(key: &str) -> String {
+    if key.is_empty() || key.contains(|c: char| c == '.' || c == '[' || c == ']' || c == '"' || c.is_whitespace()) {
+        format!("{key:?}")
+    } else {
+        key.to_string()
+    }
+}
+
 pub(crate) fn unknown_field(name: &str, known: &[&str]) -> String {
     // Close enough to be a typo, but not so loose that short names match anything.
     let best = known
@@ -164,5 +173,14 @@ mod tests {
     fn suggestions_come_from_the_known_fields() {
         assert_eq!(unknown_field("nedds", &["needs", "name"]), "unknown field `nedds`; did you mean `needs`?");
         assert_eq!(unknown_field("zzzzzz", &["id", "uses"]), "unknown field `zzzzzz`; expected one of: id, uses");
+    }
+
+    #[test]
+    fn an_empty_or_dotted_key_is_quoted_in_the_field_path() {
+        // Found by the `pipeline` fuzz target: a `"": x` line gave a problem with an empty field.
+        let problems =
+            crate::pipeline::load_str("p.yaml".as_ref(), "name: p\nsteps: []\n\"\": x\n\"a.b\": y\n").unwrap_err();
+        let fields: Vec<&str> = problems.0.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"\"\"") && fields.contains(&"\"a.b\""), "{fields:?}");
     }
 }

@@ -8,9 +8,11 @@
 //! misbehaving call never affects the next.
 
 pub mod artifacts;
-mod bindings;
+#[allow(missing_docs)]
+pub mod bindings;
 pub mod cache;
 pub mod contract;
+pub mod imports;
 pub mod limits;
 mod outbound;
 
@@ -311,6 +313,57 @@ struct State {
     log_limit: usize,
 }
 
+impl State {
+    /// The store data of one call: WASI with only the granted directories, limits, outbound HTTP.
+    fn new(runtime: &Runtime, call: &StepCall) -> Result<(Self, MemoryOutputPipe, MemoryOutputPipe), CallError> {
+        let step = call.context.step_id.clone();
+        let setup = |message: String| CallError::Failed { step: step.clone(), message, retryable: false };
+        let stdout = MemoryOutputPipe::new(call.limits.output_bytes);
+        let stderr = MemoryOutputPipe::new(call.limits.output_bytes);
+        // Nothing is inherited: no env, args, sockets or stdin; only the granted directories.
+        let mut builder = WasiCtx::builder();
+        builder.stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false);
+        builder.allow_ip_name_lookup(false);
+        for grant in &call.grants.files.read {
+            builder.preopened_dir(&grant.host, &grant.guest, FsPerms::ReadOnly).map_err(|e| {
+                setup(format!("cannot open granted directory {} ({}): {e}", grant.host.display(), grant.guest))
+            })?;
+        }
+        if let Some(dir) = &call.grants.files.artifacts {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| setup(format!("cannot create artifacts directory {}: {e}", dir.display())))?;
+            builder
+                .preopened_dir(dir, ARTIFACTS_GUEST_PATH, FsPerms::ReadWrite)
+                .map_err(|e| setup(format!("cannot open artifacts directory {}: {e}", dir.display())))?;
+        }
+        let wasi = builder.build();
+        let client = runtime.inner.client(call.grants.network.addresses()).map_err(setup)?;
+        let state = Self {
+            wasi,
+            table: ResourceTable::new(),
+            tracker: limits::Tracker::new(&call.limits),
+            outbound: outbound::Outbound {
+                step: call.context.step_id.clone(),
+                grants: call.grants.clone(),
+                limits: call.http,
+                client,
+                requests: 0,
+                log: call.requests.clone(),
+                refusal: None,
+                hide_path: false,
+            },
+            checkpoints: call.checkpoints.clone(),
+            checkpointed: 0,
+            logs: call.logs.clone(),
+            logged: 0,
+            log_bytes: 0,
+            log_dropped: (0, 0),
+            log_limit: call.limits.output_bytes,
+        };
+        Ok((state, stdout, stderr))
+    }
+}
+
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
@@ -596,50 +649,7 @@ impl Plugin {
     }
 
     fn store(&self, call: &StepCall) -> Result<(Store<State>, MemoryOutputPipe, MemoryOutputPipe), CallError> {
-        let step = call.context.step_id.clone();
-        let setup = |message: String| CallError::Failed { step: step.clone(), message, retryable: false };
-        let stdout = MemoryOutputPipe::new(call.limits.output_bytes);
-        let stderr = MemoryOutputPipe::new(call.limits.output_bytes);
-        // Nothing is inherited: no env, args, sockets or stdin; only the granted directories.
-        let mut builder = WasiCtx::builder();
-        builder.stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false);
-        builder.allow_ip_name_lookup(false);
-        for grant in &call.grants.files.read {
-            builder.preopened_dir(&grant.host, &grant.guest, FsPerms::ReadOnly).map_err(|e| {
-                setup(format!("cannot open granted directory {} ({}): {e}", grant.host.display(), grant.guest))
-            })?;
-        }
-        if let Some(dir) = &call.grants.files.artifacts {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| setup(format!("cannot create artifacts directory {}: {e}", dir.display())))?;
-            builder
-                .preopened_dir(dir, ARTIFACTS_GUEST_PATH, FsPerms::ReadWrite)
-                .map_err(|e| setup(format!("cannot open artifacts directory {}: {e}", dir.display())))?;
-        }
-        let wasi = builder.build();
-        let client = self.runtime.inner.client(call.grants.network.addresses()).map_err(setup)?;
-        let state = State {
-            wasi,
-            table: ResourceTable::new(),
-            tracker: limits::Tracker::new(&call.limits),
-            outbound: outbound::Outbound {
-                step: call.context.step_id.clone(),
-                grants: call.grants.clone(),
-                limits: call.http,
-                client,
-                requests: 0,
-                log: call.requests.clone(),
-                refusal: None,
-                hide_path: false,
-            },
-            checkpoints: call.checkpoints.clone(),
-            checkpointed: 0,
-            logs: call.logs.clone(),
-            logged: 0,
-            log_bytes: 0,
-            log_dropped: (0, 0),
-            log_limit: call.limits.output_bytes,
-        };
+        let (state, stdout, stderr) = State::new(&self.runtime, call)?;
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.tracker);
         store.set_epoch_deadline(1);
