@@ -75,6 +75,7 @@ pub mod capability;
 pub mod cli;
 pub mod pipeline;
 pub mod plan;
+pub mod registry;
 pub mod report;
 pub mod run;
 pub mod sandbox;

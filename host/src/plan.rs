@@ -7,7 +7,7 @@ use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretSource};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
-use crate::pipeline::source::OCI_SCHEME;
+use crate::registry;
 use crate::pipeline::{Condition, Digest, Loaded, PluginRef, PluginSource, ResourceLimits, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -232,11 +232,7 @@ fn resolve_plugin(uses: &PluginRef, build: &BuildOptions) -> Result<(PathBuf, St
     let file = match &uses.source {
         PluginSource::Crate { path } => build_crate(path, build).map_err(Resolve::Build)?.path,
         PluginSource::Component { path } => path.clone(),
-        PluginSource::Registry { reference } => {
-            return Err(Resolve::Other(format!(
-                "{OCI_SCHEME}{reference}: this build cannot fetch plugins from a registry; pull the component and name the file"
-            )))
-        }
+        PluginSource::Registry { reference } => pull(reference, uses.pin.as_ref(), build).map_err(Resolve::Other)?,
     };
     let bytes = std::fs::read(&file).map_err(|e| Resolve::Other(format!("cannot read {}: {e}", file.display())))?;
     let digest = Digest::of(&bytes);
@@ -249,6 +245,27 @@ fn resolve_plugin(uses: &PluginRef, build: &BuildOptions) -> Result<(PathBuf, St
         }
     }
     Ok((file, digest.hex().to_string()))
+}
+
+/// Fetches a registry plugin into the store (or finds it there, pinned) and names its file.
+fn pull(reference: &str, pin: Option<&Digest>, build: &BuildOptions) -> Result<PathBuf, String> {
+    let options = match &build.registry {
+        Some(options) => options.clone(),
+        None => registry::RegistryOptions::new(
+            registry::RegistryOptions::default_store()
+                .ok_or("no cache directory for plugins from registries: set GANTRY_CACHE_DIR")?,
+        ),
+    };
+    let oci = registry::OciRef::parse(reference).map_err(|e| e.to_string())?;
+    // Planning is synchronous and may itself run inside a runtime: the pull gets a thread of its own.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            runtime.block_on(registry::pull(&oci, pin, &options)).map(|p| p.path).map_err(|e| e.to_string())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the registry pull panicked".into()))
+    })
 }
 
 /// Topological waves: a step joins the wave after the last of its needs.

@@ -74,6 +74,8 @@ pub struct BuildOptions {
     pub target_dir: Option<PathBuf>,
     /// Toolchain to use; detected when unset.
     pub toolchain: Option<Toolchain>,
+    /// Where plugins from registries are pulled to, and how; the default store when unset.
+    pub registry: Option<crate::registry::RegistryOptions>,
 }
 
 /// Builds the crate in `dir` and writes `<name>.component.wasm` beside its core module.

@@ -1,10 +1,11 @@
-//! `gantry plugin build|inspect`.
+//! `gantry plugin build|inspect|push|pull`.
 
 use crate::build::{build_crate, BuildOptions};
+use crate::registry::{self, OciRef, RegistryOptions};
 use crate::sandbox::{Runtime, CONTRACT_VERSION};
 use anyhow::Context as _;
 use clap::Subcommand;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
@@ -19,21 +20,50 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print what a plugin says about itself, its contract version and sha256.
+    /// Print what a plugin says about itself, its contract version and sha256; for an `oci://`
+    /// reference, what its manifest says, without running it.
     Inspect {
-        /// The component file.
-        file: PathBuf,
+        /// The component file, or an `oci://registry/repository:tag` reference.
+        file: String,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Push a plugin (a crate directory, built first, or a component file) to an OCI registry,
+    /// with its name, version, contract and input schema as manifest annotations.
+    Push {
+        /// The crate directory or component file.
+        source: PathBuf,
+        /// Where to: `oci://registry/repository:tag`.
+        reference: String,
+    },
+    /// Pull a plugin from an OCI registry into the local store, verified; prints its path and sha256.
+    Pull {
+        /// `oci://registry/repository:tag`, `...@sha256:<digest>` to pin it.
+        reference: String,
+    },
+}
+
+/// Registry options with the default store, or `GANTRY_CACHE_DIR`'s.
+fn registry_options() -> anyhow::Result<RegistryOptions> {
+    let store = RegistryOptions::default_store().context("no cache directory: set GANTRY_CACHE_DIR")?;
+    Ok(RegistryOptions::new(store))
+}
+
+/// `uses:`-style text split into a reference and its pin.
+fn pinned(text: &str) -> anyhow::Result<(OciRef, Option<crate::pipeline::Digest>)> {
+    let parsed = crate::pipeline::PluginRef::parse(text, Path::new(".")).map_err(anyhow::Error::msg)?;
+    let crate::pipeline::PluginSource::Registry { reference } = &parsed.source else {
+        anyhow::bail!("`{text}` is not an oci:// reference");
+    };
+    Ok((OciRef::parse(reference)?, parsed.pin))
 }
 
 impl PluginCommand {
     pub(crate) async fn execute(self) -> anyhow::Result<u8> {
         match self {
             PluginCommand::Build { crate_dir, target_dir, json } => {
-                let options = BuildOptions { target_dir, toolchain: None };
+                let options = BuildOptions { target_dir, ..BuildOptions::default() };
                 let built = tokio::task::spawn_blocking(move || build_crate(&crate_dir, &options)).await??;
                 if json {
                     let value = serde_json::json!({"path": built.path, "sha256": built.sha256, "size": built.size});
@@ -44,7 +74,28 @@ impl PluginCommand {
                 }
                 Ok(0)
             }
+            PluginCommand::Inspect { file, json } if file.starts_with(crate::pipeline::source::OCI_SCHEME) => {
+                let (reference, _) = pinned(&file)?;
+                let published = registry::inspect(&reference, &registry_options()?).await?;
+                if json {
+                    println!("{}", serde_json::to_value(&published)?);
+                } else {
+                    let a = &published.annotations;
+                    let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("(not given)");
+                    println!("name:         {}", get(registry::annotation::NAME));
+                    println!("version:      {}", get(registry::annotation::VERSION));
+                    println!("description:  {}", get(registry::annotation::DESCRIPTION));
+                    println!("contract:     {}", get(registry::annotation::CONTRACT));
+                    println!("sha256:       {}", published.digest.hex());
+                    println!("size:         {} bytes", published.size);
+                    println!("manifest:     {}", published.manifest_digest);
+                    println!("capabilities: {}", get(registry::annotation::CAPABILITIES));
+                    println!("input schema: {}", get(registry::annotation::INPUT_SCHEMA));
+                }
+                Ok(0)
+            }
             PluginCommand::Inspect { file, json } => {
+                let file = PathBuf::from(file);
                 let runtime = Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 let plugin = runtime.load(&file)?;
                 let info = plugin.describe().await.with_context(|| format!("describing {}", file.display()))?;
@@ -65,6 +116,29 @@ impl PluginCommand {
                     println!("capabilities: {}", info.capabilities.join(", "));
                     println!("input schema:\n{}", serde_json::to_string_pretty(&info.input_schema)?);
                 }
+                Ok(0)
+            }
+            PluginCommand::Push { source, reference } => {
+                let reference = OciRef::parse(&reference)?;
+                let file = if source.is_dir() {
+                    let options = BuildOptions::default();
+                    tokio::task::spawn_blocking(move || build_crate(&source, &options)).await??.path
+                } else {
+                    source
+                };
+                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let runtime = Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                let info = runtime.load_bytes(&bytes, &file)?.describe().await?;
+                let (digest, manifest) = registry::push(&bytes, &info, &reference, &registry_options()?).await?;
+                println!("{reference}@{digest}");
+                println!("manifest {manifest}");
+                Ok(0)
+            }
+            PluginCommand::Pull { reference } => {
+                let (oci, pin) = pinned(&reference)?;
+                let pulled = registry::pull(&oci, pin.as_ref(), &registry_options()?).await?;
+                println!("{}", pulled.path.display());
+                println!("{}", pulled.digest);
                 Ok(0)
             }
         }
