@@ -7,8 +7,8 @@ use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretSource};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
-use crate::registry;
 use crate::pipeline::{Condition, Digest, Loaded, PluginRef, PluginSource, ResourceLimits, RetryPolicy};
+use crate::registry;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -260,7 +260,8 @@ fn pull(reference: &str, pin: Option<&Digest>, build: &BuildOptions) -> Result<P
     // Planning is synchronous and may itself run inside a runtime: the pull gets a thread of its own.
     std::thread::scope(|s| {
         s.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
             runtime.block_on(registry::pull(&oci, pin, &options)).map(|p| p.path).map_err(|e| e.to_string())
         })
         .join()

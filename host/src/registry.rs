@@ -173,7 +173,8 @@ impl OciRef {
     /// Whether the registry is on this machine, the only place plain HTTP is used.
     fn loopback(&self) -> bool {
         let host = self.registry().rsplit_once(':').map_or(self.registry(), |(h, _)| h);
-        host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        host == "localhost"
+            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     fn error(&self, e: OciDistributionError) -> RegistryError {
@@ -280,11 +281,17 @@ pub async fn inspect(reference: &OciRef, options: &RegistryOptions) -> Result<Pu
 
 /// Fetches the component `reference` names (by tag, or by digest as the pin) into the store,
 /// verified against the manifest and the pin; a pinned component already stored is used as is.
-pub async fn pull(reference: &OciRef, pin: Option<&Digest>, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
-    let by_digest = reference.reference.digest().map(Digest::parse).transpose().map_err(|e| RegistryError::Reference {
-        reference: reference.text.clone(),
-        reason: e,
-    })?;
+pub async fn pull(
+    reference: &OciRef,
+    pin: Option<&Digest>,
+    options: &RegistryOptions,
+) -> Result<Pulled, RegistryError> {
+    let by_digest = reference
+        .reference
+        .digest()
+        .map(Digest::parse)
+        .transpose()
+        .map_err(|e| RegistryError::Reference { reference: reference.text.clone(), reason: e })?;
     let wanted = pin.cloned().or(by_digest.clone());
     if let Some(digest) = &wanted {
         if let Some(path) = stored(&options.store, digest) {
@@ -330,7 +337,21 @@ pub async fn pull(reference: &OciRef, pin: Option<&Digest>, options: &RegistryOp
         }
     })
     .await
-    .map_err(|e| reference.error(e))?
+    .map_err(|e| match e {
+        // The client checks the bytes as they arrive; the refusal is the same as ours below.
+        OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError { actual, .. }) => {
+            match Digest::parse(&actual) {
+                Ok(got) => RegistryError::Digest {
+                    reference: reference.text.clone(),
+                    got,
+                    expected: digest.clone(),
+                    expected_by,
+                },
+                Err(_) => reference.error(OciDistributionError::GenericError(Some(actual))),
+            }
+        }
+        e => reference.error(e),
+    })?
     .ok_or_else(|| RegistryError::TooLarge { reference: reference.text.clone(), max: options.max_bytes })?;
     let got = Digest::of(&bytes);
     if got != digest {
@@ -430,7 +451,10 @@ impl tokio::io::AsyncWrite for Capped {
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 

@@ -9,6 +9,7 @@ mod notify;
 mod notion;
 mod peers;
 mod pipelines;
+mod registry;
 mod runs;
 mod sandbox;
 mod stores;

@@ -325,3 +325,44 @@ impl Drop for Postgres {
         let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
+
+/// The CNCF distribution registry (Debian's `docker-registry`) with a throw-away storage directory.
+pub struct Registry {
+    /// The server.
+    pub peer: Peer,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry on a free port, plain HTTP on 127.0.0.1.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let peer = spawn(
+            move |port| {
+                let config = root.join(format!("config-{port}.yml"));
+                let text = format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    root.join("storage").display()
+                );
+                std::fs::write(&config, text).unwrap();
+                let mut cmd = Command::new("docker-registry");
+                cmd.arg("serve").arg(config);
+                cmd
+            },
+            "/v2/",
+            |status, body| status == 200 && body.trim() == "{}",
+        );
+        Self { peer, dir }
+    }
+
+    /// `oci://127.0.0.1:PORT/<path>`.
+    pub fn oci(&self, path: &str) -> String {
+        format!("oci://{}/{path}", self.peer.origin.trim_start_matches("http://"))
+    }
+
+    /// The file the registry keeps a blob in, as the filesystem driver lays it out.
+    pub fn blob_file(&self, hex: &str) -> PathBuf {
+        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}

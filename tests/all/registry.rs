@@ -1,0 +1,140 @@
+//! Plugins through a real OCI registry (Debian's docker-registry, the CNCF distribution registry):
+//! push, inspect, pull by tag and by digest, pipelines that use `oci://` pinned and unpinned, a
+//! tampered blob and a wrong pin refused, and two runs filling one cold store at once.
+
+use crate::peers::Registry;
+use crate::support::*;
+use gantry_host::pipeline::Digest;
+use std::path::Path;
+
+/// Pushes the http-check component to `reference`; returns its digest.
+fn push_http_check(cache: &Path, reference: &str) -> Digest {
+    let file = plugin("plugins/http-check");
+    let out = gantry_with_cache(cache, &["plugin", "push", file.to_str().unwrap(), reference]);
+    expect_code(&out, 0);
+    let digest = Digest::of(&std::fs::read(&file).unwrap());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(&format!("{reference}@{digest}")), "{printed}");
+    digest
+}
+
+fn health_pipeline(uses: &str, origin: &str) -> String {
+    format!(
+        "name: oci-health\nsteps:\n  - id: health\n    uses: {uses}\n    with:\n      url: {origin}/v2/\n    network: [\"{origin}\"]\n"
+    )
+}
+
+#[test]
+fn a_pushed_plugin_is_inspected_without_running_and_pulled_by_tag_and_by_digest() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let reference = registry.oci("gantry/http-check:1.0");
+    let digest = push_http_check(cache.path(), &reference);
+
+    let out = gantry_with_cache(cache.path(), &["plugin", "inspect", &reference, "--json"]);
+    expect_code(&out, 0);
+    let published = stdout_json(&out);
+    assert_eq!(published["digest"], digest.to_string());
+    let annotations = &published["annotations"];
+    assert_eq!(annotations["org.opencontainers.image.title"], "http-check");
+    assert_eq!(annotations["dev.gantry.contract"], format!("gantry:step@{}", gantry_host::sandbox::CONTRACT_VERSION));
+    assert_eq!(annotations["dev.gantry.capabilities"], "network");
+    let schema: serde_json::Value =
+        serde_json::from_str(annotations["dev.gantry.input-schema"].as_str().unwrap()).unwrap();
+    assert_eq!(schema["required"], serde_json::json!(["url"]));
+
+    let original = std::fs::read(plugin("plugins/http-check")).unwrap();
+    for pull in [reference.clone(), registry.oci(&format!("gantry/http-check@{digest}"))] {
+        let fresh = tempfile::tempdir().unwrap();
+        let out = gantry_with_cache(fresh.path(), &["plugin", "pull", &pull]);
+        expect_code(&out, 0);
+        let path = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_string();
+        assert_eq!(std::fs::read(&path).unwrap(), original, "{pull} pulled other bytes");
+    }
+}
+
+#[test]
+fn pipelines_run_plugins_from_the_registry_pinned_or_not_and_a_wrong_pin_is_refused_naming_both_digests() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let reference = registry.oci("gantry/http-check:1.0");
+    let digest = push_http_check(cache.path(), &reference);
+    let wrong = Digest::of(b"something else");
+    for (uses, ok) in [
+        (reference.clone(), true),
+        (format!("{reference}@{digest}"), true),
+        (registry.oci(&format!("gantry/http-check@{digest}")), true),
+        (format!("{reference}@{wrong}"), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.yaml"), health_pipeline(&uses, &registry.peer.origin)).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let mut cmd = command(fresh.path());
+        let out = cmd.current_dir(dir.path()).args(["run", "p.yaml", "--json"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if ok {
+            expect_code(&out, 0);
+            let events = journal(dir.path());
+            let done = events.iter().find(|e| e["event"] == "step_finished").expect("the step finished");
+            assert_eq!(done["outputs"]["status"], "200", "{uses}");
+        } else {
+            expect_code(&out, 2);
+            assert!(stderr.contains(&digest.to_string()) && stderr.contains(&wrong.to_string()), "{stderr}");
+            assert!(!dir.path().join(".gantry/runs").exists(), "nothing ran");
+        }
+    }
+}
+
+#[test]
+fn a_tampered_blob_is_refused_and_nothing_is_stored() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let reference = registry.oci("gantry/http-check:1.0");
+    let digest = push_http_check(cache.path(), &reference);
+    let blob = registry.blob_file(digest.hex());
+    let mut bytes = std::fs::read(&blob).expect("the registry keeps the blob here");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    for pull in [reference.clone(), registry.oci(&format!("gantry/http-check@{digest}"))] {
+        let out = gantry_with_cache(fresh.path(), &["plugin", "pull", &pull]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("refused (a tampered or wrongly pinned plugin)"), "{stderr}");
+        assert!(stderr.contains(&digest.to_string()), "{stderr}");
+    }
+    let stored = fresh.path().join("pulled");
+    let left: Vec<_> =
+        std::fs::read_dir(&stored).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "nothing stored: {left:?}");
+}
+
+#[test]
+fn two_runs_filling_one_cold_store_at_once_both_succeed_with_one_verified_file() {
+    let registry = Registry::start();
+    let setup = tempfile::tempdir().unwrap();
+    let reference = registry.oci("gantry/http-check:1.0");
+    let digest = push_http_check(setup.path(), &reference);
+    let cache = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|dir| {
+            std::fs::write(dir.path().join("p.yaml"), health_pipeline(&reference, &registry.peer.origin)).unwrap();
+            command(cache.path()).current_dir(dir.path()).args(["run", "p.yaml"]).spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        assert!(child.wait_with_output().unwrap().status.success());
+    }
+    let names: Vec<String> = std::fs::read_dir(cache.path().join("pulled"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec![format!("{}.wasm", digest.hex())], "one file, no temporary left");
+    let bytes = std::fs::read(cache.path().join("pulled").join(&names[0])).unwrap();
+    assert_eq!(Digest::of(&bytes), digest);
+}
