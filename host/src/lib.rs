@@ -73,6 +73,7 @@ pub mod build;
 pub mod capability;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod lock;
 pub mod pipeline;
 pub mod plan;
 pub mod registry;

@@ -138,3 +138,70 @@ fn two_runs_filling_one_cold_store_at_once_both_succeed_with_one_verified_file()
     let bytes = std::fs::read(cache.path().join("pulled").join(&names[0])).unwrap();
     assert_eq!(Digest::of(&bytes), digest);
 }
+
+/// A pipeline of two environments and two entities whose step runs `uses`.
+fn locked_pipeline(uses: &str, origin: &str, extra_step: bool) -> String {
+    let mut yaml = format!(
+        "name: locked\nenvironments:\n  staging: {{}}\n  production: {{}}\nentities:\n  acme: {{}}\n  globex: {{}}\nsteps:\n  - id: health\n    uses: {uses}\n    with:\n      url: {origin}/v2/\n    network: [\"{origin}\"]\n"
+    );
+    if extra_step {
+        yaml.push_str(&format!(
+            "  - id: again\n    uses: {uses}\n    with:\n      url: {origin}/v2/\n    network: [\"{origin}\"]\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn the_lock_records_every_environment_and_entity_and_a_moved_tag_or_an_unlocked_step_is_refused() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let reference = registry.oci("gantry/check:1.0");
+    let digest = push_http_check(cache.path(), &reference);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(&pipeline, locked_pipeline(&reference, &registry.peer.origin, false)).unwrap();
+    let gantry_here = |args: &[&str]| command(cache.path()).current_dir(dir.path()).args(args).output().unwrap();
+
+    expect_code(&gantry_here(&["lock", "p.yaml"]), 0);
+    let text = std::fs::read_to_string(dir.path().join("gantry.lock")).unwrap();
+    let lock: toml::Value = toml::from_str(&text).unwrap();
+    let entries = lock["plugin"].as_array().unwrap();
+    let keys: Vec<(&str, &str)> =
+        entries.iter().map(|e| (e["environment"].as_str().unwrap(), e["entity"].as_str().unwrap())).collect();
+    assert_eq!(keys, [("production", "acme"), ("production", "globex"), ("staging", "acme"), ("staging", "globex")]);
+    assert!(entries
+        .iter()
+        .all(|e| e["digest"].as_str() == Some(&digest.to_string()) && e["source"].as_str() == Some(&reference)));
+    expect_code(&gantry_here(&["lock", "p.yaml", "--check"]), 0);
+    expect_code(&gantry_here(&["run", "p.yaml", "--env", "production", "--entity", "acme", "--locked"]), 0);
+
+    // Someone pushes other code under the same tag: the lock refuses it, naming both digests.
+    let other = plugin("tests/plugins/misbehave");
+    let out = gantry_with_cache(cache.path(), &["plugin", "push", other.to_str().unwrap(), &reference]);
+    expect_code(&out, 0);
+    let moved = Digest::of(&std::fs::read(&other).unwrap());
+    let out = gantry_here(&["run", "p.yaml", "--env", "production", "--entity", "globex"]);
+    expect_code(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&moved.to_string()) && stderr.contains(&digest.to_string()), "{stderr}");
+    assert!(stderr.contains("gantry.lock") && stderr.contains("`health` (production/globex)"), "{stderr}");
+    let out = gantry_here(&["lock", "p.yaml", "--check"]);
+    expect_code(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("+ staging/acme health: {reference} {moved}")));
+
+    // A step the lock does not know runs without --locked and is refused with it.
+    std::fs::write(&pipeline, locked_pipeline(&format!("{reference}@{moved}"), &registry.peer.origin, true)).unwrap();
+    expect_code(&gantry_here(&["lock", "p.yaml"]), 0);
+    std::fs::write(
+        dir.path().join("gantry.lock"),
+        std::fs::read_to_string(dir.path().join("gantry.lock"))
+            .unwrap()
+            .replace("step = \"again\"", "step = \"renamed\""),
+    )
+    .unwrap();
+    let out = gantry_here(&["plan", "p.yaml", "--env", "staging", "--entity", "acme", "--locked"]);
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no entry for step `again` (staging/acme)"));
+    expect_code(&gantry_here(&["plan", "p.yaml", "--env", "staging", "--entity", "acme"]), 0);
+}

@@ -57,6 +57,14 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files, for editors.
     Schema,
+    /// Write gantry.lock beside a pipeline: every plugin of every environment and entity, by digest.
+    Lock {
+        /// The pipeline file.
+        file: std::path::PathBuf,
+        /// Write nothing; exit 1 and show the differences when the lock is stale or missing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Show what a pipeline would run for an environment and entity, with every step's capabilities.
     Plan {
         #[command(flatten)]
@@ -129,6 +137,10 @@ struct Target {
     /// Business entity.
     #[arg(long, default_value = "default")]
     entity: String,
+    /// Refuse a plugin that has no entry in gantry.lock (for CI); a plugin that differs from its
+    /// entry is refused with or without it.
+    #[arg(long)]
+    locked: bool,
 }
 
 /// Exit code for a step that failed.
@@ -158,7 +170,10 @@ pub fn main() -> ExitCode {
             Command::Step(cmd) => cmd.execute().await,
             Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
             Command::Schema => Ok(pipeline::schema()),
-            Command::Plan { target, json } => pipeline::plan(target.file, target.environment, target.entity, json),
+            Command::Lock { file, check } => pipeline::lock(file, check),
+            Command::Plan { target, json } => {
+                pipeline::plan(target.file, target.environment, target.entity, target.locked, json)
+            }
             Command::Runs { action, id, json } => match (action, id) {
                 (Some(_), Some(id)) => pipeline::runs(Some(id), json, state).await,
                 (Some(_), None) => Err(anyhow::anyhow!("`gantry runs show` needs a run id")),
@@ -167,9 +182,9 @@ pub fn main() -> ExitCode {
             Command::Resume { id, rerun, jobs, json } => pipeline::resume(id, &rerun, jobs, json, state).await,
             Command::Rollback { id, json } => pipeline::rollback(id, json, state).await,
             Command::Run { target, dry_run, jobs, json, reports } => {
-                let Target { file, environment, entity } = target;
+                let Target { file, environment, entity, locked } = target;
                 let state = state.map(String::from);
-                let args = pipeline::RunArgs { file, environment, entity, dry_run, jobs, json, reports, state };
+                let args = pipeline::RunArgs { file, environment, entity, locked, dry_run, jobs, json, reports, state };
                 pipeline::run(args).await
             }
         }

@@ -41,6 +41,38 @@ pub(crate) fn validate(file: PathBuf, json: bool) -> u8 {
     }
 }
 
+/// Writes gantry.lock beside the pipeline, or with `check` compares it: exit 1 when stale.
+pub(crate) fn lock(file: PathBuf, check: bool) -> anyhow::Result<u8> {
+    let loaded = match pipeline::load(&file) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return Ok(super::EXIT_USAGE);
+        }
+    };
+    let path = crate::lock::path_beside(&file);
+    let now = crate::lock::Lock::resolve(&loaded, &crate::build::BuildOptions::default())?;
+    if !check {
+        now.write(&path)?;
+        println!("{}: {} plugins locked", path.display(), now.plugins.len());
+        return Ok(0);
+    }
+    let Some(written) = crate::lock::Lock::read(&path)? else {
+        eprintln!("{}: missing; run `gantry lock {}`", path.display(), file.display());
+        return Ok(1);
+    };
+    let diff = written.diff(&now);
+    if diff.is_empty() {
+        println!("{}: up to date", path.display());
+        return Ok(0);
+    }
+    eprintln!("{}: stale; run `gantry lock {}`", path.display(), file.display());
+    for line in diff {
+        eprintln!("  {line}");
+    }
+    Ok(1)
+}
+
 /// Prints the JSON Schema of pipeline files.
 pub(crate) fn schema() -> u8 {
     println!("{}", serde_json::to_string_pretty(&pipeline::json_schema()).unwrap_or_default());
@@ -48,7 +80,7 @@ pub(crate) fn schema() -> u8 {
 }
 
 /// Loads, validates and plans a pipeline; prints the plan.
-pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: bool) -> anyhow::Result<u8> {
+pub(crate) fn plan(file: PathBuf, environment: String, entity: String, locked: bool, json: bool) -> anyhow::Result<u8> {
     let loaded = match pipeline::load(&file) {
         Ok(loaded) => loaded,
         Err(problems) => {
@@ -57,6 +89,7 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, json: boo
         }
     };
     let plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
+    crate::lock::verify(&loaded, &plan, locked)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(0);
@@ -115,6 +148,7 @@ pub(crate) struct RunArgs {
     pub file: PathBuf,
     pub environment: String,
     pub entity: String,
+    pub locked: bool,
     pub dry_run: bool,
     pub jobs: usize,
     pub json: bool,
@@ -137,6 +171,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let plan = crate::plan::plan(&loaded, &args.environment, &args.entity, &crate::build::BuildOptions::default())?;
+    crate::lock::verify(&loaded, &plan, args.locked)?;
     let store = store(args.state.as_deref()).await?;
     let runtime = super::runtime()?;
     let session = Session::start(store.clone(), &plan).await?;
