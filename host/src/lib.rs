@@ -78,5 +78,6 @@ pub mod pipeline;
 pub mod plan;
 pub mod registry;
 pub mod report;
+pub mod review;
 pub mod run;
 pub mod sandbox;

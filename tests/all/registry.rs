@@ -205,3 +205,38 @@ fn the_lock_records_every_environment_and_entity_and_a_moved_tag_or_an_unlocked_
     assert!(String::from_utf8_lossy(&out.stderr).contains("no entry for step `again` (staging/acme)"));
     expect_code(&gantry_here(&["plan", "p.yaml", "--env", "staging", "--entity", "acme"]), 0);
 }
+
+#[test]
+fn plan_diff_shows_a_reviewer_the_new_plugin_digest_and_the_added_origin_since_a_recorded_run() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let reference = registry.oci("gantry/check:1.0");
+    let before = push_http_check(cache.path(), &reference);
+    let dir = tempfile::tempdir().unwrap();
+    let gantry_here = |args: &[&str]| command(cache.path()).current_dir(dir.path()).args(args).output().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), health_pipeline(&reference, &registry.peer.origin)).unwrap();
+    expect_code(&gantry_here(&["run", "p.yaml"]), 0);
+    let id = run_id(dir.path());
+    let out = gantry_here(&["plan", "p.yaml", "--diff", &id]);
+    expect_code(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("none"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let other = plugin("tests/plugins/misbehave");
+    expect_code(&gantry_with_cache(cache.path(), &["plugin", "push", other.to_str().unwrap(), &reference]), 0);
+    let after = Digest::of(&std::fs::read(&other).unwrap());
+    let widened = health_pipeline(&reference, &registry.peer.origin).replace(
+        &format!("[\"{}\"]", registry.peer.origin),
+        &format!("[\"{}\", \"https://exfil.example\"]", registry.peer.origin),
+    );
+    std::fs::write(dir.path().join("p.yaml"), widened).unwrap();
+    let out = gantry_here(&["plan", "p.yaml", "--diff", &id, "--json"]);
+    expect_code(&out, 0);
+    let changes = stdout_json(&out);
+    let find = |aspect: &str, sign: &str| {
+        changes.as_array().unwrap().iter().find(|c| c["aspect"] == aspect && c["sign"] == sign).cloned()
+    };
+    let plugin_change = find("plugin", "changed").expect("the plugin changed");
+    let detail = plugin_change["detail"].as_str().unwrap();
+    assert!(detail.contains(before.hex()) && detail.contains(after.hex()), "{detail}");
+    assert_eq!(find("origin", "added").expect("an origin was added")["detail"], "https://exfil.example");
+}

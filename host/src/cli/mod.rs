@@ -72,6 +72,9 @@ enum Command {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Show only what changed since a recorded run: plugins, grants, limits, inputs.
+        #[arg(long, value_name = "RUN_ID")]
+        diff: Option<String>,
     },
     /// List recorded runs, or print one run's journal.
     Runs {
@@ -171,8 +174,12 @@ pub fn main() -> ExitCode {
             Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
             Command::Schema => Ok(pipeline::schema()),
             Command::Lock { file, check } => pipeline::lock(file, check),
-            Command::Plan { target, json } => {
-                pipeline::plan(target.file, target.environment, target.entity, target.locked, json)
+            Command::Plan { target, json, diff } => {
+                let since = match diff {
+                    Some(id) => Some((id, pipeline::store(state).await?)),
+                    None => None,
+                };
+                pipeline::plan(target.file, target.environment, target.entity, target.locked, json, since).await
             }
             Command::Runs { action, id, json } => match (action, id) {
                 (Some(_), Some(id)) => pipeline::runs(Some(id), json, state).await,

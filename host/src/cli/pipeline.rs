@@ -80,7 +80,14 @@ pub(crate) fn schema() -> u8 {
 }
 
 /// Loads, validates and plans a pipeline; prints the plan.
-pub(crate) fn plan(file: PathBuf, environment: String, entity: String, locked: bool, json: bool) -> anyhow::Result<u8> {
+pub(crate) async fn plan(
+    file: PathBuf,
+    environment: String,
+    entity: String,
+    locked: bool,
+    json: bool,
+    since: Option<(String, Arc<dyn RunStore>)>,
+) -> anyhow::Result<u8> {
     let loaded = match pipeline::load(&file) {
         Ok(loaded) => loaded,
         Err(problems) => {
@@ -90,6 +97,20 @@ pub(crate) fn plan(file: PathBuf, environment: String, entity: String, locked: b
     };
     let plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
     crate::lock::verify(&loaded, &plan, locked)?;
+    if let Some((id, store)) = since {
+        let recorded = crate::run::resume::Reopened::from_journal(&id, store.read(&id).await?)?.plan;
+        let changes = crate::review::diff(&recorded, &plan);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&changes)?);
+        } else {
+            println!("changes since run {id} ({}/{}):", recorded.environment, recorded.entity);
+            changes.iter().for_each(|c| println!("  {c}"));
+            if changes.is_empty() {
+                println!("  none");
+            }
+        }
+        return Ok(0);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(0);

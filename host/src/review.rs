@@ -1,0 +1,158 @@
+//! What changed between two plans, as a reviewer reads it before approving: plugins by digest,
+//! grants (origins, address ranges, secrets by name and binding, files, artifacts), limits, retries
+//! and inputs, step by step. `gantry plan --diff <run-id>` prints it against a recorded run.
+
+use crate::plan::{Plan, PlannedStep};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// What part of a step changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aspect {
+    /// The step itself.
+    Step,
+    /// Its plugin, by digest.
+    Plugin,
+    /// A granted origin.
+    Origin,
+    /// A restricted address range names may resolve to.
+    Address,
+    /// A granted secret: name, source and the origins it is bound to.
+    Secret,
+    /// A granted directory.
+    File,
+    /// The writable `/artifacts` directory.
+    Artifacts,
+    /// Resource limits.
+    Limits,
+    /// Retry policy.
+    Retry,
+    /// The `with:` input.
+    Input,
+}
+
+/// Whether it appeared, went, or is different.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sign {
+    /// Only in the newer plan.
+    Added,
+    /// Only in the older plan.
+    Removed,
+    /// In both, different.
+    Changed,
+}
+
+/// One difference.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Change {
+    /// Step id.
+    pub step: String,
+    /// What part of it.
+    pub aspect: Aspect,
+    /// How.
+    pub sign: Sign,
+    /// The value (or `old → new`).
+    pub detail: String,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = match self.sign {
+            Sign::Added => '+',
+            Sign::Removed => '-',
+            Sign::Changed => '~',
+        };
+        let aspect =
+            serde_json::to_value(self.aspect).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        write!(f, "{sign} {}: {aspect} {}", self.step, self.detail)
+    }
+}
+
+/// Everything a step is granted or runs, as comparable lines per aspect.
+fn facets(step: &PlannedStep) -> Vec<(Aspect, String)> {
+    let mut out = vec![(Aspect::Plugin, format!("{} sha256:{}", step.uses, step.sha256))];
+    out.extend(step.network.grants().iter().map(|g| (Aspect::Origin, g.to_string())));
+    out.extend(step.network.addresses().iter().map(|a| (Aspect::Address, a.to_string())));
+    out.extend(step.secrets.iter().map(|s| {
+        let bound: Vec<String> = s.bound_to.iter().map(ToString::to_string).collect();
+        (Aspect::Secret, format!("{} from {} bound to [{}]", s.name, String::from(s.source.clone()), bound.join(", ")))
+    }));
+    out.extend(step.files.iter().map(|g| (Aspect::File, format!("{} as {}", g.host.display(), g.guest))));
+    if step.artifacts {
+        out.push((Aspect::Artifacts, "/artifacts".into()));
+    }
+    out
+}
+
+/// The differences from `before` to `after`, step by step in `after`'s order, then removed steps.
+pub fn diff(before: &Plan, after: &Plan) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let change = |step: &str, aspect, sign, detail: String| Change { step: step.to_string(), aspect, sign, detail };
+    for new in &after.steps {
+        let Some(old) = before.step(&new.id) else {
+            changes.push(change(&new.id, Aspect::Step, Sign::Added, String::new()));
+            changes.extend(facets(new).into_iter().map(|(a, d)| change(&new.id, a, Sign::Added, d)));
+            continue;
+        };
+        let (was, now): (BTreeSet<_>, BTreeSet<_>) =
+            (facets(old).into_iter().collect(), facets(new).into_iter().collect());
+        if old.sha256 != new.sha256 || old.uses != new.uses {
+            let detail = format!("{} sha256:{} → {} sha256:{}", old.uses, old.sha256, new.uses, new.sha256);
+            changes.push(change(&new.id, Aspect::Plugin, Sign::Changed, detail));
+        }
+        let plugin = |(a, _): &&(Aspect, String)| *a != Aspect::Plugin;
+        changes.extend(was.difference(&now).filter(plugin).map(|(a, d)| change(&new.id, *a, Sign::Removed, d.clone())));
+        changes.extend(now.difference(&was).filter(plugin).map(|(a, d)| change(&new.id, *a, Sign::Added, d.clone())));
+        let json = |v: Result<String, serde_json::Error>| v.unwrap_or_default();
+        for (aspect, old_value, new_value) in [
+            (Aspect::Limits, json(serde_json::to_string(&old.limits)), json(serde_json::to_string(&new.limits))),
+            (Aspect::Retry, json(serde_json::to_string(&old.retry)), json(serde_json::to_string(&new.retry))),
+            (Aspect::Input, old.input.to_string(), new.input.to_string()),
+        ] {
+            if old_value != new_value {
+                changes.push(change(&new.id, aspect, Sign::Changed, format!("{old_value} → {new_value}")));
+            }
+        }
+    }
+    for old in before.steps.iter().filter(|s| after.step(&s.id).is_none()) {
+        changes.push(change(&old.id, Aspect::Step, Sign::Removed, String::new()));
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(json: serde_json::Value) -> Plan {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn step(id: &str, sha: char, origins: &[&str], input: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "name": null,
+            "uses": {"source": {"kind": "registry", "reference": "r.example/a/b:1"}, "pin": null},
+            "plugin": "/x.wasm", "sha256": sha.to_string().repeat(64), "needs": [], "condition": "success()",
+            "network": crate::capability::NetworkPolicy::parse(origins).unwrap(), "secrets": [], "files": [], "artifacts": false,
+            "limits": crate::pipeline::ResourceLimits::default(), "retry": crate::pipeline::RetryPolicy::default(),
+            "continue_on_error": false, "rollback": false, "input": input
+        })
+    }
+
+    #[test]
+    fn a_diff_names_the_changed_plugin_the_added_origin_the_input_and_the_new_step() {
+        let before = plan(serde_json::json!({"pipeline": "p", "environment": "staging", "entity": "e", "groups": [],
+            "steps": [step("a", '1', &["https://a.example"], serde_json::json!({"x": 1})), step("gone", '1', &[], serde_json::json!({}))]}));
+        let after = plan(serde_json::json!({"pipeline": "p", "environment": "production", "entity": "e", "groups": [],
+            "steps": [step("a", '2', &["https://a.example", "https://b.example"], serde_json::json!({"x": 2})), step("new", '3', &["https://c.example"], serde_json::json!({}))]}));
+        let lines: Vec<String> = diff(&before, &after).iter().map(ToString::to_string).collect();
+        let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        assert!(has("~ a: plugin oci://r.example/a/b:1 sha256:111"), "{lines:#?}");
+        assert!(has("+ a: origin https://b.example") && !has("origin https://a.example"), "{lines:#?}");
+        assert!(has("~ a: input {\"x\":1} → {\"x\":2}"), "{lines:#?}");
+        assert!(has("+ new: step") && has("+ new: origin https://c.example") && has("- gone: step"), "{lines:#?}");
+        assert!(diff(&after, &after).is_empty());
+    }
+}
