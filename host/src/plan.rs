@@ -116,6 +116,21 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
     /// Step ids by wave: each wave needs only earlier ones, so its steps may run in parallel.
     pub groups: Vec<Vec<String>>,
+    /// The sha256 of the pipeline file it was planned from.
+    #[serde(default)]
+    pub source_digest: Option<Digest>,
+    /// The run in another environment this run was promoted from, checked before it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<Promotion>,
+}
+
+/// Where a promoted run comes from: a successful run of the same pipeline, plugins and grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The environment promoted from, e.g. `staging`.
+    pub environment: String,
+    /// Its run.
+    pub run_id: String,
 }
 
 impl Plan {
@@ -219,7 +234,15 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
         });
     }
     let groups = waves(&steps);
-    Ok(Plan { pipeline: p.name.value.clone(), environment: environment.into(), entity: entity.into(), steps, groups })
+    Ok(Plan {
+        pipeline: p.name.value.clone(),
+        environment: environment.into(),
+        entity: entity.into(),
+        steps,
+        groups,
+        source_digest: std::fs::read(&loaded.path).ok().map(|bytes| Digest::of(&bytes)),
+        promoted_from: None,
+    })
 }
 
 enum Resolve {

@@ -10,6 +10,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aspect {
+    /// The pipeline file, by digest.
+    Pipeline,
     /// The step itself.
     Step,
     /// Its plugin, by digest.
@@ -70,14 +72,29 @@ impl fmt::Display for Change {
     }
 }
 
+/// What is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Everything a reviewer reads, secrets with their sources.
+    Review,
+    /// What must match for a promotion: plugins, grants (secrets by name), limits; not inputs.
+    Promotion,
+}
+
 /// Everything a step is granted or runs, as comparable lines per aspect.
-fn facets(step: &PlannedStep) -> Vec<(Aspect, String)> {
+fn facets(step: &PlannedStep, scope: Scope) -> Vec<(Aspect, String)> {
     let mut out = vec![(Aspect::Plugin, format!("{} sha256:{}", step.uses, step.sha256))];
     out.extend(step.network.grants().iter().map(|g| (Aspect::Origin, g.to_string())));
     out.extend(step.network.addresses().iter().map(|a| (Aspect::Address, a.to_string())));
     out.extend(step.secrets.iter().map(|s| {
         let bound: Vec<String> = s.bound_to.iter().map(ToString::to_string).collect();
-        (Aspect::Secret, format!("{} from {} bound to [{}]", s.name, String::from(s.source.clone()), bound.join(", ")))
+        let detail = match scope {
+            Scope::Review => {
+                format!("{} from {} bound to [{}]", s.name, String::from(s.source.clone()), bound.join(", "))
+            }
+            Scope::Promotion => s.name.clone(),
+        };
+        (Aspect::Secret, detail)
     }));
     out.extend(step.files.iter().map(|g| (Aspect::File, format!("{} as {}", g.host.display(), g.guest))));
     if step.artifacts {
@@ -88,16 +105,34 @@ fn facets(step: &PlannedStep) -> Vec<(Aspect, String)> {
 
 /// The differences from `before` to `after`, step by step in `after`'s order, then removed steps.
 pub fn diff(before: &Plan, after: &Plan) -> Vec<Change> {
+    compare(before, after, Scope::Review)
+}
+
+/// What keeps a run in `promoted` from being a promotion of the run that planned `proven`: a
+/// different pipeline file, plugin digest, origin, address range, secret name, file or limit
+/// (inputs and environment values may differ between environments).
+pub fn promotion_differences(proven: &Plan, promoted: &Plan) -> Vec<Change> {
+    let mut changes = Vec::new();
+    if proven.source_digest != promoted.source_digest {
+        let shown = |d: &Option<crate::pipeline::Digest>| d.as_ref().map_or("(unknown)".into(), ToString::to_string);
+        let detail = format!("{} → {}", shown(&proven.source_digest), shown(&promoted.source_digest));
+        changes.push(Change { step: "(pipeline)".into(), aspect: Aspect::Pipeline, sign: Sign::Changed, detail });
+    }
+    changes.extend(compare(proven, promoted, Scope::Promotion));
+    changes
+}
+
+fn compare(before: &Plan, after: &Plan, scope: Scope) -> Vec<Change> {
     let mut changes = Vec::new();
     let change = |step: &str, aspect, sign, detail: String| Change { step: step.to_string(), aspect, sign, detail };
     for new in &after.steps {
         let Some(old) = before.step(&new.id) else {
             changes.push(change(&new.id, Aspect::Step, Sign::Added, String::new()));
-            changes.extend(facets(new).into_iter().map(|(a, d)| change(&new.id, a, Sign::Added, d)));
+            changes.extend(facets(new, scope).into_iter().map(|(a, d)| change(&new.id, a, Sign::Added, d)));
             continue;
         };
         let (was, now): (BTreeSet<_>, BTreeSet<_>) =
-            (facets(old).into_iter().collect(), facets(new).into_iter().collect());
+            (facets(old, scope).into_iter().collect(), facets(new, scope).into_iter().collect());
         if old.sha256 != new.sha256 || old.uses != new.uses {
             let detail = format!("{} sha256:{} → {} sha256:{}", old.uses, old.sha256, new.uses, new.sha256);
             changes.push(change(&new.id, Aspect::Plugin, Sign::Changed, detail));
@@ -111,7 +146,8 @@ pub fn diff(before: &Plan, after: &Plan) -> Vec<Change> {
             (Aspect::Retry, json(serde_json::to_string(&old.retry)), json(serde_json::to_string(&new.retry))),
             (Aspect::Input, old.input.to_string(), new.input.to_string()),
         ] {
-            if old_value != new_value {
+            let compared = scope == Scope::Review || aspect == Aspect::Limits;
+            if compared && old_value != new_value {
                 changes.push(change(&new.id, aspect, Sign::Changed, format!("{old_value} → {new_value}")));
             }
         }

@@ -240,3 +240,56 @@ fn plan_diff_shows_a_reviewer_the_new_plugin_digest_and_the_added_origin_since_a
     assert!(detail.contains(before.hex()) && detail.contains(after.hex()), "{detail}");
     assert_eq!(find("origin", "added").expect("an origin was added")["detail"], "https://exfil.example");
 }
+
+#[test]
+fn production_runs_only_what_succeeded_in_staging_and_records_where_it_was_promoted_from() {
+    let registry = Registry::start();
+    let cache = tempfile::tempdir().unwrap();
+    let reference = registry.oci("gantry/check:1.0");
+    push_http_check(cache.path(), &reference);
+    let dir = tempfile::tempdir().unwrap();
+    let origin = registry.peer.origin.clone();
+    std::fs::write(dir.path().join("p.yaml"), locked_pipeline(&reference, &origin, false)).unwrap();
+    let gantry_here = |args: &[&str]| command(cache.path()).current_dir(dir.path()).args(args).output().unwrap();
+    let promote = ["run", "p.yaml", "--env", "production", "--entity", "acme", "--promoted-from", "staging", "--json"];
+
+    let out = gantry_here(&promote);
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no successful run of `locked` for entity `acme` in staging"));
+    assert!(
+        !dir.path().join(".gantry/runs").exists()
+            || std::fs::read_dir(dir.path().join(".gantry/runs")).unwrap().count() == 0
+    );
+
+    let out = gantry_here(&["run", "p.yaml", "--env", "staging", "--entity", "acme", "--json"]);
+    expect_code(&out, 0);
+    let started = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["event"] == "run_started")
+            .expect("a run_started event")
+    };
+    let staging_id = started(&out)["run_id"].as_str().unwrap().to_string();
+    let out = gantry_here(&promote);
+    expect_code(&out, 0);
+    let promoted = &started(&out)["plan"]["promoted_from"];
+    assert_eq!(promoted, &serde_json::json!({"environment": "staging", "run_id": staging_id}));
+
+    // Other code under the tag, and a wider grant: production refuses, naming both.
+    let other = plugin("tests/plugins/misbehave");
+    expect_code(&gantry_with_cache(cache.path(), &["plugin", "push", other.to_str().unwrap(), &reference]), 0);
+    let widened = locked_pipeline(&reference, &origin, false)
+        .replace(&format!("[\"{origin}\"]"), &format!("[\"{origin}\", \"https://exfil.example\"]"));
+    std::fs::write(dir.path().join("p.yaml"), widened).unwrap();
+    let out = gantry_here(&promote);
+    expect_code(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let moved = Digest::of(&std::fs::read(&other).unwrap());
+    assert!(stderr.contains(&format!("the newest ({staging_id}) differs")), "{stderr}");
+    assert!(stderr.contains("~ health: plugin") && stderr.contains(moved.hex()), "{stderr}");
+    assert!(
+        stderr.contains("+ health: origin https://exfil.example") && stderr.contains("~ (pipeline): pipeline"),
+        "{stderr}"
+    );
+}

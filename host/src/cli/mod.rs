@@ -117,6 +117,10 @@ enum Command {
         /// Steps report what they would change without changing it.
         #[arg(long)]
         dry_run: bool,
+        /// Refuse unless a successful run of the same pipeline file, plugin digests and grants
+        /// (origins, secrets by name, files, limits) for this entity is recorded in this environment.
+        #[arg(long, value_name = "ENV")]
+        promoted_from: Option<String>,
         /// Most steps running at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
@@ -188,10 +192,21 @@ pub fn main() -> ExitCode {
             },
             Command::Resume { id, rerun, jobs, json } => pipeline::resume(id, &rerun, jobs, json, state).await,
             Command::Rollback { id, json } => pipeline::rollback(id, json, state).await,
-            Command::Run { target, dry_run, jobs, json, reports } => {
+            Command::Run { target, dry_run, promoted_from, jobs, json, reports } => {
                 let Target { file, environment, entity, locked } = target;
                 let state = state.map(String::from);
-                let args = pipeline::RunArgs { file, environment, entity, locked, dry_run, jobs, json, reports, state };
+                let args = pipeline::RunArgs {
+                    file,
+                    environment,
+                    entity,
+                    locked,
+                    promoted_from,
+                    dry_run,
+                    jobs,
+                    json,
+                    reports,
+                    state,
+                };
                 pipeline::run(args).await
             }
         }

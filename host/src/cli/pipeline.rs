@@ -170,11 +170,55 @@ pub(crate) struct RunArgs {
     pub environment: String,
     pub entity: String,
     pub locked: bool,
+    pub promoted_from: Option<String>,
     pub dry_run: bool,
     pub jobs: usize,
     pub json: bool,
     pub reports: Vec<ReportSpec>,
     pub state: Option<String>,
+}
+
+/// The newest successful run of the same pipeline and entity in `from` whose pipeline file, plugins
+/// and grants match `plan`; the refusal names what differs from the newest successful one.
+async fn promotion(
+    store: &dyn RunStore,
+    plan: &crate::plan::Plan,
+    from: &str,
+) -> anyhow::Result<crate::plan::Promotion> {
+    let succeeded = crate::run::Status::Succeeded.name();
+    let mut runs: Vec<_> = store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|r| {
+            r.pipeline == plan.pipeline && r.environment == from && r.entity == plan.entity && r.status == succeeded
+        })
+        .collect();
+    // Run ids start with their start time in milliseconds.
+    runs.sort_by(|a, b| b.id.len().cmp(&a.id.len()).then_with(|| b.id.cmp(&a.id)));
+    let mut newest = None;
+    for run in runs {
+        let proven = crate::run::resume::Reopened::from_journal(&run.id, store.read(&run.id).await?)?.plan;
+        let differences = crate::review::promotion_differences(&proven, plan);
+        if differences.is_empty() {
+            return Ok(crate::plan::Promotion { environment: from.to_string(), run_id: run.id });
+        }
+        newest.get_or_insert((run.id, differences));
+    }
+    let (entity, pipeline) = (&plan.entity, &plan.pipeline);
+    match newest {
+        None => anyhow::bail!(
+            "--promoted-from {from}: no successful run of `{pipeline}` for entity `{entity}` in {from} in {}: run it there first",
+            store.location()
+        ),
+        Some((id, differences)) => {
+            let lines: Vec<String> = differences.iter().map(|d| format!("  {d}")).collect();
+            anyhow::bail!(
+                "--promoted-from {from}: no successful run in {from} matches this plan; the newest ({id}) differs:\n{}",
+                lines.join("\n")
+            )
+        }
+    }
 }
 
 /// The run store `--state` (or `GANTRY_STATE`) names; the file store under the working directory otherwise.
@@ -191,9 +235,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(super::EXIT_USAGE);
         }
     };
-    let plan = crate::plan::plan(&loaded, &args.environment, &args.entity, &crate::build::BuildOptions::default())?;
+    let mut plan = crate::plan::plan(&loaded, &args.environment, &args.entity, &crate::build::BuildOptions::default())?;
     crate::lock::verify(&loaded, &plan, args.locked)?;
     let store = store(args.state.as_deref()).await?;
+    if let Some(from) = &args.promoted_from {
+        let promotion = promotion(store.as_ref(), &plan, from).await?;
+        eprintln!(
+            "promoted from {} run {}: same pipeline, plugins and grants",
+            promotion.environment, promotion.run_id
+        );
+        plan.promoted_from = Some(promotion);
+    }
     let runtime = super::runtime()?;
     let session = Session::start(store.clone(), &plan).await?;
     let run_id = session.run_id().to_string();
