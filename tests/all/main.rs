@@ -4,6 +4,7 @@
 mod alb;
 mod attacks;
 mod audit;
+mod authoring;
 mod faults;
 mod notify;
 mod notion;

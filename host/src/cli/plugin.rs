@@ -1,4 +1,4 @@
-//! `gantry plugin build|inspect|push|pull`.
+//! `gantry plugin build|inspect|push|pull|new`.
 
 use crate::build::{build_crate, BuildOptions};
 use crate::registry::{self, OciRef, RegistryOptions};
@@ -37,6 +37,18 @@ pub(crate) enum PluginCommand {
         /// Where to: `oci://registry/repository:tag`.
         reference: String,
     },
+    /// Create a plugin crate: Cargo.toml, src/lib.rs implementing `Step` with a typed input and a
+    /// unit test, a README; it builds and runs with `gantry step run` as created.
+    New {
+        /// Crate name: lower-case letters, digits and `-`.
+        name: String,
+        /// Where to create it (default: `./<name>`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The gantry SDK crate to depend on (default: the SDK this gantry was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Pull a plugin from an OCI registry into the local store, verified; prints its path and sha256.
     Pull {
         /// `oci://registry/repository:tag`, `...@sha256:<digest>` to pin it.
@@ -48,6 +60,27 @@ pub(crate) enum PluginCommand {
 fn registry_options() -> anyhow::Result<RegistryOptions> {
     let store = RegistryOptions::default_store().context("no cache directory: set GANTRY_CACHE_DIR")?;
     Ok(RegistryOptions::new(store))
+}
+
+/// Writes a new plugin crate from the templates in `scaffold/`.
+fn scaffold(name: &str, dir: &Path, sdk: Option<PathBuf>) -> anyhow::Result<()> {
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    anyhow::ensure!(valid, "plugin name `{name}`: use lower-case letters, digits and `-`, starting with a letter");
+    anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
+    let sdk = match sdk {
+        Some(path) => path,
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk"),
+    };
+    let sdk =
+        sdk.canonicalize().with_context(|| format!("the SDK at {}: give its directory with --sdk", sdk.display()))?;
+    let sdk_dependency = format!("{{ path = {:?} }}", sdk.display().to_string());
+    let fill = |template: &str| template.replace("{name}", name).replace("{sdk}", &sdk_dependency);
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::write(dir.join("Cargo.toml"), fill(include_str!("scaffold/Cargo.toml.in")))?;
+    std::fs::write(dir.join("src/lib.rs"), fill(include_str!("scaffold/lib.rs.in")))?;
+    std::fs::write(dir.join("README.md"), fill(include_str!("scaffold/README.md.in")))?;
+    Ok(())
 }
 
 /// `uses:`-style text split into a reference and its pin.
@@ -132,6 +165,16 @@ impl PluginCommand {
                 let (digest, manifest) = registry::push(&bytes, &info, &reference, &registry_options()?).await?;
                 println!("{reference}@{digest}");
                 println!("manifest {manifest}");
+                Ok(0)
+            }
+            PluginCommand::New { name, dir, sdk } => {
+                let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+                scaffold(&name, &dir, sdk)?;
+                println!(
+                    "{}: created; try `gantry step run {} --with url=... --allow-net ...`",
+                    dir.display(),
+                    dir.display()
+                );
                 Ok(0)
             }
             PluginCommand::Pull { reference } => {
