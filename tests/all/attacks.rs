@@ -520,3 +520,30 @@ steps:
     let attacker = summary["steps"].as_array().unwrap().iter().find(|s| s["id"] == "attacker").unwrap();
     assert_eq!((attacker["requests"].as_u64(), attacker["denied"].as_u64()), (Some(0), Some(1)));
 }
+
+#[tokio::test]
+async fn an_error_quoting_what_the_plugin_sent_is_redacted_too() {
+    // Found by the `boundary` fuzz target: an invalid header name holding a secret came back verbatim.
+    use gantry_host::sandbox::bindings::gantry::step::types::{HttpError, Request};
+    let api = CountingServer::start(Reply::text(200, "ok"));
+    let mut call = StepCall::default();
+    call.context.step_id = "attacker".into();
+    call.grants.network = NetworkPolicy::parse(&[api.origin()]).unwrap();
+    call.grants.secrets = token_bound_to(&api.origin());
+    let mut imports = gantry_host::sandbox::imports::Imports::new(&runtime(), &call).unwrap();
+    let req = Request {
+        method: "GET".into(),
+        url: format!("{}/", api.origin()),
+        headers: vec![(format!("x-{TOKEN}\u{1}"), "v".into())],
+        body: vec![],
+        secrets: vec![],
+        timeout_ms: None,
+    };
+    match imports.http(req).await {
+        Err(HttpError::Invalid(message)) => {
+            assert!(!message.contains(TOKEN) && message.contains("***"), "{message}");
+        }
+        other => panic!("expected an invalid-header error, got {other:?}"),
+    }
+    assert_eq!(api.hits(), 0);
+}

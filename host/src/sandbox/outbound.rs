@@ -149,6 +149,11 @@ impl Outbound {
     /// Performs the request; `deadline` is the step call's own. Each hop (the first request and every
     /// redirect) is admitted against the grants and caps, sent, then followed or received.
     pub(crate) async fn send(&mut self, req: Request, deadline: Instant) -> Result<Response, HttpError> {
+        // Whatever an error quotes (a header name, a URL) is redacted like everything else that leaves the host.
+        self.attempt(req, deadline).await.map_err(|e| redacted(e, &self.grants.secrets))
+    }
+
+    async fn attempt(&mut self, req: Request, deadline: Instant) -> Result<Response, HttpError> {
         let (mut method, mut url, url_secrets) = self.target(&req)?;
         let per_request =
             req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(self.limits.request_timeout);
@@ -454,6 +459,18 @@ struct Outcome {
     bytes: u64,
     allowed: bool,
     reason: Option<String>,
+}
+
+/// The error with its message redacted.
+fn redacted(e: HttpError, secrets: &crate::capability::Secrets) -> HttpError {
+    match e {
+        HttpError::Denied(m) => HttpError::Denied(secrets.redact(&m)),
+        HttpError::SecretDenied(m) => HttpError::SecretDenied(secrets.redact(&m)),
+        HttpError::Invalid(m) => HttpError::Invalid(secrets.redact(&m)),
+        HttpError::Timeout(m) => HttpError::Timeout(secrets.redact(&m)),
+        HttpError::Limit(m) => HttpError::Limit(secrets.redact(&m)),
+        HttpError::Transport(m) => HttpError::Transport(secrets.redact(&m)),
+    }
 }
 
 fn http_error_message(e: &HttpError) -> String {
