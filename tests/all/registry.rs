@@ -50,6 +50,11 @@ fn a_pushed_plugin_is_inspected_without_running_and_pulled_by_tag_and_by_digest(
         expect_code(&out, 0);
         let path = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_string();
         assert_eq!(std::fs::read(&path).unwrap(), original, "{pull} pulled other bytes");
+        let listed = stdout_json(&gantry_with_cache(fresh.path(), &["cache", "ls", "--json"]));
+        assert_eq!(listed[0]["kind"], "pulled");
+        assert_eq!(listed[0]["digest"], digest.hex());
+        expect_code(&gantry_with_cache(fresh.path(), &["cache", "clean"]), 0);
+        assert!(!Path::new(&path).exists(), "cache clean removed the pulled component");
     }
 }
 

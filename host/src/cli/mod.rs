@@ -44,6 +44,15 @@ enum Command {
     /// Build and inspect plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// List or empty the local cache: compiled components and components pulled from registries.
+    Cache {
+        /// `ls` or `clean`.
+        #[arg(value_parser = ["ls", "clean"])]
+        action: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a single step outside a pipeline (a plugin author's inner loop).
     #[command(subcommand)]
     Step(step::StepCommand),
@@ -175,6 +184,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Plugin(cmd) => cmd.execute().await,
             Command::Step(cmd) => cmd.execute().await,
+            Command::Cache { action, json } => plugin::cache(&action, json),
             Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
             Command::Schema => Ok(pipeline::schema()),
             Command::Lock { file, check } => pipeline::lock(file, check),

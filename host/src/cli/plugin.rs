@@ -56,6 +56,33 @@ pub(crate) enum PluginCommand {
     },
 }
 
+/// `gantry cache ls|clean`.
+pub(crate) fn cache(action: &str, json: bool) -> anyhow::Result<u8> {
+    let dir = crate::sandbox::Cache::default_dir().context("no cache directory: set GANTRY_CACHE_DIR")?;
+    let cache = crate::sandbox::Cache::new(dir);
+    if action == "clean" {
+        let (files, bytes) = cache.clean()?;
+        println!("{}: removed {files} files, {bytes} bytes", cache.dir().display());
+        return Ok(0);
+    }
+    let entries = cache.entries();
+    if json {
+        println!("{}", serde_json::to_string(&entries)?);
+    } else {
+        for e in &entries {
+            let kind = serde_json::to_value(e.kind)?.as_str().unwrap_or_default().to_string();
+            println!("{kind:<9} sha256:{} {:>10} bytes  {}", e.digest, e.size, e.path.display());
+        }
+        println!(
+            "{}: {} entries, {} bytes",
+            cache.dir().display(),
+            entries.len(),
+            entries.iter().map(|e| e.size).sum::<u64>()
+        );
+    }
+    Ok(0)
+}
+
 /// Registry options with the default store, or `GANTRY_CACHE_DIR`'s.
 fn registry_options() -> anyhow::Result<RegistryOptions> {
     let store = RegistryOptions::default_store().context("no cache directory: set GANTRY_CACHE_DIR")?;
@@ -137,6 +164,7 @@ impl PluginCommand {
                         "plugin": info,
                         "contract": format!("gantry:step@{CONTRACT_VERSION}"),
                         "sha256": plugin.sha256(),
+                        "size": std::fs::metadata(&file)?.len(),
                         "cache": plugin.cache_status(),
                     });
                     println!("{value}");
@@ -146,6 +174,7 @@ impl PluginCommand {
                     println!("description:  {}", info.description);
                     println!("contract:     gantry:step@{CONTRACT_VERSION}");
                     println!("sha256:       {}", plugin.sha256());
+                    println!("size:         {} bytes", std::fs::metadata(&file)?.len());
                     println!("capabilities: {}", info.capabilities.join(", "));
                     println!("input schema:\n{}", serde_json::to_string_pretty(&info.input_schema)?);
                 }

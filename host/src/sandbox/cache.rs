@@ -57,6 +57,39 @@ impl Cache {
         self.dir.join(format!("{component_sha256}-{:016x}.cwasm", hasher.finish()))
     }
 
+    /// Every entry: compiled components and, under `pulled/`, components from registries.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        for (dir, kind, ext) in
+            [(self.dir.clone(), EntryKind::Compiled, "cwasm"), (self.dir.join("pulled"), EntryKind::Pulled, "wasm")]
+        {
+            let Ok(read) = std::fs::read_dir(&dir) else { continue };
+            for entry in read.flatten() {
+                let path = entry.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                let Some(stem) = name.strip_suffix(&format!(".{ext}")) else { continue };
+                let digest = stem.split('-').next().unwrap_or(stem).to_string();
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                entries.push(Entry { kind, digest, size, path });
+            }
+        }
+        entries.sort_by(|a, b| (a.kind, &a.digest).cmp(&(b.kind, &b.digest)));
+        entries
+    }
+
+    /// Removes every entry (and its sidecar); returns how many files and bytes went. A running
+    /// process that wanted one compiles or pulls it again.
+    pub fn clean(&self) -> std::io::Result<(usize, u64)> {
+        let (mut files, mut bytes) = (0, 0);
+        for entry in self.entries() {
+            std::fs::remove_file(&entry.path)?;
+            let _ = std::fs::remove_file(sidecar(&entry.path));
+            files += 1;
+            bytes += entry.size;
+        }
+        Ok((files, bytes))
+    }
+
     /// Loads the compiled form of a component, compiling and storing it on a miss.
     pub fn load_or_compile(
         &self,
@@ -99,6 +132,29 @@ impl Cache {
     }
 }
 
+/// What a cache entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// Native code compiled from a component for this engine.
+    Compiled,
+    /// A component pulled from a registry.
+    Pulled,
+}
+
+/// One file in the cache.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    /// What it holds.
+    pub kind: EntryKind,
+    /// The component's sha256.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The file.
+    pub path: PathBuf,
+}
+
 fn sidecar(path: &Path) -> PathBuf {
     path.with_extension("cwasm.sha256")
 }
@@ -127,4 +183,26 @@ fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Hex sha256 of bytes, the identity of a plugin everywhere in gantry.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_list_compiled_and_pulled_components_and_clean_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let hex = "ab".repeat(32);
+        store(&dir.path().join(format!("{hex}-0123456789abcdef.cwasm")), b"native").unwrap();
+        std::fs::create_dir_all(dir.path().join("pulled")).unwrap();
+        std::fs::write(dir.path().join(format!("pulled/{hex}.wasm")), b"component").unwrap();
+        let entries = cache.entries();
+        let kinds: Vec<_> = entries.iter().map(|e| (e.kind, e.digest.as_str(), e.size)).collect();
+        assert_eq!(kinds, [(EntryKind::Compiled, hex.as_str(), 6), (EntryKind::Pulled, hex.as_str(), 9)]);
+        assert_eq!(cache.clean().unwrap(), (2, 15));
+        assert!(cache.entries().is_empty());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.path().is_file()).collect();
+        assert!(left.is_empty(), "sidecars go too: {left:?}");
+    }
 }
