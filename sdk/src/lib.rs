@@ -48,6 +48,11 @@ mod http;
 mod log;
 mod outputs;
 
+/// The plugin author's guide, `docs/plugin-guide.md`: writing, testing and publishing a plugin.
+/// Included here so its Rust examples compile and run as doctests.
+#[doc = include_str!("../../docs/plugin-guide.md")]
+pub mod guide {}
+
 pub use context::Context;
 pub use describe::Describe;
 pub use error::{Error, Failure};
