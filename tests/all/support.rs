@@ -278,6 +278,9 @@ pub fn spawn_until(cmd: &mut Command, what: &str, reached: impl Fn() -> bool) ->
     let mut child = cmd.spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !reached() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before it reached {what}");
+        }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
