@@ -246,7 +246,22 @@ impl Redactor {
         if value.is_empty() || self.values.iter().any(|v| v == value) {
             return self.clone();
         }
-        Self::new(self.values.iter().map(String::as_str).chain([value]))
+        // Compiling the pattern takes milliseconds; every call of a step that uses basic
+        // authentication asks for the same one, so the last few are kept.
+        type Derived = std::collections::HashMap<(Vec<String>, String), Redactor>;
+        static DERIVED: std::sync::OnceLock<std::sync::Mutex<Derived>> = std::sync::OnceLock::new();
+        let key = (self.values.as_ref().clone(), value.to_string());
+        let cache = DERIVED.get_or_init(Default::default);
+        if let Some(known) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return known.clone();
+        }
+        let extended = Self::new(self.values.iter().map(String::as_str).chain([value]));
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(key, extended.clone());
+        extended
     }
 
     /// Replaces every form of every value in `text` with `***`.
