@@ -189,18 +189,27 @@ fn hex_dump(headers: &str) -> String {
     headers.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The misbehave plugin's `http` action with `auth` (its `bearer` or `basic` input naming secret `KEY`,
+/// whose value is `value`) against a server answering as `reply` says: the request headers the server
+/// got, and the body the plugin saw.
+async fn echoed(reply: Reply, value: &str, auth: Value) -> (String, String) {
+    let echo = CountingServer::start(reply);
+    let mut input = json!({"action": "http", "url": format!("{}/", echo.origin())});
+    input.as_object_mut().unwrap().extend(auth.as_object().unwrap().clone());
+    let (mut call, _) = attack(input, &[echo.origin()]);
+    let mut secrets = Secrets::default();
+    secrets.insert("KEY", Secret::new(value, vec![Grant::parse(&echo.origin()).unwrap()]));
+    call.grants.secrets = secrets;
+    let outputs = run(&runtime(), &call).await.unwrap();
+    (echo.headers()[0].clone(), outputs["body"].clone())
+}
+
 #[tokio::test]
 async fn an_echoed_secret_escaped_as_php_or_go_write_json_or_in_hex_is_redacted_before_the_plugin_sees_it() {
     for encode in [php_json as fn(&str) -> String, go_json, hex_dump] {
-        let echo = CountingServer::start(Reply { status: 200, echo_encoded: Some(encode), ..Reply::default() });
-        let input = json!({"action": "http", "url": format!("{}/", echo.origin()), "bearer": "KEY"});
-        let (mut call, _) = attack(input, &[echo.origin()]);
-        let mut secrets = Secrets::default();
-        secrets.insert("KEY", Secret::new(AWS_LIKE, vec![Grant::parse(&echo.origin()).unwrap()]));
-        call.grants.secrets = secrets;
-        let outputs = run(&runtime(), &call).await.unwrap();
-        assert!(echo.headers()[0].contains(AWS_LIKE), "the server got the real key");
-        let body = &outputs["body"];
+        let reply = Reply { status: 200, echo_encoded: Some(encode), ..Reply::default() };
+        let (headers, body) = echoed(reply, AWS_LIKE, json!({"bearer": "KEY"})).await;
+        assert!(headers.contains(AWS_LIKE), "the server got the real key");
         let as_echoed = encode(AWS_LIKE);
         let as_echoed = as_echoed.trim_start_matches("{\"headers\":\"").trim_end_matches("\"}");
         assert!(!body.contains(as_echoed) && !body.contains(AWS_LIKE), "the key reached the plugin: {body}");
@@ -245,14 +254,8 @@ async fn an_echoed_secret_url_encoded_by_an_encoder_that_keeps_unreserved_charac
     // A GitHub-style token with the characters encoders disagree about.
     const TOKEN_LIKE: &str = "ghp_9aB-c.D~e/F+g&h";
     for encode in [js_uri as fn(&str) -> String, python_quote_json] {
-        let echo = CountingServer::start(Reply { status: 200, echo_encoded: Some(encode), ..Reply::default() });
-        let input = json!({"action": "http", "url": format!("{}/", echo.origin()), "bearer": "KEY"});
-        let (mut call, _) = attack(input, &[echo.origin()]);
-        let mut secrets = Secrets::default();
-        secrets.insert("KEY", Secret::new(TOKEN_LIKE, vec![Grant::parse(&echo.origin()).unwrap()]));
-        call.grants.secrets = secrets;
-        let outputs = run(&runtime(), &call).await.unwrap();
-        let body = &outputs["body"];
+        let reply = Reply { status: 200, echo_encoded: Some(encode), ..Reply::default() };
+        let (_, body) = echoed(reply, TOKEN_LIKE, json!({"bearer": "KEY"})).await;
         let as_echoed = encode(TOKEN_LIKE);
         assert!(!body.contains(as_echoed.trim_matches('"')), "the token reached the plugin: {body}");
         assert!(body.contains("***"), "{body}");
@@ -264,16 +267,10 @@ async fn an_echoed_basic_credential_is_redacted_whatever_user_name_shifts_the_ba
     // base64("user:secret") carries the secret's own base64 only when the user name and colon are a
     // multiple of 3 bytes long; the plugin chooses the name, then decodes what the server echoes.
     for user in ["ab", "abc", "abcd"] {
-        let echo = CountingServer::start(Reply { status: 200, echo_headers: true, ..Reply::default() });
-        let input = json!({"action": "http", "url": format!("{}/", echo.origin()), "basic": [user, "KEY"]});
-        let (mut call, _) = attack(input, &[echo.origin()]);
-        let mut secrets = Secrets::default();
-        secrets.insert("KEY", Secret::new(AWS_LIKE, vec![Grant::parse(&echo.origin()).unwrap()]));
-        call.grants.secrets = secrets;
-        let outputs = run(&runtime(), &call).await.unwrap();
+        let reply = Reply { status: 200, echo_headers: true, ..Reply::default() };
+        let (headers, body) = echoed(reply, AWS_LIKE, json!({"basic": [user, "KEY"]})).await;
         let sent = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{AWS_LIKE}"));
-        assert!(echo.headers()[0].contains(&sent), "the server got the real credential");
-        let body = &outputs["body"];
+        assert!(headers.contains(&sent), "the server got the real credential");
         assert!(!body.contains(&sent), "user {user}: the credential reached the plugin: {body}");
         assert!(body.to_ascii_lowercase().contains("authorization: basic ***"), "{body}");
     }

@@ -74,8 +74,7 @@ fn pipelines_run_plugins_from_the_registry_pinned_or_not_and_a_wrong_pin_is_refu
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.yaml"), health_pipeline(&uses, &registry.peer.origin)).unwrap();
         let fresh = tempfile::tempdir().unwrap();
-        let mut cmd = command(fresh.path());
-        let out = cmd.current_dir(dir.path()).args(["run", "p.yaml", "--json"]).output().unwrap();
+        let out = gantry_in_with_cache(dir.path(), fresh.path(), &["run", "p.yaml", "--json"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if ok {
             expect_code(&out, 0);
@@ -166,7 +165,7 @@ fn the_lock_records_every_environment_and_entity_and_a_moved_tag_or_an_unlocked_
     let dir = tempfile::tempdir().unwrap();
     let pipeline = dir.path().join("p.yaml");
     std::fs::write(&pipeline, locked_pipeline(&reference, &registry.peer.origin, false)).unwrap();
-    let gantry_here = |args: &[&str]| command(cache.path()).current_dir(dir.path()).args(args).output().unwrap();
+    let gantry_here = |args: &[&str]| gantry_in_with_cache(dir.path(), cache.path(), args);
 
     expect_code(&gantry_here(&["lock", "p.yaml"]), 0);
     let text = std::fs::read_to_string(dir.path().join("gantry.lock")).unwrap();
@@ -218,7 +217,7 @@ fn plan_diff_shows_a_reviewer_the_new_plugin_digest_and_the_added_origin_since_a
     let reference = registry.oci("gantry/check:1.0");
     let before = push_http_check(cache.path(), &reference);
     let dir = tempfile::tempdir().unwrap();
-    let gantry_here = |args: &[&str]| command(cache.path()).current_dir(dir.path()).args(args).output().unwrap();
+    let gantry_here = |args: &[&str]| gantry_in_with_cache(dir.path(), cache.path(), args);
     std::fs::write(dir.path().join("p.yaml"), health_pipeline(&reference, &registry.peer.origin)).unwrap();
     expect_code(&gantry_here(&["run", "p.yaml"]), 0);
     let id = run_id(dir.path());
@@ -255,7 +254,7 @@ fn production_runs_only_what_succeeded_in_staging_and_records_where_it_was_promo
     let dir = tempfile::tempdir().unwrap();
     let origin = registry.peer.origin.clone();
     std::fs::write(dir.path().join("p.yaml"), locked_pipeline(&reference, &origin, false)).unwrap();
-    let gantry_here = |args: &[&str]| command(cache.path()).current_dir(dir.path()).args(args).output().unwrap();
+    let gantry_here = |args: &[&str]| gantry_in_with_cache(dir.path(), cache.path(), args);
     let promote = ["run", "p.yaml", "--env", "production", "--entity", "acme", "--promoted-from", "staging", "--json"];
 
     let out = gantry_here(&promote);

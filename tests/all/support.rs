@@ -46,7 +46,12 @@ pub fn gantry_with_cache(cache: &Path, args: &[&str]) -> Output {
 
 /// `gantry <args>` run in `dir` (where `.gantry/runs` is written).
 pub fn gantry_in(dir: &Path, args: &[&str]) -> Output {
-    command(&shared_cache()).args(args).current_dir(dir).output().expect("gantry runs")
+    gantry_in_with_cache(dir, &shared_cache(), args)
+}
+
+/// `gantry <args>` run in `dir` with a given cache dir.
+pub fn gantry_in_with_cache(dir: &Path, cache: &Path, args: &[&str]) -> Output {
+    command(cache).args(args).current_dir(dir).output().expect("gantry runs")
 }
 
 /// `gantry <args>` with the shared cache.

@@ -41,15 +41,14 @@ pub(crate) fn validate(file: PathBuf, json: bool) -> u8 {
     }
 }
 
+/// The pipeline at `file`, or `None` after printing every problem in it.
+fn load_or_report(file: &std::path::Path) -> Option<pipeline::Loaded> {
+    pipeline::load(file).map_err(|problems| eprintln!("{problems}")).ok()
+}
+
 /// Writes gantry.lock beside the pipeline, or with `check` compares it: exit 1 when stale.
 pub(crate) fn lock(file: PathBuf, check: bool) -> anyhow::Result<u8> {
-    let loaded = match pipeline::load(&file) {
-        Ok(loaded) => loaded,
-        Err(problems) => {
-            eprintln!("{problems}");
-            return Ok(super::EXIT_USAGE);
-        }
-    };
+    let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
     let path = crate::lock::path_beside(&file);
     let now = crate::lock::Lock::resolve(&loaded, &crate::build::BuildOptions::default())?;
     if !check {
@@ -88,13 +87,7 @@ pub(crate) async fn plan(
     json: bool,
     since: Option<(String, Arc<dyn RunStore>)>,
 ) -> anyhow::Result<u8> {
-    let loaded = match pipeline::load(&file) {
-        Ok(loaded) => loaded,
-        Err(problems) => {
-            eprintln!("{problems}");
-            return Ok(super::EXIT_USAGE);
-        }
-    };
+    let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
     let plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
     crate::lock::verify(&loaded, &plan, locked)?;
     if let Some((id, store)) = since {
@@ -228,13 +221,7 @@ pub(crate) async fn store(state: Option<&str>) -> anyhow::Result<Arc<dyn RunStor
 
 /// Validates, plans and runs a pipeline; exit 0, 1 (failed, rolled back), 3 (rollback failed) or 2.
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let loaded = match pipeline::load(&args.file) {
-        Ok(loaded) => loaded,
-        Err(problems) => {
-            eprintln!("{problems}");
-            return Ok(super::EXIT_USAGE);
-        }
-    };
+    let Some(loaded) = load_or_report(&args.file) else { return Ok(super::EXIT_USAGE) };
     let mut plan = crate::plan::plan(&loaded, &args.environment, &args.entity, &crate::build::BuildOptions::default())?;
     crate::lock::verify(&loaded, &plan, args.locked)?;
     let store = store(args.state.as_deref()).await?;

@@ -87,7 +87,26 @@ impl Cache {
             files += 1;
             bytes += entry.size;
         }
+        for (path, size) in self.leftovers() {
+            std::fs::remove_file(&path)?;
+            files += 1;
+            bytes += size;
+        }
         Ok((files, bytes))
+    }
+
+    /// Temporary files a killed writer left (`.…tmp`, never read as entries), once an hour old, so a
+    /// write still under way in another process keeps its file.
+    fn leftovers(&self) -> Vec<(PathBuf, u64)> {
+        let old =
+            |m: &std::fs::Metadata| m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > LEFTOVER_AGE);
+        [self.dir.clone(), self.dir.join("pulled")]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flat_map(|read| read.flatten())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")))
+            .filter_map(|e| e.metadata().ok().filter(old).map(|m| (e.path(), m.len())))
+            .collect()
     }
 
     /// Loads the compiled form of a component, compiling and storing it on a miss.
@@ -131,6 +150,9 @@ impl Cache {
         Ok((component, status))
     }
 }
+
+/// How old a temporary file must be before `clean` takes it for a killed writer's.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a cache entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -200,7 +222,16 @@ mod tests {
         let entries = cache.entries();
         let kinds: Vec<_> = entries.iter().map(|e| (e.kind, e.digest.as_str(), e.size)).collect();
         assert_eq!(kinds, [(EntryKind::Compiled, hex.as_str(), 6), (EntryKind::Pulled, hex.as_str(), 9)]);
-        assert_eq!(cache.clean().unwrap(), (2, 15));
+        // A pull killed before its rename, long ago, and one under way now.
+        let killed = dir.path().join("pulled/.pull-1-0.tmp");
+        std::fs::write(&killed, b"half").unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - LEFTOVER_AGE - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&killed).unwrap().set_modified(an_hour_ago).unwrap();
+        let under_way = dir.path().join("pulled/.pull-2-0.tmp");
+        std::fs::write(&under_way, b"writing").unwrap();
+        assert_eq!(cache.clean().unwrap(), (3, 19));
+        assert!(!killed.exists() && under_way.exists(), "only the old temporary file goes");
+        std::fs::remove_file(&under_way).unwrap();
         assert!(cache.entries().is_empty());
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.path().is_file()).collect();
         assert!(left.is_empty(), "sidecars go too: {left:?}");

@@ -407,8 +407,7 @@ impl Outbound {
     async fn read_body(&self, mut response: reqwest::Response, url: &Url) -> Result<Vec<u8>, HttpError> {
         let cap = self.limits.max_response_bytes;
         let mut body = Vec::new();
-        let secrets = &self.grants.secrets;
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport(url, e, secrets))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport(url, e))? {
             if body.len() + chunk.len() > cap {
                 return Err(HttpError::Limit(format!("response from {} is larger than {cap} bytes", origin_of(url))));
             }
@@ -436,7 +435,7 @@ impl Outbound {
             }
             source = s.source();
         }
-        transport(url, e, &self.grants.secrets)
+        transport(url, e)
     }
 }
 
@@ -462,15 +461,15 @@ struct Outcome {
 }
 
 /// The error with its message redacted.
-fn redacted(e: HttpError, secrets: &crate::capability::Secrets) -> HttpError {
-    match e {
-        HttpError::Denied(m) => HttpError::Denied(secrets.redact(&m)),
-        HttpError::SecretDenied(m) => HttpError::SecretDenied(secrets.redact(&m)),
-        HttpError::Invalid(m) => HttpError::Invalid(secrets.redact(&m)),
-        HttpError::Timeout(m) => HttpError::Timeout(secrets.redact(&m)),
-        HttpError::Limit(m) => HttpError::Limit(secrets.redact(&m)),
-        HttpError::Transport(m) => HttpError::Transport(secrets.redact(&m)),
-    }
+fn redacted(mut e: HttpError, secrets: &crate::capability::Secrets) -> HttpError {
+    let (HttpError::Denied(m)
+    | HttpError::SecretDenied(m)
+    | HttpError::Invalid(m)
+    | HttpError::Timeout(m)
+    | HttpError::Limit(m)
+    | HttpError::Transport(m)) = &mut e;
+    *m = secrets.redact(m);
+    e
 }
 
 fn http_error_message(e: &HttpError) -> String {
@@ -485,10 +484,10 @@ fn http_error_message(e: &HttpError) -> String {
 }
 
 /// A transport error as the plugin sees it: the origin and the cause, without the URL reqwest names (it
-/// may have come from a secret, as a webhook's does), redacted.
-fn transport(url: &Url, e: reqwest::Error, secrets: &crate::capability::Secrets) -> HttpError {
+/// may have come from a secret, as a webhook's does); `send` redacts it with every other error.
+fn transport(url: &Url, e: reqwest::Error) -> HttpError {
     if e.is_timeout() {
-        HttpError::Timeout(secrets.redact(&format!("request to {} timed out", origin_of(url))))
+        HttpError::Timeout(format!("request to {} timed out", origin_of(url)))
     } else {
         let e = e.without_url();
         // reqwest's Display omits the cause; the chain says e.g. "connection refused".
@@ -499,6 +498,6 @@ fn transport(url: &Url, e: reqwest::Error, secrets: &crate::capability::Secrets)
             message.push_str(&s.to_string());
             source = s.source();
         }
-        HttpError::Transport(secrets.redact(&message))
+        HttpError::Transport(message)
     }
 }
