@@ -7,7 +7,7 @@ use super::sigv4;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -60,11 +60,13 @@ pub struct Redactor {
     forms: usize,
     /// The values it was built from, so it can be extended with one more.
     values: Arc<Vec<String>>,
+    /// Credentials derived from the values, each its own pattern, applied first.
+    derived: Arc<Vec<Redactor>>,
 }
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} forms)", self.forms)
+        write!(f, "Redactor({} forms)", self.forms + self.derived.iter().map(|d| d.forms).sum::<usize>())
     }
 }
 
@@ -237,30 +239,33 @@ impl Redactor {
             .size_limit(64 << 20)
             .build()
             .expect("an escaped alternation of literals is a valid pattern");
-        Self { pattern: Some(Arc::new(pattern)), forms: needles.len(), values: Arc::new(values) }
+        Self {
+            pattern: Some(Arc::new(pattern)),
+            forms: needles.len(),
+            values: Arc::new(values),
+            derived: Arc::default(),
+        }
     }
 
     /// This redactor and `value` too (a credential the host derived from a secret, such as a basic
     /// authentication token, which a server may echo back); itself when it already redacts `value`.
     pub fn with(&self, value: &str) -> Self {
-        if value.is_empty() || self.values.iter().any(|v| v == value) {
+        let known = |r: &Redactor| r.values.iter().any(|v| v == value);
+        if value.is_empty() || known(self) || self.derived.iter().any(known) {
             return self.clone();
         }
-        // Compiling the pattern takes milliseconds; every call of a step that uses basic
-        // authentication asks for the same one, so the last few are kept.
-        type Derived = std::collections::HashMap<(Vec<String>, String), Redactor>;
-        static DERIVED: std::sync::OnceLock<std::sync::Mutex<Derived>> = std::sync::OnceLock::new();
-        let key = (self.values.as_ref().clone(), value.to_string());
+        // Compiling a pattern takes milliseconds; every call of a step that uses basic
+        // authentication derives the same token, so the last few are kept, each on its own so that
+        // another user name or another set of secrets does not compile them again.
+        static DERIVED: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Redactor>>> = std::sync::OnceLock::new();
         let cache = DERIVED.get_or_init(Default::default);
-        if let Some(known) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return known.clone();
-        }
-        let extended = Self::new(self.values.iter().map(String::as_str).chain([value]));
         let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= 64 {
+        if cache.len() >= 64 && !cache.contains_key(value) {
             cache.clear();
         }
-        cache.insert(key, extended.clone());
+        let one = cache.entry(value.to_string()).or_insert_with(|| Self::new([value])).clone();
+        let mut extended = self.clone();
+        Arc::make_mut(&mut extended.derived).push(one);
         extended
     }
 
@@ -277,10 +282,25 @@ impl Redactor {
 
     /// Replaces every form of every value in `bytes` (a body that may not be UTF-8) with `***`.
     pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        match &self.pattern {
-            Some(p) => p.replace_all(bytes, &b"***"[..]),
-            None => std::borrow::Cow::Borrowed(bytes),
+        use std::borrow::Cow;
+        let mut text = Cow::Borrowed(bytes);
+        for derived in self.derived.iter() {
+            let replaced = match derived.redact_bytes(&text) {
+                Cow::Owned(o) => Some(o),
+                Cow::Borrowed(_) => None,
+            };
+            if let Some(o) = replaced {
+                text = Cow::Owned(o);
+            }
         }
+        let replaced = match &self.pattern {
+            Some(p) => match p.replace_all(&text, &b"***"[..]) {
+                Cow::Owned(o) => Some(o),
+                Cow::Borrowed(_) => None,
+            },
+            None => None,
+        };
+        replaced.map_or(text, Cow::Owned)
     }
 
     /// Redacts every string inside a JSON value.
@@ -295,7 +315,7 @@ impl Redactor {
 
     /// Whether there is nothing to redact.
     pub fn is_empty(&self) -> bool {
-        self.pattern.is_none()
+        self.pattern.is_none() && self.derived.is_empty()
     }
 }
 
@@ -721,5 +741,19 @@ mod tests {
         let s = secrets();
         assert_eq!(s.redact("token=s3cr3t!"), "token=***!");
         assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn derived_credentials_are_redacted_beside_the_values_and_kept_once() {
+        let base = Redactor::new(["pa55word-long"]);
+        let (t1, t2) = (
+            base64::engine::general_purpose::STANDARD.encode("ann:pa55word-long"),
+            base64::engine::general_purpose::STANDARD.encode("bo:pa55word-long"),
+        );
+        let both = base.with(&t1).with(&t2).with(&t1);
+        assert_eq!(both.derived.len(), 2, "a token already known is not added twice");
+        let echoed = format!("{t1} {t2} pa55word-long {}", t1.replace('/', "\\/"));
+        assert_eq!(both.redact(&echoed), "*** *** *** ***");
+        assert!(!base.redact(&t1).is_empty() && base.derived.is_empty(), "the base is unchanged");
     }
 }
