@@ -182,11 +182,25 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
         }
     }
 
+    // Registry credentials, with the secret sources this environment and entity swap in.
+    let credentials: Credentials = checked
+        .registries
+        .iter()
+        .map(|(host, r)| {
+            let source = layers
+                .iter()
+                .rev()
+                .find_map(|l| l.secrets.get(&r.password_secret))
+                .or_else(|| checked.secrets.get(&r.password_secret).map(|s| &s.source));
+            (host.clone(), (r.username.clone(), source.cloned()))
+        })
+        .collect();
+
     let mut steps = Vec::new();
     for (i, (def, facts)) in p.steps.iter().zip(&checked.steps).enumerate() {
         let id = def.id.value.clone();
         let uses = layers.iter().rev().find_map(|l| l.plugins.get(&id)).unwrap_or(&facts.uses).clone();
-        let (plugin, sha256) = resolve_plugin(&uses, build).map_err(|e| match e {
+        let (plugin, sha256) = resolve_plugin(&uses, build, &credentials).map_err(|e| match e {
             Resolve::Build(source) => PlanError::Build { step: id.clone(), source },
             Resolve::Other(message) => PlanError::Plugin { step: id.clone(), message },
         })?;
@@ -251,11 +265,20 @@ enum Resolve {
 }
 
 /// The component file of a plugin reference and its sha256, checked against the pin.
-fn resolve_plugin(uses: &PluginRef, build: &BuildOptions) -> Result<(PathBuf, String), Resolve> {
+/// User name and password source by registry host.
+type Credentials = BTreeMap<String, (String, Option<SecretSource>)>;
+
+fn resolve_plugin(
+    uses: &PluginRef,
+    build: &BuildOptions,
+    credentials: &Credentials,
+) -> Result<(PathBuf, String), Resolve> {
     let file = match &uses.source {
         PluginSource::Crate { path } => build_crate(path, build).map_err(Resolve::Build)?.path,
         PluginSource::Component { path } => path.clone(),
-        PluginSource::Registry { reference } => pull(reference, uses.pin.as_ref(), build).map_err(Resolve::Other)?,
+        PluginSource::Registry { reference } => {
+            pull(reference, uses.pin.as_ref(), build, credentials).map_err(Resolve::Other)?
+        }
     };
     let bytes = std::fs::read(&file).map_err(|e| Resolve::Other(format!("cannot read {}: {e}", file.display())))?;
     let digest = Digest::of(&bytes);
@@ -271,8 +294,13 @@ fn resolve_plugin(uses: &PluginRef, build: &BuildOptions) -> Result<(PathBuf, St
 }
 
 /// Fetches a registry plugin into the store (or finds it there, pinned) and names its file.
-fn pull(reference: &str, pin: Option<&Digest>, build: &BuildOptions) -> Result<PathBuf, String> {
-    let options = match &build.registry {
+fn pull(
+    reference: &str,
+    pin: Option<&Digest>,
+    build: &BuildOptions,
+    credentials: &Credentials,
+) -> Result<PathBuf, String> {
+    let mut options = match &build.registry {
         Some(options) => options.clone(),
         None => registry::RegistryOptions::new(
             registry::RegistryOptions::default_store()
@@ -280,12 +308,24 @@ fn pull(reference: &str, pin: Option<&Digest>, build: &BuildOptions) -> Result<P
         ),
     };
     let oci = registry::OciRef::parse(reference).map_err(|e| e.to_string())?;
+    // A pinned component already in the store needs no sign-in: a password that cannot be read
+    // only matters once the registry refuses the anonymous pull.
+    let mut unread = None;
+    if let Some((username, Some(source))) = credentials.get(oci.registry()) {
+        match source.read() {
+            Ok(password) => options.auth = Some((username.clone(), password)),
+            Err(e) => unread = Some(format!("the password for {} ({source}) was not read: {e}", oci.registry())),
+        }
+    }
     // Planning is synchronous and may itself run inside a runtime: the pull gets a thread of its own.
     std::thread::scope(|s| {
         s.spawn(|| {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            runtime.block_on(registry::pull(&oci, pin, &options)).map(|p| p.path).map_err(|e| e.to_string())
+            runtime.block_on(registry::pull(&oci, pin, &options)).map(|p| p.path).map_err(|e| match &unread {
+                Some(why) => format!("{e} ({why})"),
+                None => e.to_string(),
+            })
         })
         .join()
         .unwrap_or_else(|_| Err("the registry pull panicked".into()))

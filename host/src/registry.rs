@@ -170,6 +170,12 @@ impl OciRef {
         Reference::with_digest(self.registry().into(), self.repository().into(), digest.to_string())
     }
 
+    /// The registry's API root as the client reaches it: `https://host/v2/`, `http://` on loopback.
+    pub fn api_root(&self) -> url::Url {
+        let scheme = if self.loopback() { "http" } else { "https" };
+        url::Url::parse(&format!("{scheme}://{}/v2/", self.registry())).expect("a parsed registry host is a URL host")
+    }
+
     /// Whether the registry is on this machine, the only place plain HTTP is used.
     fn loopback(&self) -> bool {
         let host = self.registry().rsplit_once(':').map_or(self.registry(), |(h, _)| h);
@@ -186,6 +192,14 @@ impl std::fmt::Display for OciRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{OCI_SCHEME}{}", self.text)
     }
+}
+
+/// The API root of the registry `host[:port]`, as [`OciRef::api_root`] gives it.
+pub fn origin(host: &str) -> Result<url::Url, RegistryError> {
+    OciRef::parse(&format!("{host}/probe")).map(|r| r.api_root()).map_err(|_| RegistryError::Reference {
+        reference: host.to_string(),
+        reason: "a registry is `host[:port]`, such as registry.example or 127.0.0.1:5000".into(),
+    })
 }
 
 /// A component in the store.

@@ -336,13 +336,30 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry on a free port, plain HTTP on 127.0.0.1.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that lets in only `user` with `password` (htpasswd, bcrypt).
+    pub fn start_with_password(user: &str, password: &str) -> Self {
+        Self::start_with(Some(format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap())))
+    }
+
+    fn start_with(htpasswd: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
+        let auth = match htpasswd {
+            Some(line) => {
+                let file = root.join("htpasswd");
+                std::fs::write(&file, line).unwrap();
+                format!("auth:\n  htpasswd:\n    realm: gantry-tests\n    path: {}\n", file.display())
+            }
+            None => String::new(),
+        };
         let peer = spawn(
             move |port| {
                 let config = root.join(format!("config-{port}.yml"));
                 let text = format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                     root.join("storage").display()
                 );
                 std::fs::write(&config, text).unwrap();
@@ -351,7 +368,7 @@ impl Registry {
                 cmd
             },
             "/v2/",
-            |status, body| status == 200 && body.trim() == "{}",
+            |status, body| (status == 200 && body.trim() == "{}") || (status == 401 && body.contains("UNAUTHORIZED")),
         );
         Self { peer, dir }
     }

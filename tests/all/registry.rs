@@ -297,3 +297,69 @@ fn production_runs_only_what_succeeded_in_staging_and_records_where_it_was_promo
         "{stderr}"
     );
 }
+
+#[test]
+fn a_private_registry_gets_its_password_from_the_pipelines_secret_source_and_no_plugin_does() {
+    let (user, password) = ("ci-bot", "reg-Pa55/word+1");
+    let registry = Registry::start_with_password(user, password);
+    let origin = &registry.peer.origin;
+    let setup = tempfile::tempdir().unwrap();
+    let reference = registry.oci("team/http-check:1.0");
+    let file = plugin("plugins/http-check");
+    let file = file.to_str().unwrap();
+
+    let anonymous = gantry_with_cache(setup.path(), &["plugin", "push", file, &reference]);
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert_ne!(anonymous.status.code(), Some(0), "an anonymous push is refused: {stderr}");
+    let signed_in = ["--username", user, "--password-from", "env:REG_PASSWORD"];
+    let out = command(setup.path())
+        .env("REG_PASSWORD", password)
+        .args(["plugin", "push", file, &reference])
+        .args(signed_in)
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+
+    let host = origin.trim_start_matches("http://");
+    let pipeline = |bind: &str| {
+        format!(
+            "name: private\nsecrets:\n  REG_PASSWORD:\n    from: env:REG_PASSWORD\n    bind: [\"{bind}\"]\n\
+             registries:\n  \"{host}\":\n    username: {user}\n    password: REG_PASSWORD\n\
+             steps:\n  - id: health\n    uses: {reference}\n    with:\n      url: {origin}/v2/\n    network: [\"{origin}\"]\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), pipeline(origin)).unwrap();
+    let plan = |env: &[(&str, &str)]| {
+        let fresh = tempfile::tempdir().unwrap();
+        command(fresh.path())
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .args(["plan", "p.yaml", "--json"])
+            .output()
+            .unwrap()
+    };
+
+    let unset = plan(&[]);
+    let stderr = String::from_utf8_lossy(&unset.stderr);
+    assert_ne!(unset.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("env:REG_PASSWORD") && stderr.contains("REG_PASSWORD is not set"), "{stderr}");
+
+    let out = plan(&[("REG_PASSWORD", password)]);
+    expect_code(&out, 0);
+    let planned = stdout_json(&out);
+    assert_eq!(planned["steps"][0]["secrets"], serde_json::json!([]), "the plugin is given no secret");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(password)
+            && !String::from_utf8_lossy(&out.stderr).contains(password)
+    );
+
+    std::fs::write(dir.path().join("p.yaml"), pipeline("https://elsewhere.example")).unwrap();
+    let out = gantry_in(dir.path(), &["validate", "p.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    expect_code(&out, 2);
+    assert!(
+        stderr.contains(&format!("registries.{host}.password")) && stderr.contains("not bound to the registry"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `gantry plugin build|inspect|push|pull|new`.
 
 use crate::build::{build_crate, BuildOptions};
+use crate::capability::SecretSource;
 use crate::registry::{self, OciRef, RegistryOptions};
 use crate::sandbox::{Runtime, CONTRACT_VERSION};
 use anyhow::Context as _;
@@ -28,6 +29,8 @@ pub(crate) enum PluginCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        sign_in: SignIn,
     },
     /// Push a plugin (a crate directory, built first, or a component file) to an OCI registry,
     /// with its name, version, contract and input schema as manifest annotations.
@@ -36,6 +39,8 @@ pub(crate) enum PluginCommand {
         source: PathBuf,
         /// Where to: `oci://registry/repository:tag`.
         reference: String,
+        #[command(flatten)]
+        sign_in: SignIn,
     },
     /// Create a plugin crate: Cargo.toml, src/lib.rs implementing `Step` with a typed input and a
     /// unit test, a README; it builds and runs with `gantry step run` as created.
@@ -53,7 +58,21 @@ pub(crate) enum PluginCommand {
     Pull {
         /// `oci://registry/repository:tag`, `...@sha256:<digest>` to pin it.
         reference: String,
+        #[command(flatten)]
+        sign_in: SignIn,
     },
+}
+
+/// Registry credentials on the command line: a user name and where the password is read from, so
+/// the password itself is never an argument (visible in `ps` and shell history).
+#[derive(Debug, clap::Args)]
+pub(crate) struct SignIn {
+    /// Registry user name (anonymous without).
+    #[arg(long, requires = "password_from")]
+    username: Option<String>,
+    /// Where the registry password is read from: `env:NAME` or `file:PATH`.
+    #[arg(long, requires = "username")]
+    password_from: Option<String>,
 }
 
 /// `gantry cache ls|clean`.
@@ -84,9 +103,16 @@ pub(crate) fn cache(action: &str, json: bool) -> anyhow::Result<u8> {
 }
 
 /// Registry options with the default store, or `GANTRY_CACHE_DIR`'s.
-fn registry_options() -> anyhow::Result<RegistryOptions> {
+fn registry_options(sign_in: &SignIn) -> anyhow::Result<RegistryOptions> {
     let store = RegistryOptions::default_store().context("no cache directory: set GANTRY_CACHE_DIR")?;
-    Ok(RegistryOptions::new(store))
+    let mut options = RegistryOptions::new(store);
+    if let (Some(username), Some(source)) = (&sign_in.username, &sign_in.password_from) {
+        let password = SecretSource::parse(source)
+            .and_then(|s| s.read())
+            .map_err(|e| anyhow::anyhow!("--password-from {source}: {e}"))?;
+        options.auth = Some((username.clone(), password));
+    }
+    Ok(options)
 }
 
 /// Writes a new plugin crate from the templates in `scaffold/`.
@@ -134,9 +160,9 @@ impl PluginCommand {
                 }
                 Ok(0)
             }
-            PluginCommand::Inspect { file, json } if file.starts_with(crate::pipeline::source::OCI_SCHEME) => {
+            PluginCommand::Inspect { file, json, sign_in } if file.starts_with(crate::pipeline::source::OCI_SCHEME) => {
                 let (reference, _) = pinned(&file)?;
-                let published = registry::inspect(&reference, &registry_options()?).await?;
+                let published = registry::inspect(&reference, &registry_options(&sign_in)?).await?;
                 if json {
                     println!("{}", serde_json::to_value(&published)?);
                 } else {
@@ -154,7 +180,7 @@ impl PluginCommand {
                 }
                 Ok(0)
             }
-            PluginCommand::Inspect { file, json } => {
+            PluginCommand::Inspect { file, json, .. } => {
                 let file = PathBuf::from(file);
                 let runtime = Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 let plugin = runtime.load(&file)?;
@@ -180,7 +206,7 @@ impl PluginCommand {
                 }
                 Ok(0)
             }
-            PluginCommand::Push { source, reference } => {
+            PluginCommand::Push { source, reference, sign_in } => {
                 let reference = OciRef::parse(&reference)?;
                 let file = if source.is_dir() {
                     let options = BuildOptions::default();
@@ -191,7 +217,8 @@ impl PluginCommand {
                 let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let runtime = Runtime::builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                 let info = runtime.load_bytes(&bytes, &file)?.describe().await?;
-                let (digest, manifest) = registry::push(&bytes, &info, &reference, &registry_options()?).await?;
+                let (digest, manifest) =
+                    registry::push(&bytes, &info, &reference, &registry_options(&sign_in)?).await?;
                 println!("{reference}@{digest}");
                 println!("manifest {manifest}");
                 Ok(0)
@@ -206,9 +233,9 @@ impl PluginCommand {
                 );
                 Ok(0)
             }
-            PluginCommand::Pull { reference } => {
+            PluginCommand::Pull { reference, sign_in } => {
                 let (oci, pin) = pinned(&reference)?;
-                let pulled = registry::pull(&oci, pin.as_ref(), &registry_options()?).await?;
+                let pulled = registry::pull(&oci, pin.as_ref(), &registry_options(&sign_in)?).await?;
                 println!("{}", pulled.path.display());
                 println!("{}", pulled.digest);
                 Ok(0)

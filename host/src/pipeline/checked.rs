@@ -127,6 +127,15 @@ pub struct CheckedSecret {
     pub bind: Vec<Grant>,
 }
 
+/// Credentials for one registry, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRegistry {
+    /// User name.
+    pub username: String,
+    /// The declared secret holding the password.
+    pub password_secret: String,
+}
+
 /// An environment's or entity's changes, typed.
 #[derive(Debug, Clone, Default)]
 pub struct CheckedOverlay {
@@ -145,6 +154,8 @@ pub struct Checked {
     pub steps: Vec<CheckedStep>,
     /// Declared secrets by name.
     pub secrets: BTreeMap<String, CheckedSecret>,
+    /// Registry credentials by registry host.
+    pub registries: BTreeMap<String, CheckedRegistry>,
     /// Environments by name.
     pub environments: BTreeMap<String, CheckedOverlay>,
     /// Entities by name.

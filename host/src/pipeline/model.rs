@@ -92,6 +92,9 @@ pub struct Pipeline {
     /// Secrets steps may use, by name. Example: `NOTION_TOKEN: { from: "env:NOTION_TOKEN", bind: ["https://api.notion.com"] }`
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretDef>,
+    /// Credentials for the OCI registries plugins come from, by registry (`host[:port]`).
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryDef>,
     /// Per-environment overrides, e.g. `development`, `staging`, `production`.
     #[serde(default)]
     pub environments: BTreeMap<String, Overlay>,
@@ -110,6 +113,16 @@ pub struct SecretDef {
     pub from: Loc<String>,
     /// Origins the secret may be sent to.
     pub bind: Vec<Loc<String>>,
+}
+
+/// How gantry signs in to one registry; the password is a declared secret, never given to a plugin.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryDef {
+    /// User name, as written.
+    pub username: Loc<String>,
+    /// Name of a declared secret bound to the registry's origin (`https://host`, or `http://` on loopback).
+    pub password: Loc<String>,
 }
 
 /// What an environment or entity changes.

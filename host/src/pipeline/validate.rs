@@ -1,7 +1,9 @@
 //! The meaning pass: ids, the `needs` graph, expressions, secrets, grants,
 //! limits and plugin paths. Every problem is collected, none stops the pass.
 
-use super::checked::{Checked, CheckedOverlay, CheckedSecret, CheckedStep, ResourceLimits, RetryPolicy};
+use super::checked::{
+    Checked, CheckedOverlay, CheckedRegistry, CheckedSecret, CheckedStep, ResourceLimits, RetryPolicy,
+};
 use super::condition::Condition;
 use super::expr::{self, Expr, STATUS_FUNCTIONS};
 use super::load::{Loaded, Located};
@@ -9,6 +11,7 @@ use super::model::{Loc, Overlay, Pipeline, Position, Retry, StepDef};
 use super::schema_walk::unknown_field;
 use super::source::PluginRef;
 use super::Problem;
+use crate::capability::network::origin_of;
 use crate::capability::{address, FileGrant, Grant, SecretSource};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,6 +34,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     c.ids_and_needs();
     c.cycles();
     let secrets = c.secrets();
+    let registries = c.registries(&secrets);
     let steps: Vec<Option<CheckedStep>> =
         pipeline.steps.iter().enumerate().map(|(i, step)| c.step(i, step, loaded)).collect();
     for (name, value) in &pipeline.env {
@@ -50,7 +54,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     }
     let [environments, entities] = overlays;
     // No problem was found, so every part parsed.
-    Ok(Checked { steps: steps.into_iter().flatten().collect(), secrets, environments, entities })
+    Ok(Checked { steps: steps.into_iter().flatten().collect(), secrets, registries, environments, entities })
 }
 
 fn located(value: &Loc<String>, field: &str) -> Located {
@@ -292,6 +296,43 @@ impl<'a> Checker<'a> {
             if let (Some(source), Some(bind)) = (source, bind) {
                 checked.insert(name.clone(), CheckedSecret { source, bind });
             }
+        }
+        checked
+    }
+
+    /// Each registry's password names a declared secret that may be sent to that registry.
+    fn registries(&mut self, secrets: &BTreeMap<String, CheckedSecret>) -> BTreeMap<String, CheckedRegistry> {
+        let mut checked = BTreeMap::new();
+        for (host, def) in &self.pipeline.registries {
+            let field = format!("registries.{host}");
+            let origin = match crate::registry::origin(host) {
+                Ok(origin) => origin,
+                Err(e) => {
+                    self.push(def.username.at, &field, e.to_string());
+                    continue;
+                }
+            };
+            let name = def.password.value.as_str();
+            let Some(secret) = secrets.get(name) else {
+                if !self.pipeline.secrets.contains_key(name) {
+                    let known: Vec<&str> = self.pipeline.secrets.keys().map(String::as_str).collect();
+                    self.push(def.password.at, &format!("{field}.password"), undeclared_secret(name, &known));
+                }
+                continue;
+            };
+            if !secret.bind.iter().any(|g| g.allows(&origin)) {
+                self.push(
+                    def.password.at,
+                    &format!("{field}.password"),
+                    format!(
+                        "secret `{name}` is not bound to the registry: add \"{}\" to `secrets.{name}.bind`",
+                        origin_of(&origin)
+                    ),
+                );
+                continue;
+            }
+            let registry = CheckedRegistry { username: def.username.value.clone(), password_secret: name.to_string() };
+            checked.insert(host.clone(), registry);
         }
         checked
     }
