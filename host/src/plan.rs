@@ -133,6 +133,18 @@ pub struct Promotion {
     pub run_id: String,
 }
 
+impl PlannedStep {
+    /// Which kinds of grant the step holds, to compare with what its plugin declares.
+    pub fn granted(&self) -> crate::capability::declared::Granted {
+        crate::capability::declared::Granted {
+            network: !self.network.grants().is_empty(),
+            secrets: !self.secrets.is_empty(),
+            files: !self.files.is_empty(),
+            artifacts: self.artifacts,
+        }
+    }
+}
+
 impl Plan {
     /// The step with this id.
     pub fn step(&self, id: &str) -> Option<&PlannedStep> {

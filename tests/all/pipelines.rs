@@ -123,11 +123,13 @@ steps:
   - id: sync
     uses: {http_check}
     needs: [audit]
+    network: ["http://127.0.0.1:8080"]
     secrets: [CRM_TOKEN]
     with: {{ url: "${{{{ env.SITE }}}}/${{{{ entity }}}}", after: "${{{{ steps.audit.outputs.status }}}}" }}
   - id: check
     uses: {http_check}
     needs: [audit]
+    network: ["http://127.0.0.1:8080"]
     files: [config]
     artifacts: true
     addresses: ["10.0.0.0/8"]
@@ -135,6 +137,7 @@ steps:
   - id: notify
     uses: {http_check}
     needs: [sync, check]
+    network: ["http://127.0.0.1:8080"]
     if: failure()
 "#,
         misbehave = misbehave.display(),
@@ -198,9 +201,43 @@ steps:
 }
 
 #[test]
+fn plan_and_run_refuse_a_step_without_what_its_plugin_needs_and_warn_of_grants_it_never_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_check = plugin("plugins/http-check");
+    let pipeline = |grants: &str| {
+        format!(
+            "name: declared\nsteps:\n  - id: probe\n    uses: {}\n    with: {{ url: \"http://127.0.0.1:9/\" }}\n{grants}",
+            http_check.display()
+        )
+    };
+    std::fs::write(dir.path().join("p.yaml"), pipeline("")).unwrap();
+    for command in ["plan", "run"] {
+        let out = gantry_in(dir.path(), &[command, "p.yaml"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        expect_code(&out, 2);
+        assert!(
+            stderr.contains("step `probe`: error: plugin `http-check` needs network and the step grants none"),
+            "{command}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join(".gantry/runs").exists(), "nothing ran");
+
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(dir.path().join("p.yaml"), pipeline("    network: [\"http://127.0.0.1:9\"]\n    files: [config]\n"))
+        .unwrap();
+    let out = gantry_in(dir.path(), &["plan", "p.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    expect_code(&out, 0);
+    assert!(
+        stderr.contains("step `probe`: warning: the step grants `files:` that plugin `http-check` does not declare"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_shipped_pipelines_validate_and_plan_for_every_environment_and_entity() {
     let dir = repo().join("pipelines");
-    for name in ["health.yaml", "gallery-release.yaml", "canary-release.yaml"] {
+    for name in ["health.yaml", "gallery-release.yaml", "canary-release.yaml", "gallery-registry.yaml"] {
         let out = gantry(&["validate", dir.join(name).to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -208,7 +245,20 @@ fn the_shipped_pipelines_validate_and_plan_for_every_environment_and_entity() {
     for env in ["development", "staging", "production"] {
         for entity in ["the_7_space", "am_consulting", "higherself_core"] {
             let out = gantry(&["plan", gallery.to_str().unwrap(), "--env", env, "--entity", entity, "--json"]);
-            assert_eq!(out.status.code(), Some(0), "{env}/{entity}: {}", String::from_utf8_lossy(&out.stderr));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{env}/{entity}: {stderr}");
+            // Each plugin is granted what it declares; the one entity that swaps the CRM step for a
+            // health check keeps the step's Notion token, which the health check never asks for.
+            let mismatches: Vec<&str> = stderr.lines().filter(|l| l.contains(": warning: ")).collect();
+            match entity {
+                "am_consulting" => assert!(
+                    mismatches.len() == 1
+                        && mismatches[0].contains("step `crm`")
+                        && mismatches[0].contains("`secrets:`"),
+                    "{stderr}"
+                ),
+                _ => assert!(mismatches.is_empty(), "{env}/{entity}: {stderr}"),
+            }
             let plan = stdout_json(&out);
             let crm = plan["steps"].as_array().unwrap().iter().find(|s| s["id"] == "crm").unwrap().clone();
             let token = crm["secrets"][0]["source"].as_str().unwrap().to_string();

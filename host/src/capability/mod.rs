@@ -3,6 +3,7 @@
 //! Everything defaults to deny; a step gets only what its grants name.
 
 pub mod address;
+pub mod declared;
 pub mod files;
 pub mod network;
 pub mod secrets;

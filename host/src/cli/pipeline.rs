@@ -90,6 +90,9 @@ pub(crate) async fn plan(
     let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
     let plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
     crate::lock::verify(&loaded, &plan, locked)?;
+    if !declared_capabilities(&super::runtime()?, &plan).await {
+        return Ok(super::EXIT_USAGE);
+    }
     if let Some((id, store)) = since {
         let recorded = crate::run::resume::Reopened::from_journal(&id, store.read(&id).await?)?.plan;
         let changes = crate::review::diff(&recorded, &plan);
@@ -234,6 +237,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
         plan.promoted_from = Some(promotion);
     }
     let runtime = super::runtime()?;
+    if !declared_capabilities(&runtime, &plan).await {
+        return Ok(super::EXIT_USAGE);
+    }
     let session = Session::start(store.clone(), &plan).await?;
     let run_id = session.run_id().to_string();
     let (tx, printer) = printer(args.json);
@@ -262,6 +268,30 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     report_journal_error(&result, closed);
     write_reports(store.as_ref(), &run_id, &args.reports).await?;
     Ok(result.exit_code())
+}
+
+/// Compares what each step's plugin declares (`describe`) with the step's grants and prints every
+/// mismatch; false when a plugin lacks what it needs. A plugin that cannot be described is left to
+/// the run, which reports why in the journal.
+async fn declared_capabilities(runtime: &crate::sandbox::Runtime, plan: &crate::plan::Plan) -> bool {
+    use crate::capability::declared::{check, Severity};
+    let mut described = std::collections::HashMap::new();
+    let mut ok = true;
+    for step in &plan.steps {
+        if !described.contains_key(&step.sha256) {
+            let info = match runtime.load(&step.plugin) {
+                Ok(plugin) => plugin.describe().await.ok(),
+                Err(_) => None,
+            };
+            described.insert(step.sha256.clone(), info);
+        }
+        let Some(info) = &described[&step.sha256] else { continue };
+        for mismatch in check(&info.name, &info.capabilities, step.granted()) {
+            ok &= mismatch.severity != Severity::Error;
+            eprintln!("step `{}`: {mismatch}", step.id);
+        }
+    }
+    ok
 }
 
 /// Watches SIGINT and SIGTERM for a run: the first asks it to stop and roll back (through the returned

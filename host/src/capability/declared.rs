@@ -1,0 +1,160 @@
+//! What a plugin declares it uses (the capabilities of `describe`) against what its step is
+//! granted, so a step that cannot work, or holds more than its plugin asks for, shows at plan time.
+//!
+//! `network`, `files` and `artifacts` are needs: without the grant the plugin cannot do its job.
+//! `secrets:<use>` names a way the plugin may apply a secret, which a step may leave out.
+
+use std::fmt;
+
+/// One capability a plugin declares, parsed from its `describe` string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Declared {
+    /// `network`: it sends requests.
+    Network,
+    /// `secrets:<use>` (or `secrets`): it may apply secrets, such as `secrets:bearer`.
+    Secrets(String),
+    /// `files`: it reads granted directories.
+    Files,
+    /// `artifacts`: it writes to `/artifacts`.
+    Artifacts,
+    /// Anything else, kept as written.
+    Unknown(String),
+}
+
+impl Declared {
+    /// Parses one declared capability.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "network" => Self::Network,
+            "files" => Self::Files,
+            "artifacts" => Self::Artifacts,
+            "secrets" => Self::Secrets(String::new()),
+            other => match other.strip_prefix("secrets:") {
+                Some(kind) => Self::Secrets(kind.to_string()),
+                None => Self::Unknown(other.to_string()),
+            },
+        }
+    }
+}
+
+/// Which kinds of grant a step holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// At least one origin.
+    pub network: bool,
+    /// At least one secret.
+    pub secrets: bool,
+    /// At least one read-only directory.
+    pub files: bool,
+    /// A writable `/artifacts`.
+    pub artifacts: bool,
+}
+
+/// How much a mismatch matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Granted but never asked for: more than the plugin needs.
+    Warning,
+    /// Needed but not granted: the step cannot work.
+    Error,
+}
+
+/// One difference between a plugin's declaration and its step's grants.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Mismatch {
+    /// How much it matters.
+    pub severity: Severity,
+    /// What differs and what to change.
+    pub message: String,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        write!(f, "{label}: {}", self.message)
+    }
+}
+
+/// Compares plugin `name`'s declared capabilities with a step's grants.
+pub fn check(name: &str, declared: &[String], granted: Granted) -> Vec<Mismatch> {
+    let declared: Vec<Declared> = declared.iter().map(|d| Declared::parse(d)).collect();
+    let has = |d: &Declared| declared.contains(d);
+    let secrets = declared.iter().any(|d| matches!(d, Declared::Secrets(_)));
+    let mut found = Vec::new();
+    let mut push = |severity, message: String| found.push(Mismatch { severity, message });
+    for (need, word, is_granted, grant) in [
+        (Declared::Network, "network", granted.network, "`network:` origins"),
+        (Declared::Files, "files", granted.files, "`files:`"),
+        (Declared::Artifacts, "artifacts", granted.artifacts, "`artifacts: true`"),
+    ] {
+        match (has(&need), is_granted) {
+            (true, false) => push(
+                Severity::Error,
+                format!("plugin `{name}` needs {word} and the step grants none: give the step {grant}"),
+            ),
+            (false, true) => push(
+                Severity::Warning,
+                format!("the step grants {grant} that plugin `{name}` does not declare: remove the grant, or declare `{word}` in the plugin's describe()"),
+            ),
+            _ => {}
+        }
+    }
+    if granted.secrets && !secrets {
+        push(
+            Severity::Warning,
+            format!("the step grants `secrets:` that plugin `{name}` does not declare: remove them, or declare `secrets:<use>` in the plugin's describe()"),
+        );
+    }
+    for unknown in declared.iter().filter_map(|d| match d {
+        Declared::Unknown(text) => Some(text),
+        _ => None,
+    }) {
+        push(
+            Severity::Warning,
+            format!("plugin `{name}` declares `{unknown}`, which is not a capability (network, secrets:<use>, files, artifacts)"),
+        );
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_need_without_its_grant_is_an_error_and_a_grant_without_a_declaration_a_warning() {
+        let none = Granted::default();
+        let found = check("http-check", &declared(&["network"]), none);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].severity, Severity::Error);
+        assert!(found[0].message.contains("needs network"), "{}", found[0]);
+
+        let all = Granted { network: true, secrets: true, files: true, artifacts: true };
+        let found = check("misbehave", &[], all);
+        assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 4, "{found:?}");
+        assert!(found.iter().all(|m| m.severity == Severity::Warning));
+    }
+
+    #[test]
+    fn matching_declarations_and_grants_say_nothing_and_secrets_are_optional() {
+        let granted = Granted { network: true, secrets: false, files: false, artifacts: false };
+        assert_eq!(check("notify", &declared(&["network", "secrets:url", "secrets:body"]), granted), vec![]);
+        let granted = Granted { files: true, artifacts: true, ..Granted::default() };
+        assert_eq!(check("compliance-audit", &declared(&["files", "artifacts"]), granted), vec![]);
+    }
+
+    #[test]
+    fn an_unknown_capability_is_named() {
+        let found = check("x", &declared(&["netwrok"]), Granted::default());
+        assert_eq!(found.len(), 1);
+        assert!(found[0].message.contains("`netwrok`"), "{}", found[0]);
+    }
+}
