@@ -27,6 +27,9 @@ pub enum Fault {
     Truncate,
     /// Answers `200` with a body that is neither JSON nor XML, without forwarding.
     Garbage,
+    /// Forwards it; an answer of over 64 KiB stops after the head and half the body and the
+    /// connection stays open for 30 s (recorded as injected only then); a smaller one passes whole.
+    Stall,
 }
 
 /// The proxy: requests are numbered from 1 in arrival order; `faults` says which go wrong.
@@ -101,7 +104,7 @@ fn serve(
     let body = request.body;
     let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
     let fault = faults.get(&n).copied();
-    if let Some(f) = fault {
+    if let Some(f) = fault.filter(|f| *f != Fault::Stall) {
         injected.lock().unwrap().push((n, f));
     }
     let mut client = client;
@@ -118,7 +121,7 @@ fn serve(
         Some(Fault::Status(code)) => return reply(&mut client, code, "", r#"{"message":"injected"}"#),
         Some(Fault::Garbage) => return reply(&mut client, 200, "", "<html>502 Bad Gateway</ht"),
         Some(Fault::Slow(d)) => std::thread::sleep(d),
-        Some(Fault::Truncate) | None => {}
+        Some(Fault::Truncate | Fault::Stall) | None => {}
     }
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(&head)?;
@@ -134,8 +137,16 @@ fn serve(
     lines.retain(|l| !l.is_empty());
     let answer_head = format!("{}\r\nConnection: close\r\n\r\n", lines.join("\r\n"));
     client.write_all(answer_head.as_bytes())?;
-    let body = if fault == Some(Fault::Truncate) { &answer_body[..answer_body.len() / 2] } else { answer_body };
-    client.write_all(body)
+    let stall = fault == Some(Fault::Stall) && answer_body.len() > 64 << 10;
+    let body =
+        if fault == Some(Fault::Truncate) || stall { &answer_body[..answer_body.len() / 2] } else { answer_body };
+    client.write_all(body)?;
+    if stall {
+        client.flush()?;
+        injected.lock().unwrap().push((n, Fault::Stall));
+        std::thread::sleep(Duration::from_secs(30));
+    }
+    Ok(())
 }
 
 /// Every fault kind, at the given request numbers.

@@ -2,6 +2,7 @@
 //! push, inspect, pull by tag and by digest, pipelines that use `oci://` pinned and unpinned, a
 //! tampered blob and a wrong pin refused, and two runs filling one cold store at once.
 
+use crate::faults::{Fault, FaultProxy};
 use crate::peers::Registry;
 use crate::support::*;
 use gantry_host::pipeline::Digest;
@@ -362,4 +363,67 @@ fn a_private_registry_gets_its_password_from_the_pipelines_secret_source_and_no_
         stderr.contains(&format!("registries.{host}.password")) && stderr.contains("not bound to the registry"),
         "{stderr}"
     );
+}
+
+/// A proxy in front of `registry` applying `fault` to every request, and `reference`'s path through it.
+fn through_proxy(registry: &Registry, fault: Fault, path: &str) -> (FaultProxy, String) {
+    let proxy = FaultProxy::start(&registry.peer.origin, (1..=50).map(|n| (n, fault)).collect());
+    let reference = format!("oci://{}/{path}", proxy.origin.trim_start_matches("http://"));
+    (proxy, reference)
+}
+
+#[test]
+fn a_run_killed_while_its_plugin_downloads_records_nothing_stores_nothing_and_the_next_run_pulls_cleanly() {
+    let registry = Registry::start();
+    let setup = tempfile::tempdir().unwrap();
+    let digest = push_http_check(setup.path(), &registry.oci("gantry/http-check:1.0"));
+    let (proxy, slow) = through_proxy(&registry, Fault::Stall, &format!("gantry/http-check@{digest}"));
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), health_pipeline(&slow, &registry.peer.origin)).unwrap();
+    let mut child = spawn_until(
+        command(cache.path()).current_dir(dir.path()).args(["run", "p.yaml"]),
+        "half of the component on its way",
+        || proxy.injected().iter().any(|(_, f)| *f == Fault::Stall),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    assert!(!dir.path().join(".gantry/runs").exists(), "no run was started, so there is nothing to resume or undo");
+    let stored: Vec<_> = std::fs::read_dir(cache.path().join("pulled"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(stored.is_empty(), "nothing of the cut-off download is in the store: {stored:?}");
+
+    let direct = registry.oci(&format!("gantry/http-check@{digest}"));
+    std::fs::write(dir.path().join("p.yaml"), health_pipeline(&direct, &registry.peer.origin)).unwrap();
+    let out = gantry_in_with_cache(dir.path(), cache.path(), &["run", "p.yaml"]);
+    expect_code(&out, 0);
+    let file = cache.path().join(format!("pulled/{}.wasm", digest.hex()));
+    assert_eq!(Digest::of(&std::fs::read(file).unwrap()), digest, "the stored component is the pushed one");
+}
+
+#[test]
+fn a_push_killed_before_its_manifest_leaves_the_tag_on_the_plugin_it_named() {
+    let registry = Registry::start();
+    let setup = tempfile::tempdir().unwrap();
+    let before = push_http_check(setup.path(), &registry.oci("gantry/step:1.0"));
+    let (proxy, slow) = through_proxy(&registry, Fault::Slow(std::time::Duration::from_millis(700)), "gantry/step:1.0");
+    let other = plugin("plugins/notify");
+    let mut child = spawn_until(
+        command(setup.path()).args(["plugin", "push", other.to_str().unwrap(), &slow]),
+        "the upload under way",
+        || proxy.seen() >= 2,
+    );
+    child.kill().unwrap(); // SIGKILL, several requests before the manifest
+    child.wait().unwrap();
+
+    let out = gantry_with_cache(setup.path(), &["plugin", "inspect", &registry.oci("gantry/step:1.0"), "--json"]);
+    expect_code(&out, 0);
+    assert_eq!(stdout_json(&out)["digest"], before.to_string(), "the tag still names the plugin pushed before");
+    let fresh = tempfile::tempdir().unwrap();
+    let out = gantry_with_cache(fresh.path(), &["plugin", "pull", &registry.oci("gantry/step:1.0")]);
+    expect_code(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&before.to_string()));
 }
