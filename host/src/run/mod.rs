@@ -585,8 +585,18 @@ pub struct Prepared {
 pub fn prepare(runtime: &Runtime, plan: &Plan, artifacts: &Path) -> Result<Prepared, RunError> {
     let mut plugins = BTreeMap::new();
     let mut grants = BTreeMap::new();
+    let mut by_path = std::collections::HashMap::new();
     for step in &plan.steps {
-        let plugin = runtime.load(&step.plugin).map_err(|source| RunError::Load { step: step.id.clone(), source })?;
+        // Each file is read and checked once; the runtime shares one compiled component per digest.
+        let plugin = match by_path.get(step.plugin.as_path()) {
+            Some(plugin) => Plugin::clone(plugin),
+            None => {
+                let loaded =
+                    runtime.load(&step.plugin).map_err(|source| RunError::Load { step: step.id.clone(), source })?;
+                by_path.insert(step.plugin.as_path(), loaded.clone());
+                loaded
+            }
+        };
         if plugin.sha256() != step.sha256 {
             return Err(RunError::PluginChanged {
                 step: step.id.clone(),

@@ -24,6 +24,8 @@ pub enum CacheStatus {
     Recompiled,
     /// No cache directory configured; compiled.
     Disabled,
+    /// Already loaded by this runtime: its compiled code and pre-instantiation are shared.
+    Shared,
 }
 
 /// A directory of compiled components.

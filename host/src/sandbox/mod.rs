@@ -459,6 +459,9 @@ struct Inner {
     resolver: Resolver,
     /// HTTP clients by the restricted ranges their resolver lets through; most steps share the first.
     clients: Mutex<Vec<(Vec<ipnet::IpNet>, reqwest::Client)>>,
+    /// Pre-instantiated components by sha256: every step, entity and environment running one
+    /// component shares its compiled code (a load takes milliseconds, an instantiation microseconds).
+    loaded: Mutex<BTreeMap<String, StepPre<State>>>,
     _ticker: Ticker,
 }
 
@@ -552,7 +555,10 @@ impl RuntimeBuilder {
         let resolver = Resolver::new(self.resolve);
         let client = http_client(resolver.clone()).map_err(wasmtime::Error::msg)?;
         let clients = Mutex::new(vec![(Vec::new(), client)]);
-        Ok(Runtime { inner: Arc::new(Inner { engine, linker, cache, resolver, clients, _ticker: Ticker(stop) }) })
+        let loaded = Mutex::default();
+        Ok(Runtime {
+            inner: Arc::new(Inner { engine, linker, cache, resolver, clients, loaded, _ticker: Ticker(stop) }),
+        })
     }
 }
 
@@ -565,6 +571,18 @@ impl Runtime {
     /// The compile cache, if any.
     pub fn cache(&self) -> Option<&Cache> {
         self.inner.cache.as_ref()
+    }
+
+    fn shared(&self, sha256: &str, path: &Path) -> Option<Plugin> {
+        let pre = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(sha256)?.clone();
+        Some(Plugin {
+            runtime: self.clone(),
+            pre,
+            sha256: sha256.to_string(),
+            cache_status: CacheStatus::Shared,
+            load_time: Duration::ZERO,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Loads a component file: checks it, compiles or loads it from cache, pre-instantiates it.
@@ -582,6 +600,9 @@ impl Runtime {
             contract::BinaryKind::Other => return Err(LoadError::NotWasm { path: path_buf }),
         }
         let sha256 = cache::sha256_hex(bytes);
+        if let Some(plugin) = self.shared(&sha256, path) {
+            return Ok(plugin);
+        }
         let engine = &self.inner.engine;
         let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.to_path_buf(), message: format!("{e:#}") };
         let started = Instant::now();
@@ -600,6 +621,13 @@ impl Runtime {
         })?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = StepPre::new(pre).map_err(invalid)?;
+        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        // Kept for the runtime's life; an embedder loading ever new components bounds it here.
+        if loaded.len() >= 256 {
+            loaded.clear();
+        }
+        loaded.insert(sha256.clone(), pre.clone());
+        drop(loaded);
         Ok(Plugin { runtime: self.clone(), pre, sha256, cache_status, load_time, path: path_buf })
     }
 }

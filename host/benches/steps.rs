@@ -1,0 +1,214 @@
+//! What a step costs, each figure beside its baseline from the same run:
+//!
+//! 1. per step: a no-op plugin's `run` through the library (instantiate, call, drop) vs spawning
+//!    `/bin/true` vs a native function call;
+//! 2. per pipeline: `gantry run` of 1, 200 and 1,000 independent no-op steps with `--jobs 2` and
+//!    `--jobs 64` (wall time and peak RSS) vs spawning as many `/bin/true`;
+//! 3. start-up: `gantry plan` of the gallery pipeline (resolve, load or compile, describe every
+//!    plugin) with a cold compile cache vs a warm one;
+//! 4. HTTP: 10,000 requests from a plugin through the capability layer vs the same requests made
+//!    with reqwest from native code, to one local keep-alive server.
+//!
+//! `cargo bench -p gantry-host --bench steps`. Run without `--bench` (as `cargo test --benches`
+//! does) it measures each figure once with small counts: a check that the bench works, not a figure.
+
+use gantry_host::build::{build_crate, BuildOptions};
+use gantry_host::capability::NetworkPolicy;
+use gantry_host::sandbox::{HttpLimits, Runtime, StepCall};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+fn component(crate_dir: &str) -> PathBuf {
+    let options = BuildOptions { target_dir: Some(repo().join("target/plugins")), ..BuildOptions::default() };
+    build_crate(&repo().join(crate_dir), &options).unwrap_or_else(|e| panic!("{crate_dir} builds: {e}")).path
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Duration {
+    median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// Runs `cmd` to its end; wall time and the child's peak resident set (KiB), from `wait4`.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+fn measured(cmd: &mut Command) -> (Duration, u64) {
+    let started = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the command starts");
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills; the pid is our own child, waited for once.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed ({status})");
+    (wall, usage.ru_maxrss as u64)
+}
+
+/// A keep-alive HTTP/1.1 server answering every request with a small 200.
+fn keep_alive_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                let mut line = String::new();
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err()
+                        || stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    origin
+}
+
+fn no_op_pipeline(dir: &Path, misbehave: &Path, steps: usize) -> PathBuf {
+    let mut text = String::from("name: no-ops\nsteps:\n");
+    for i in 0..steps {
+        text.push_str(&format!("  - id: s{i}\n    uses: {}\n    with: {{ action: ok }}\n", misbehave.display()));
+    }
+    let file = dir.join(format!("no-ops-{steps}.yaml"));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let n = |full_count: usize, quick: usize| if full { full_count } else { quick };
+    let gantry = PathBuf::from(env!("CARGO_BIN_EXE_gantry"));
+    let misbehave = component("tests/plugins/misbehave");
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder().cache_dir(cache.path()).build().unwrap();
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    println!("mode: {}", if full { "full" } else { "quick (one pass, small counts)" });
+
+    // 1. Per step.
+    let plugin = runtime.load(&misbehave).unwrap();
+    let mut call = StepCall::default();
+    call.context.step_id = "bench".into();
+    call.context.input = serde_json::json!({"action": "ok"});
+    tokio.block_on(plugin.run(&call)).unwrap();
+    let step = time(n(500, 3), || tokio.block_on(plugin.run(&call)).unwrap());
+    let spawn = time(n(500, 3), || Command::new("/bin/true").status().unwrap());
+    let native = time(n(100_000, 3), || std::hint::black_box(|x: u64| x + 1)(std::hint::black_box(1)));
+    println!(
+        "per step: no-op plugin run {step:?} vs spawn /bin/true {spawn:?} (baseline, {:.1}x) vs native call {native:?}",
+        spawn.as_secs_f64() / step.as_secs_f64()
+    );
+
+    // 2. Per pipeline, through the binary.
+    let work = tempfile::tempdir().unwrap();
+    for steps in if full { vec![1, 200, 1000] } else { vec![1, 20] } {
+        let file = no_op_pipeline(work.path(), &misbehave, steps);
+        let spawns = {
+            let started = Instant::now();
+            for _ in 0..steps {
+                Command::new("/bin/true").status().unwrap();
+            }
+            started.elapsed()
+        };
+        for jobs in ["2", "64"] {
+            let run =
+                || {
+                    let mut cmd = Command::new(&gantry);
+                    cmd.current_dir(work.path())
+                        .env("GANTRY_CACHE_DIR", cache.path())
+                        .env("GANTRY_LOG", "warn")
+                        .args(["run", file.to_str().unwrap(), "--jobs", jobs]);
+                    measured(&mut cmd)
+                };
+            run();
+            let (wall, rss) = (0..n(3, 1)).map(|_| run()).min().unwrap();
+            println!(
+                "pipeline of {steps} no-op steps, --jobs {jobs}: {wall:?}, peak RSS {} MiB vs {steps} spawns of /bin/true {spawns:?} (baseline, {:.2}x)",
+                rss / 1024,
+                wall.as_secs_f64() / spawns.as_secs_f64()
+            );
+        }
+    }
+
+    // 3. Start-up of the gallery pipeline: every plugin resolved, loaded (or compiled) and described.
+    let gallery = repo().join("pipelines/gallery-release.yaml");
+    for crate_dir in ["compliance-audit", "wordpress-check", "notion-sync", "notify", "http-check"] {
+        component(&format!("plugins/{crate_dir}"));
+    }
+    let plan = |cache: &Path| {
+        let mut cmd = Command::new(&gantry);
+        cmd.env("GANTRY_CACHE_DIR", cache)
+            .env("CARGO_TARGET_DIR", repo().join("target/plugins"))
+            .env("GANTRY_LOG", "warn")
+            .args(["plan", gallery.to_str().unwrap(), "--entity", "am_consulting"]);
+        measured(&mut cmd).0
+    };
+    let cold_cache = tempfile::tempdir().unwrap();
+    let cold = plan(cold_cache.path());
+    let warm = time(n(5, 1), || plan(cold_cache.path()));
+    println!(
+        "start-up, gallery plan (4 plugins): cold compile cache {cold:?} (baseline) vs warm {warm:?}, {:.0}x faster",
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+
+    // 4. HTTP through the capability layer vs reqwest from native code.
+    let origin = keep_alive_server();
+    let requests = n(10_000, 20);
+    let mut http = StepCall::default();
+    http.context.step_id = "bench-http".into();
+    http.context.input = serde_json::json!({"action": "http", "url": format!("{origin}/"), "times": requests});
+    http.grants.network = NetworkPolicy::parse(&[origin.as_str()]).unwrap();
+    http.http = HttpLimits { max_requests: requests as u32 + 1, ..HttpLimits::default() };
+    let started = Instant::now();
+    tokio.block_on(plugin.run(&http)).unwrap();
+    let through = started.elapsed();
+    let client = reqwest::Client::new();
+    let url = format!("{origin}/");
+    let started = Instant::now();
+    tokio.block_on(async {
+        for _ in 0..requests {
+            client.get(&url).send().await.unwrap().bytes().await.unwrap();
+        }
+    });
+    let direct = started.elapsed();
+    println!(
+        "{requests} HTTP requests: through the capability layer {through:?} ({:?} each) vs reqwest {direct:?} (baseline, {:?} each), {:.2}x",
+        through / requests as u32,
+        direct / requests as u32,
+        through.as_secs_f64() / direct.as_secs_f64()
+    );
+}
