@@ -4,30 +4,15 @@
 //! with five secrets — each against its baseline in the same run.
 //! `cargo bench -p gantry-host --bench sandbox`.
 
+mod common;
+use common::time;
+
 use gantry_host::build::{build_crate, BuildOptions};
 use gantry_host::capability::{NetworkPolicy, Redactor};
 use gantry_host::sandbox::{Runtime, StepCall};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
 
 /// Answers every connection with a tiny 200, so the call measures the host, not a server.
 fn serve() -> String {

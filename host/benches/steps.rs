@@ -12,6 +12,9 @@
 //! `cargo bench -p gantry-host --bench steps`. Run without `--bench` (as `cargo test --benches`
 //! does) it measures each figure once with small counts: a check that the bench works, not a figure.
 
+mod common;
+use common::time;
+
 use gantry_host::build::{build_crate, BuildOptions};
 use gantry_host::capability::NetworkPolicy;
 use gantry_host::sandbox::{HttpLimits, Runtime, StepCall};
@@ -28,23 +31,6 @@ fn repo() -> &'static Path {
 fn component(crate_dir: &str) -> PathBuf {
     let options = BuildOptions { target_dir: Some(repo().join("target/plugins")), ..BuildOptions::default() };
     build_crate(&repo().join(crate_dir), &options).unwrap_or_else(|e| panic!("{crate_dir} builds: {e}")).path
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn time<T>(n: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
 }
 
 /// Runs `cmd` to its end; wall time and the child's peak resident set (KiB), from `wait4`.
