@@ -209,13 +209,22 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
         .collect();
 
     let mut steps = Vec::new();
+    // A plugin used by many steps is built, pulled and hashed once.
+    let mut resolved: Vec<(PluginRef, (PathBuf, String))> = Vec::new();
     for (i, (def, facts)) in p.steps.iter().zip(&checked.steps).enumerate() {
         let id = def.id.value.clone();
         let uses = layers.iter().rev().find_map(|l| l.plugins.get(&id)).unwrap_or(&facts.uses).clone();
-        let (plugin, sha256) = resolve_plugin(&uses, build, &credentials).map_err(|e| match e {
-            Resolve::Build(source) => PlanError::Build { step: id.clone(), source },
-            Resolve::Other(message) => PlanError::Plugin { step: id.clone(), message },
-        })?;
+        let (plugin, sha256) = match resolved.iter().find(|(r, _)| *r == uses) {
+            Some((_, done)) => done.clone(),
+            None => {
+                let done = resolve_plugin(&uses, build, &credentials).map_err(|e| match e {
+                    Resolve::Build(source) => PlanError::Build { step: id.clone(), source },
+                    Resolve::Other(message) => PlanError::Plugin { step: id.clone(), message },
+                })?;
+                resolved.push((uses.clone(), done.clone()));
+                done
+            }
+        };
         let mut origins = facts.network.clone();
         for layer in &layers {
             if let Some(narrowed) = layer.network.get(&id) {

@@ -628,7 +628,8 @@ struct Executor {
     failed: bool,
     first_failure: Option<(String, String)>,
     journal_error: Option<JournalError>,
-    tasks: tokio::task::JoinSet<(String, Result<Outputs, Failure>)>,
+    /// Step tasks: the id, the result, and whether the finish of a successful step was recorded.
+    tasks: tokio::task::JoinSet<(String, Result<Outputs, Failure>, Result<(), JournalError>)>,
     running: BTreeMap<tokio::task::Id, String>,
     jobs: usize,
     interrupt: Option<tokio::sync::watch::Receiver<Option<String>>>,
@@ -810,8 +811,13 @@ impl Executor {
             let handle = self.tasks.spawn({
                 let (ctx, id) = (ctx.clone(), step.id.clone());
                 async move {
-                    let result = attempt_step(ctx, id.clone(), input, upstream).await;
-                    (id, result)
+                    let result = attempt_step(ctx.clone(), id.clone(), input, upstream).await;
+                    // Recorded by the task, so steps finishing together share one journal sync.
+                    let recorded = match &result {
+                        Ok(outputs) => ctx.emit(Event::StepFinished { step: id.clone(), outputs: outputs.clone() }).await,
+                        Err(_) => Ok(()),
+                    };
+                    (id, result, recorded)
                 }
             });
             self.running.insert(handle.id(), step.id.clone());
@@ -849,11 +855,8 @@ impl Executor {
             Ok(outputs) => {
                 // Steps that started because the pipeline had failed (notifiers) are not part of what is undone;
                 // a step whose finish the journal could not record still made its change, so it is.
+                // (Its `step_finished` was written by its task.)
                 let ran_after_failure = self.after_failure.contains(&id);
-                let event = Event::StepFinished { step: id.clone(), outputs: outputs.clone() };
-                if let Err(e) = ctx.emit(event).await {
-                    self.journal_failed(e);
-                }
                 if !ran_after_failure {
                     self.completed.push(id.clone());
                 }
@@ -936,15 +939,18 @@ impl Executor {
                 }
             };
             let Some(joined) = joined else { break };
-            let (task_id, (id, result)) = match joined {
+            let (task_id, (id, result, recorded)) = match joined {
                 Ok(done) => done,
                 Err(e) => {
                     let id = self.running.get(&e.id()).cloned().unwrap_or_default();
                     let trap = CallError::Trap { step: id.clone(), message: format!("step task ended: {e}") };
-                    (e.id(), (id, Err(Failure::Call(trap))))
+                    (e.id(), (id, Err(Failure::Call(trap)), Ok(())))
                 }
             };
             self.running.remove(&task_id);
+            if let Err(e) = recorded {
+                self.journal_failed(e);
+            }
             self.settle(id, result).await;
         }
     }

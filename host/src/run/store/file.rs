@@ -108,11 +108,18 @@ impl RunStore for FileStore {
             lines.push(b'\n');
         }
         let file = self.journal(run_id)?;
-        let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
         let io = |source| StoreError::Io { what: format!("writing the journal of run {run_id}"), source };
-        file.write_all(&lines).map_err(io)?;
-        // A killed runner must not lose an event it reported, nor act before it is recorded.
-        file.sync_data().map_err(io)
+        // Off the runtime's threads: while one batch is synced, the events that arrive meanwhile
+        // gather into the next, so many steps share one sync.
+        tokio::task::spawn_blocking(move || {
+            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+            file.write_all(&lines)?;
+            // A killed runner must not lose an event it reported, nor act before it is recorded.
+            file.sync_data()
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(io)
     }
 
     async fn read(&self, run_id: &str) -> Result<StoredJournal, StoreError> {
