@@ -112,11 +112,16 @@ fn main() {
     call.context.input = serde_json::json!({"action": "ok"});
     tokio.block_on(plugin.run(&call)).unwrap();
     let step = time(n(500, 3), || tokio.block_on(plugin.run(&call)).unwrap());
+    let pooled = Runtime::builder().cache_dir(cache.path()).pooled(4, 64 << 20).build().unwrap();
+    let pooled_plugin = pooled.load(&misbehave).unwrap();
+    tokio.block_on(pooled_plugin.run(&call)).unwrap();
+    let pooled_step = time(n(500, 3), || tokio.block_on(pooled_plugin.run(&call)).unwrap());
     let spawn = time(n(500, 3), || Command::new("/bin/true").status().unwrap());
     let native = time(n(100_000, 3), || std::hint::black_box(|x: u64| x + 1)(std::hint::black_box(1)));
     println!(
-        "per step: no-op plugin run {step:?} vs spawn /bin/true {spawn:?} (baseline, {:.1}x) vs native call {native:?}",
-        spawn.as_secs_f64() / step.as_secs_f64()
+        "per step: no-op plugin run {step:?}, with pooled instances {pooled_step:?} vs spawn /bin/true {spawn:?} (baseline, {:.1}x, pooled {:.1}x) vs native call {native:?}",
+        spawn.as_secs_f64() / step.as_secs_f64(),
+        spawn.as_secs_f64() / pooled_step.as_secs_f64()
     );
 
     // 2. Per pipeline, through the binary.

@@ -32,11 +32,28 @@ static RESOLVE: std::sync::OnceLock<Vec<(String, Vec<std::net::IpAddr>)>> = std:
 
 /// The plugin runtime, configured from the global options.
 pub(crate) fn runtime() -> anyhow::Result<crate::sandbox::Runtime> {
+    builder().build().map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+/// A runtime for `plan` with at most `jobs` steps running at once: pooled instance slots for
+/// twice that many calls (a cancelled call's slot is freed when its task ends, which may be after
+/// the next call starts), each as large as the plan's largest memory limit.
+pub(crate) fn runtime_for(plan: &crate::plan::Plan, jobs: usize) -> anyhow::Result<crate::sandbox::Runtime> {
+    if jobs > 512 {
+        // More slots than that would reserve terabytes of address space: each call maps its own.
+        return runtime();
+    }
+    let max_memory = plan.steps.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(0);
+    let calls = u32::try_from(jobs.saturating_mul(2).saturating_add(2)).unwrap_or(u32::MAX);
+    builder().pooled(calls, max_memory).build().map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+fn builder() -> crate::sandbox::RuntimeBuilder {
     let mut builder = crate::sandbox::Runtime::builder();
     for (name, addrs) in RESOLVE.get().into_iter().flatten() {
         builder = builder.resolve(name.clone(), addrs.clone());
     }
-    builder.build().map_err(|e| anyhow::anyhow!("{e:#}"))
+    builder
 }
 
 #[derive(Debug, Subcommand)]

@@ -236,7 +236,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
         );
         plan.promoted_from = Some(promotion);
     }
-    let runtime = super::runtime()?;
+    let runtime = super::runtime_for(&plan, args.jobs)?;
     if !declared_capabilities(&runtime, &plan).await {
         return Ok(super::EXIT_USAGE);
     }
@@ -403,7 +403,7 @@ pub(crate) async fn resume(
             unknown.join(", ")
         );
     }
-    let runtime = super::runtime()?;
+    let runtime = super::runtime_for(&r.plan, jobs)?;
     let (tx, printer) = printer(json);
     let (interrupt, signals) = signals(&session);
     // Steps cut off part-way are rolled back from their checkpoints first, then run again.
@@ -436,7 +436,7 @@ pub(crate) async fn rollback(id: String, json: bool, state: Option<&str>) -> any
 
 /// Rolls back a reopened run in its session.
 async fn undo(session: Session, r: crate::run::resume::Reopened, json: bool) -> anyhow::Result<u8> {
-    let runtime = super::runtime()?;
+    let runtime = super::runtime_for(&r.plan, 1)?;
     let (tx, printer) = printer(json);
     // A rollback is not stopped by the first signal (it is already the way back); a second one abandons it.
     let (_interrupt, signals) = signals(&session);

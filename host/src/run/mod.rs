@@ -616,6 +616,9 @@ pub fn prepare(runtime: &Runtime, plan: &Plan, artifacts: &Path) -> Result<Prepa
     Ok(Prepared { plugins, grants, redactor })
 }
 
+/// How a step task ended: the step id, its result, and whether a success's finish was recorded.
+type StepEnd = (String, Result<Outputs, Failure>, Result<(), JournalError>);
+
 /// The executor's state over one run: what each step did, what ran, what failed first.
 struct Executor {
     ctx: Arc<Ctx>,
@@ -628,8 +631,8 @@ struct Executor {
     failed: bool,
     first_failure: Option<(String, String)>,
     journal_error: Option<JournalError>,
-    /// Step tasks: the id, the result, and whether the finish of a successful step was recorded.
-    tasks: tokio::task::JoinSet<(String, Result<Outputs, Failure>, Result<(), JournalError>)>,
+    /// Step tasks.
+    tasks: tokio::task::JoinSet<StepEnd>,
     running: BTreeMap<tokio::task::Id, String>,
     jobs: usize,
     interrupt: Option<tokio::sync::watch::Receiver<Option<String>>>,
@@ -814,7 +817,9 @@ impl Executor {
                     let result = attempt_step(ctx.clone(), id.clone(), input, upstream).await;
                     // Recorded by the task, so steps finishing together share one journal sync.
                     let recorded = match &result {
-                        Ok(outputs) => ctx.emit(Event::StepFinished { step: id.clone(), outputs: outputs.clone() }).await,
+                        Ok(outputs) => {
+                            ctx.emit(Event::StepFinished { step: id.clone(), outputs: outputs.clone() }).await
+                        }
                         Err(_) => Ok(()),
                     };
                     (id, result, recorded)

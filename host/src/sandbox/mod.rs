@@ -500,7 +500,14 @@ pub struct Runtime {
 pub struct RuntimeBuilder {
     cache: Option<Option<PathBuf>>,
     resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
+    pool: Option<(u32, usize)>,
 }
+
+/// Core instances, memories and tables one plugin component may hold in a pooled slot: a Rust
+/// component with the WASI adapter uses a handful of each.
+const POOLED_CORE_INSTANCES: u32 = 32;
+const POOLED_MEMORIES: u32 = 2;
+const POOLED_TABLES: u32 = 4;
 
 impl RuntimeBuilder {
     /// Caches compiled components in `dir` instead of the user cache directory.
@@ -522,12 +529,42 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Keeps instance slots for reuse (wasmtime's pooling allocator, with copy-on-write memory
+    /// images) for a host that runs at most `calls` step calls at once, each with at most
+    /// `max_memory` bytes of linear memory: a call then reuses a slot instead of mapping and
+    /// unmapping its memory. A call beyond `calls` at once fails to instantiate.
+    pub fn pooled(mut self, calls: u32, max_memory: usize) -> Self {
+        self.pool = Some((calls.max(1), max_memory));
+        self
+    }
+
     /// Builds the runtime and starts its epoch ticker.
     pub fn build(self) -> Result<Runtime, wasmtime::Error> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        let engine = Engine::new(&config)?;
+        let engine = match self.pool {
+            Some((calls, max_memory)) => {
+                let mut pool = wasmtime::PoolingAllocationConfig::default();
+                pool.total_component_instances(calls)
+                    .total_core_instances(calls * POOLED_CORE_INSTANCES)
+                    .max_core_instances_per_component(POOLED_CORE_INSTANCES)
+                    .total_memories(calls * POOLED_MEMORIES)
+                    .max_memories_per_component(POOLED_MEMORIES)
+                    .total_tables(calls * POOLED_TABLES)
+                    .max_tables_per_component(POOLED_TABLES)
+                    .max_memory_size(max_memory)
+                    .total_stacks(calls);
+                config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+                Engine::new(&config).or_else(|e| {
+                    // Reserving the slots' address space can fail where it is limited (ulimit -v).
+                    tracing::warn!("instance pool unavailable ({e:#}); each call allocates its own");
+                    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+                    Engine::new(&config)
+                })?
+            }
+            None => Engine::new(&config)?,
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
