@@ -141,6 +141,29 @@ async fn allocation_past_the_memory_limit_fails_and_the_host_runs_the_next_step(
 }
 
 #[tokio::test]
+async fn a_pooled_runtime_keeps_every_limit_and_reuses_its_slots() {
+    // As `gantry run` builds it: slots for two calls at once, each memory up to the largest limit.
+    let runtime = Runtime::builder().cache_dir(shared_cache()).pooled(2, 64 << 20).build().unwrap();
+    let plugin = runtime.load(&plugin(MISBEHAVE)).unwrap();
+    let limits = Limits { memory_bytes: 32 << 20, ..Limits::default() };
+    let err = plugin.run(&call("alloc", limits)).await.unwrap_err();
+    assert!(matches!(err, CallError::MemoryLimit { limit, .. } if limit == 32 << 20), "{err:?}");
+    let limits = Limits { timeout: Duration::from_millis(300), ..Limits::default() };
+    assert_eq!(plugin.run(&call("loop", limits)).await.unwrap_err().kind(), "timeout");
+    assert_eq!(
+        plugin.run(&call("recurse", Limits::default())).await.unwrap_err(),
+        CallError::Trap { step: "recurse".into(), message: "stack overflow".into() }
+    );
+    // Far more calls than slots, one after another and two at a time: each call frees its slot.
+    let ok = call("ok", Limits::default());
+    for _ in 0..20 {
+        let (a, b) = tokio::join!(plugin.run(&ok), plugin.run(&ok));
+        a.expect("a pooled call runs");
+        b.expect("a pooled call runs");
+    }
+}
+
+#[tokio::test]
 async fn stack_overflow_and_panic_are_traps_that_name_the_cause() {
     let plugin = runtime().load(&plugin(MISBEHAVE)).unwrap();
     let err = plugin.run(&call("recurse", Limits::default())).await.unwrap_err();

@@ -622,6 +622,8 @@ type StepEnd = (String, Result<Outputs, Failure>, Result<(), JournalError>);
 /// The executor's state over one run: what each step did, what ran, what failed first.
 struct Executor {
     ctx: Arc<Ctx>,
+    /// Outputs of the steps that succeeded, kept beside `state` so starting a step copies nothing.
+    succeeded: Arc<BTreeMap<String, Outputs>>,
     state: BTreeMap<String, State>,
     /// Steps that completed and count for rollback, in completion order.
     completed: Vec<String>,
@@ -673,15 +675,18 @@ impl Executor {
         let mut state: BTreeMap<String, State> =
             ctx.plan.steps.iter().map(|s| (s.id.clone(), State::Pending)).collect();
         let mut order = Vec::new();
+        let mut succeeded = BTreeMap::new();
         for (id, outputs) in completed {
             if state.contains_key(id) {
                 state.insert(id.clone(), State::Succeeded(outputs.clone()));
+                succeeded.insert(id.clone(), outputs.clone());
                 order.push(id.clone());
             }
         }
         Self {
             ctx,
             state,
+            succeeded: Arc::new(succeeded),
             completed: order,
             partial: Vec::new(),
             failed: false,
@@ -712,11 +717,9 @@ impl Executor {
         self.cancel_running(&format!("cancelled: the run was interrupted by {signal}")).await;
     }
 
-    fn outputs(&self) -> BTreeMap<String, Outputs> {
-        self.state
-            .iter()
-            .filter_map(|(k, s)| if let State::Succeeded(o) = s { Some((k.clone(), o.clone())) } else { None })
-            .collect()
+    /// The outputs of every step that succeeded so far (shared, not copied, per step started).
+    fn outputs(&self) -> Arc<BTreeMap<String, Outputs>> {
+        self.succeeded.clone()
     }
 
     fn settled(&self, id: &str) -> bool {
@@ -865,6 +868,7 @@ impl Executor {
                 if !ran_after_failure {
                     self.completed.push(id.clone());
                 }
+                Arc::make_mut(&mut self.succeeded).insert(id.clone(), outputs.clone());
                 self.state.insert(id, State::Succeeded(outputs));
             }
             Err(Failure::Journal(e)) => {
@@ -1002,7 +1006,7 @@ pub async fn run(
     if !options.partial.is_empty() {
         let order = undo_order(&ctx, &options.partial, &[]);
         let failed;
-        (rolled_back, failed) = undo(&ctx, &order, &exec.outputs()).await;
+        (rolled_back, failed) = undo(&ctx, &order, &*exec.outputs()).await;
         rollback_failed = !failed.is_empty();
         ctx.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| !rolled_back.contains(id));
         if rollback_failed {
@@ -1015,7 +1019,7 @@ pub async fn run(
     }
     if exec.failed && !rollback_failed && exec.paused.is_none() {
         let order = exec.undo_order();
-        let (more, failed) = undo(&ctx, &order, &exec.outputs()).await;
+        let (more, failed) = undo(&ctx, &order, &*exec.outputs()).await;
         rolled_back.extend(more);
         rollback_failed = !failed.is_empty();
         exec.undone = Some(Undone { rolled_back: rolled_back.clone(), failed });
@@ -1034,7 +1038,7 @@ pub async fn run(
     finish(&ctx, status, &mut exec.journal_error).await;
     Ok(RunResult {
         status,
-        outputs: exec.outputs(),
+        outputs: Arc::unwrap_or_clone(exec.outputs()),
         failed: exec.ids_in(&State::Failed),
         skipped: exec.ids_in(&State::Skipped),
         rolled_back,

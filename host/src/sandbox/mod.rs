@@ -554,7 +554,9 @@ impl RuntimeBuilder {
                     .total_tables(calls * POOLED_TABLES)
                     .max_tables_per_component(POOLED_TABLES)
                     .max_memory_size(max_memory)
-                    .total_stacks(calls);
+                    .total_stacks(calls)
+                    // Returning a slot's pages to the kernel in batches, not per call.
+                    .decommit_batch_size(calls as usize);
                 config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
                 Engine::new(&config).or_else(|e| {
                     // Reserving the slots' address space can fail where it is limited (ulimit -v).
