@@ -1006,7 +1006,7 @@ pub async fn run(
     if !options.partial.is_empty() {
         let order = undo_order(&ctx, &options.partial, &[]);
         let failed;
-        (rolled_back, failed) = undo(&ctx, &order, &*exec.outputs()).await;
+        (rolled_back, failed) = undo(&ctx, &order, &exec.outputs()).await;
         rollback_failed = !failed.is_empty();
         ctx.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| !rolled_back.contains(id));
         if rollback_failed {
@@ -1019,7 +1019,7 @@ pub async fn run(
     }
     if exec.failed && !rollback_failed && exec.paused.is_none() {
         let order = exec.undo_order();
-        let (more, failed) = undo(&ctx, &order, &*exec.outputs()).await;
+        let (more, failed) = undo(&ctx, &order, &exec.outputs()).await;
         rolled_back.extend(more);
         rollback_failed = !failed.is_empty();
         exec.undone = Some(Undone { rolled_back: rolled_back.clone(), failed });
