@@ -7,7 +7,9 @@ use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretSource};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
-use crate::pipeline::{Condition, Digest, Loaded, PluginRef, PluginSource, ResourceLimits, RetryPolicy};
+use crate::pipeline::{
+    ApprovalPolicy, Condition, Digest, Loaded, PluginRef, PluginSource, ResourceLimits, RetryPolicy,
+};
 use crate::registry;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -100,6 +102,9 @@ pub struct PlannedStep {
     pub rollback: bool,
     /// Input with `env`, `entity` and `environment` resolved; step outputs stay as expressions until run time.
     pub input: serde_json::Value,
+    /// The approval the step waits for before it starts, when its gate applies in this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalPolicy>,
 }
 
 /// A pipeline resolved for one environment and entity; recorded in the journal when a run starts,
@@ -266,6 +271,7 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             continue_on_error: def.continue_on_error,
             rollback: def.rollback,
             input,
+            approval: facts.approval.clone().filter(|a| a.applies_in(environment)),
         });
     }
     let groups = waves(&steps);

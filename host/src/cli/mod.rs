@@ -2,12 +2,14 @@
 //!
 //! Exit codes: 0 success, 1 a step failed (and was rolled back), 2 bad usage,
 //! an invalid pipeline or an unusable plugin, 3 a rollback failed (needs a
-//! person), 4 paused: a step was inconclusive and a person decides.
+//! person), 4 paused: a step was inconclusive and a person decides, 5 a step
+//! awaits approval.
 
 mod pipeline;
 mod plugin;
 mod step;
 
+use crate::run::approval::Decision;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -128,6 +130,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Approve the step a run awaits, and continue the run (as `GANTRY_USER`, else the login name).
+    Approve {
+        /// Run id (see `gantry approvals`).
+        id: String,
+        /// The step, to be sure it is the one awaiting approval.
+        #[arg(long)]
+        step: Option<String>,
+        /// Recorded in the journal with the decision.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Most steps running at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Print newline-delimited JSON events.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject the step a run awaits, and roll the run back.
+    Reject {
+        /// Run id (see `gantry approvals`).
+        id: String,
+        /// The step, to be sure it is the one awaiting approval.
+        #[arg(long)]
+        step: Option<String>,
+        /// Recorded in the journal with the decision.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Print newline-delimited JSON events.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs awaiting approval; rejects and rolls back those whose request has lapsed.
+    Approvals {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo the completed steps of a run, newest first. Exit 0, or 3 when a rollback fails.
     Rollback {
         /// Run id (see `gantry runs`).
@@ -136,7 +175,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 4 paused, 2 invalid.
+    /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 4 paused, 5 awaiting approval, 2 invalid.
     Run {
         #[command(flatten)]
         target: Target,
@@ -219,6 +258,13 @@ pub fn main() -> ExitCode {
             },
             Command::Resume { id, rerun, jobs, json } => pipeline::resume(id, &rerun, jobs, json, state).await,
             Command::Rollback { id, json } => pipeline::rollback(id, json, state).await,
+            Command::Approve { id, step, comment, jobs, json } => {
+                pipeline::decide(id, Decision::Approve, step, comment, jobs, json, state).await
+            }
+            Command::Reject { id, step, comment, json } => {
+                pipeline::decide(id, Decision::Reject, step, comment, 1, json, state).await
+            }
+            Command::Approvals { json } => pipeline::approvals(json, state).await,
             Command::Run { target, dry_run, promoted_from, jobs, json, reports } => {
                 let Target { file, environment, entity, locked } = target;
                 let state = state.map(String::from);

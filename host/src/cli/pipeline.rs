@@ -3,9 +3,11 @@
 use crate::pipeline;
 use crate::report::progress::{describe, printer};
 use crate::report::ReportSpec;
+use crate::run::approval::{current_user, Decision};
+use crate::run::store::now_ms;
 use crate::run::store::RunStore;
 use crate::run::Event;
-use crate::run::{RunOptions, Session};
+use crate::run::{RunOptions, Session, Status};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -377,6 +379,16 @@ pub(crate) async fn resume(
 ) -> anyhow::Result<u8> {
     let store = store(state).await?;
     let (session, r) = Session::reopen(store, &id).await?;
+    if let Some(request) = &r.awaiting {
+        if request.expired(now_ms()) {
+            return lapse(session, r, json).await;
+        }
+        anyhow::bail!(
+            "run {id} is awaiting approval of step `{}` until {}: `gantry approve {id}` or `gantry reject {id}`",
+            request.step,
+            request.deadline()
+        );
+    }
     match (&r.finished, &r.paused) {
         (Some(_), Some(step)) => {
             eprintln!("run {id} was paused by step `{step}`: undoing it from its checkpoints, then running it again")
@@ -384,6 +396,18 @@ pub(crate) async fn resume(
         (Some(status), None) => anyhow::bail!("run {id} already finished ({status}); nothing to resume"),
         (None, _) => {}
     }
+    go_on(session, r, rerun, jobs, json).await
+}
+
+/// Continues a reopened run: rolls back if it was rolling back, else runs what is left.
+async fn go_on(
+    session: Session,
+    r: crate::run::resume::Reopened,
+    rerun: &[String],
+    jobs: usize,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let id = session.run_id().to_string();
     if r.rolling_back {
         // A run that had failed or was interrupted is never rolled forward.
         eprintln!("run {id} was rolling back when it stopped: continuing the rollback");
@@ -416,6 +440,8 @@ pub(crate) async fn resume(
         interrupt: Some(interrupt),
         checkpoints: r.checkpoints,
         partial,
+        approved: r.approved,
+        started_by: r.started_by,
         ..RunOptions::default()
     };
     let result = crate::run::run(&runtime, &r.plan, &session, &options, Some(tx)).await;
@@ -425,6 +451,93 @@ pub(crate) async fn resume(
     let result = result?;
     report_journal_error(&result, closed);
     Ok(result.exit_code())
+}
+
+/// `gantry approve|reject <id>`: records the decision on the step the run awaits, then continues the
+/// run (approve) or rolls it back (reject). A request past its deadline counts as rejected.
+pub(crate) async fn decide(
+    id: String,
+    decision: Decision,
+    step: Option<String>,
+    comment: Option<String>,
+    jobs: usize,
+    json: bool,
+    state: Option<&str>,
+) -> anyhow::Result<u8> {
+    let store = store(state).await?;
+    let (session, r) = Session::reopen(store, &id).await?;
+    let Some(request) = r.awaiting.clone() else {
+        let now = r.finished.as_deref().unwrap_or("running");
+        anyhow::bail!("run {id} is not awaiting an approval ({now})");
+    };
+    if let Some(step) = step.filter(|s| *s != request.step) {
+        anyhow::bail!("run {id} awaits approval of step `{}`, not `{step}`", request.step);
+    }
+    if request.expired(now_ms()) {
+        let code = lapse(session, r, json).await?;
+        eprintln!(
+            "error: the approval of step `{}` lapsed at {}: the run was rolled back",
+            request.step,
+            request.deadline()
+        );
+        return Ok(code.max(super::EXIT_STEP_FAILED));
+    }
+    let user = current_user();
+    request.check(&user, decision)?;
+    let event = match decision {
+        Decision::Approve => Event::Approved { step: request.step.clone(), by: user.clone(), comment },
+        Decision::Reject => {
+            Event::Rejected { step: request.step.clone(), by: user.clone(), comment, reason: "rejected".into() }
+        }
+    };
+    session.journal().write(event).await?;
+    // Read back what was just recorded: the decision is in the journal before anything acts on it.
+    let r = crate::run::resume::Reopened::from_journal(&id, session.store().read(&id).await?)?;
+    eprintln!("run {id}: step `{}` {}d by {user}", request.step, decision);
+    go_on(session, r, &[], jobs, json).await
+}
+
+/// A lapsed request counts as rejected: recorded as such, then the run is rolled back.
+async fn lapse(session: Session, r: crate::run::resume::Reopened, json: bool) -> anyhow::Result<u8> {
+    let Some(request) = &r.awaiting else { return undo(session, r, json).await };
+    let reason = format!("timed out: no decision by {}", request.deadline());
+    let event = Event::Rejected { step: request.step.clone(), by: "gantry".into(), comment: None, reason };
+    session.journal().write(event).await?;
+    undo(session, r, json).await
+}
+
+/// `gantry approvals`: the runs awaiting approval; those past their deadline are rejected and rolled back.
+pub(crate) async fn approvals(json: bool, state: Option<&str>) -> anyhow::Result<u8> {
+    let store = store(state).await?;
+    let awaiting = Status::AwaitingApproval.name();
+    let mut code = 0;
+    for run in store.list().await?.into_iter().filter(|r| r.status == awaiting) {
+        let r = crate::run::resume::Reopened::from_journal(&run.id, store.read(&run.id).await?)?;
+        let Some(request) = r.awaiting.clone() else { continue };
+        let expired = request.expired(now_ms());
+        if json {
+            let line = serde_json::json!({"id": run.id, "pipeline": run.pipeline, "environment": run.environment,
+                "entity": run.entity, "request": request, "expired": expired});
+            println!("{line}");
+        } else {
+            let who = if request.approvers.is_empty() { "anyone".into() } else { request.approvers.join(", ") };
+            println!(
+                "{}  {} environment={} entity={}  step `{}` by {who} until {}{}",
+                run.id,
+                run.pipeline,
+                run.environment,
+                run.entity,
+                request.step,
+                request.deadline(),
+                if expired { "  LAPSED: rejecting and rolling back" } else { "" }
+            );
+        }
+        if expired {
+            let (session, r) = Session::reopen(store.clone(), &run.id).await?;
+            code = code.max(lapse(session, r, json).await?);
+        }
+    }
+    Ok(code)
 }
 
 /// `gantry rollback <id>`: undoes the completed steps of a run, newest first, from its recorded plan.

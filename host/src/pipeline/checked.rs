@@ -27,6 +27,30 @@ impl Default for RetryPolicy {
     }
 }
 
+/// An approval gate: who may approve a step before it starts, and how long the request stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalPolicy {
+    /// After this long without a decision the request counts as rejected.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Who may approve; anyone when empty.
+    pub approvers: Vec<String>,
+    /// The user who started the run may not approve it.
+    pub prevent_self_review: bool,
+    /// Environments where the gate applies; every one when empty.
+    pub environments: Vec<String>,
+}
+
+impl ApprovalPolicy {
+    /// How long a request stands when the pipeline does not say.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+    /// Whether the gate applies to a run in `environment`.
+    pub fn applies_in(&self, environment: &str) -> bool {
+        self.environments.is_empty() || self.environments.iter().any(|e| e == environment)
+    }
+}
+
 /// Resource caps of one step attempt, resolved to numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceLimits {
@@ -116,6 +140,8 @@ pub struct CheckedStep {
     pub addresses: Vec<ipnet::IpNet>,
     /// Read-only directories.
     pub files: Vec<FileGrant>,
+    /// Its approval gate, when required.
+    pub approval: Option<ApprovalPolicy>,
 }
 
 /// A declared secret, typed.

@@ -17,7 +17,7 @@ mod schema_walk;
 pub mod source;
 mod validate;
 
-pub use checked::{Checked, ResourceLimits, RetryPolicy};
+pub use checked::{ApprovalPolicy, Checked, ResourceLimits, RetryPolicy};
 pub use condition::Condition;
 pub use load::{load, load_str, Loaded};
 pub use model::{Loc, Pipeline, Position, StepDef};

@@ -237,6 +237,32 @@ pub struct StepDef {
     /// Whether this step is undone when a later one fails (default true).
     #[serde(default = "yes")]
     pub rollback: bool,
+    /// A person must approve before the step starts; the run waits, recorded, and the process may exit.
+    #[serde(default)]
+    pub approval: Option<ApprovalDef>,
+}
+
+/// An approval gate before a step.
+///
+/// Example: `approval: { timeout: 24h, approvers: [alice, bob], prevent_self_review: true, environments: [production] }`
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDef {
+    /// Whether the gate is on (default true).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// How long the request stands before it counts as rejected, e.g. `24h` (default).
+    #[serde(default)]
+    pub timeout: Option<Loc<String>>,
+    /// Who may approve (`GANTRY_USER`, else the login name); anyone when empty.
+    #[serde(default)]
+    pub approvers: Vec<Loc<String>>,
+    /// The user who started the run may not approve it.
+    #[serde(default)]
+    pub prevent_self_review: bool,
+    /// Environments where the gate applies; every one when empty.
+    #[serde(default)]
+    pub environments: Vec<Loc<String>>,
 }
 
 /// A step's `with:` mapping. Its JSON form, with YAML scalars typed, is built

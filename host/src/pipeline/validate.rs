@@ -2,12 +2,12 @@
 //! limits and plugin paths. Every problem is collected, none stops the pass.
 
 use super::checked::{
-    Checked, CheckedOverlay, CheckedRegistry, CheckedSecret, CheckedStep, ResourceLimits, RetryPolicy,
+    ApprovalPolicy, Checked, CheckedOverlay, CheckedRegistry, CheckedSecret, CheckedStep, ResourceLimits, RetryPolicy,
 };
 use super::condition::Condition;
 use super::expr::{self, Expr, STATUS_FUNCTIONS};
 use super::load::{Loaded, Located};
-use super::model::{Loc, Overlay, Pipeline, Position, Retry, StepDef};
+use super::model::{ApprovalDef, Loc, Overlay, Pipeline, Position, Retry, StepDef};
 use super::schema_walk::unknown_field;
 use super::source::PluginRef;
 use super::Problem;
@@ -176,6 +176,10 @@ impl<'a> Checker<'a> {
         let limits = self.limits(step, &field);
         let retry = self.retry(step.retry.as_ref(), &field);
         let uses = self.uses(&step.uses, &format!("{field}.uses"));
+        let approval = match &step.approval {
+            Some(def) => self.approval(def, &format!("{field}.approval")),
+            None => Some(None),
+        };
         for s in &loaded.input_strings[i] {
             self.template(s, Some(i), false);
         }
@@ -194,7 +198,50 @@ impl<'a> Checker<'a> {
             network: network?,
             addresses: addresses?,
             files: files?,
+            approval: approval?,
         })
+    }
+
+    /// An approval gate: its timeout parses, its approvers are names, its environments are declared.
+    fn approval(&mut self, def: &ApprovalDef, field: &str) -> Option<Option<ApprovalPolicy>> {
+        let mut ok = true;
+        let timeout = match &def.timeout {
+            Some(t) => {
+                let parsed = self.duration(t, &format!("{field}.timeout"));
+                ok &= parsed.is_some_and(|d| !d.is_zero());
+                if parsed.is_some_and(|d| d.is_zero()) {
+                    self.push(t.at, &format!("{field}.timeout"), "must be longer than 0s".into());
+                }
+                parsed.unwrap_or_default()
+            }
+            None => ApprovalPolicy::DEFAULT_TIMEOUT,
+        };
+        for (j, who) in def.approvers.iter().enumerate() {
+            if who.trim().is_empty() || who.chars().any(char::is_whitespace) {
+                self.push(who.at, &format!("{field}.approvers[{j}]"), format!("`{}` is not a user name", who.value));
+                ok = false;
+            }
+        }
+        let declared = &self.pipeline.environments;
+        for (j, env) in def.environments.iter().enumerate() {
+            if !declared.is_empty() && !declared.contains_key(env.as_str()) {
+                let known: Vec<&str> = declared.keys().map(String::as_str).collect();
+                let hint = unknown_field(env, &known).replace("unknown field", "declared environments do not include");
+                self.push(
+                    env.at,
+                    &format!("{field}.environments[{j}]"),
+                    format!("environment `{}` is not declared: {hint}", env.value),
+                );
+                ok = false;
+            }
+        }
+        let policy = ApprovalPolicy {
+            timeout,
+            approvers: def.approvers.iter().map(|a| a.value.clone()).collect(),
+            prevent_self_review: def.prevent_self_review,
+            environments: def.environments.iter().map(|e| e.value.clone()).collect(),
+        };
+        ok.then_some(def.required.then_some(policy))
     }
 
     /// The directory relative paths in the file are taken from.

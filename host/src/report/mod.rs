@@ -185,7 +185,17 @@ impl Summary {
                     (s.status, s.message) = ("rollback-failed".into(), Some(error.clone()));
                 }
                 Event::RunFinished { status } => summary.status = status.clone(),
-                Event::StepRetrying { .. }
+                Event::ApprovalRequested(r) => {
+                    let i = step(&r.step, &mut summary);
+                    let (s, by) = (&mut summary.steps[i], r.approvers.join(", "));
+                    (s.status, s.message) = ("awaiting-approval".into(), Some(format!("approvers: {by}")));
+                }
+                Event::Rejected { step: id, reason, .. } => {
+                    let i = step(id, &mut summary);
+                    (summary.steps[i].status, summary.steps[i].message) = ("rejected".into(), Some(reason.clone()));
+                }
+                Event::Approved { .. }
+                | Event::StepRetrying { .. }
                 | Event::Interrupted { .. }
                 | Event::Checkpoint { .. }
                 | Event::Log { .. } => {}
@@ -279,6 +289,7 @@ mod tests {
                     plugins: BTreeMap::new(),
                     file: None,
                     plan: serde_json::Value::Null,
+                    started_by: None,
                 },
             ),
             record(1.0, Event::StepStarted { step: "a".into(), attempt: 1 }),

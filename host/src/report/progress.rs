@@ -26,6 +26,19 @@ pub fn describe(event: &Event) -> String {
         Paused { step, reason } => format!(
             "{step}: INCONCLUSIVE: {reason}; the run is paused, nothing rolled back: `gantry resume <run id>` runs the step again, `gantry rollback <run id>` undoes the run"
         ),
+        ApprovalRequested(r) => format!(
+            "{}: AWAITING APPROVAL by {} until {}: `gantry approve <run id>` starts it, `gantry reject <run id>` rolls the run back",
+            r.step,
+            if r.approvers.is_empty() { "anyone".to_string() } else { r.approvers.join(" or ") },
+            r.deadline()
+        ),
+        Approved { step, by, comment } => {
+            format!("{step}: approved by {by}{}", comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default())
+        }
+        Rejected { step, by, comment, reason } => format!(
+            "{step}: {reason} ({by}){}; rolling back",
+            comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+        ),
         RolledBack { step } => format!("{step}: rolled back"),
         RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
@@ -129,9 +142,17 @@ impl LiveView {
             StepFailed { step, kind, error, .. } => self.bar(step).finish_with_message(format!("{kind}: {error}")),
             StepSkipped { step, reason } => self.bar(step).finish_with_message(format!("skipped ({reason})")),
             Paused { step, reason } => self.bar(step).finish_with_message(format!("paused: {reason}")),
+            ApprovalRequested(r) => {
+                self.bar(&r.step).finish_with_message(format!("awaiting approval until {}", r.deadline()))
+            }
             RolledBack { step } => self.bar(step).finish_with_message("rolled back"),
             RollbackFailed { step, error } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
-            RunStarted { .. } | RunFinished { .. } | Interrupted { .. } | Abandoned { .. } => {
+            RunStarted { .. }
+            | RunFinished { .. }
+            | Interrupted { .. }
+            | Abandoned { .. }
+            | Approved { .. }
+            | Rejected { .. } => {
                 let _ = self.bars.println(describe(event));
             }
             Request(r) if !r.allowed => {

@@ -8,6 +8,7 @@
 //! A run happens inside a [`Session`]: the run lock, the run's record in the
 //! [`store::RunStore`], its journal and artifacts directory.
 
+pub mod approval;
 pub mod journal;
 pub mod resume;
 pub mod session;
@@ -52,6 +53,9 @@ pub enum Event {
         /// The resolved plan the run executes.
         #[serde(default)]
         plan: serde_json::Value,
+        /// Who started it (`GANTRY_USER`, else the login name).
+        #[serde(default)]
+        started_by: Option<String>,
     },
     /// An attempt of a step began.
     StepStarted {
@@ -147,6 +151,30 @@ pub enum Event {
         /// What ended it, e.g. `SIGINT`.
         signal: String,
     },
+    /// A gated step waits for a person: the run starts nothing more and ends as `awaiting-approval`.
+    ApprovalRequested(approval::Request),
+    /// A person approved a gated step; the run continues with it.
+    Approved {
+        /// Step id.
+        step: String,
+        /// Who approved.
+        by: String,
+        /// What they said.
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// A gated step was rejected, or its request lapsed: the run is rolled back.
+    Rejected {
+        /// Step id.
+        step: String,
+        /// Who rejected (`gantry` when the request lapsed).
+        by: String,
+        /// What they said.
+        #[serde(default)]
+        comment: Option<String>,
+        /// Why: `rejected`, or `timed out`.
+        reason: String,
+    },
     /// The run ended.
     RunFinished {
         /// succeeded, failed or rollback-failed.
@@ -164,9 +192,22 @@ impl Event {
         let text = |s: &mut String| *s = r.redact(s);
         let outputs = |o: &mut Outputs| *o = o.iter().map(|(k, v)| (r.redact(k), r.redact(v))).collect();
         match &mut self {
-            Event::RunStarted { run_id, pipeline, environment, entity, plan, .. } => {
+            Event::RunStarted { run_id, pipeline, environment, entity, plan, started_by, .. } => {
                 [run_id, pipeline, environment, entity].into_iter().for_each(text);
+                started_by.iter_mut().for_each(text);
                 r.redact_json(plan);
+            }
+            Event::ApprovalRequested(req) => {
+                [&mut req.step, &mut req.requested_by].into_iter().for_each(text);
+                req.approvers.iter_mut().for_each(text);
+            }
+            Event::Approved { step, by, comment } => {
+                [step, by].into_iter().for_each(text);
+                comment.iter_mut().for_each(text);
+            }
+            Event::Rejected { step, by, comment, reason } => {
+                [step, by, reason].into_iter().for_each(text);
+                comment.iter_mut().for_each(text);
             }
             Event::StepStarted { step, .. } | Event::RolledBack { step } => text(step),
             Event::StepSkipped { step, reason } | Event::Paused { step, reason } => {
@@ -209,10 +250,12 @@ pub enum Status {
     Interrupted,
     /// A step could not decide; nothing was rolled back and a person decides: `resume` or `rollback`.
     Paused,
+    /// A gated step waits for `gantry approve` or `gantry reject`; nothing was rolled back.
+    AwaitingApproval,
 }
 
 impl Status {
-    /// The process exit code: 0, 1, 3 (needs a person) or 4 (paused for a decision).
+    /// The process exit code: 0, 1, 3 (needs a person), 4 (paused for a decision) or 5 (awaiting approval).
     pub fn exit_code(self) -> u8 {
         match self {
             Status::Succeeded => 0,
@@ -221,6 +264,7 @@ impl Status {
             Status::RolledBack => 0,
             Status::Interrupted => 1,
             Status::Paused => 4,
+            Status::AwaitingApproval => 5,
         }
     }
 
@@ -233,6 +277,7 @@ impl Status {
             Status::RolledBack => "rolled-back",
             Status::Interrupted => "interrupted",
             Status::Paused => "paused",
+            Status::AwaitingApproval => "awaiting-approval",
         }
     }
 }
@@ -299,6 +344,10 @@ pub struct RunOptions {
     /// Steps that were under way when an earlier attempt stopped and left checkpoints: rolled back
     /// from them before anything else, then run again from the start, never on top of a half-change.
     pub partial: Vec<String>,
+    /// Gated steps a person has approved.
+    pub approved: BTreeSet<String>,
+    /// Who started the run, for approval requests (the current user when empty).
+    pub started_by: String,
 }
 
 /// The result of a run.
@@ -642,6 +691,10 @@ struct Executor {
     interrupted: Option<String>,
     /// The step whose inconclusive result paused the run.
     paused: Option<String>,
+    /// Gated steps approved; the step whose approval the run waits for.
+    approved: BTreeSet<String>,
+    awaiting: Option<String>,
+    started_by: String,
     /// `failure()`/`always()` steps held back until the rollback is done, so they can report it.
     deferred: BTreeSet<String>,
     /// Whether deferred steps may start now.
@@ -698,6 +751,13 @@ impl Executor {
             interrupt: options.interrupt.clone(),
             interrupted: None,
             paused: None,
+            approved: options.approved.clone(),
+            awaiting: None,
+            started_by: if options.started_by.is_empty() {
+                approval::current_user()
+            } else {
+                options.started_by.clone()
+            },
             deferred: BTreeSet::new(),
             release_deferred: false,
             after_failure: BTreeSet::new(),
@@ -765,6 +825,7 @@ impl Executor {
         let outputs = self.outputs();
         for step in &ctx.plan.steps {
             if self.journal_error.is_some()
+                || self.awaiting.is_some()
                 || self.state[&step.id] != State::Pending
                 || self.running.len() >= self.jobs
                 || self.held_back(&step.id)
@@ -803,6 +864,19 @@ impl Executor {
             if self.failed && !self.release_deferred {
                 // A notifier runs once the rollback is done, so it reports what was undone, not what will be.
                 self.deferred.insert(step.id.clone());
+                continue;
+            }
+            if let Some(policy) = step.approval.as_ref().filter(|_| !self.approved.contains(&step.id)) {
+                if self.failed {
+                    // A failed run deploys nothing more; a gate is not opened to report it.
+                    self.skip(&step.id, "it needs an approval and the pipeline has failed".into()).await;
+                    continue;
+                }
+                let request = approval::Request::new(&step.id, policy, &self.started_by, store::now_ms());
+                match ctx.emit(Event::ApprovalRequested(request)).await {
+                    Ok(()) => self.awaiting = Some(step.id.clone()),
+                    Err(e) => self.journal_failed(e),
+                }
                 continue;
             }
             if self.failed {
@@ -851,6 +925,7 @@ impl Executor {
     /// Whether a pending step could start now (a skip can settle others).
     fn can_progress(&self) -> bool {
         self.journal_error.is_none()
+            && self.awaiting.is_none()
             && self.ctx.plan.steps.iter().any(|s| {
                 self.state[&s.id] == State::Pending && !self.held_back(&s.id) && s.needs.iter().all(|n| self.settled(n))
             })
@@ -994,6 +1069,11 @@ pub async fn run(
         plugins: plan.steps.iter().map(|s| (s.id.clone(), s.sha256.clone())).collect(),
         file: options.file.clone(),
         plan: serde_json::to_value(plan).unwrap_or_default(),
+        started_by: Some(if options.started_by.is_empty() {
+            approval::current_user()
+        } else {
+            options.started_by.clone()
+        }),
     };
     // Resuming keeps the start the journal already has.
     if !options.resumed {
@@ -1029,6 +1109,7 @@ pub async fn run(
         exec.drive().await;
     }
     let status = match (exec.failed, rollback_failed, &exec.interrupted, &exec.paused) {
+        (false, _, _, _) if exec.awaiting.is_some() => Status::AwaitingApproval,
         (false, _, _, _) => Status::Succeeded,
         (true, true, _, _) => Status::RollbackFailed,
         (true, false, Some(_), _) => Status::Interrupted,

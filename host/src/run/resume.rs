@@ -35,6 +35,12 @@ pub struct Reopened {
     pub torn: Vec<String>,
     /// The sequence number the next event gets.
     pub next_seq: u64,
+    /// The approval the run waits for, while it waits.
+    pub awaiting: Option<super::approval::Request>,
+    /// Gated steps approved so far.
+    pub approved: std::collections::BTreeSet<String>,
+    /// Who started the run, as recorded (empty in journals from before it was).
+    pub started_by: String,
 }
 
 /// Why a run cannot be reopened.
@@ -63,6 +69,7 @@ impl Reopened {
         let mut checkpoints: BTreeMap<String, Outputs> = BTreeMap::new();
         let mut partial: Vec<String> = Vec::new();
         let mut changes: BTreeMap<String, String> = BTreeMap::new();
+        let (mut awaiting, mut approved, mut started_by) = (None, std::collections::BTreeSet::new(), String::new());
         let next_seq = journal.records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         for record in journal.records {
             if !matches!(record.event, Event::RunFinished { .. }) && finished.take().is_some() {
@@ -73,7 +80,19 @@ impl Reopened {
                 }
             }
             match record.event {
-                Event::RunStarted { file, plan, .. } if started.is_none() => started = Some((file, plan)),
+                Event::RunStarted { file, plan, started_by: by, .. } if started.is_none() => {
+                    started = Some((file, plan));
+                    started_by = by.unwrap_or_default();
+                }
+                Event::ApprovalRequested(request) => awaiting = Some(request),
+                Event::Approved { step, .. } => {
+                    awaiting = None;
+                    approved.insert(step);
+                }
+                Event::Rejected { .. } => {
+                    awaiting = None;
+                    phase = Phase::RollingBack;
+                }
                 Event::StepStarted { step, .. } => {
                     if phase != Phase::Running && !after_failure.contains(&step) {
                         after_failure.push(step);
@@ -133,6 +152,9 @@ impl Reopened {
             file,
             torn: journal.torn,
             next_seq,
+            awaiting,
+            approved,
+            started_by,
         })
     }
 }
