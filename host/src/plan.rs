@@ -3,7 +3,7 @@
 //! gets, its limits and inputs, and the groups of steps that run in parallel.
 
 use crate::build::{build_crate, BuildError, BuildOptions};
-use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretSource};
+use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretSource, SecretStores};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
@@ -124,6 +124,9 @@ pub struct Plan {
     /// The sha256 of the pipeline file it was planned from.
     #[serde(default)]
     pub source_digest: Option<Digest>,
+    /// Secret managers the steps' secret sources read from.
+    #[serde(default, skip_serializing_if = "SecretStores::is_empty")]
+    pub secret_stores: SecretStores,
     /// The run in another environment this run was promoted from, checked before it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<Promotion>,
@@ -282,6 +285,7 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
         steps,
         groups,
         source_digest: std::fs::read(&loaded.path).ok().map(|bytes| Digest::of(&bytes)),
+        secret_stores: checked.secret_stores.clone(),
         promoted_from: None,
     })
 }

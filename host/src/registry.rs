@@ -179,8 +179,7 @@ impl OciRef {
     /// Whether the registry is on this machine, the only place plain HTTP is used.
     fn loopback(&self) -> bool {
         let host = self.registry().rsplit_once(':').map_or(self.registry(), |(h, _)| h);
-        host == "localhost"
-            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        crate::capability::address::is_loopback_host(host)
     }
 
     fn error(&self, e: OciDistributionError) -> RegistryError {

@@ -14,6 +14,7 @@ mod pipelines;
 mod registry;
 mod runs;
 mod sandbox;
+mod secret_sources;
 mod stores;
 mod support;
 mod wordpress;

@@ -118,6 +118,17 @@ impl Aws {
             .collect()
     }
 
+    /// Creates a Secrets Manager secret with boto3, signed with the setup's key.
+    pub fn put_secret(&self, name: &str, value: &str) {
+        let out = Command::new(venv("python"))
+            .arg(aws_py())
+            .args(["put-secret", "--endpoint", &self.moto.origin, "--key", &self.get("access_key")])
+            .args(["--secret", &self.get("secret_key"), "--name", name, "--value", value])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "aws.py put-secret: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// The listener's weights as `[(arn, weight)]`, read with boto3.
     pub fn weights(&self) -> Vec<(String, u64)> {
         let out = Command::new(venv("python")).arg(aws_py()).arg("weights").args(self.auth_args()).output().unwrap();

@@ -6,6 +6,7 @@ setup    creates an IAM user with an allow-all policy (the only unsigned calls
          each (healthy; --no-green-targets leaves green empty) and a listener
          forwarding to blue; prints JSON.
 weights  prints the listener's forward weights as JSON.
+put-secret creates a Secrets Manager secret (for aws-sm: secret sources).
 stop     stops an instance: moto then reports its target `unused`
          (Target.InvalidState), not healthy.
 serve    serves /metrics for Prometheus and /health: every scrape counts 100
@@ -64,6 +65,10 @@ def setup(a):
 
 def stop(a):
     client("ec2", a.endpoint, a.key, a.secret).stop_instances(InstanceIds=[a.instance])
+
+
+def put_secret(a):
+    client("secretsmanager", a.endpoint, a.key, a.secret).create_secret(Name=a.name, SecretString=a.value)
 
 
 def weights(endpoint, key, secret, listener):
@@ -142,6 +147,9 @@ def main():
             s.add_argument("--green", required=True)
             s.add_argument("--port", type=int, required=True)
             s.add_argument("--broken-green", action="store_true")
+    s = sub.add_parser("put-secret")
+    for arg in ("--endpoint", "--key", "--secret", "--name", "--value"):
+        s.add_argument(arg, required=True)
     a = p.parse_args()
     if a.cmd == "setup":
         setup(a)
@@ -149,6 +157,8 @@ def main():
         print(json.dumps(weights(a.endpoint, a.key, a.secret, a.listener)))
     elif a.cmd == "stop":
         stop(a)
+    elif a.cmd == "put-secret":
+        put_secret(a)
     else:
         serve(a)
 

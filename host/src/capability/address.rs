@@ -157,6 +157,11 @@ pub fn parse_range(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("invalid address range {text:?}: expected e.g. 10.0.0.0/8 or fd00::/8"))
 }
 
+/// Whether a URL host (`localhost`, `127.0.0.1`, `[::1]`) is this machine: the only place plain HTTP is used.
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,13 @@ pub mod files;
 pub mod network;
 pub mod secrets;
 pub mod sigv4;
+pub mod source;
 
 pub use address::Resolver;
 pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
-pub use secrets::{Redactor, Secret, SecretSource, Secrets};
+pub use secrets::{Redactor, Secret, Secrets};
+pub use source::{AwsSecretStore, SecretSource, SecretStores};
 
 /// Everything a step call is allowed to reach.
 #[derive(Debug, Clone, Default)]

@@ -341,48 +341,7 @@ pub enum SecretError {
     Unsupported(String),
 }
 
-/// Where a secret's value is read from; never the value itself. Serialised as written (`env:NAME`, `file:PATH`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum SecretSource {
-    /// A variable of the process environment.
-    Env(String),
-    /// A file; its trailing newline is dropped.
-    File(std::path::PathBuf),
-}
-
-impl SecretSource {
-    /// Parses `env:NAME` or `file:PATH`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let invalid = || format!("secret source `{text}` must be `env:NAME` or `file:PATH`");
-        match text.split_once(':') {
-            Some(("env", var)) if !var.is_empty() => Ok(Self::Env(var.to_string())),
-            Some(("file", path)) if !path.is_empty() => Ok(Self::File(path.into())),
-            _ => Err(invalid()),
-        }
-    }
-
-    /// Reads the value.
-    pub fn read(&self) -> Result<String, String> {
-        match self {
-            Self::Env(var) => std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
-            Self::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end().to_string())
-                .map_err(|e| format!("cannot read {}: {e}", path.display())),
-        }
-    }
-}
-
-impl fmt::Display for SecretSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Env(var) => write!(f, "env:{var}"),
-            Self::File(path) => write!(f, "file:{}", path.display()),
-        }
-    }
-}
-
-serde_as_text!(SecretSource, String);
+pub use super::source::SecretSource;
 
 /// Opens a placeholder the host fills with a secret value at send time: `{{secret:NAME}}`.
 pub const PLACEHOLDER: &str = "{{secret:";

@@ -239,6 +239,6 @@ mod tests {
         assert!(secret_from("TOKEN=vault:x@https://a")
             .unwrap_err()
             .to_string()
-            .contains("must be `env:NAME` or `file:PATH`"));
+            .contains("must be `env:NAME`, `file:PATH`, `exec:COMMAND` or `aws-sm:SECRET_ID[#KEY]`"));
     }
 }

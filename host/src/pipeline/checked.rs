@@ -5,7 +5,7 @@
 
 use super::condition::Condition;
 use super::source::PluginRef;
-use crate::capability::{FileGrant, Grant, SecretSource};
+use crate::capability::{FileGrant, Grant, SecretSource, SecretStores};
 use crate::sandbox::{HttpLimits, Limits};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -182,6 +182,8 @@ pub struct Checked {
     pub secrets: BTreeMap<String, CheckedSecret>,
     /// Registry credentials by registry host.
     pub registries: BTreeMap<String, CheckedRegistry>,
+    /// Secret managers sources read from.
+    pub secret_stores: SecretStores,
     /// Environments by name.
     pub environments: BTreeMap<String, CheckedOverlay>,
     /// Entities by name.

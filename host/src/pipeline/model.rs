@@ -92,6 +92,9 @@ pub struct Pipeline {
     /// Secrets steps may use, by name. Example: `NOTION_TOKEN: { from: "env:NOTION_TOKEN", bind: ["https://api.notion.com"] }`
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretDef>,
+    /// Secret managers that `aws-sm:` sources read from.
+    #[serde(default)]
+    pub secret_stores: SecretStoresDef,
     /// Credentials for the OCI registries plugins come from, by registry (`host[:port]`).
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryDef>,
@@ -109,10 +112,39 @@ pub struct Pipeline {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretDef {
-    /// `env:NAME` or `file:PATH`.
+    /// `env:NAME`, `file:PATH`, `exec:COMMAND` (run without a shell; its stdout) or `aws-sm:SECRET_ID[#JSON_KEY]`.
     pub from: Loc<String>,
     /// Origins the secret may be sent to.
     pub bind: Vec<Loc<String>>,
+}
+
+/// Secret managers the host reads secret values from.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretStoresDef {
+    /// AWS Secrets Manager, for `aws-sm:SECRET_ID[#KEY]` sources.
+    #[serde(default)]
+    pub aws: Option<AwsStoreDef>,
+}
+
+/// AWS Secrets Manager: the region, and the sources of the credentials the host signs requests with.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsStoreDef {
+    /// Region, e.g. `eu-west-1`.
+    pub region: Loc<String>,
+    /// The service's origin; `https://secretsmanager.<region>.amazonaws.com` when left out (`http://` only on loopback).
+    #[serde(default)]
+    pub endpoint: Option<Loc<String>>,
+    /// Source of the access key id (`env:`, `file:` or `exec:`); `env:AWS_ACCESS_KEY_ID` when left out.
+    #[serde(default)]
+    pub access_key_id: Option<Loc<String>>,
+    /// Source of the secret access key; `env:AWS_SECRET_ACCESS_KEY` when left out.
+    #[serde(default)]
+    pub secret_access_key: Option<Loc<String>>,
+    /// Source of a session token, for temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<Loc<String>>,
 }
 
 /// How gantry signs in to one registry; the password is a declared secret, never given to a plugin.
@@ -132,7 +164,7 @@ pub struct Overlay {
     /// Variables that override the pipeline's `env:`.
     #[serde(default)]
     pub env: BTreeMap<String, Loc<String>>,
-    /// Secret sources that override the pipeline's, by secret name (`env:` or `file:`).
+    /// Secret sources that override the pipeline's, by secret name (`env:`, `file:`, `exec:`, `aws-sm:`).
     #[serde(default)]
     pub secrets: BTreeMap<String, Loc<String>>,
     /// Plugin swaps: step id → `uses:` value.

@@ -12,7 +12,7 @@ use super::schema_walk::unknown_field;
 use super::source::PluginRef;
 use super::Problem;
 use crate::capability::network::origin_of;
-use crate::capability::{address, FileGrant, Grant, SecretSource};
+use crate::capability::{address, AwsSecretStore, FileGrant, Grant, SecretSource, SecretStores};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     c.cycles();
     let secrets = c.secrets();
     let registries = c.registries(&secrets);
+    let secret_stores = c.secret_stores();
     let steps: Vec<Option<CheckedStep>> =
         pipeline.steps.iter().enumerate().map(|(i, step)| c.step(i, step, loaded)).collect();
     for (name, value) in &pipeline.env {
@@ -54,7 +55,8 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     }
     let [environments, entities] = overlays;
     // No problem was found, so every part parsed.
-    Ok(Checked { steps: steps.into_iter().flatten().collect(), secrets, registries, environments, entities })
+    let steps = steps.into_iter().flatten().collect();
+    Ok(Checked { steps, secrets, registries, secret_stores, environments, entities })
 }
 
 fn located(value: &Loc<String>, field: &str) -> Located {
@@ -385,7 +387,64 @@ impl<'a> Checker<'a> {
     }
 
     fn source(&mut self, source: &Loc<String>, field: &str) -> Option<SecretSource> {
-        self.parsed(SecretSource::parse(source), source.at, field)
+        let parsed = SecretSource::parse(source).and_then(|s| match s.needs_store() {
+            true if self.pipeline.secret_stores.aws.is_none() => Err(format!(
+                "`{}` needs `secret_stores.aws` (region, and the sources of the credentials the host signs with)",
+                source.value
+            )),
+            _ => Ok(s),
+        });
+        self.parsed(parsed, source.at, field)
+    }
+
+    /// The secret stores: a region, an endpoint the host may reach, credentials from sources that need no store.
+    fn secret_stores(&mut self) -> SecretStores {
+        let Some(aws) = &self.pipeline.secret_stores.aws else { return SecretStores::default() };
+        let field = "secret_stores.aws";
+        let region = aws.region.value.trim().to_string();
+        if region.is_empty() || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            self.push(aws.region.at, &format!("{field}.region"), format!("`{}` is not a region", aws.region.value));
+        }
+        let endpoint = match &aws.endpoint {
+            None => AwsSecretStore::default_endpoint(&region),
+            Some(e) => {
+                let origin = url::Url::parse(e).ok().filter(|u| {
+                    let local = u.host_str().is_some_and(address::is_loopback_host);
+                    (u.scheme() == "https" || (u.scheme() == "http" && local)) && matches!(u.path(), "" | "/")
+                });
+                let origin = origin.map(|u| origin_of(&u));
+                if origin.is_none() {
+                    self.push(
+                        e.at,
+                        &format!("{field}.endpoint"),
+                        format!("`{}` must be an https:// origin (http:// only on loopback)", e.value),
+                    );
+                }
+                origin.unwrap_or_default()
+            }
+        };
+        let mut credential = |def: &Option<Loc<String>>, name: &str, default: Option<&str>| {
+            let field = format!("{field}.{name}");
+            match def {
+                Some(text) => {
+                    let parsed = SecretSource::parse(text).and_then(|s| match s.needs_store() {
+                        true => Err(format!("`{}`: credentials come from env:, file: or exec:", text.value)),
+                        false => Ok(s),
+                    });
+                    self.parsed(parsed, text.at, &field)
+                }
+                None => default.map(|d| SecretSource::Env(d.to_string())),
+            }
+        };
+        let access_key_id = credential(&aws.access_key_id, "access_key_id", Some("AWS_ACCESS_KEY_ID"));
+        let secret_access_key = credential(&aws.secret_access_key, "secret_access_key", Some("AWS_SECRET_ACCESS_KEY"));
+        let session_token = credential(&aws.session_token, "session_token", None);
+        match (access_key_id, secret_access_key) {
+            (Some(access_key_id), Some(secret_access_key)) => SecretStores {
+                aws: Some(AwsSecretStore { region, endpoint, access_key_id, secret_access_key, session_token }),
+            },
+            _ => SecretStores::default(),
+        }
     }
 
     fn uses(&mut self, uses: &Loc<String>, field: &str) -> Option<PluginRef> {

@@ -545,14 +545,34 @@ impl Ctx {
     }
 }
 
-fn grants_for(step: &PlannedStep, artifacts: &Path) -> Result<Grants, RunError> {
+fn grants_for(step: &PlannedStep, artifacts: &Path, values: &BTreeMap<String, String>) -> Grants {
     let files = Files { read: step.files.clone(), artifacts: step.artifacts.then(|| artifacts.join(&step.id)) };
     let mut secrets = Secrets::default();
-    for s in &step.secrets {
-        let value = s.source.read().map_err(|message| RunError::Secret { name: s.name.clone(), message })?;
-        secrets.insert(s.name.clone(), Secret::new(value, s.bound_to.clone()));
+    for s in step.secrets.iter().filter(|s| values.contains_key(&s.name)) {
+        secrets.insert(s.name.clone(), Secret::new(values[&s.name].clone(), s.bound_to.clone()));
     }
-    Ok(Grants { network: step.network.clone(), secrets, files })
+    Grants { network: step.network.clone(), secrets, files }
+}
+
+/// Reads every secret the plan's steps use, each once, before any step runs: a source that fails
+/// stops the run before anything changes, naming the secret and its source.
+pub async fn read_secrets(plan: &Plan) -> Result<BTreeMap<String, String>, RunError> {
+    let mut values = BTreeMap::new();
+    let http = reqwest::Client::builder().build().map_err(|e| RunError::Secret {
+        name: "(all)".into(),
+        message: format!("no HTTP client for secret stores: {e}"),
+    })?;
+    for s in plan.steps.iter().flat_map(|step| &step.secrets) {
+        if values.contains_key(&s.name) {
+            continue;
+        }
+        let value = s.source.fetch(&plan.secret_stores, &http).await.map_err(|message| RunError::Secret {
+            name: s.name.clone(),
+            message: format!("{}: {message}", s.source),
+        })?;
+        values.insert(s.name.clone(), value);
+    }
+    Ok(values)
 }
 
 /// Replaces `${{ steps.<id>.outputs.<name> }}` in every string of an input.
@@ -630,8 +650,14 @@ pub struct Prepared {
     pub redactor: Redactor,
 }
 
-/// Loads every plugin of the plan and resolves every grant, before any step runs.
-pub fn prepare(runtime: &Runtime, plan: &Plan, artifacts: &Path) -> Result<Prepared, RunError> {
+/// Loads every plugin of the plan and resolves every grant with the secret values read for the run
+/// ([`read_secrets`]), before any step runs.
+pub fn prepare(
+    runtime: &Runtime,
+    plan: &Plan,
+    artifacts: &Path,
+    values: &BTreeMap<String, String>,
+) -> Result<Prepared, RunError> {
     let mut plugins = BTreeMap::new();
     let mut grants = BTreeMap::new();
     let mut by_path = std::collections::HashMap::new();
@@ -655,7 +681,7 @@ pub fn prepare(runtime: &Runtime, plan: &Plan, artifacts: &Path) -> Result<Prepa
             });
         }
         plugins.insert(step.id.clone(), plugin);
-        grants.insert(step.id.clone(), grants_for(step, artifacts)?);
+        grants.insert(step.id.clone(), grants_for(step, artifacts, values));
     }
     // A plugin may know a value it was not granted: every step redacts every secret of the run.
     let redactor = Redactor::new(grants.values().flat_map(|g: &Grants| g.secrets.values()));
@@ -1058,7 +1084,8 @@ pub async fn run(
     options: &RunOptions,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
-    let prepared = prepare(runtime, plan, &session.artifacts())?;
+    let values = read_secrets(plan).await?;
+    let prepared = prepare(runtime, plan, &session.artifacts(), &values)?;
     let ctx =
         Arc::new(Ctx::new(prepared, plan, session, options.dry_run, events).seed_checkpoints(&options.checkpoints));
     let started = Event::RunStarted {
@@ -1213,7 +1240,8 @@ pub async fn rollback(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let plan = &reopened.plan;
-    let prepared = prepare(runtime, plan, &session.artifacts())?;
+    let values = read_secrets(plan).await?;
+    let prepared = prepare(runtime, plan, &session.artifacts(), &values)?;
     let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events).seed_checkpoints(&reopened.checkpoints));
     let completed: Vec<String> = reopened.completed.iter().map(|(id, _)| id.clone()).collect();
     let order = undo_order(&ctx, &reopened.partial, &completed);
