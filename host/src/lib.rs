@@ -79,5 +79,6 @@ pub mod plan;
 pub mod registry;
 pub mod report;
 pub mod review;
+pub mod rollout;
 pub mod run;
 pub mod sandbox;

@@ -12,6 +12,7 @@ mod notion;
 mod peers;
 mod pipelines;
 mod registry;
+mod rollout;
 mod runs;
 mod sandbox;
 mod secret_sources;

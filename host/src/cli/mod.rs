@@ -7,6 +7,7 @@
 
 mod pipeline;
 mod plugin;
+mod rollout;
 mod step;
 
 use crate::run::approval::Decision;
@@ -206,7 +207,7 @@ struct Target {
     /// Environment, e.g. production.
     #[arg(long = "env", default_value = "development")]
     environment: String,
-    /// Business entity.
+    /// Business entity; for `run`, also `all` or `a,b,c`: one run per entity, in the pipeline's `rollout:` waves.
     #[arg(long, default_value = "default")]
     entity: String,
     /// Refuse a plugin that has no entry in gantry.lock (for CI); a plugin that differs from its

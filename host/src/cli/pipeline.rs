@@ -1,7 +1,7 @@
 //! `gantry validate` and `gantry schema`.
 
 use crate::pipeline;
-use crate::report::progress::{describe, printer};
+use crate::report::progress::{describe, printer, printer_for};
 use crate::report::ReportSpec;
 use crate::run::approval::{current_user, Decision};
 use crate::run::store::now_ms;
@@ -224,12 +224,35 @@ pub(crate) async fn store(state: Option<&str>) -> anyhow::Result<Arc<dyn RunStor
     Ok(crate::run::store::open(state, &std::env::current_dir()?).await?)
 }
 
-/// Validates, plans and runs a pipeline; exit 0, 1 (failed, rolled back), 3 (rollback failed) or 2.
+/// Validates, plans and runs a pipeline for one entity, or rolls it out to many (`--entity all`, `a,b`).
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let Some(loaded) = load_or_report(&args.file) else { return Ok(super::EXIT_USAGE) };
-    let mut plan = crate::plan::plan(&loaded, &args.environment, &args.entity, &crate::build::BuildOptions::default())?;
-    crate::lock::verify(&loaded, &plan, args.locked)?;
     let store = store(args.state.as_deref()).await?;
+    if crate::rollout::is_many(&args.entity) {
+        return super::rollout::run(&loaded, &args, store).await;
+    }
+    Ok(run_entity(&loaded, &args, &args.entity, store, None).await?.code)
+}
+
+/// How one entity's run ended: its exit code and, once it started, its id.
+pub(crate) struct EntityRun {
+    /// Exit code: 0, 1 (failed, rolled back), 2 (did not start), 3 (needs a person), 4 (paused), 5 (awaiting approval).
+    pub code: u8,
+    /// The run, when one was recorded.
+    pub run_id: Option<String>,
+}
+
+/// Plans and runs the pipeline for `entity`, as part of `rollout` when given (its lines then carry the entity).
+pub(crate) async fn run_entity(
+    loaded: &pipeline::Loaded,
+    args: &RunArgs,
+    entity: &str,
+    store: Arc<dyn RunStore>,
+    rollout: Option<&str>,
+) -> anyhow::Result<EntityRun> {
+    let not_started = EntityRun { code: super::EXIT_USAGE, run_id: None };
+    let mut plan = crate::plan::plan(loaded, &args.environment, entity, &crate::build::BuildOptions::default())?;
+    crate::lock::verify(loaded, &plan, args.locked)?;
     if let Some(from) = &args.promoted_from {
         let promotion = promotion(store.as_ref(), &plan, from).await?;
         eprintln!(
@@ -240,17 +263,18 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     let runtime = super::runtime_for(&plan, args.jobs)?;
     if !declared_capabilities(&runtime, &plan).await {
-        return Ok(super::EXIT_USAGE);
+        return Ok(not_started);
     }
     let session = Session::start(store.clone(), &plan).await?;
     let run_id = session.run_id().to_string();
-    let (tx, printer) = printer(args.json);
+    let (tx, printer) = printer_for(args.json, rollout.map(|_| entity.to_string()));
     let (interrupt, signals) = signals(&session);
     let options = RunOptions {
         jobs: args.jobs,
         dry_run: args.dry_run,
         file: Some(args.file.canonicalize()?),
         interrupt: Some(interrupt),
+        rollout: rollout.map(str::to_string),
         ..RunOptions::default()
     };
     let result = crate::run::run(&runtime, &plan, &session, &options, Some(tx)).await;
@@ -260,16 +284,20 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let result = match result {
         Ok(result) => result,
         Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(super::EXIT_USAGE);
+            eprintln!("error: {}{e}", rollout.map(|_| format!("[{entity}] ")).unwrap_or_default());
+            return Ok(EntityRun { run_id: Some(run_id), ..not_started });
         }
     };
     if !args.json {
         println!("run {run_id}: {:?}; recorded in {}", result.status, store.location());
     }
     report_journal_error(&result, closed);
-    write_reports(store.as_ref(), &run_id, &args.reports).await?;
-    Ok(result.exit_code())
+    let reports: Vec<ReportSpec> = match rollout {
+        None => args.reports.clone(),
+        Some(_) => args.reports.iter().map(|r| r.for_entity(entity)).collect(),
+    };
+    write_reports(store.as_ref(), &run_id, &reports).await?;
+    Ok(EntityRun { code: result.exit_code(), run_id: Some(run_id) })
 }
 
 /// Compares what each step's plugin declares (`describe`) with the step's grants and prints every
@@ -358,12 +386,33 @@ pub(crate) async fn runs(show: Option<String>, json: bool, state: Option<&str>) 
         }
         return Ok(0);
     }
-    for run in store.list().await? {
-        let what = format!("{} environment={} entity={}", run.pipeline, run.environment, run.entity);
+    let runs = store.list().await?;
+    // The runs of one rollout are listed together, under it, where its first run was.
+    let mut shown = std::collections::BTreeSet::new();
+    for run in &runs {
+        let what = |r: &crate::run::store::RunInfo| {
+            format!("{} environment={} entity={}", r.pipeline, r.environment, r.entity)
+        };
         if json {
-            println!("{}", serde_json::json!({"id": run.id, "run": what, "status": run.status, "events": run.events}));
-        } else {
-            println!("{}  {:<16} {what}", run.id, run.status);
+            let mut line =
+                serde_json::json!({"id": run.id, "run": what(run), "status": run.status, "events": run.events});
+            if let Some(rollout) = &run.rollout {
+                line["rollout"] = rollout.clone().into();
+            }
+            println!("{line}");
+            continue;
+        }
+        match &run.rollout {
+            None => println!("{}  {:<16} {}", run.id, run.status, what(run)),
+            Some(rollout) if shown.insert(rollout.clone()) => {
+                let members: Vec<_> = runs.iter().filter(|r| r.rollout.as_ref() == Some(rollout)).collect();
+                let succeeded = members.iter().filter(|r| r.status == Status::Succeeded.name()).count();
+                println!("{rollout}  {} runs, {succeeded} succeeded", members.len());
+                for r in members {
+                    println!("  {}  {:<16} {}", r.id, r.status, what(r));
+                }
+            }
+            Some(_) => {}
         }
     }
     Ok(0)

@@ -184,6 +184,8 @@ pub struct Checked {
     pub registries: BTreeMap<String, CheckedRegistry>,
     /// Secret managers sources read from.
     pub secret_stores: SecretStores,
+    /// Waves for runs of many entities.
+    pub rollout: crate::rollout::Rollout,
     /// Environments by name.
     pub environments: BTreeMap<String, CheckedOverlay>,
     /// Entities by name.

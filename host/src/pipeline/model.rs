@@ -104,8 +104,32 @@ pub struct Pipeline {
     /// Per-business-entity overrides, e.g. `the_7_space`.
     #[serde(default)]
     pub entities: BTreeMap<String, Overlay>,
+    /// How `--entity all` (or a list) rolls out: waves, and the failures that stop it.
+    #[serde(default)]
+    pub rollout: Option<RolloutDef>,
     /// The steps, a DAG through `needs:`.
     pub steps: Loc<Vec<StepDef>>,
+}
+
+/// Waves of entities for a run of many, e.g. `waves: [[the_7_space], 50%, rest]`, `failure_budget: 1`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutDef {
+    /// Waves in order: a list of entities, a share of all selected entities (`25%`), or `rest`.
+    pub waves: Vec<Loc<WaveDef>>,
+    /// Once this many entities have failed, no further wave starts (default 1).
+    #[serde(default)]
+    pub failure_budget: Option<Loc<u32>>,
+}
+
+/// One wave as written: entity names, or `N%` / `rest`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WaveDef {
+    /// These entities.
+    Entities(Vec<String>),
+    /// `N%` or `rest`.
+    Share(String),
 }
 
 /// Where a secret comes from and where it may be sent.

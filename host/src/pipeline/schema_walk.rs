@@ -20,7 +20,18 @@ pub(crate) fn check(node: &mut Node, schema: &Value, root: &Value, field: &str, 
         if is_null(node) && any_of.iter().any(|s| resolve(s, root).get("type") == Some(&Value::from("null"))) {
             return true;
         }
-        if let Some(first) = any_of.iter().find(|s| resolve(s, root).get("type") != Some(&Value::from("null"))) {
+        let alternatives: Vec<&Value> =
+            any_of.iter().filter(|s| resolve(s, root).get("type") != Some(&Value::from("null"))).collect();
+        // A node that fits one alternative whole fits; otherwise the first one's problems are reported.
+        if alternatives.len() > 1
+            && alternatives.iter().any(|alt| {
+                let mut found = Vec::new();
+                check(&mut node.clone(), alt, root, field, &mut found) && found.is_empty()
+            })
+        {
+            return true;
+        }
+        if let Some(first) = alternatives.first() {
             return check(node, first, root, field, out);
         }
         return true;

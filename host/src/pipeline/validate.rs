@@ -7,12 +7,13 @@ use super::checked::{
 use super::condition::Condition;
 use super::expr::{self, Expr, STATUS_FUNCTIONS};
 use super::load::{Loaded, Located};
-use super::model::{ApprovalDef, Loc, Overlay, Pipeline, Position, Retry, StepDef};
+use super::model::{ApprovalDef, Loc, Overlay, Pipeline, Position, Retry, StepDef, WaveDef};
 use super::schema_walk::unknown_field;
 use super::source::PluginRef;
 use super::Problem;
 use crate::capability::network::origin_of;
 use crate::capability::{address, AwsSecretStore, FileGrant, Grant, SecretSource, SecretStores};
+use crate::rollout::{Rollout, Wave};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     let secrets = c.secrets();
     let registries = c.registries(&secrets);
     let secret_stores = c.secret_stores();
+    let rollout = c.rollout();
     let steps: Vec<Option<CheckedStep>> =
         pipeline.steps.iter().enumerate().map(|(i, step)| c.step(i, step, loaded)).collect();
     for (name, value) in &pipeline.env {
@@ -56,7 +58,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     let [environments, entities] = overlays;
     // No problem was found, so every part parsed.
     let steps = steps.into_iter().flatten().collect();
-    Ok(Checked { steps, secrets, registries, secret_stores, environments, entities })
+    Ok(Checked { steps, secrets, registries, secret_stores, rollout, environments, entities })
 }
 
 fn located(value: &Loc<String>, field: &str) -> Located {
@@ -395,6 +397,50 @@ impl<'a> Checker<'a> {
             _ => Ok(s),
         });
         self.parsed(parsed, source.at, field)
+    }
+
+    /// Rollout waves: declared entities, shares of 1-100 %, `rest` last; a budget of at least 1.
+    fn rollout(&mut self) -> Rollout {
+        let Some(def) = &self.pipeline.rollout else { return Rollout::default() };
+        let mut waves = Vec::new();
+        for (i, wave) in def.waves.iter().enumerate() {
+            let field = format!("rollout.waves[{i}]");
+            if waves.last() == Some(&Wave::Rest) {
+                self.push(wave.at, &field, "no wave can follow `rest`: it takes every entity left".into());
+            }
+            match &wave.value {
+                WaveDef::Share(text) => {
+                    if let Some(w) = self.parsed(Wave::parse(text), wave.at, &field) {
+                        waves.push(w);
+                    }
+                }
+                WaveDef::Entities(names) => {
+                    let declared: Vec<&str> = self.pipeline.entities.keys().map(String::as_str).collect();
+                    for name in names.iter().filter(|n| !declared.contains(&n.as_str())) {
+                        let hint =
+                            unknown_field(name, &declared).replace("unknown field", "declared entities do not include");
+                        self.push(wave.at, &field, format!("entity `{name}` is not declared: {hint}"));
+                    }
+                    waves.push(Wave::Entities(names.clone()));
+                }
+            }
+        }
+        if waves.is_empty() {
+            self.push(Position::default(), "rollout.waves", "give at least one wave, e.g. `[rest]`".into());
+        }
+        let failure_budget = match &def.failure_budget {
+            Some(n) if n.value == 0 => {
+                self.push(
+                    n.at,
+                    "rollout.failure_budget",
+                    "must be at least 1 (1: the first failure stops the rollout)".into(),
+                );
+                0
+            }
+            Some(n) => n.value,
+            None => Rollout::DEFAULT_FAILURE_BUDGET,
+        };
+        Rollout { waves, failure_budget }
     }
 
     /// The secret stores: a region, an endpoint the host may reach, credentials from sources that need no store.

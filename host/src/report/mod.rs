@@ -28,6 +28,18 @@ pub struct ReportSpec {
     pub path: PathBuf,
 }
 
+impl ReportSpec {
+    /// The same report for one entity of a rollout: `junit.xml` becomes `junit.<entity>.xml`.
+    pub fn for_entity(&self, entity: &str) -> Self {
+        let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = match self.path.extension() {
+            Some(ext) => format!("{stem}.{entity}.{}", ext.to_string_lossy()),
+            None => format!("{stem}.{entity}"),
+        };
+        Self { kind: self.kind, path: self.path.with_file_name(name) }
+    }
+}
+
 impl FromStr for ReportSpec {
     type Err = String;
 
@@ -290,6 +302,7 @@ mod tests {
                     file: None,
                     plan: serde_json::Value::Null,
                     started_by: None,
+                    rollout: None,
                 },
             ),
             record(1.0, Event::StepStarted { step: "a".into(), attempt: 1 }),

@@ -70,19 +70,30 @@ pub fn describe(event: &Event) -> String {
 /// Prints events as they arrive: a live view on a terminal, timestamped lines
 /// otherwise (CI logs), or JSON lines with `--json`.
 pub fn printer(json: bool) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
+    printer_for(json, None)
+}
+
+/// As [`printer`], for one of many runs printing at once: each line starts with `[label]`, each JSON
+/// object carries `"entity": label`, and there is no live view.
+pub fn printer_for(json: bool, label: Option<String>) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let handle = tokio::spawn(async move {
-        let mut view = live_view(json);
+        let mut view = if label.is_some() { None } else { live_view(json) };
+        let prefix = label.as_ref().map(|l| format!("[{l}] ")).unwrap_or_default();
         while let Some(event) = rx.recv().await {
             if json {
-                println!("{}", serde_json::to_string(&event).unwrap_or_default());
+                let mut value = serde_json::to_value(&event).unwrap_or_default();
+                if let (Some(label), Some(object)) = (&label, value.as_object_mut()) {
+                    object.insert("entity".into(), label.clone().into());
+                }
+                println!("{value}");
             } else if matches!(event, Event::Log { .. }) {
                 // The log already went to stderr as the plugin wrote it.
             } else if let Some(show) = view.as_mut() {
                 show(&event);
             } else {
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-                println!("{now} {}", describe(&event));
+                println!("{now} {prefix}{}", describe(&event));
             }
         }
     });

@@ -56,6 +56,9 @@ pub enum Event {
         /// Who started it (`GANTRY_USER`, else the login name).
         #[serde(default)]
         started_by: Option<String>,
+        /// The rollout (one `gantry run --entity all` or list) this run is part of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<String>,
     },
     /// An attempt of a step began.
     StepStarted {
@@ -192,9 +195,9 @@ impl Event {
         let text = |s: &mut String| *s = r.redact(s);
         let outputs = |o: &mut Outputs| *o = o.iter().map(|(k, v)| (r.redact(k), r.redact(v))).collect();
         match &mut self {
-            Event::RunStarted { run_id, pipeline, environment, entity, plan, started_by, .. } => {
+            Event::RunStarted { run_id, pipeline, environment, entity, plan, started_by, rollout, .. } => {
                 [run_id, pipeline, environment, entity].into_iter().for_each(text);
-                started_by.iter_mut().for_each(text);
+                started_by.iter_mut().chain(rollout.iter_mut()).for_each(text);
                 r.redact_json(plan);
             }
             Event::ApprovalRequested(req) => {
@@ -348,6 +351,8 @@ pub struct RunOptions {
     pub approved: BTreeSet<String>,
     /// Who started the run, for approval requests (the current user when empty).
     pub started_by: String,
+    /// The rollout this run is part of, recorded at its start.
+    pub rollout: Option<String>,
 }
 
 /// The result of a run.
@@ -1101,6 +1106,7 @@ pub async fn run(
         } else {
             options.started_by.clone()
         }),
+        rollout: options.rollout.clone(),
     };
     // Resuming keeps the start the journal already has.
     if !options.resumed {

@@ -106,6 +106,9 @@ pub struct RunInfo {
     pub status: String,
     /// Events recorded.
     pub events: usize,
+    /// The rollout it was part of, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
 }
 
 impl RunInfo {
@@ -118,12 +121,14 @@ impl RunInfo {
             entity: "?".into(),
             status: "incomplete".into(),
             events: records.len(),
+            rollout: None,
         };
         for record in records {
             match &record.event {
-                Event::RunStarted { pipeline, environment, entity, .. } => {
+                Event::RunStarted { pipeline, environment, entity, rollout, .. } => {
                     (info.pipeline, info.environment, info.entity) =
-                        (pipeline.clone(), environment.clone(), entity.clone())
+                        (pipeline.clone(), environment.clone(), entity.clone());
+                    info.rollout = rollout.clone();
                 }
                 Event::RunFinished { status } => info.status = status.clone(),
                 Event::Abandoned { .. } => info.status = NEEDS_A_PERSON.into(),

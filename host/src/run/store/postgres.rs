@@ -23,7 +23,8 @@ use std::sync::Arc;
 use tokio_postgres::{Client, NoTls};
 
 /// Migrations, in order; the schema version is how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     create table gantry_runs (
         id text primary key,
         pipeline text not null default '?',
@@ -44,7 +45,11 @@ const MIGRATIONS: &[&str] = &[r#"
         holder text not null,
         heartbeat_at timestamptz not null default now()
     );
-"#];
+"#,
+    r#"
+    alter table gantry_runs add column rollout text;
+"#,
+];
 
 /// Advisory lock id under which the schema is migrated (the text "gantry:schema" hashed once).
 const MIGRATION_LOCK: i64 = 0x6761_6e74_7279_0001;
@@ -154,10 +159,10 @@ impl RunStore for PostgresStore {
             .await
             .map_err(err)?;
             match &record.event {
-                Event::RunStarted { pipeline, environment, entity, .. } => tx
+                Event::RunStarted { pipeline, environment, entity, rollout, .. } => tx
                     .execute(
-                        "update gantry_runs set pipeline = $2, environment = $3, entity = $4 where id = $1",
-                        &[&run_id, pipeline, environment, entity],
+                        "update gantry_runs set pipeline = $2, environment = $3, entity = $4, rollout = $5 where id = $1",
+                        &[&run_id, pipeline, environment, entity, rollout],
                     )
                     .await
                     .map_err(err)?,
@@ -205,7 +210,10 @@ impl RunStore for PostgresStore {
     async fn list(&self) -> Result<Vec<RunInfo>, StoreError> {
         let client = self.client.lock().await;
         let rows = client
-            .query("select id, pipeline, environment, entity, status, events from gantry_runs order by id", &[])
+            .query(
+                "select id, pipeline, environment, entity, status, events, rollout from gantry_runs order by id",
+                &[],
+            )
             .await
             .map_err(|e| db(&self.location, e))?;
         Ok(rows
@@ -217,6 +225,7 @@ impl RunStore for PostgresStore {
                 entity: r.get(3),
                 status: r.get(4),
                 events: r.get::<_, i64>(5) as usize,
+                rollout: r.get(6),
             })
             .collect())
     }
