@@ -12,6 +12,7 @@ mod notion;
 mod peers;
 mod pipelines;
 mod registry;
+mod report;
 mod rollout;
 mod runs;
 mod sandbox;

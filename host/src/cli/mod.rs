@@ -9,6 +9,7 @@ mod pipeline;
 mod plugin;
 mod rollout;
 mod step;
+mod ui;
 
 use crate::run::approval::Decision;
 use clap::{Parser, Subcommand};
@@ -162,6 +163,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a run's report as one self-contained HTML page: DAG, timeline, canary, requests, grants.
+    Report {
+        /// Run id (see `gantry runs`).
+        id: String,
+        /// Where to write the page.
+        #[arg(long, value_name = "PATH")]
+        html: std::path::PathBuf,
+    },
+    /// Serve the reports of every recorded run on 127.0.0.1 (a running run's page updates itself).
+    Ui {
+        /// Port; 0 picks a free one (printed).
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
+    },
     /// List runs awaiting approval; rejects and rolls back those whose request has lapsed.
     Approvals {
         /// Print JSON lines.
@@ -266,6 +281,8 @@ pub fn main() -> ExitCode {
                 pipeline::decide(id, Decision::Reject, step, comment, 1, json, state).await
             }
             Command::Approvals { json } => pipeline::approvals(json, state).await,
+            Command::Report { id, html } => ui::report(id, html, state).await,
+            Command::Ui { port } => ui::serve(port, state).await,
             Command::Run { target, dry_run, promoted_from, jobs, json, reports } => {
                 let Target { file, environment, entity, locked } = target;
                 let state = state.map(String::from);

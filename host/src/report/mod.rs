@@ -1,6 +1,8 @@
 //! Reports for CI: a run summary built from the journal, written as JSON or
-//! JUnit XML, and GitHub Actions `::error::` annotations.
+//! JUnit XML, and GitHub Actions `::error::` annotations; and the HTML report
+//! people look at ([`html`]).
 
+pub mod html;
 pub mod progress;
 
 use crate::run::journal::Record;
@@ -271,7 +273,8 @@ impl Summary {
     }
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe inside HTML or XML text and attributes.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }
 

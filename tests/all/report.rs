@@ -1,0 +1,136 @@
+//! The HTML run report, loaded in headless Chromium (Debian's `chromium`):
+//! a canary against moto that shifts all traffic, then a failing smoke test
+//! rolls it back. The page loads with no console error, its script runs, the
+//! timeline has every step, and a screenshot is kept. `gantry ui` serves the
+//! same page.
+
+use crate::alb::canary_yaml_at;
+use crate::peers::Aws;
+use crate::support::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Headless Chromium on `url` with `args`, its own profile, console messages on stderr.
+fn chromium(profile: &Path, url: &str, args: &[&str]) -> Output {
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium is installed by scripts/peers-setup");
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Console messages Chromium logged while loading the page.
+fn console(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("CONSOLE")).map(str::to_string).collect()
+}
+
+fn get(origin: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(origin.trim_start_matches("http://")).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// `gantry ui` on a free port; killed on drop.
+struct Ui(std::process::Child, String);
+
+impl Ui {
+    fn start(dir: &Path) -> Self {
+        let mut child = command(&shared_cache())
+            .args(["ui", "--port", "0"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let origin =
+            line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches('/').to_string();
+        Ui(child, origin)
+    }
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_html_report_of_a_rolled_back_canary_loads_clean_in_chromium_with_every_step_on_its_timeline() {
+    let aws = Aws::start();
+    let server = CountingServer::start(Reply::text(200, "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let o = server.origin();
+    let yaml = canary_yaml_at(&aws, &aws.moto.origin, "pause_ms: 0\n      target_health: false", &[])
+        + &format!(
+            "  - id: probe\n    uses: {m}\n    needs: [shift]\n    network: [\"{o}\"]\n    continue_on_error: true\n    with: {{ action: http, url: \"http://127.0.0.1:9/not-granted\" }}\n  - id: smoke\n    uses: {m}\n    needs: [probe]\n    network: [\"{o}\"]\n    with: {{ url: \"{o}/record\", action: fail, message: post-release check failed }}\n",
+            m = misbehave.display()
+        );
+    let (key, secret) = (aws.get("access_key"), aws.get("secret_key"));
+    let out = run_pipeline(dir.path(), &yaml, &[("TEST_AWS_KEY", &key), ("TEST_AWS_SECRET", &secret)], &[]);
+    expect_code(&out, 1);
+    let id = run_id(dir.path());
+
+    let page = dir.path().join("report.html");
+    let written = gantry_in(dir.path(), &["report", &id, "--html", page.to_str().unwrap()]);
+    expect_code(&written, 0);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("<script src") && !html.contains("<link "), "one self-contained file");
+    assert!(html.contains("<svg id=\"canary\""), "the canary's weights are charted");
+    assert!(html.contains("DENIED"), "the probe's refused request is shown");
+    assert_eq!(html.matches("<circle class=\"weight\"").count(), 5, "4 stages, then the weight the rollback restored");
+    assert!(html.contains("<title>green 0%</title>"), "the rollback put green back to 0");
+
+    // Loaded in Chromium: no console message, the script ran, the timeline has every step.
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", page.display());
+    let dom = chromium(profile.path(), &url, &["--dump-dom"]);
+    assert_eq!(console(&dom), Vec::<String>::new(), "console messages while loading the report");
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(dom.contains("data-ready=\"true\""), "the page's script ran to its end");
+    let timeline = &dom[dom.find("<svg id=\"timeline\"").unwrap()..];
+    let timeline = &timeline[..timeline.find("</svg>").unwrap()];
+    for step in ["shift", "probe", "smoke"] {
+        assert!(timeline.contains(&format!("data-step=\"{step}\"")), "timeline row for {step}");
+    }
+    assert!(timeline.contains("k-rollback"), "the rollback of the shift is on the timeline");
+    assert_eq!(timeline.matches("k-succeeded").count(), 1, "shift succeeded (then was rolled back)");
+
+    // The detector above sees console errors when there are some.
+    let broken = dir.path().join("broken.html");
+    std::fs::write(&broken, "<!DOCTYPE html><p>x</p><script>console.error('boom'); undefined_call();</script>")
+        .unwrap();
+    let seen = chromium(profile.path(), &format!("file://{}", broken.display()), &["--dump-dom"]);
+    assert!(console(&seen).iter().any(|l| l.contains("boom")), "{:?}", String::from_utf8_lossy(&seen.stderr));
+
+    let shot: PathBuf = repo().join("target/gantry-report.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(profile.path(), &url, &[&format!("--screenshot={}", shot.display()), "--window-size=1100,1400"]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    println!("report screenshot: {}", shot.display());
+
+    // `gantry ui` serves the index and the same report.
+    let ui = Ui::start(dir.path());
+    let (status, index) = get(&ui.1, "/");
+    assert_eq!(status, 200);
+    assert!(index.contains(&format!("href=\"/runs/{id}\"")), "{index}");
+    let (status, served) = get(&ui.1, &format!("/runs/{id}"));
+    assert_eq!(status, 200);
+    assert!(
+        served.contains("<svg id=\"timeline\"") && served.contains("data-live=\"false\""),
+        "a finished run does not reload"
+    );
+    assert_eq!(get(&ui.1, "/runs/..%2F..%2Fetc").0, 404);
+}
