@@ -102,6 +102,24 @@ pub fn sleep_ms(ms: u64) {
     bindings::gantry::step::host::sleep(ms)
 }
 
+/// Calls `call` until it succeeds, fails for good, or has been tried `attempts` times, waiting
+/// `first_wait_ms` after the first retryable error and twice as long after each next one. For
+/// idempotent calls to a flaky API; each retry is logged as a warning.
+pub fn retrying<T>(attempts: u32, first_wait_ms: u64, mut call: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let (mut attempt, mut wait_ms) = (1, first_wait_ms);
+    loop {
+        match call() {
+            Err(e) if e.is_retryable() && attempt < attempts => {
+                crate::warn!("{e}; trying again in {wait_ms} ms (attempt {attempt} of {attempts})");
+                sleep_ms(wait_ms);
+                wait_ms *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Exports a [`Step`] implementation as the plugin's entry points.
 ///
 /// ```no_run

@@ -118,6 +118,18 @@ impl Aws {
             .collect()
     }
 
+    /// `aws.py <command>` with the setup's key; its JSON output.
+    pub fn boto3(&self, command: &str) -> Value {
+        let out = Command::new(venv("python"))
+            .arg(aws_py())
+            .args([command, "--endpoint", &self.moto.origin, "--key", &self.get("access_key")])
+            .args(["--secret", &self.get("secret_key")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "aws.py {command}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Creates a Secrets Manager secret with boto3, signed with the setup's key.
     pub fn put_secret(&self, name: &str, value: &str) {
         let out = Command::new(venv("python"))

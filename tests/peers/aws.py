@@ -6,6 +6,9 @@ setup    creates an IAM user with an allow-all policy (the only unsigned calls
          each (healthy; --no-green-targets leaves green empty) and a listener
          forwarding to blue; prints JSON.
 weights  prints the listener's forward weights as JSON.
+ecs-setup creates cluster `prod`, task definition family `web` (container `app`, image web:1) and
+         services web-blue (2 tasks) and web-green (0 tasks); prints JSON.
+ecs-state prints each service's task definition, its image, desired and running counts.
 put-secret creates a Secrets Manager secret (for aws-sm: secret sources).
 stop     stops an instance: moto then reports its target `unused`
          (Target.InvalidState), not healthy.
@@ -69,6 +72,28 @@ def stop(a):
 
 def put_secret(a):
     client("secretsmanager", a.endpoint, a.key, a.secret).create_secret(Name=a.name, SecretString=a.value)
+
+
+def ecs_setup(a):
+    ecs = client("ecs", a.endpoint, a.key, a.secret)
+    ecs.create_cluster(clusterName="prod")
+    td = ecs.register_task_definition(family="web", containerDefinitions=[
+        {"name": "app", "image": "web:1", "memory": 256, "essential": True}])["taskDefinition"]["taskDefinitionArn"]
+    for name, count in (("web-blue", 2), ("web-green", 0)):
+        ecs.create_service(cluster="prod", serviceName=name, taskDefinition=td, desiredCount=count)
+    # Blue runs its tasks, as it would in production.
+    ecs.update_service(cluster="prod", service="web-blue", desiredCount=2)
+    print(json.dumps({"task_definition": td}))
+
+
+def ecs_state(a):
+    ecs = client("ecs", a.endpoint, a.key, a.secret)
+    out = {}
+    for s in ecs.describe_services(cluster="prod", services=["web-blue", "web-green"])["services"]:
+        td = ecs.describe_task_definition(taskDefinition=s["taskDefinition"])["taskDefinition"]
+        out[s["serviceName"]] = {"task_definition": s["taskDefinition"], "image": td["containerDefinitions"][0]["image"],
+                                 "desired": s["desiredCount"], "running": s["runningCount"]}
+    print(json.dumps(out))
 
 
 def weights(endpoint, key, secret, listener):
@@ -147,6 +172,10 @@ def main():
             s.add_argument("--green", required=True)
             s.add_argument("--port", type=int, required=True)
             s.add_argument("--broken-green", action="store_true")
+    for name in ("ecs-setup", "ecs-state"):
+        s = sub.add_parser(name)
+        for arg in ("--endpoint", "--key", "--secret"):
+            s.add_argument(arg, required=True)
     s = sub.add_parser("put-secret")
     for arg in ("--endpoint", "--key", "--secret", "--name", "--value"):
         s.add_argument(arg, required=True)
@@ -159,6 +188,10 @@ def main():
         stop(a)
     elif a.cmd == "put-secret":
         put_secret(a)
+    elif a.cmd == "ecs-setup":
+        ecs_setup(a)
+    elif a.cmd == "ecs-state":
+        ecs_state(a)
     else:
         serve(a)
 

@@ -30,19 +30,8 @@ impl Elb<'_> {
     /// One API call, retried on 5xx, `Throttling` and transport errors: every call the shift makes is
     /// idempotent (reads, and `ModifyListener` with absolute weights).
     fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, Error> {
-        let (attempts, mut wait_ms) = ATTEMPTS;
-        let mut attempt = 1;
-        loop {
-            match self.call_once(action, params) {
-                Err(e) if e.is_retryable() && attempt < attempts => {
-                    gantry_sdk::warn!("{e}; trying again in {wait_ms} ms (attempt {attempt} of {attempts})");
-                    gantry_sdk::sleep_ms(wait_ms);
-                    wait_ms *= 2;
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
+        let (attempts, wait_ms) = ATTEMPTS;
+        gantry_sdk::retrying(attempts, wait_ms, || self.call_once(action, params))
     }
 
     fn call_once(&self, action: &str, params: &[(String, String)]) -> Result<String, Error> {

@@ -1,0 +1,214 @@
+//! `ecs-deploy`: one colour of an ECS blue-green release. With an `image`, it
+//! registers a task definition revision whose `container` runs that image and
+//! points the service at it; it sets the service's desired count (scaling the
+//! old colour down is the same step with `desired_count: 0` and no image); it
+//! waits until the service runs what it should. Before the first change it
+//! checkpoints the service's task definition and desired count, so `rollback`
+//! — after a later failure, or from the journal after `kill -9` — puts both
+//! back exactly. Requests are signed by the host; the plugin never holds keys.
+
+pub mod ecs;
+
+use ecs::{Ecs, ServiceState};
+use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The step's `with:` input.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// ECS endpoint, e.g. `https://ecs.us-east-1.amazonaws.com/`.
+    pub endpoint: String,
+    /// AWS region of the signature.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Cluster name or ARN.
+    pub cluster: String,
+    /// The service of this colour, e.g. `web-green`.
+    pub service: String,
+    /// New image for `container`; the service's task definition stays when left out.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The container whose image changes.
+    #[serde(default = "default_container")]
+    pub container: String,
+    /// Tasks the service should run.
+    pub desired_count: u64,
+    /// Longest wait for the service to run what it should, in milliseconds.
+    #[serde(default = "default_stable_timeout")]
+    pub stable_timeout_ms: u64,
+    /// Wait between checks, in milliseconds.
+    #[serde(default = "default_poll")]
+    pub poll_ms: u64,
+    /// Secret with the access key id.
+    #[serde(default = "default_access_key")]
+    pub access_key_secret: String,
+    /// Secret with the secret access key.
+    #[serde(default = "default_secret_key")]
+    pub secret_key_secret: String,
+    /// Secret with a session token, for temporary credentials.
+    #[serde(default)]
+    pub session_token_secret: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_container() -> String {
+    "app".into()
+}
+fn default_stable_timeout() -> u64 {
+    600_000
+}
+fn default_poll() -> u64 {
+    2_000
+}
+fn default_access_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_secret_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+/// The checkpoint holding the service as it was before the step changed it.
+const BEFORE: &str = "service_before";
+
+fn ecs<'a>(ctx: &'a Context, input: &Input) -> Ecs<'a> {
+    let sigv4 = gantry_sdk::Sigv4 {
+        service: "ecs".into(),
+        region: input.region.clone(),
+        access_key_id_secret: input.access_key_secret.clone(),
+        secret_access_key_secret: input.secret_key_secret.clone(),
+        session_token_secret: input.session_token_secret.clone(),
+    };
+    Ecs { ctx, endpoint: input.endpoint.clone(), sigv4 }
+}
+
+/// Polls until the service has `want` as its task definition and runs its desired count.
+fn wait_stable(api: &Ecs, input: &Input, want: &ServiceState) -> Result<u64, Error> {
+    let mut waited = 0;
+    loop {
+        let (now, running) = api.service(&input.cluster, &input.service)?;
+        if now == *want && running == want.desired_count {
+            return Ok(running);
+        }
+        if waited >= input.stable_timeout_ms {
+            return Err(Error::failed(format!(
+                "service {} not stable after {} ms: {} of {} running, task definition {}",
+                input.service, waited, running, want.desired_count, now.task_definition
+            )));
+        }
+        gantry_sdk::sleep_ms(input.poll_ms);
+        waited += input.poll_ms.max(1);
+    }
+}
+
+fn parse_state(text: &str) -> Result<ServiceState, Error> {
+    serde_json::from_str(text).map_err(|e| Error::failed(format!("recorded service state: {e}")))
+}
+
+/// The step.
+pub struct EcsDeploy;
+
+impl Step for EcsDeploy {
+    fn describe() -> Describe {
+        Describe::new("ecs-deploy", env!("CARGO_PKG_VERSION"))
+            .description("ECS service of one colour: new task definition revision, desired count, wait stable; rollback restores both")
+            .input::<Input>()
+            .capability("network")
+            .capability("secrets:aws-sigv4")
+    }
+
+    fn run(ctx: &Context) -> Result<Outputs, Error> {
+        let input: Input = ctx.input()?;
+        let api = ecs(ctx, &input);
+        let (before, _) = api.service(&input.cluster, &input.service)?;
+        let current = api.task_definition(&before.task_definition)?;
+        let task_definition = match &input.image {
+            Some(image) if ecs::image_of(&current, &input.container).as_deref() != Some(image) => None,
+            _ => Some(before.task_definition.clone()),
+        };
+        let outputs = Outputs::new()
+            .with("service", &input.service)
+            .with("previous_task_definition", &before.task_definition)
+            .with("previous_desired_count", before.desired_count);
+        if task_definition.is_some() && before.desired_count == input.desired_count {
+            gantry_sdk::info!("{} already runs what it should; nothing to do", input.service);
+            return Ok(outputs.with("task_definition", &before.task_definition).with("changed", false));
+        }
+        if ctx.dry_run() {
+            gantry_sdk::info!("dry run: would set {} to {:?} × {}", input.service, input.image, input.desired_count);
+            return Ok(outputs.with("task_definition", &before.task_definition).with("changed", false));
+        }
+        // The service as it was, journaled before the first change; a retry or resume keeps the first value.
+        ctx.checkpoint(BEFORE, &serde_json::to_string(&before).unwrap_or_default())?;
+        let task_definition = match task_definition {
+            Some(arn) => arn,
+            None => {
+                let image = input.image.as_deref().unwrap_or_default();
+                let arn = api.register_with_image(&current, &input.container, image)?;
+                gantry_sdk::info!("registered {arn} ({} runs {image})", input.container);
+                arn
+            }
+        };
+        let want = ServiceState { task_definition, desired_count: input.desired_count };
+        api.update(&input.cluster, &input.service, &want)?;
+        gantry_sdk::info!(
+            "{}: task definition {}, desired count {}",
+            input.service,
+            want.task_definition,
+            want.desired_count
+        );
+        let running = wait_stable(&api, &input, &want)?;
+        gantry_sdk::info!("{} stable: {running} running", input.service);
+        Ok(outputs
+            .with("task_definition", &want.task_definition)
+            .with("desired_count", want.desired_count)
+            .with("changed", true))
+    }
+
+    fn rollback(ctx: &Context) -> Result<Outputs, Error> {
+        let input: Input = ctx.input()?;
+        // The checkpoint exists whenever the service was changed, even when `run` never returned.
+        let Some(recorded) = ctx.checkpointed(BEFORE) else {
+            return Ok(Outputs::new().with("restored", false));
+        };
+        let before = parse_state(&recorded)?;
+        let api = ecs(ctx, &input);
+        api.update(&input.cluster, &input.service, &before)?;
+        wait_stable(&api, &input, &before)?;
+        gantry_sdk::info!(
+            "restored {}: task definition {}, desired count {}",
+            input.service,
+            before.task_definition,
+            before.desired_count
+        );
+        Ok(Outputs::new().with("restored", true).with("task_definition", &before.task_definition))
+    }
+}
+
+gantry_sdk::export_step!(EcsDeploy);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_state_round_trips_and_a_missing_checkpoint_restores_nothing() {
+        let state =
+            ServiceState { task_definition: "arn:aws:ecs:us-east-1:1:task-definition/web:3".into(), desired_count: 2 };
+        assert_eq!(parse_state(&serde_json::to_string(&state).unwrap()).unwrap(), state);
+        let input =
+            serde_json::json!({"endpoint": "http://127.0.0.1:1/", "cluster": "c", "service": "s", "desired_count": 0});
+        let ctx = Context::for_test("deploy", input);
+        assert_eq!(EcsDeploy::rollback(&ctx).unwrap().get("restored"), Some("false"));
+    }
+
+    #[test]
+    fn the_image_of_a_container_is_read_from_the_definition() {
+        let def = serde_json::json!({"containerDefinitions": [{"name": "app", "image": "web:1"}, {"name": "log", "image": "fluent"}]});
+        assert_eq!(ecs::image_of(&def, "app").as_deref(), Some("web:1"));
+        assert_eq!(ecs::image_of(&def, "db"), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! `ecs-deploy` against moto's ECS with signatures on: the blue-green swap of
+//! two services, its rollback after a later failure, and `gantry rollback`
+//! after `kill -9` mid-release — each time the services read back with boto3.
+
+use crate::peers::Aws;
+use crate::support::*;
+use serde_json::Value;
+use std::path::Path;
+
+/// deploy-green (web:2 × 2) → [hold] → scale-blue-down (× 0) → [smoke, failing].
+fn release(aws: &Aws, hold_ms: Option<u64>, failing_smoke: bool) -> String {
+    let moto = &aws.moto.origin;
+    let ecs = |id: &str, needs: &str, with: &str| {
+        format!(
+            "  - id: {id}\n    uses: {plugin}\n    needs: [{needs}]\n    network: [\"{moto}\"]\n    secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]\n    with: {{ endpoint: \"{moto}/\", cluster: prod, poll_ms: 100, {with} }}\n",
+            plugin = repo().join("plugins/ecs-deploy").display()
+        )
+    };
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let mut yaml = format!(
+        "name: blue-green\nsecrets:\n  AWS_ACCESS_KEY_ID: {{ from: \"env:TEST_AWS_KEY\", bind: [\"{moto}\"] }}\n  AWS_SECRET_ACCESS_KEY: {{ from: \"env:TEST_AWS_SECRET\", bind: [\"{moto}\"] }}\nsteps:\n"
+    );
+    yaml += &ecs("deploy-green", "", "service: web-green, image: \"web:2\", desired_count: 2");
+    let mut last = "deploy-green";
+    if let Some(ms) = hold_ms {
+        yaml += &format!("  - id: hold\n    uses: {}\n    needs: [deploy-green]\n    timeout: 2m\n    with: {{ action: sleep, ms: {ms} }}\n", misbehave.display());
+        last = "hold";
+    }
+    yaml += &ecs("scale-blue-down", last, "service: web-blue, desired_count: 0");
+    if failing_smoke {
+        yaml += &format!("  - id: smoke\n    uses: {}\n    needs: [scale-blue-down]\n    with: {{ action: fail, message: smoke test failed }}\n", misbehave.display());
+    }
+    yaml
+}
+
+fn env(aws: &Aws) -> [(String, String); 2] {
+    [("TEST_AWS_KEY".into(), aws.get("access_key")), ("TEST_AWS_SECRET".into(), aws.get("secret_key"))]
+}
+
+fn run(dir: &Path, aws: &Aws, yaml: &str) -> std::process::Output {
+    let env = env(aws);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run_pipeline(dir, yaml, &env, &[])
+}
+
+/// `(image, desired, running)` of a service, read with boto3.
+fn service(state: &Value, name: &str) -> (String, u64, u64) {
+    let s = &state[name];
+    (s["image"].as_str().unwrap().to_string(), s["desired"].as_u64().unwrap(), s["running"].as_u64().unwrap())
+}
+
+fn start() -> (Aws, Value) {
+    let aws = Aws::start();
+    let setup = aws.boto3("ecs-setup");
+    let before = aws.boto3("ecs-state");
+    assert_eq!(service(&before, "web-blue"), ("web:1".into(), 2, 2));
+    assert_eq!(service(&before, "web-green"), ("web:1".into(), 0, 0));
+    (aws, setup)
+}
+
+#[test]
+fn a_blue_green_swap_lands_exactly_and_a_second_run_changes_nothing() {
+    let (aws, _) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = release(&aws, None, false);
+    let out = run(dir.path(), &aws, &yaml);
+    expect_code(&out, 0);
+    let after = aws.boto3("ecs-state");
+    assert_eq!(service(&after, "web-green"), ("web:2".into(), 2, 2));
+    assert_eq!(service(&after, "web-blue"), ("web:1".into(), 0, 0));
+    let green_td = after["web-green"]["task_definition"].clone();
+
+    let dir = tempfile::tempdir().unwrap();
+    let again = run(dir.path(), &aws, &yaml);
+    expect_code(&again, 0);
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&again.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let changed: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step_finished")
+        .map(|e| e["outputs"]["changed"].as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["false", "false"], "nothing left to do");
+    assert_eq!(aws.boto3("ecs-state")["web-green"]["task_definition"], green_td, "no new revision either");
+}
+
+#[test]
+fn a_failure_after_the_swap_restores_both_services_from_their_checkpoints() {
+    let (aws, setup) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &aws, &release(&aws, None, true));
+    expect_code(&out, 1);
+    let after = aws.boto3("ecs-state");
+    assert_eq!(service(&after, "web-blue"), ("web:1".into(), 2, 2));
+    assert_eq!(service(&after, "web-green"), ("web:1".into(), 0, 0));
+    assert_eq!(after["web-green"]["task_definition"], setup["task_definition"], "the exact revision it ran before");
+    let j = journal(dir.path());
+    let undone: Vec<&str> =
+        j.iter().filter(|e| e["event"] == "rolled_back").map(|e| e["step"].as_str().unwrap()).collect();
+    assert_eq!(undone, ["scale-blue-down", "deploy-green"]);
+}
+
+#[test]
+fn kill_9_mid_release_then_rollback_restores_what_ran_before() {
+    let (aws, setup) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(&file, release(&aws, Some(60_000), false)).unwrap();
+    let mut cmd = command(&shared_cache());
+    cmd.current_dir(dir.path()).args(["run", file.to_str().unwrap()]);
+    for (k, v) in env(&aws) {
+        cmd.env(k, v);
+    }
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = spawn_until(&mut cmd, "the hold after deploy-green", || {
+        journal(dir.path()).iter().any(|e| e["event"] == "step_started" && e["step"] == "hold")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mid = aws.boto3("ecs-state");
+    assert_eq!(service(&mid, "web-green"), ("web:2".into(), 2, 2), "killed after green was deployed");
+    assert_eq!(service(&mid, "web-blue"), ("web:1".into(), 2, 2), "and before blue was scaled down");
+
+    let mut rollback = command(&shared_cache());
+    rollback.current_dir(dir.path()).args(["rollback", &run_id(dir.path())]);
+    for (k, v) in env(&aws) {
+        rollback.env(k, v);
+    }
+    let out = rollback.output().unwrap();
+    expect_code(&out, 0);
+    let after = aws.boto3("ecs-state");
+    assert_eq!(service(&after, "web-green"), ("web:1".into(), 0, 0));
+    assert_eq!(after["web-green"]["task_definition"], setup["task_definition"]);
+    assert_eq!(service(&after, "web-blue"), ("web:1".into(), 2, 2), "blue was never touched");
+    assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
+}
