@@ -102,13 +102,11 @@ impl RequestBuilder {
         self.header("content-type", "application/json").body(body)
     }
 
-    /// Sets a form body (`application/x-www-form-urlencoded`) from pairs.
+    /// Sets a form body (`application/x-www-form-urlencoded`) from pairs; a space is `+`, as browsers
+    /// and AWS SDKs write it (servers that re-encode the form to check a signature expect exactly that).
     pub fn form(self, pairs: &[(&str, &str)]) -> Self {
-        let body = pairs
-            .iter()
-            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let field = |text: &str| percent_encode(text).replace("%20", "+");
+        let body = pairs.iter().map(|(k, v)| format!("{}={}", field(k), field(v))).collect::<Vec<_>>().join("&");
         self.header("content-type", "application/x-www-form-urlencoded; charset=utf-8").body(body)
     }
 

@@ -6,6 +6,7 @@ mod approvals;
 mod attacks;
 mod audit;
 mod authoring;
+mod blue_green;
 mod ecs;
 mod faults;
 mod notify;

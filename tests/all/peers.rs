@@ -81,6 +81,20 @@ pub struct Aws {
 }
 
 impl Aws {
+    /// A second moto server without IAM users, so it checks no signature: moto 5 refuses every Route 53
+    /// `GET` once signatures are checked, even boto3's own, so Route 53 is tested against this one.
+    pub fn unchecked_moto() -> Peer {
+        spawn(
+            |port| {
+                let mut cmd = Command::new(venv("moto_server"));
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                cmd
+            },
+            "/moto-api/data.json",
+            |status, body| status == 200 && body.trim_start().starts_with('{'),
+        )
+    }
+
     /// Starts moto (only the three IAM calls of the setup go unsigned) and creates the load balancer,
     /// with two healthy targets in each group.
     pub fn start() -> Self {
@@ -120,10 +134,16 @@ impl Aws {
 
     /// `aws.py <command>` with the setup's key; its JSON output.
     pub fn boto3(&self, command: &str) -> Value {
+        self.boto3_with(command, &[])
+    }
+
+    /// `aws.py <command> <extra>` with the setup's key; its JSON output.
+    pub fn boto3_with(&self, command: &str, extra: &[&str]) -> Value {
         let out = Command::new(venv("python"))
             .arg(aws_py())
             .args([command, "--endpoint", &self.moto.origin, "--key", &self.get("access_key")])
             .args(["--secret", &self.get("secret_key")])
+            .args(extra)
             .output()
             .unwrap();
         assert!(out.status.success(), "aws.py {command}: {}", String::from_utf8_lossy(&out.stderr));

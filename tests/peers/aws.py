@@ -9,6 +9,9 @@ weights  prints the listener's forward weights as JSON.
 ecs-setup creates cluster `prod`, task definition family `web` (container `app`, image web:1) and
          services web-blue (2 tasks) and web-green (0 tasks); prints JSON.
 ecs-state prints each service's task definition, its image, desired and running counts.
+dns-setup creates (at --route53 when given) hosted zone the7space.example with www CNAME -> blue.the7space.example, and SNS
+         topic `ops` with an SQS queue subscribed; prints JSON.
+dns-state prints the www record's values and every message the queue received.
 put-secret creates a Secrets Manager secret (for aws-sm: secret sources).
 stop     stops an instance: moto then reports its target `unused`
          (Target.InvalidState), not healthy.
@@ -96,6 +99,30 @@ def ecs_state(a):
     print(json.dumps(out))
 
 
+def dns_setup(a):
+    r53 = client("route53", a.route53 or a.endpoint, a.key, a.secret)
+    zone = r53.create_hosted_zone(Name="the7space.example", CallerReference="gantry")["HostedZone"]["Id"]
+    r53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
+        "Name": "www.the7space.example", "Type": "CNAME", "TTL": 60, "ResourceRecords": [{"Value": "blue.the7space.example"}]}}]})
+    sns, sqs = client("sns", a.endpoint, a.key, a.secret), client("sqs", a.endpoint, a.key, a.secret)
+    topic = sns.create_topic(Name="ops")["TopicArn"]
+    queue = sqs.create_queue(QueueName="ops-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+    print(json.dumps({"zone": zone.split("/")[-1], "topic": topic, "queue": queue}))
+
+
+def dns_state(a):
+    r53 = client("route53", a.route53 or a.endpoint, a.key, a.secret)
+    zone = [z for z in r53.list_hosted_zones()["HostedZones"] if z["Name"] == "the7space.example."][0]["Id"]
+    sets = r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+    www = [[r["Value"] for r in s["ResourceRecords"]] for s in sets if s["Name"] == "www.the7space.example." and s["Type"] == "CNAME"]
+    sqs = client("sqs", a.endpoint, a.key, a.secret)
+    queue = sqs.get_queue_url(QueueName="ops-inbox")["QueueUrl"]
+    got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    print(json.dumps({"www": www[0] if www else None, "messages": [m["Body"] for m in got]}))
+
+
 def weights(endpoint, key, secret, listener):
     elb = client("elbv2", endpoint, key, secret)
     action = elb.describe_listeners(ListenerArns=[listener])["Listeners"][0]["DefaultActions"][0]
@@ -172,10 +199,11 @@ def main():
             s.add_argument("--green", required=True)
             s.add_argument("--port", type=int, required=True)
             s.add_argument("--broken-green", action="store_true")
-    for name in ("ecs-setup", "ecs-state"):
+    for name in ("ecs-setup", "ecs-state", "dns-setup", "dns-state"):
         s = sub.add_parser(name)
         for arg in ("--endpoint", "--key", "--secret"):
             s.add_argument(arg, required=True)
+        s.add_argument("--route53", help="another endpoint for Route 53")
     s = sub.add_parser("put-secret")
     for arg in ("--endpoint", "--key", "--secret", "--name", "--value"):
         s.add_argument(arg, required=True)
@@ -192,6 +220,10 @@ def main():
         ecs_setup(a)
     elif a.cmd == "ecs-state":
         ecs_state(a)
+    elif a.cmd == "dns-setup":
+        dns_setup(a)
+    elif a.cmd == "dns-state":
+        dns_state(a)
     else:
         serve(a)
 

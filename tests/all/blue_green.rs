@@ -1,0 +1,159 @@
+//! The shipped `pipelines/blue-green-release.yaml` against moto (ECS, ELBv2,
+//! SNS with an SQS inbox; signatures on — and Route 53 on a second moto that
+//! checks none, since moto 5 refuses every Route 53 `GET` once it checks
+//! signatures, boto3's included), its ports pointed at this test's peers. After success, after a failed gate and after `kill -9`
+//! mid-canary then `gantry rollback`, the weights, the services' task
+//! definitions and counts, the DNS record and the alerts are read back with
+//! boto3, not through the plugins.
+
+use crate::peers::Aws;
+use crate::support::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Release {
+    aws: Aws,
+    route53: crate::peers::Peer,
+    health: CountingServer,
+    dns: Value,
+    dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
+impl Release {
+    /// moto set up with blue serving (ECS web-blue × 2, the listener on blue, www → blue), and the shipped
+    /// pipeline copied beside the plugins with its ports pointed at moto and a health server.
+    fn start() -> Self {
+        let aws = Aws::start();
+        let route53 = Aws::unchecked_moto();
+        aws.boto3("ecs-setup");
+        let dns = aws.boto3_with("dns-setup", &["--route53", &route53.origin]);
+        let health = CountingServer::start(Reply::text(200, "ok"));
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path().join("pipelines");
+        std::fs::create_dir_all(pipelines.join("config")).unwrap();
+        for entry in std::fs::read_dir(repo().join("pipelines/config")).unwrap().flatten() {
+            std::fs::copy(entry.path(), pipelines.join("config").join(entry.file_name())).unwrap();
+        }
+        std::os::unix::fs::symlink(repo().join("plugins"), dir.path().join("plugins")).unwrap();
+        let text = std::fs::read_to_string(repo().join("pipelines/blue-green-release.yaml")).unwrap();
+        let hostport = |origin: &str| origin.trim_start_matches("http://").to_string();
+        let text = text
+            .replace("127.0.0.1:18083", &hostport(&aws.moto.origin))
+            .replace("127.0.0.1:18085", &hostport(&health.origin()))
+            .replace("127.0.0.1:18086", &hostport(&route53.origin));
+        let file = pipelines.join("blue-green-release.yaml");
+        std::fs::write(&file, text).unwrap();
+        Release { aws, route53, health, dns, dir, file }
+    }
+
+    fn gantry(&self, args: &[&str], pause_ms: u64) -> Command {
+        let mut cmd = command(&shared_cache());
+        cmd.current_dir(self.dir.path()).args(args);
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", self.aws.get("access_key")),
+            ("AWS_SECRET_ACCESS_KEY", self.aws.get("secret_key")),
+            ("LISTENER_ARN", self.aws.get("listener")),
+            ("BLUE_TG", self.aws.get("blue")),
+            ("GREEN_TG", self.aws.get("green")),
+            ("ZONE_ID", self.dns["zone"].as_str().unwrap().to_string()),
+            ("TOPIC_ARN", self.dns["topic"].as_str().unwrap().to_string()),
+            ("GREEN_HEALTH", format!("{}/health", self.health.origin())),
+            ("ROUTE53_ENDPOINT", format!("{}/", self.route53.origin)),
+            ("CANARY_PAUSE_MS", pause_ms.to_string()),
+        ] {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn run(&self) -> std::process::Output {
+        self.gantry(&["run", self.file.to_str().unwrap()], 0).output().unwrap()
+    }
+
+    /// (blue weight, green weight), ECS (service, image, desired), www's values, alerts received.
+    fn state(&self) -> ((u64, u64), Vec<(String, String, u64)>, Value, Vec<String>) {
+        let weights = self.aws.weights();
+        let weight = |arn: String| weights.iter().find(|(a, _)| *a == arn).map(|(_, w)| *w).unwrap_or(0);
+        let ecs = self.aws.boto3("ecs-state");
+        let services = ["web-blue", "web-green"]
+            .iter()
+            .map(|s| {
+                let e = &ecs[*s];
+                (s.to_string(), e["image"].as_str().unwrap().to_string(), e["desired"].as_u64().unwrap())
+            })
+            .collect();
+        let dns = self.aws.boto3_with("dns-state", &["--route53", &self.route53.origin]);
+        let messages = dns["messages"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
+        ((weight(self.aws.get("blue")), weight(self.aws.get("green"))), services, dns["www"].clone(), messages)
+    }
+}
+
+fn services(blue: (&str, u64), green: (&str, u64)) -> Vec<(String, String, u64)> {
+    vec![("web-blue".into(), blue.0.into(), blue.1), ("web-green".into(), green.0.into(), green.1)]
+}
+
+fn journal_in(dir: &Path) -> Vec<Value> {
+    journal(dir)
+}
+
+#[test]
+fn the_blue_green_release_lands_green_everywhere() {
+    let r = Release::start();
+    let out = r.run();
+    expect_code(&out, 0);
+    let (weights, ecs, www, messages) = r.state();
+    assert_eq!(weights, (0, 100));
+    assert_eq!(ecs, services(("web:1", 0), ("web:2", 2)));
+    assert_eq!(www, serde_json::json!(["green.the7space.example"]));
+    assert_eq!(messages.len(), 1, "one alert: {messages:?}");
+    assert!(
+        messages[0].contains("blue-green-release development / default")
+            && messages[0].contains("blue-green release of web:2"),
+        "{}",
+        messages[0]
+    );
+}
+
+#[test]
+fn a_failed_gate_rolls_the_release_back_and_the_alert_says_so() {
+    let r = Release::start();
+    // A green target that is not healthy: the canary's target-health gate fails at its first stage.
+    r.aws.stop_green_instance();
+    let out = r.run();
+    expect_code(&out, 1);
+    let (weights, ecs, www, messages) = r.state();
+    assert_eq!(weights, (100, 0), "the shift restored the original weights");
+    assert_eq!(ecs, services(("web:1", 2), ("web:1", 0)), "green's deploy was rolled back");
+    assert_eq!(www, serde_json::json!(["blue.the7space.example"]), "DNS never changed");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0].contains(": rolled-back") && messages[0].contains("failed step: shift"), "{}", messages[0]);
+    assert!(messages[0].contains("rolled back: shift,health,deploy-green,audit"), "{}", messages[0]);
+}
+
+#[test]
+fn kill_9_mid_canary_then_rollback_puts_blue_back_everywhere() {
+    let r = Release::start();
+    let mut cmd = r.gantry(&["run", r.file.to_str().unwrap()], 1500);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let dir = r.dir.path().to_path_buf();
+    let mut child = spawn_until(&mut cmd, "the canary at 25 %", || {
+        journal_in(&dir).iter().any(|e| {
+            e["event"] == "log" && e["message"].as_str().is_some_and(|m| m.starts_with("stage 25%: green weight"))
+        })
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (weights, ecs, _, _) = r.state();
+    assert_eq!(weights, (75, 25), "killed mid-canary");
+    assert_eq!(ecs, services(("web:1", 2), ("web:2", 2)));
+
+    let out = r.gantry(&["rollback", &run_id(r.dir.path())], 0).output().unwrap();
+    expect_code(&out, 0);
+    let (weights, ecs, www, messages) = r.state();
+    assert_eq!(weights, (100, 0));
+    assert_eq!(ecs, services(("web:1", 2), ("web:1", 0)));
+    assert_eq!(www, serde_json::json!(["blue.the7space.example"]));
+    assert!(messages.is_empty(), "no alert was sent by the killed run: {messages:?}");
+}
