@@ -12,6 +12,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// What a release left, read with boto3: (blue, green) weights, ECS (service, image, desired), www's values, alerts.
+type State = ((u64, u64), Vec<(String, String, u64)>, Value, Vec<String>);
+
 struct Release {
     aws: Aws,
     route53: crate::peers::Peer,
@@ -42,7 +45,7 @@ impl Release {
         let text = text
             .replace("127.0.0.1:18083", &hostport(&aws.moto.origin))
             .replace("127.0.0.1:18085", &hostport(&health.origin()))
-            .replace("127.0.0.1:18086", &hostport(&route53.origin));
+            .replace("127.0.0.1:18088", &hostport(&route53.origin));
         let file = pipelines.join("blue-green-release.yaml");
         std::fs::write(&file, text).unwrap();
         Release { aws, route53, health, dns, dir, file }
@@ -72,8 +75,8 @@ impl Release {
         self.gantry(&["run", self.file.to_str().unwrap()], 0).output().unwrap()
     }
 
-    /// (blue weight, green weight), ECS (service, image, desired), www's values, alerts received.
-    fn state(&self) -> ((u64, u64), Vec<(String, String, u64)>, Value, Vec<String>) {
+    /// The state of every system the release touches.
+    fn state(&self) -> State {
         let weights = self.aws.weights();
         let weight = |arn: String| weights.iter().find(|(a, _)| *a == arn).map(|(_, w)| *w).unwrap_or(0);
         let ecs = self.aws.boto3("ecs-state");
