@@ -160,3 +160,30 @@ fn kill_9_mid_canary_then_rollback_puts_blue_back_everywhere() {
     assert_eq!(www, serde_json::json!(["blue.the7space.example"]));
     assert!(messages.is_empty(), "no alert was sent by the killed run: {messages:?}");
 }
+
+#[test]
+fn a_record_the_release_created_is_deleted_by_its_rollback() {
+    let aws = Aws::start();
+    let route53 = Aws::unchecked_moto();
+    let dns = aws.boto3_with("dns-setup", &["--route53", &route53.origin]);
+    let dir = tempfile::tempdir().unwrap();
+    let o = &route53.origin;
+    let yaml = format!(
+        "name: new-record\nsecrets:\n  AWS_ACCESS_KEY_ID: {{ from: \"env:TEST_AWS_KEY\", bind: [\"{o}\"] }}\n  AWS_SECRET_ACCESS_KEY: {{ from: \"env:TEST_AWS_SECRET\", bind: [\"{o}\"] }}\nsteps:\n  - id: dns\n    uses: {}\n    network: [\"{o}\"]\n    secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]\n    with: {{ endpoint: \"{o}/\", hosted_zone_id: \"{}\", name: api.the7space.example, values: [green.the7space.example] }}\n{}",
+        repo().join("plugins/route53-record").display(),
+        dns["zone"].as_str().unwrap(),
+        failing_step("smoke", "dns", "post-release check failed")
+    );
+    let env = [("TEST_AWS_KEY", aws.get("access_key")), ("TEST_AWS_SECRET", aws.get("secret_key"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run_pipeline(dir.path(), &yaml, &env, &[]);
+    expect_code(&out, 1);
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let finished = events.iter().find(|e| e["event"] == "step_finished" && e["step"] == "dns").expect("dns ran");
+    assert_eq!(finished["outputs"]["previous"], "null", "the record did not exist");
+    assert!(events.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "dns"));
+    let names = aws.boto3_with("dns-records", &["--route53", &route53.origin]);
+    assert!(!names.as_array().unwrap().iter().any(|n| n == "api.the7space.example."), "deleted: {names}");
+    assert!(names.as_array().unwrap().iter().any(|n| n == "www.the7space.example."), "the other record stays: {names}");
+}

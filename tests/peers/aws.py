@@ -11,6 +11,7 @@ ecs-setup creates cluster `prod`, task definition family `web` (container `app`,
 ecs-state prints each service's task definition, its image, desired and running counts.
 dns-setup creates (at --route53 when given) hosted zone the7space.example with www CNAME -> blue.the7space.example, and SNS
          topic `ops` with an SQS queue subscribed; prints JSON.
+dns-records prints the names of the zone's record sets.
 dns-state prints the www record's values and every message the queue received.
 put-secret creates a Secrets Manager secret (for aws-sm: secret sources).
 stop     stops an instance: moto then reports its target `unused`
@@ -123,6 +124,12 @@ def dns_state(a):
     print(json.dumps({"www": www[0] if www else None, "messages": [m["Body"] for m in got]}))
 
 
+def dns_records(a):
+    r53 = client("route53", a.route53 or a.endpoint, a.key, a.secret)
+    zone = [z for z in r53.list_hosted_zones()["HostedZones"] if z["Name"] == "the7space.example."][0]["Id"]
+    print(json.dumps([s["Name"] for s in r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]]))
+
+
 def weights(endpoint, key, secret, listener):
     elb = client("elbv2", endpoint, key, secret)
     action = elb.describe_listeners(ListenerArns=[listener])["Listeners"][0]["DefaultActions"][0]
@@ -199,7 +206,7 @@ def main():
             s.add_argument("--green", required=True)
             s.add_argument("--port", type=int, required=True)
             s.add_argument("--broken-green", action="store_true")
-    for name in ("ecs-setup", "ecs-state", "dns-setup", "dns-state"):
+    for name in ("ecs-setup", "ecs-state", "dns-setup", "dns-state", "dns-records"):
         s = sub.add_parser(name)
         for arg in ("--endpoint", "--key", "--secret"):
             s.add_argument(arg, required=True)
@@ -224,6 +231,8 @@ def main():
         dns_setup(a)
     elif a.cmd == "dns-state":
         dns_state(a)
+    elif a.cmd == "dns-records":
+        dns_records(a)
     else:
         serve(a)
 
