@@ -134,3 +134,27 @@ fn the_html_report_of_a_rolled_back_canary_loads_clean_in_chromium_with_every_st
     );
     assert_eq!(get(&ui.1, "/runs/..%2F..%2Fetc").0, 404);
 }
+
+#[test]
+fn the_ui_page_of_a_run_still_going_reloads_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let file = dir.path().join("slow.yaml");
+    std::fs::write(
+        &file,
+        format!("name: slow\nsteps:\n  - id: wait\n    uses: {}\n    timeout: 2m\n    with: {{ action: sleep, ms: 60000 }}\n", misbehave.display()),
+    )
+    .unwrap();
+    let mut cmd = command(&shared_cache());
+    cmd.current_dir(dir.path()).args(["run", file.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
+    let path = dir.path().to_path_buf();
+    let mut run =
+        spawn_until(&mut cmd, "the step running", || journal(&path).iter().any(|e| e["event"] == "step_started"));
+    let ui = Ui::start(dir.path());
+    let (status, page) = get(&ui.1, &format!("/runs/{}", run_id(dir.path())));
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(status, 200);
+    assert!(page.contains("data-live=\"true\"") && page.contains("location.reload"), "a running run's page reloads");
+    assert!(page.contains("data-step=\"wait\""), "and shows the step under way");
+}
