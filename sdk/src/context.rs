@@ -18,6 +18,9 @@ pub struct Context {
     upstream: BTreeMap<String, BTreeMap<String, String>>,
     /// This step's checkpoints so far: from earlier attempts (given by the host) and this call.
     checkpoints: std::cell::RefCell<BTreeMap<String, String>>,
+    /// Gates approved outside a host (unit tests); a host answers `approval` itself.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    approved: std::collections::BTreeSet<String>,
 }
 
 /// The upstream entry under which the host hands a step its own checkpoints.
@@ -35,6 +38,7 @@ impl Context {
             input: ctx.input,
             upstream: ctx.upstream.into_iter().map(|u| (u.step, u.outputs.into_iter().collect())).collect(),
             checkpoints: Default::default(),
+            approved: Default::default(),
         }
         .with_checkpoints_from_upstream()
     }
@@ -62,6 +66,7 @@ impl Context {
             input: input.to_string(),
             upstream: BTreeMap::new(),
             checkpoints: Default::default(),
+            approved: Default::default(),
         }
     }
 
@@ -165,6 +170,28 @@ impl Context {
     /// A checkpoint this step recorded (in this call, an earlier attempt, or before a crash).
     pub fn checkpointed(&self, key: &str) -> Option<String> {
         self.checkpoints.borrow().get(key).cloned()
+    }
+
+    /// Whether a person approved going past `gate` (e.g. `stage 25%`) in this run. When not, the
+    /// host has recorded a request for approval: return at once with an error, leaving things as
+    /// they are; after `gantry approve` the step runs again with its checkpoints and should go on
+    /// from where it stopped (this call then returns true). Outside a host (unit tests) only gates
+    /// given with [`Context::with_approval`] are approved.
+    pub fn approval(&self, gate: &str) -> bool {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::__private::bindings::gantry::step::host::approval(gate)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.approved.contains(gate)
+        }
+    }
+
+    /// The same context with `gate` approved, for unit tests.
+    pub fn with_approval(mut self, gate: &str) -> Self {
+        self.approved.insert(gate.to_string());
+        self
     }
 
     /// Every checkpoint this step recorded, by key.

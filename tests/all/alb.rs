@@ -414,3 +414,48 @@ fn a_gate_without_data_pauses_the_canary_for_a_person_then_resume_or_rollback_de
         }
     }
 }
+
+#[test]
+fn a_canary_paused_for_approval_at_25_percent_keeps_its_traffic_then_goes_on_or_back() {
+    for decision in ["approve", "reject"] {
+        let aws = Aws::start();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("canary.yaml");
+        std::fs::write(
+            &file,
+            canary_yaml_with(&aws, "pause_ms: 0\n      target_health: false\n      approve_after: [25]", &[]),
+        )
+        .unwrap();
+        let out = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()])
+            .env("GANTRY_USER", "alice")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(aws.weights(), weights_of(&aws, 75, 25), "traffic stays at the stage while it waits");
+        let j = journal(dir.path());
+        let request = j.iter().find(|e| e["event"] == "approval_requested").expect("the request is journaled");
+        assert_eq!((request["step"].as_str(), request["gate"].as_str()), (Some("shift"), Some("stage 25%")));
+        assert!(!j.iter().any(|e| e["event"] == "rolled_back"), "nothing undone while waiting");
+
+        let out =
+            gantry_aws(dir.path(), &aws, &[decision, &run_id(dir.path())]).env("GANTRY_USER", "bob").output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let j = journal(dir.path());
+        let modifies = j
+            .iter()
+            .filter(|e| e["event"] == "log" && e["message"].as_str().is_some_and(|m| m.contains(": green weight")))
+            .count();
+        if decision == "approve" {
+            assert_eq!(aws.weights(), weights_of(&aws, 0, 100), "went on from 25 %");
+            // 5 and 25 before the pause; 25 (idempotent, its gates again), 50 and 100 after: never back to 5.
+            assert_eq!(modifies, 5);
+            let approved = j.iter().find(|e| e["event"] == "approved").unwrap();
+            assert_eq!((approved["by"].as_str(), approved["gate"].as_str()), (Some("bob"), Some("stage 25%")));
+            assert_eq!(j.last().unwrap()["status"], "succeeded");
+        } else {
+            assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "rejected: the original weights");
+            assert!(j.iter().any(|e| e["event"] == "rolled_back" && e["step"] == "shift"));
+            assert_eq!(j.last().unwrap()["status"], "rolled-back");
+        }
+    }
+}

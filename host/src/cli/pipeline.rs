@@ -466,7 +466,7 @@ async fn go_on(
     let unknown: Vec<String> = r
         .changes
         .iter()
-        .filter(|(step, _)| !r.checkpoints.contains_key(*step) && !rerun.contains(step))
+        .filter(|(step, _)| !r.checkpoints.contains_key(*step) && !rerun.contains(step) && !r.resumable.contains(*step))
         .map(|(step, change)| format!("`{step}` (after {change})"))
         .collect();
     if !unknown.is_empty() {
@@ -479,8 +479,10 @@ async fn go_on(
     let runtime = super::runtime_for(&r.plan, jobs)?;
     let (tx, printer) = printer(json);
     let (interrupt, signals) = signals(&session);
-    // Steps cut off part-way are rolled back from their checkpoints first, then run again.
-    let partial = r.partial.iter().filter(|id| r.checkpoints.contains_key(*id)).cloned().collect();
+    // Steps cut off part-way are rolled back from their checkpoints first, then run again; a step
+    // stopped at a gate inside it that is now approved goes on from its checkpoints instead.
+    let partial =
+        r.partial.iter().filter(|id| r.checkpoints.contains_key(*id) && !r.resumable.contains(*id)).cloned().collect();
     let options = RunOptions {
         jobs,
         file: r.file,
@@ -534,10 +536,16 @@ pub(crate) async fn decide(
     let user = current_user();
     request.check(&user, decision)?;
     let event = match decision {
-        Decision::Approve => Event::Approved { step: request.step.clone(), by: user.clone(), comment },
-        Decision::Reject => {
-            Event::Rejected { step: request.step.clone(), by: user.clone(), comment, reason: "rejected".into() }
+        Decision::Approve => {
+            Event::Approved { step: request.step.clone(), gate: request.gate.clone(), by: user.clone(), comment }
         }
+        Decision::Reject => Event::Rejected {
+            step: request.step.clone(),
+            gate: request.gate.clone(),
+            by: user.clone(),
+            comment,
+            reason: "rejected".into(),
+        },
     };
     session.journal().write(event).await?;
     // Read back what was just recorded: the decision is in the journal before anything acts on it.
@@ -550,7 +558,13 @@ pub(crate) async fn decide(
 async fn lapse(session: Session, r: crate::run::resume::Reopened, json: bool) -> anyhow::Result<u8> {
     let Some(request) = &r.awaiting else { return undo(session, r, json).await };
     let reason = format!("timed out: no decision by {}", request.deadline());
-    let event = Event::Rejected { step: request.step.clone(), by: "gantry".into(), comment: None, reason };
+    let event = Event::Rejected {
+        step: request.step.clone(),
+        gate: request.gate.clone(),
+        by: "gantry".into(),
+        comment: None,
+        reason,
+    };
     session.journal().write(event).await?;
     undo(session, r, json).await
 }

@@ -156,6 +156,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         // The log lines go to stderr through tracing; there is no journal to keep them.
         logs: None,
         context: Default::default(),
+        approvals: None,
     };
     call.context.step_id = args.id.clone();
     call.context.pipeline = "adhoc".into();

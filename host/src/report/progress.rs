@@ -27,16 +27,20 @@ pub fn describe(event: &Event) -> String {
             "{step}: INCONCLUSIVE: {reason}; the run is paused, nothing rolled back: `gantry resume <run id>` runs the step again, `gantry rollback <run id>` undoes the run"
         ),
         ApprovalRequested(r) => format!(
-            "{}: AWAITING APPROVAL by {} until {}: `gantry approve <run id>` starts it, `gantry reject <run id>` rolls the run back",
+            "{}: AWAITING APPROVAL{} by {} until {}: `gantry approve <run id>` goes on, `gantry reject <run id>` rolls the run back",
             r.step,
+            r.gate.as_ref().map(|g| format!(" to go past {g}")).unwrap_or_default(),
             if r.approvers.is_empty() { "anyone".to_string() } else { r.approvers.join(" or ") },
             r.deadline()
         ),
-        Approved { step, by, comment } => {
-            format!("{step}: approved by {by}{}", comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default())
-        }
-        Rejected { step, by, comment, reason } => format!(
-            "{step}: {reason} ({by}){}; rolling back",
+        Approved { step, by, comment, gate } => format!(
+            "{step}: approved{} by {by}{}",
+            gate.as_ref().map(|g| format!(" past {g}")).unwrap_or_default(),
+            comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+        ),
+        Rejected { step, by, comment, reason, gate } => format!(
+            "{step}: {reason}{} ({by}){}; rolling back",
+            gate.as_ref().map(|g| format!(" at {g}")).unwrap_or_default(),
             comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
         ),
         RolledBack { step } => format!("{step}: rolled back"),

@@ -31,6 +31,9 @@ pub struct Request {
     pub requested_by: String,
     /// When the request lapses, ms since the Unix epoch.
     pub deadline_ms: f64,
+    /// A gate inside the step (`stage 25%`), asked for by the plugin; `None` for the gate before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
 }
 
 /// What a person decides.
@@ -85,6 +88,7 @@ impl Request {
             prevent_self_review: policy.prevent_self_review,
             requested_by: requested_by.to_string(),
             deadline_ms: now_ms + policy.timeout.as_secs_f64() * 1e3,
+            gate: None,
         }
     }
 
@@ -112,6 +116,14 @@ impl Request {
             return Err(ApprovalError::SelfReview { user: user.to_string(), step: self.step.clone() });
         }
         Ok(())
+    }
+
+    /// What is approved: the step, or `step@gate` for a gate inside it.
+    pub fn key(&self) -> String {
+        match &self.gate {
+            Some(gate) => super::gate_key(&self.step, gate),
+            None => self.step.clone(),
+        }
     }
 
     /// The deadline as RFC 3339, for people.

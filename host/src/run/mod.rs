@@ -19,8 +19,8 @@ use crate::pipeline::condition::Facts;
 use crate::pipeline::expr;
 use crate::plan::{Plan, PlannedStep};
 use crate::sandbox::{
-    CallError, CheckpointLog, Level, LineLog, Outputs, Plugin, RequestLog, RequestRecord, Runtime, StepCall,
-    StepContext,
+    ApprovalLog, CallError, CheckpointLog, Level, LineLog, Outputs, Plugin, RequestLog, RequestRecord, Runtime,
+    StepCall, StepContext,
 };
 use journal::{Journal, JournalError};
 use serde::{Deserialize, Serialize};
@@ -160,6 +160,9 @@ pub enum Event {
     Approved {
         /// Step id.
         step: String,
+        /// The gate inside the step, when the step asked for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate: Option<String>,
         /// Who approved.
         by: String,
         /// What they said.
@@ -170,6 +173,9 @@ pub enum Event {
     Rejected {
         /// Step id.
         step: String,
+        /// The gate inside the step, when the step asked for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate: Option<String>,
         /// Who rejected (`gantry` when the request lapsed).
         by: String,
         /// What they said.
@@ -202,15 +208,15 @@ impl Event {
             }
             Event::ApprovalRequested(req) => {
                 [&mut req.step, &mut req.requested_by].into_iter().for_each(text);
-                req.approvers.iter_mut().for_each(text);
+                req.approvers.iter_mut().chain(req.gate.iter_mut()).for_each(text);
             }
-            Event::Approved { step, by, comment } => {
+            Event::Approved { step, by, comment, gate } => {
                 [step, by].into_iter().for_each(text);
-                comment.iter_mut().for_each(text);
+                comment.iter_mut().chain(gate.iter_mut()).for_each(text);
             }
-            Event::Rejected { step, by, comment, reason } => {
+            Event::Rejected { step, by, comment, reason, gate } => {
                 [step, by, reason].into_iter().for_each(text);
-                comment.iter_mut().for_each(text);
+                comment.iter_mut().chain(gate.iter_mut()).for_each(text);
             }
             Event::StepStarted { step, .. } | Event::RolledBack { step } => text(step),
             Event::StepSkipped { step, reason } | Event::Paused { step, reason } => {
@@ -406,6 +412,17 @@ struct Ctx {
     run_id: String,
     /// Each step's checkpoints (key → first value), as the journal has them.
     checkpoints: std::sync::Mutex<BTreeMap<String, Outputs>>,
+    /// Approvals given in this run: step ids (gates before a step) and `step@gate` (gates inside one).
+    approved: BTreeSet<String>,
+    /// Who started the run, for approval requests.
+    started_by: String,
+    /// Gates inside a step whose approval was requested during its current call, by step.
+    requested: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+/// The key under which a gate inside a step is approved.
+pub fn gate_key(step: &str, gate: &str) -> String {
+    format!("{step}@{gate}")
 }
 
 /// The upstream entry under which a step receives its own checkpoints.
@@ -430,7 +447,43 @@ impl Ctx {
             redactor,
             run_id: session.run_id().to_string(),
             checkpoints: Default::default(),
+            approved: BTreeSet::new(),
+            started_by: approval::current_user(),
+            requested: Default::default(),
         }
+    }
+
+    fn with_approvals(mut self, options: &RunOptions) -> Self {
+        self.approved = options.approved.clone();
+        if !options.started_by.is_empty() {
+            self.started_by = options.started_by.clone();
+        }
+        self
+    }
+
+    /// Answers a step's `approval(gate)`: approved in this run, or a request recorded now.
+    async fn approval(&self, step: &str, gate: String) -> bool {
+        if self.approved.contains(&gate_key(step, &gate)) {
+            return true;
+        }
+        let default = crate::pipeline::ApprovalPolicy {
+            timeout: crate::pipeline::ApprovalPolicy::DEFAULT_TIMEOUT,
+            approvers: Vec::new(),
+            prevent_self_review: false,
+            environments: Vec::new(),
+        };
+        let policy = self.step(step).approval.clone().unwrap_or(default);
+        let mut request = approval::Request::new(step, &policy, &self.started_by, store::now_ms());
+        request.gate = Some(gate.clone());
+        if self.emit(Event::ApprovalRequested(request)).await.is_ok() {
+            self.requested.lock().unwrap_or_else(|e| e.into_inner()).insert(step.to_string(), gate);
+        }
+        false
+    }
+
+    /// The gate step `id` asked approval for during its call, if it did (taken once).
+    fn take_requested(&self, id: &str) -> Option<String> {
+        self.requested.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
     }
 
     fn seed_checkpoints(self, checkpoints: &BTreeMap<String, Outputs>) -> Self {
@@ -534,7 +587,18 @@ impl Ctx {
                 ctx.record(Event::Log { step: id.clone(), level, message });
             }
         }));
+        let (weak, id) = (Arc::downgrade(self), step.id.clone());
+        let approvals = ApprovalLog(Arc::new(move |gate| {
+            let (weak, id) = (weak.clone(), id.clone());
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(ctx) => ctx.approval(&id, gate).await,
+                    None => false,
+                }
+            })
+        }));
         StepCall {
+            approvals: Some(approvals),
             context,
             grants: self.grants[&step.id].clone(),
             limits: step.limits.sandbox(),
@@ -983,6 +1047,11 @@ impl Executor {
                 self.journal_failed(e);
                 self.cancel_running("the journal could not be written").await;
             }
+            Err(Failure::Call(_)) if ctx.take_requested(&id).is_some() && !self.failed => {
+                // The step stopped at a gate: nothing is undone, it runs again (from its checkpoints) once approved.
+                self.state.insert(id.clone(), State::Pending);
+                self.awaiting = Some(id);
+            }
             Err(Failure::Call(CallError::Inconclusive { message, .. }))
                 if !ctx.step(&id).continue_on_error && !self.failed =>
             {
@@ -1091,8 +1160,11 @@ pub async fn run(
 ) -> Result<RunResult, RunError> {
     let values = read_secrets(plan).await?;
     let prepared = prepare(runtime, plan, &session.artifacts(), &values)?;
-    let ctx =
-        Arc::new(Ctx::new(prepared, plan, session, options.dry_run, events).seed_checkpoints(&options.checkpoints));
+    let ctx = Arc::new(
+        Ctx::new(prepared, plan, session, options.dry_run, events)
+            .seed_checkpoints(&options.checkpoints)
+            .with_approvals(options),
+    );
     let started = Event::RunStarted {
         run_id: ctx.run_id.clone(),
         pipeline: plan.pipeline.clone(),

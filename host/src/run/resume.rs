@@ -41,6 +41,9 @@ pub struct Reopened {
     pub approved: std::collections::BTreeSet<String>,
     /// Who started the run, as recorded (empty in journals from before it was).
     pub started_by: String,
+    /// Steps stopped at a gate inside them that has since been approved: they go on from their
+    /// checkpoints when the run continues (never undone first); a rollback still undoes them.
+    pub resumable: std::collections::BTreeSet<String>,
 }
 
 /// Why a run cannot be reopened.
@@ -70,6 +73,7 @@ impl Reopened {
         let mut partial: Vec<String> = Vec::new();
         let mut changes: BTreeMap<String, String> = BTreeMap::new();
         let (mut awaiting, mut approved, mut started_by) = (None, std::collections::BTreeSet::new(), String::new());
+        let mut resumable = std::collections::BTreeSet::new();
         let next_seq = journal.records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
         for record in journal.records {
             if !matches!(record.event, Event::RunFinished { .. }) && finished.take().is_some() {
@@ -85,9 +89,17 @@ impl Reopened {
                     started_by = by.unwrap_or_default();
                 }
                 Event::ApprovalRequested(request) => awaiting = Some(request),
-                Event::Approved { step, .. } => {
+                Event::Approved { step, gate, .. } => {
                     awaiting = None;
-                    approved.insert(step);
+                    match gate {
+                        Some(gate) => {
+                            approved.insert(super::gate_key(&step, &gate));
+                            resumable.insert(step);
+                        }
+                        None => {
+                            approved.insert(step);
+                        }
+                    }
                 }
                 Event::Rejected { .. } => {
                     awaiting = None;
@@ -155,6 +167,7 @@ impl Reopened {
             awaiting,
             approved,
             started_by,
+            resumable,
         })
     }
 }

@@ -243,6 +243,21 @@ pub struct StepCall {
     pub checkpoints: Option<CheckpointLog>,
     /// Receives the step's log lines at `info` and above, redacted, up to [`LOG_LINES_KEPT`] per call.
     pub logs: Option<LineLog>,
+    /// Answers `approval` (and records requests); without it, no gate is ever approved.
+    pub approvals: Option<ApprovalLog>,
+}
+
+/// Answers a step's `approval(gate)`: true when approved in this run; false after durably recording a request.
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct ApprovalLog(
+    pub Arc<dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for ApprovalLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApprovalLog")
+    }
 }
 
 /// Most log lines of one call passed to a [`LineLog`]; the rest are counted in one last line.
@@ -305,6 +320,7 @@ struct State {
     outbound: outbound::Outbound,
     checkpoints: Option<CheckpointLog>,
     checkpointed: usize,
+    approvals: Option<ApprovalLog>,
     logs: Option<LineLog>,
     logged: usize,
     /// Bytes of log lines printed, which count against the output limit, and what was dropped past it.
@@ -354,6 +370,7 @@ impl State {
             },
             checkpoints: call.checkpoints.clone(),
             checkpointed: 0,
+            approvals: call.approvals.clone(),
             logs: call.logs.clone(),
             logged: 0,
             log_bytes: 0,
@@ -440,6 +457,14 @@ impl bindings::gantry::step::host::Host for State {
         };
         // Waits until the journal has it: the plugin makes its change only after this returns.
         log.0(key, value).await
+    }
+
+    async fn approval(&mut self, gate: String) -> bool {
+        let gate: String = gate.chars().take(CHECKPOINT_LIMITS.0).collect();
+        match &self.approvals {
+            Some(log) => log.0(gate).await,
+            None => false,
+        }
     }
 }
 

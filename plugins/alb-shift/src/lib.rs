@@ -49,6 +49,10 @@ pub struct Input {
     /// How many consecutive samples every gate must pass at each stage, and how far apart.
     #[serde(default)]
     pub window: gates::Window,
+    /// Stages after which a person approves going on (a pause without a duration): traffic stays
+    /// there until `gantry approve`, and `gantry reject` restores the original weights.
+    #[serde(default)]
+    pub approve_after: Vec<u32>,
     /// Secret with the access key id.
     #[serde(default = "default_access_key")]
     pub access_key_secret: String,
@@ -124,6 +128,16 @@ pub fn check_stages(stages: &[u32]) -> Result<(), String> {
 /// Weights for `percent` of traffic on green; ALB weights are 0-999, percentages fit.
 pub fn stage_weights(blue: &str, green: &str, percent: u32) -> Vec<Weighted> {
     vec![Weighted { arn: blue.into(), weight: 100 - percent }, Weighted { arn: green.into(), weight: percent }]
+}
+
+/// Whether two weight lists give every target group the same weight, whatever their order.
+fn same_weights(a: &[Weighted], b: &[Weighted]) -> bool {
+    let sorted = |w: &[Weighted]| {
+        let mut w = w.to_vec();
+        w.sort_by(|x, y| x.arn.cmp(&y.arn));
+        w
+    };
+    sorted(a) == sorted(b)
 }
 
 /// Refuses weights ALB would reject, since emulators accept them.
@@ -258,6 +272,15 @@ impl Step for AlbShift {
                 .with("stages_completed", 0)
                 .with("changed", false));
         }
+        // Continuing after an approval: the listener stands at the stage it stopped at, which is run
+        // again (idempotent weights, its gates) rather than walking traffic back through earlier ones.
+        let continuing = ctx.checkpointed("original_weights").is_some();
+        let from = match continuing {
+            true => {
+                input.stages.iter().position(|&p| same_weights(&stage_weights(blue, green, p), &original)).unwrap_or(0)
+            }
+            false => 0,
+        };
         // The weights before the first change, journaled before it: a retry or a resume keeps the
         // first value, so the original is never mistaken for a half-shifted listener.
         ctx.checkpoint("original_weights", &format_weights(&original))?;
@@ -265,9 +288,9 @@ impl Step for AlbShift {
             Some(text) => parse_weights(&text)?,
             None => original,
         };
-        let mut completed = 0;
+        let mut completed = from;
         let mut record = Vec::new();
-        for &percent in &input.stages {
+        for &percent in &input.stages[from..] {
             let weights = stage_weights(blue, green, percent);
             check_weights(&weights).map_err(Error::failed)?;
             elb.set_weights(&input.listener_arn, &weights)?;
@@ -276,6 +299,16 @@ impl Step for AlbShift {
                 gantry_sdk::sleep_ms(input.pause_ms);
             }
             match judge_stage(ctx, &input, &elb, percent, &mut record) {
+                (Verdict::Pass, _) if percent < 100 && input.approve_after.contains(&percent) => {
+                    completed += 1;
+                    if !ctx.approval(&format!("stage {percent}%")) {
+                        gantry_sdk::info!("stage {percent}%: waiting for approval to go on");
+                        return Err(Error::failed(format!(
+                            "awaiting approval to go past {percent}%; traffic stays at {}",
+                            format_weights(&weights)
+                        )));
+                    }
+                }
                 (Verdict::Pass, _) => completed += 1,
                 (Verdict::Fail, why) => {
                     gantry_sdk::warn!("gate failed at {percent}%: {why}; restoring the original weights");
