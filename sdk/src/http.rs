@@ -267,13 +267,26 @@ impl fmt::Display for HttpError {
 
 impl std::error::Error for HttpError {}
 
+impl HttpError {
+    /// The step error for this failure, its message prefixed with what was being done
+    /// (`ECS UpdateService: …`); retryable when the failure is.
+    pub fn during(&self, what: impl std::fmt::Display) -> Error {
+        self.error(format!("{what}: {self}"))
+    }
+
+    /// `text` as an error as retryable as this failure.
+    fn error(&self, text: String) -> Error {
+        if self.is_retryable() {
+            Error::retryable(text)
+        } else {
+            Error::failed(text)
+        }
+    }
+}
+
 impl From<HttpError> for Error {
     fn from(e: HttpError) -> Self {
-        if e.is_retryable() {
-            Error::retryable(e.to_string())
-        } else {
-            Error::failed(e.to_string())
-        }
+        e.error(e.to_string())
     }
 }
 

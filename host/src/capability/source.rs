@@ -87,11 +87,12 @@ impl SecretSource {
         }
     }
 
-    /// Reads the value, from a secret store when the source names one.
-    pub async fn fetch(&self, stores: &SecretStores, http: &reqwest::Client) -> Result<String, String> {
+    /// Reads the value, from a secret store (over `http`) when the source names one.
+    pub async fn fetch(&self, stores: &SecretStores, http: Option<&reqwest::Client>) -> Result<String, String> {
         match self {
             Self::AwsSm { id, key } => {
                 let store = stores.aws.as_ref().ok_or("no `secret_stores.aws` in the pipeline")?;
+                let http = http.ok_or("no HTTP client was given for the secret store")?;
                 let value = store.get_secret_value(id, http).await?;
                 match key {
                     None => Ok(value),

@@ -627,15 +627,19 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, values: &BTreeMap<String, St
 /// stops the run before anything changes, naming the secret and its source.
 pub async fn read_secrets(plan: &Plan) -> Result<BTreeMap<String, String>, RunError> {
     let mut values = BTreeMap::new();
-    let http = reqwest::Client::builder().build().map_err(|e| RunError::Secret {
-        name: "(all)".into(),
-        message: format!("no HTTP client for secret stores: {e}"),
-    })?;
+    // Only a run with a secret-store source pays for an HTTP client (TLS roots and all).
+    let http = match plan.steps.iter().flat_map(|step| &step.secrets).any(|s| s.source.needs_store()) {
+        true => Some(reqwest::Client::builder().build().map_err(|e| RunError::Secret {
+            name: "(all)".into(),
+            message: format!("no HTTP client for secret stores: {e}"),
+        })?),
+        false => None,
+    };
     for s in plan.steps.iter().flat_map(|step| &step.secrets) {
         if values.contains_key(&s.name) {
             continue;
         }
-        let value = s.source.fetch(&plan.secret_stores, &http).await.map_err(|message| RunError::Secret {
+        let value = s.source.fetch(&plan.secret_stores, http.as_ref()).await.map_err(|message| RunError::Secret {
             name: s.name.clone(),
             message: format!("{}: {message}", s.source),
         })?;

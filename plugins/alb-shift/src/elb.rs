@@ -50,13 +50,7 @@ impl Elb<'_> {
                 session_token_secret: self.session_token_secret.clone(),
             })
             .send()
-            .map_err(|e| {
-                if e.is_retryable() {
-                    Error::retryable(format!("ELBv2 {action}: {e}"))
-                } else {
-                    Error::failed(format!("ELBv2 {action}: {e}"))
-                }
-            })?;
+            .map_err(|e| e.during(format_args!("ELBv2 {action}")))?;
         let body = response.text();
         if response.is_success() {
             // A 2xx that is not the action's answer (a proxy's garbage, a cut-off body) proves nothing was done.

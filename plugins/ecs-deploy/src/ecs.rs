@@ -43,14 +43,7 @@ impl Ecs<'_> {
             .body(body.to_string())
             .aws_sigv4(self.sigv4.clone())
             .send()
-            .map_err(|e| {
-                let text = format!("ECS {action}: {e}");
-                if e.is_retryable() {
-                    Error::retryable(text)
-                } else {
-                    Error::failed(text)
-                }
-            })?;
+            .map_err(|e| e.during(format_args!("ECS {action}")))?;
         let status = response.status();
         let answer: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
         if response.is_success() && answer.is_object() {

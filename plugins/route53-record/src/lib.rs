@@ -141,14 +141,8 @@ impl Route53<'_> {
     }
 
     fn send(&self, what: &str, request: gantry_sdk::RequestBuilder) -> Result<String, Error> {
-        let response = request.aws_sigv4(self.sigv4.clone()).send().map_err(|e| {
-            let text = format!("Route 53 {what}: {e}");
-            if e.is_retryable() {
-                Error::retryable(text)
-            } else {
-                Error::failed(text)
-            }
-        })?;
+        let response =
+            request.aws_sigv4(self.sigv4.clone()).send().map_err(|e| e.during(format_args!("Route 53 {what}")))?;
         let body = response.text();
         if response.is_success() {
             return Ok(body);
