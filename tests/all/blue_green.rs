@@ -187,3 +187,45 @@ fn a_record_the_release_created_is_deleted_by_its_rollback() {
     assert!(!names.as_array().unwrap().iter().any(|n| n == "api.the7space.example."), "deleted: {names}");
     assert!(names.as_array().unwrap().iter().any(|n| n == "www.the7space.example."), "the other record stays: {names}");
 }
+
+#[test]
+fn kill_9_right_after_the_dns_change_then_rollback_restores_the_record_it_replaced() {
+    let aws = Aws::start();
+    let route53 = Aws::unchecked_moto();
+    let dns = aws.boto3_with("dns-setup", &["--route53", &route53.origin]);
+    let dir = tempfile::tempdir().unwrap();
+    let o = &route53.origin;
+    let file = dir.path().join("dns.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: dns-kill\nsecrets:\n  AWS_ACCESS_KEY_ID: {{ from: \"env:TEST_AWS_KEY\", bind: [\"{o}\"] }}\n  AWS_SECRET_ACCESS_KEY: {{ from: \"env:TEST_AWS_SECRET\", bind: [\"{o}\"] }}\nsteps:\n  - id: dns\n    uses: {}\n    network: [\"{o}\"]\n    secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]\n    with: {{ endpoint: \"{o}/\", hosted_zone_id: \"{}\", name: www.the7space.example, ttl: 60, values: [green.the7space.example] }}\n  - id: hold\n    uses: {}\n    needs: [dns]\n    timeout: 2m\n    with: {{ action: sleep, ms: 60000 }}\n",
+            repo().join("plugins/route53-record").display(),
+            dns["zone"].as_str().unwrap(),
+            repo().join("tests/plugins/misbehave").display()
+        ),
+    )
+    .unwrap();
+    let gantry = |args: &[&str]| {
+        let mut cmd = command(&shared_cache());
+        cmd.current_dir(dir.path())
+            .args(args)
+            .env("TEST_AWS_KEY", aws.get("access_key"))
+            .env("TEST_AWS_SECRET", aws.get("secret_key"));
+        cmd
+    };
+    let www = || aws.boto3_with("dns-state", &["--route53", &route53.origin])["www"].clone();
+    let mut cmd = gantry(&["run", file.to_str().unwrap()]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let path = dir.path().to_path_buf();
+    let mut child = spawn_until(&mut cmd, "the step after the DNS change", || {
+        journal(&path).iter().any(|e| e["event"] == "step_started" && e["step"] == "hold")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(www(), serde_json::json!(["green.the7space.example"]), "killed after the change");
+    let out = gantry(&["rollback", &run_id(dir.path())]).output().unwrap();
+    expect_code(&out, 0);
+    assert_eq!(www(), serde_json::json!(["blue.the7space.example"]), "the record it replaced, exactly");
+    assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
+}
