@@ -401,6 +401,8 @@ enum State {
 
 struct Ctx {
     plan: Plan,
+    /// Each step's position in `plan.steps`: a run looks steps up by id once per start, settle and undo.
+    index: std::collections::HashMap<String, usize>,
     plugins: BTreeMap<String, Plugin>,
     grants: BTreeMap<String, Grants>,
     journal: Journal,
@@ -439,6 +441,7 @@ impl Ctx {
         let Prepared { plugins, grants, redactor } = prepared;
         Ctx {
             plan: plan.clone(),
+            index: plan.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect(),
             plugins,
             grants,
             journal: session.journal().clone(),
@@ -610,7 +613,7 @@ impl Ctx {
     }
 
     fn step(&self, id: &str) -> &PlannedStep {
-        self.plan.step(id).expect("plan steps are indexed by id")
+        &self.plan.steps[self.index[id]]
     }
 }
 
@@ -656,15 +659,13 @@ fn render_outputs(value: &serde_json::Value, outputs: &BTreeMap<String, Outputs>
     })
 }
 
-fn upstream_of(plan: &Plan, id: &str) -> BTreeSet<String> {
+fn upstream_of(ctx: &Ctx, id: &str) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
-    let mut todo = vec![id.to_string()];
+    let mut todo = vec![id];
     while let Some(k) = todo.pop() {
-        if let Some(step) = plan.step(&k) {
-            for n in &step.needs {
-                if seen.insert(n.clone()) {
-                    todo.push(n.clone());
-                }
+        for n in &ctx.step(k).needs {
+            if seen.insert(n.clone()) {
+                todo.push(n);
             }
         }
     }
@@ -802,6 +803,9 @@ struct Executor {
     after_failure: BTreeSet<String>,
     /// What the rollback undid and what it could not, once it ran.
     undone: Option<Undone>,
+    /// Plan steps before this index are settled: starting the next step looks at the rest only,
+    /// so a run of many steps is not quadratic in them.
+    unsettled_from: usize,
 }
 
 /// What a rollback did.
@@ -861,6 +865,7 @@ impl Executor {
             release_deferred: false,
             after_failure: BTreeSet::new(),
             undone: None,
+            unsettled_from: 0,
         }
     }
 
@@ -918,17 +923,24 @@ impl Executor {
         o
     }
 
+    /// The steps not known to be settled, in plan order.
+    fn unsettled(&self) -> &[PlannedStep] {
+        &self.ctx.plan.steps[self.unsettled_from..]
+    }
+
     /// Starts every step whose needs are settled, within the concurrency bound; skips those whose condition says no.
     async fn start_ready(&mut self) {
         let ctx = self.ctx.clone();
         let outputs = self.outputs();
-        for step in &ctx.plan.steps {
-            if self.journal_error.is_some()
-                || self.awaiting.is_some()
-                || self.state[&step.id] != State::Pending
-                || self.running.len() >= self.jobs
-                || self.held_back(&step.id)
-            {
+        let steps = &ctx.plan.steps;
+        while self.unsettled_from < steps.len() && self.settled(&steps[self.unsettled_from].id) {
+            self.unsettled_from += 1;
+        }
+        for step in &steps[self.unsettled_from..] {
+            if self.journal_error.is_some() || self.awaiting.is_some() || self.running.len() >= self.jobs {
+                break;
+            }
+            if self.state[&step.id] != State::Pending || self.held_back(&step.id) {
                 continue;
             }
             if let Some(signal) = &self.interrupted {
@@ -981,7 +993,7 @@ impl Executor {
             if self.failed {
                 self.after_failure.insert(step.id.clone());
             }
-            let mut upstream: BTreeMap<String, Outputs> = upstream_of(&ctx.plan, &step.id)
+            let mut upstream: BTreeMap<String, Outputs> = upstream_of(&ctx, &step.id)
                 .into_iter()
                 .filter_map(|id| outputs.get(&id).map(|o| (id, o.clone())))
                 .collect();
@@ -1025,7 +1037,7 @@ impl Executor {
     fn can_progress(&self) -> bool {
         self.journal_error.is_none()
             && self.awaiting.is_none()
-            && self.ctx.plan.steps.iter().any(|s| {
+            && self.unsettled().iter().any(|s| {
                 self.state[&s.id] == State::Pending && !self.held_back(&s.id) && s.needs.iter().all(|n| self.settled(n))
             })
     }
