@@ -572,6 +572,12 @@ impl RuntimeBuilder {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // Bounds checks in the compiled code, not guard pages and signals: a call then never makes
+        // the kernel change page protections (with guard pages, every reuse of a pooled slot shrank
+        // it and every memory.grow widened it, each an mprotect that flushes other cores' TLBs).
+        // A step's guest code is glue around I/O: fewer syscalls per call outweigh the checks.
+        // Both kinds of engine compile alike, so `plan` and `run` share cache entries.
+        config.signals_based_traps(false).memory_guard_size(0);
         let engine = match self.pool {
             Some((calls, max_memory)) => {
                 let mut pool = wasmtime::PoolingAllocationConfig::default();
@@ -588,6 +594,9 @@ impl RuntimeBuilder {
                     .table_keep_resident(POOLED_KEEP_RESIDENT.1)
                     .async_stack_keep_resident(POOLED_KEEP_RESIDENT.2)
                     .pagemap_scan(wasmtime::Enabled::Auto)
+                    // A call takes a slot the same plugin used before (its image mapped, its pages
+                    // resident) rather than a cold one: a run touches as many slots as calls overlap.
+                    .max_unused_warm_slots(0)
                     // Returning a slot's pages to the kernel in batches, not per call.
                     .decommit_batch_size(calls as usize);
                 config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
