@@ -222,6 +222,10 @@ fn second_load_hits_the_cache_and_a_corrupt_entry_is_recompiled() {
     std::fs::write(&entry, &bytes).unwrap();
     assert_eq!(load().cache_status(), CacheStatus::Recompiled);
     assert_eq!(load().cache_status(), CacheStatus::Hit, "the recompiled entry is trusted again");
+    // A crash mid-write cannot leave this (entries are renamed into place), but a full disk or a copy can.
+    let whole = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &whole[..whole.len() - 4096]).unwrap();
+    assert_eq!(load().cache_status(), CacheStatus::Recompiled, "a truncated entry is not trusted");
 
     // Through the binary: the CLI reports the cache outcome too.
     let out =

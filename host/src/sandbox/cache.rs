@@ -2,8 +2,12 @@
 //! engine's configuration, so a second run deserializes instead of compiling.
 //!
 //! Deserializing native code is only as safe as the bytes read, so every
-//! entry carries a sidecar sha256 written with it; an entry whose bytes do not
-//! match (truncated, corrupted, foreign) is deleted and recompiled, never loaded.
+//! entry carries a sidecar with its length and CRC-32 written with it; an entry
+//! whose bytes do not match (truncated, corrupted, foreign) is deleted and
+//! recompiled, never loaded. A checksum, not a cryptographic hash: it guards
+//! against accidents (a crash, a bad disk, another engine's file); whoever can
+//! write the cache directory can write a matching sidecar whatever its
+//! algorithm, so sha256 bought nothing there and cost a millisecond per load.
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -86,6 +90,8 @@ impl Cache {
         for entry in self.entries() {
             std::fs::remove_file(&entry.path)?;
             let _ = std::fs::remove_file(sidecar(&entry.path));
+            // Entries written before the checksum was a CRC have a sha256 sidecar.
+            let _ = std::fs::remove_file(entry.path.with_extension("cwasm.sha256"));
             files += 1;
             bytes += entry.size;
         }
@@ -124,7 +130,7 @@ impl Cache {
             match read_verified(&path) {
                 Some(bytes) => {
                     // SAFETY: the bytes were written by `store` below from
-                    // `Component::serialize` and their sha256 matches the
+                    // `Component::serialize` and their checksum matches the
                     // sidecar written with them; wasmtime additionally checks
                     // the header against this engine's configuration.
                     match unsafe { Component::deserialize(engine, &bytes) } {
@@ -180,13 +186,18 @@ pub struct Entry {
 }
 
 fn sidecar(path: &Path) -> PathBuf {
-    path.with_extension("cwasm.sha256")
+    path.with_extension("cwasm.crc32")
+}
+
+/// What the sidecar says of an entry: its length and CRC-32.
+fn check_of(bytes: &[u8]) -> String {
+    format!("{} {:08x}", bytes.len(), crc32fast::hash(bytes))
 }
 
 fn read_verified(path: &Path) -> Option<Vec<u8>> {
     let bytes = std::fs::read(path).ok()?;
     let expected = std::fs::read_to_string(sidecar(path)).ok()?;
-    (hex::encode(Sha256::digest(&bytes)) == expected.trim()).then_some(bytes)
+    (check_of(&bytes) == expected.trim()).then_some(bytes)
 }
 
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -199,9 +210,9 @@ fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    let tmp_hash = dir.join(format!(".{}.sha.tmp", std::process::id()));
-    std::fs::write(&tmp_hash, hex::encode(Sha256::digest(bytes)))?;
-    std::fs::rename(&tmp_hash, sidecar(path))
+    let tmp_check = dir.join(format!(".{}.check.tmp", std::process::id()));
+    std::fs::write(&tmp_check, check_of(bytes))?;
+    std::fs::rename(&tmp_check, sidecar(path))
 }
 
 /// Hex sha256 of bytes, the identity of a plugin everywhere in gantry.
