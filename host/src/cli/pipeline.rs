@@ -627,12 +627,17 @@ async fn undo(session: Session, r: crate::run::resume::Reopened, json: bool) -> 
 
 /// Writes the reports asked for from the journal, and GitHub annotations when running in Actions.
 async fn write_reports(store: &dyn RunStore, run_id: &str, reports: &[ReportSpec]) -> anyhow::Result<()> {
+    let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    if reports.is_empty() && !github {
+        // Reading the whole journal back (a few ms for a long run) only when something uses it.
+        return Ok(());
+    }
     let journal = store.read(run_id).await?;
     let summary = crate::report::Summary::from_records(&journal.records);
     for report in reports {
         report.write(&summary).map_err(|e| anyhow::anyhow!("--report {}: {e}", report.path.display()))?;
     }
-    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+    if github {
         for line in summary.github_annotations() {
             println!("{line}");
         }

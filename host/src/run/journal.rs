@@ -59,11 +59,10 @@ impl Journal {
     }
 
     /// Records `event` and waits until it is on stable storage.
-    pub async fn write(&self, event: Event) -> Result<Record, JournalError> {
+    pub async fn write(&self, event: Event) -> Result<(), JournalError> {
         let (ack, done) = oneshot::channel();
         self.send(Some(event), Some(ack))?;
-        let record = done.await.unwrap_or_else(|_| Err(stopped()))?;
-        record.ok_or_else(stopped)
+        done.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Queues `event` without waiting: for records of what already happened (requests).
@@ -75,7 +74,7 @@ impl Journal {
     pub async fn flush(&self) -> Result<(), JournalError> {
         let (ack, done) = oneshot::channel();
         self.send(None, Some(ack))?;
-        done.await.unwrap_or_else(|_| Err(stopped())).map(|_| ())
+        done.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// The error that broke the journal, if one did.
@@ -91,8 +90,8 @@ impl Journal {
     }
 }
 
-/// Answers a queued entry: its record once durable (none for a flush marker), or why not.
-type Ack = oneshot::Sender<Result<Option<Record>, JournalError>>;
+/// Answers a queued entry once it (and everything before it) is durable, or says why not.
+type Ack = oneshot::Sender<Result<(), JournalError>>;
 
 fn stopped() -> JournalError {
     JournalError("the journal writer stopped".into())
@@ -117,17 +116,14 @@ async fn writer(
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(batch.len());
         let mut acks = Vec::new();
         for pending in batch {
-            let Some(event) = pending.event else {
-                acks.push((pending.ack, None));
-                continue;
-            };
-            let record = Record { seq, ts_ms: pending.ts_ms, event };
-            seq += 1;
-            acks.push((pending.ack, Some(record.clone())));
-            records.push(record);
+            acks.extend(pending.ack);
+            if let Some(event) = pending.event {
+                records.push(Record { seq, ts_ms: pending.ts_ms, event });
+                seq += 1;
+            }
         }
         let result = match broken.get() {
             Some(e) => Err(e.clone()),
@@ -138,10 +134,8 @@ async fn writer(
                 broken.get_or_init(|| e).clone()
             }),
         };
-        for (ack, record) in acks {
-            if let Some(ack) = ack {
-                let _ = ack.send(result.clone().map(|()| record));
-            }
+        for ack in acks {
+            let _ = ack.send(result.clone());
         }
     }
 }

@@ -528,8 +528,11 @@ impl Ctx {
     /// Writes an event durably, then shows it.
     async fn emit(&self, event: Event) -> Result<(), JournalError> {
         let event = event.redacted(&self.redactor);
-        self.journal.write(event.clone()).await?;
-        self.show(event);
+        let shown = self.events.is_some().then(|| event.clone());
+        self.journal.write(event).await?;
+        if let Some(event) = shown {
+            self.show(event);
+        }
         Ok(())
     }
 
