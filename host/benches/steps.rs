@@ -33,18 +33,46 @@ fn component(crate_dir: &str) -> PathBuf {
     build_crate(&repo().join(crate_dir), &options).unwrap_or_else(|e| panic!("{crate_dir} builds: {e}")).path
 }
 
-/// Runs `cmd` to its end; wall time and the child's peak resident set (KiB), from `wait4`.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+/// Runs `cmd` to its end; wall time and the child's peak resident set (KiB). A child's peak counts
+/// the memory of whatever process it was forked from (Linux carries it across `exec`), so this bench
+/// (tens of MiB) would set a floor under every figure: the command is started by a fresh copy of
+/// this binary (`--measure`, a few MiB), which times it and reads its peak from `wait4`.
 fn measured(cmd: &mut Command) -> (Duration, u64) {
+    let mut helper = Command::new(std::env::current_exe().unwrap());
+    helper.arg(MEASURE).arg(cmd.get_program()).args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        helper.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => helper.env(k, v),
+            None => helper.env_remove(k),
+        };
+    }
+    let out = helper.stderr(Stdio::inherit()).output().expect("the measuring copy starts");
+    assert!(out.status.success(), "{cmd:?} failed ({})", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (nanos, kib) = text.trim().split_once(' ').expect("the measuring copy reports wall time and peak");
+    (Duration::from_nanos(nanos.parse().unwrap()), kib.parse().unwrap())
+}
+
+/// The argument that makes this binary measure the command after it (see [`measured`]).
+const MEASURE: &str = "--measure";
+
+/// In the measuring copy: runs the command, prints `<wall ns> <peak KiB>`, exits with its status.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+fn measure(program: &str, args: &[String]) -> ! {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the command starts");
+    let child =
+        Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the command starts");
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills; the pid is our own child, waited for once.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     let wall = started.elapsed();
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed ({status})");
-    (wall, usage.ru_maxrss as u64)
+    let ok = pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    println!("{} {}", wall.as_nanos(), usage.ru_maxrss);
+    std::process::exit(if ok { 0 } else { 1 })
 }
 
 /// A keep-alive HTTP/1.1 server answering every request with a small 200.
@@ -96,7 +124,11 @@ fn no_op_pipeline(dir: &Path, misbehave: &Path, steps: usize) -> PathBuf {
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == MEASURE) {
+        measure(&args[at + 1], &args[at + 2..]);
+    }
+    let full = args.iter().any(|a| a == "--bench");
     let n = |full_count: usize, quick: usize| if full { full_count } else { quick };
     let gantry = PathBuf::from(env!("CARGO_BIN_EXE_gantry"));
     let misbehave = component("tests/plugins/misbehave");
