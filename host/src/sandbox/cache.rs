@@ -127,25 +127,24 @@ impl Cache {
         let path = self.entry_path(engine, component_sha256);
         let mut status = CacheStatus::Miss;
         if path.exists() {
-            match read_verified(&path) {
-                Some(bytes) => {
-                    // SAFETY: the bytes were written by `store` below from
-                    // `Component::serialize` and their checksum matches the
-                    // sidecar written with them; wasmtime additionally checks
-                    // the header against this engine's configuration.
-                    match unsafe { Component::deserialize(engine, &bytes) } {
-                        Ok(component) => {
-                            tracing::debug!(path = %path.display(), "component loaded from cache");
-                            return Ok((component, CacheStatus::Hit));
-                        }
-                        Err(e) => {
-                            tracing::warn!(path = %path.display(), error = %e, "cache entry rejected by the engine; recompiling")
-                        }
+            if verified(&path) {
+                // SAFETY: the file was written by `store` below from `Component::serialize` and
+                // its checksum matches the sidecar written with it; wasmtime additionally checks
+                // the header against this engine's configuration. Mapping it (rather than
+                // deserializing the bytes just read) saves copying the code a second time: an
+                // entry is only ever replaced whole, by a rename of the same component compiled
+                // by the same engine, and never written in place.
+                match unsafe { Component::deserialize_file(engine, &path) } {
+                    Ok(component) => {
+                        tracing::debug!(path = %path.display(), "component loaded from cache");
+                        return Ok((component, CacheStatus::Hit));
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cache entry rejected by the engine; recompiling")
                     }
                 }
-                None => {
-                    tracing::warn!(path = %path.display(), "cache entry failed verification; recompiling")
-                }
+            } else {
+                tracing::warn!(path = %path.display(), "cache entry failed verification; recompiling")
             }
             let _ = std::fs::remove_file(&path);
             status = CacheStatus::Recompiled;
@@ -194,10 +193,12 @@ fn check_of(bytes: &[u8]) -> String {
     format!("{} {:08x}", bytes.len(), crc32fast::hash(bytes))
 }
 
-fn read_verified(path: &Path) -> Option<Vec<u8>> {
-    let bytes = std::fs::read(path).ok()?;
-    let expected = std::fs::read_to_string(sidecar(path)).ok()?;
-    (check_of(&bytes) == expected.trim()).then_some(bytes)
+/// Whether the entry's bytes match its sidecar.
+fn verified(path: &Path) -> bool {
+    let (Ok(bytes), Ok(expected)) = (std::fs::read(path), std::fs::read_to_string(sidecar(path))) else {
+        return false;
+    };
+    check_of(&bytes) == expected.trim()
 }
 
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
