@@ -4,10 +4,15 @@
 //!
 //! `scripts/bench-extism` builds both plugins and runs it (`--quick` for one small round).
 
+// The timing helpers gantry's own benches use.
+#[path = "../../../host/benches/common/mod.rs"]
+#[allow(dead_code)] // not every helper is used here
+mod common;
+
 use gantry_host::build::{build_crate, BuildOptions, Toolchain};
 use gantry_host::sandbox::{Runtime, StepCall};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -40,17 +45,7 @@ fn ratio(gantry: Duration, peer: Duration) -> f64 {
 
 /// The median time per call of `calls` calls of `f`, over `rounds` rounds.
 fn per_call(rounds: usize, calls: u32, mut f: impl FnMut()) -> Duration {
-    let mut samples: Vec<Duration> = (0..rounds)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..calls {
-                f();
-            }
-            started.elapsed() / calls
-        })
-        .collect();
-    samples.sort();
-    samples[samples.len() / 2]
+    common::time(rounds, || (0..calls).for_each(|_| f())) / calls
 }
 
 fn main() {
