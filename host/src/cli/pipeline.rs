@@ -6,6 +6,7 @@ use crate::report::ReportSpec;
 use crate::run::approval::{current_user, Decision};
 use crate::run::store::now_ms;
 use crate::run::store::RunStore;
+use crate::run::fold::RunPhase;
 use crate::run::Event;
 use crate::run::{RunOptions, Session, Status};
 use std::path::PathBuf;
@@ -346,6 +347,8 @@ fn signals(session: &Session) -> (watch::Receiver<Option<String>>, tokio::task::
         eprintln!("{first}: run {run_id} stops starting steps and rolls back; a second signal exits at once");
         let _ = tx.send(Some(first.to_string()));
         let second = next(&mut int, &mut term).await;
+        let phase = Event::Phase { phase: RunPhase::RollingBack, reason: format!("{first}, then {second}") };
+        let _ = journal.write(phase).await;
         let _ = journal.write(Event::Abandoned { signal: second.to_string() }).await;
         eprintln!(
             "{second} again: exiting now. Run {run_id} NEEDS A PERSON: check the target systems, then `gantry rollback {run_id}`"
@@ -548,6 +551,10 @@ pub(crate) async fn decide(
         },
     };
     session.journal().write(event).await?;
+    if decision == Decision::Reject {
+        let reason = format!("step `{}` rejected by {user}", request.step);
+        session.journal().write(Event::Phase { phase: RunPhase::RollingBack, reason }).await?;
+    }
     // Read back what was just recorded: the decision is in the journal before anything acts on it.
     let r = crate::run::resume::Reopened::from_journal(&id, session.store().read(&id).await?)?;
     eprintln!("run {id}: step `{}` {}d by {user}", request.step, decision);
@@ -563,9 +570,10 @@ async fn lapse(session: Session, r: crate::run::resume::Reopened, json: bool) ->
         gate: request.gate.clone(),
         by: "gantry".into(),
         comment: None,
-        reason,
+        reason: reason.clone(),
     };
     session.journal().write(event).await?;
+    session.journal().write(Event::Phase { phase: RunPhase::RollingBack, reason }).await?;
     undo(session, r, json).await
 }
 

@@ -187,7 +187,7 @@ fn spans(records: &[Record]) -> Vec<Span> {
                     s.label = format!("decided by {by}");
                 }
             }
-            Event::RolledBack { step } | Event::RollbackFailed { step, .. } => {
+            Event::RolledBack { step, .. } | Event::RollbackFailed { step, .. } => {
                 let kind = if matches!(r.event, Event::RolledBack { .. }) { "rollback" } else { "failed" };
                 spans.push(Span { step: step.clone(), start: ts, end: Some(ts), kind, label: "rolled back".into() })
             }
@@ -431,7 +431,7 @@ mod tests {
     use super::*;
 
     fn record(ts_ms: f64, event: Event) -> Record {
-        Record { seq: 0, ts_ms, event }
+        Record { seq: 0, ts_ms, session: 1, event }
     }
 
     #[test]
@@ -447,8 +447,8 @@ mod tests {
             record(20.0, log("stage 25% sample 1/2: error rate 0.01 <= 0.05")),
             record(30.0, Event::StepRetrying { step: "shift".into(), attempt: 1, error: "x".into(), backoff_ms: 5 }),
             record(40.0, Event::StepStarted { step: "shift".into(), attempt: 2 }),
-            record(50.0, Event::StepFinished { step: "shift".into(), outputs: BTreeMap::new() }),
-            record(60.0, Event::RolledBack { step: "shift".into() }),
+            record(50.0, Event::StepFinished { step: "shift".into(), outputs: BTreeMap::new(), attempt: 1 }),
+            record(60.0, Event::RolledBack { step: "shift".into(), attempt: 1 }),
         ];
         let s = spans(&records);
         let kinds: Vec<&str> = s.iter().map(|s| s.kind).collect();

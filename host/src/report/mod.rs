@@ -158,7 +158,7 @@ impl Summary {
                     let i = step(id, &mut summary);
                     summary.steps[i].attempts = *attempt;
                 }
-                Event::StepFinished { step: id, outputs } => {
+                Event::StepFinished { step: id, outputs, .. } => {
                     let seconds = elapsed(id);
                     let i = step(id, &mut summary);
                     let s = &mut summary.steps[i];
@@ -189,11 +189,11 @@ impl Summary {
                         summary.steps[i].denied += 1;
                     }
                 }
-                Event::RolledBack { step: id } => {
+                Event::RolledBack { step: id, .. } => {
                     let i = step(id, &mut summary);
                     summary.steps[i].status = "rolled-back".into();
                 }
-                Event::RollbackFailed { step: id, error } => {
+                Event::RollbackFailed { step: id, error, .. } => {
                     let i = step(id, &mut summary);
                     let s = &mut summary.steps[i];
                     (s.status, s.message) = ("rollback-failed".into(), Some(error.clone()));
@@ -212,6 +212,8 @@ impl Summary {
                 | Event::StepRetrying { .. }
                 | Event::Interrupted { .. }
                 | Event::Checkpoint { .. }
+                | Event::Phase { .. }
+                | Event::Opened { .. }
                 | Event::Log { .. } => {}
                 Event::Abandoned { .. } => summary.status = crate::run::store::NEEDS_A_PERSON.into(),
             }
@@ -288,7 +290,7 @@ mod tests {
     use super::*;
 
     fn record(ts_ms: f64, event: Event) -> Record {
-        Record { seq: 0, ts_ms, event }
+        Record { seq: 0, ts_ms, session: 1, event }
     }
 
     #[test]
@@ -309,7 +311,7 @@ mod tests {
                 },
             ),
             record(1.0, Event::StepStarted { step: "a".into(), attempt: 1 }),
-            record(1501.0, Event::StepFinished { step: "a".into(), outputs: BTreeMap::new() }),
+            record(1501.0, Event::StepFinished { step: "a".into(), outputs: BTreeMap::new(), attempt: 1 }),
             record(1600.0, Event::StepStarted { step: "b".into(), attempt: 1 }),
             record(
                 1700.0,
@@ -318,6 +320,7 @@ mod tests {
                     kind: "failed".into(),
                     error: "got <503> & \"gave up\"".into(),
                     continue_on_error: false,
+                    attempt: 1,
                 },
             ),
             record(1800.0, Event::StepSkipped { step: "c".into(), reason: "condition".into() }),

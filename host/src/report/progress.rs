@@ -13,13 +13,13 @@ pub fn describe(event: &Event) -> String {
             format!("run {run_id} started: {pipeline} environment={environment} entity={entity}")
         }
         StepStarted { step, attempt } => format!("{step}: started (attempt {attempt})"),
-        StepFinished { step, outputs } => {
+        StepFinished { step, outputs, .. } => {
             format!("{step}: succeeded {}", serde_json::to_string(outputs).unwrap_or_default())
         }
         StepRetrying { step, attempt, error, backoff_ms } => {
             format!("{step}: attempt {attempt} failed ({error}); retrying in {backoff_ms} ms")
         }
-        StepFailed { step, kind, error, continue_on_error } => {
+        StepFailed { step, kind, error, continue_on_error, .. } => {
             format!("{step}: {kind}: {error}{}", if *continue_on_error { " (continue_on_error)" } else { "" })
         }
         StepSkipped { step, reason } => format!("{step}: skipped ({reason})"),
@@ -43,9 +43,11 @@ pub fn describe(event: &Event) -> String {
             gate.as_ref().map(|g| format!(" at {g}")).unwrap_or_default(),
             comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
         ),
-        RolledBack { step } => format!("{step}: rolled back"),
-        RollbackFailed { step, error } => format!("{step}: ROLLBACK FAILED: {error}"),
+        RolledBack { step, .. } => format!("{step}: rolled back"),
+        RollbackFailed { step, error, .. } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
+        Phase { phase, reason } => format!("run {}: {reason}", phase.name().replace('_', " ")),
+        Opened { command, pid, host } => format!("{command}: pid {pid} on {host} took the run up"),
         Checkpoint { step, key, .. } => format!("{step}: checkpoint {key} recorded"),
         Log { step, level, message } => format!("{step}: {level:?}: {message}"),
         Interrupted { signal } => {
@@ -160,8 +162,9 @@ impl LiveView {
             ApprovalRequested(r) => {
                 self.bar(&r.step).finish_with_message(format!("awaiting approval until {}", r.deadline()))
             }
-            RolledBack { step } => self.bar(step).finish_with_message("rolled back"),
-            RollbackFailed { step, error } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
+            RolledBack { step, .. } => self.bar(step).finish_with_message("rolled back"),
+            RollbackFailed { step, error, .. } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
+            Phase { .. } | Opened { .. } => {}
             RunStarted { .. }
             | RunFinished { .. }
             | Interrupted { .. }

@@ -23,6 +23,9 @@ pub struct Record {
     pub seq: u64,
     /// Milliseconds since the Unix epoch, with microsecond precision.
     pub ts_ms: f64,
+    /// The session (process) that wrote it, from 1; 0 in journals from before sessions were recorded.
+    #[serde(default)]
+    pub session: u32,
     /// The event.
     #[serde(flatten)]
     pub event: Event,
@@ -48,13 +51,13 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts the writer of `run_id`; its first event gets sequence number `next_seq`.
-    /// A run that is new (`next_seq` 1) is created in the store with its first event,
+    /// Starts the writer of `run_id` for session `session`; its first event gets sequence number
+    /// `next_seq`. A run that is new (`next_seq` 1) is created in the store with its first event,
     /// so a run refused before it started leaves no empty record.
-    pub fn open(store: Arc<dyn RunStore>, run_id: String, next_seq: u64) -> Self {
+    pub fn open(store: Arc<dyn RunStore>, run_id: String, next_seq: u64, session: u32) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let broken = Arc::new(OnceLock::new());
-        tokio::spawn(writer(store, run_id, next_seq, rx, broken.clone()));
+        tokio::spawn(writer(store, run_id, (next_seq, session), rx, broken.clone()));
         Self { tx, broken }
     }
 
@@ -107,7 +110,7 @@ async fn append(store: &dyn RunStore, run_id: &str, records: &[Record]) -> Resul
 async fn writer(
     store: Arc<dyn RunStore>,
     run_id: String,
-    mut seq: u64,
+    (mut seq, session): (u64, u32),
     mut rx: mpsc::UnboundedReceiver<Pending>,
     broken: Arc<OnceLock<JournalError>>,
 ) {
@@ -121,7 +124,7 @@ async fn writer(
         for pending in batch {
             acks.extend(pending.ack);
             if let Some(event) = pending.event {
-                records.push(Record { seq, ts_ms: pending.ts_ms, event });
+                records.push(Record { seq, ts_ms: pending.ts_ms, session, event });
                 seq += 1;
             }
         }

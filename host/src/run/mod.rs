@@ -9,6 +9,7 @@
 //! [`store::RunStore`], its journal and artifacts directory.
 
 pub mod approval;
+pub mod fold;
 pub mod journal;
 pub mod resume;
 pub mod session;
@@ -73,6 +74,9 @@ pub enum Event {
         step: String,
         /// Its outputs.
         outputs: Outputs,
+        /// The attempt that succeeded (0 in journals from before attempts were named).
+        #[serde(default)]
+        attempt: u32,
     },
     /// An attempt failed and will be retried.
     StepRetrying {
@@ -95,6 +99,9 @@ pub enum Event {
         error: String,
         /// Whether the pipeline carries on regardless.
         continue_on_error: bool,
+        /// The attempt that failed (0 in journals from before attempts were named).
+        #[serde(default)]
+        attempt: u32,
     },
     /// A step did not run.
     StepSkipped {
@@ -122,18 +129,44 @@ pub enum Event {
         key: String,
         /// Value.
         value: String,
+        /// The attempt of the call that recorded it (0 in journals from before attempts were named).
+        #[serde(default)]
+        attempt: u32,
     },
-    /// A completed step was undone.
+    /// A step's change was undone: nothing of it is in place any more.
     RolledBack {
         /// Step id.
         step: String,
+        /// The attempt of the rollback call that undid it (0 in journals from before attempts were named).
+        #[serde(default)]
+        attempt: u32,
     },
-    /// Undoing a step failed.
+    /// Undoing a step failed: its change is still in place.
     RollbackFailed {
         /// Step id.
         step: String,
         /// Why.
         error: String,
+        /// The attempt of the rollback call that failed last (0 in older journals).
+        #[serde(default)]
+        attempt: u32,
+    },
+    /// The run entered a phase; the journal fold reads the phase from these events only.
+    Phase {
+        /// The phase.
+        phase: fold::RunPhase,
+        /// Why, e.g. `step `deploy` failed`, `resumed`, `SIGTERM`.
+        #[serde(default)]
+        reason: String,
+    },
+    /// A process took the run up: its records carry the session number of this event's record.
+    Opened {
+        /// What it does: `run`, `resume`, `rollback`.
+        command: String,
+        /// Its process id.
+        pid: u32,
+        /// The machine it runs on.
+        host: String,
     },
     /// A step could not decide whether to go on (a gate without data): the run starts nothing more,
     /// rolls nothing back, and waits for a person to `resume` (the step runs again) or `rollback`.
@@ -218,15 +251,17 @@ impl Event {
                 [step, by, reason].into_iter().for_each(text);
                 comment.iter_mut().chain(gate.iter_mut()).for_each(text);
             }
-            Event::StepStarted { step, .. } | Event::RolledBack { step } => text(step),
+            Event::StepStarted { step, .. } | Event::RolledBack { step, .. } => text(step),
+            Event::Phase { reason, .. } => text(reason),
+            Event::Opened { command, host, .. } => [command, host].into_iter().for_each(text),
             Event::StepSkipped { step, reason } | Event::Paused { step, reason } => {
                 [step, reason].into_iter().for_each(text)
             }
-            Event::StepFinished { step, outputs: o } => {
+            Event::StepFinished { step, outputs: o, .. } => {
                 text(step);
                 outputs(o);
             }
-            Event::StepRetrying { step, error, .. } | Event::RollbackFailed { step, error } => {
+            Event::StepRetrying { step, error, .. } | Event::RollbackFailed { step, error, .. } => {
                 text(step);
                 text(error);
             }
@@ -237,7 +272,7 @@ impl Event {
             }
             Event::RunFinished { status } => text(status),
             Event::Interrupted { signal } | Event::Abandoned { signal } => text(signal),
-            Event::Checkpoint { step, key, value } => [step, key, value].into_iter().for_each(text),
+            Event::Checkpoint { step, key, value, .. } => [step, key, value].into_iter().for_each(text),
             Event::Log { step, message, .. } => [step, message].into_iter().for_each(text),
         }
         self
@@ -261,6 +296,9 @@ pub enum Status {
     Paused,
     /// A gated step waits for `gantry approve` or `gantry reject`; nothing was rolled back.
     AwaitingApproval,
+    /// The rollback ended but the journal cannot prove the target is back (a step cut off after a
+    /// change it recorded no checkpoint for): a person must look.
+    NeedsAPerson,
 }
 
 impl Status {
@@ -274,6 +312,7 @@ impl Status {
             Status::Interrupted => 1,
             Status::Paused => 4,
             Status::AwaitingApproval => 5,
+            Status::NeedsAPerson => 3,
         }
     }
 
@@ -287,6 +326,7 @@ impl Status {
             Status::Interrupted => "interrupted",
             Status::Paused => "paused",
             Status::AwaitingApproval => "awaiting-approval",
+            Status::NeedsAPerson => store::NEEDS_A_PERSON,
         }
     }
 }
@@ -420,6 +460,8 @@ struct Ctx {
     started_by: String,
     /// Gates inside a step whose approval was requested during its current call, by step.
     requested: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Each step's latest attempt in this session, named by the events that follow its start.
+    attempts: std::sync::Mutex<BTreeMap<String, u32>>,
 }
 
 /// The key under which a gate inside a step is approved.
@@ -453,6 +495,7 @@ impl Ctx {
             approved: BTreeSet::new(),
             started_by: approval::current_user(),
             requested: Default::default(),
+            attempts: Default::default(),
         }
     }
 
@@ -509,12 +552,12 @@ impl Ctx {
         upstream
     }
 
-    /// Records a checkpoint durably; a key keeps its first value.
-    async fn checkpoint(&self, step: &str, key: String, value: String) -> Result<(), String> {
+    /// Records a checkpoint of attempt `attempt` durably; a key keeps its first value.
+    async fn checkpoint(&self, step: &str, key: String, value: String, attempt: u32) -> Result<(), String> {
         if self.checkpoints_of(step).contains_key(&key) {
             return Ok(());
         }
-        let event = Event::Checkpoint { step: step.to_string(), key: key.clone(), value: value.clone() };
+        let event = Event::Checkpoint { step: step.to_string(), key: key.clone(), value: value.clone(), attempt };
         self.emit(event).await.map_err(|e| e.to_string())?;
         self.checkpoints
             .lock()
@@ -523,6 +566,16 @@ impl Ctx {
             .or_default()
             .insert(key, value);
         Ok(())
+    }
+
+    /// Step `id`'s latest attempt in this session (0 before its first).
+    fn attempt_of(&self, id: &str) -> u32 {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied().unwrap_or(0)
+    }
+
+    /// Enters `phase`, durably: what a recovery may do from here on is decided by this record.
+    async fn enter(&self, phase: fold::RunPhase, reason: impl Into<String>) -> Result<(), JournalError> {
+        self.emit(Event::Phase { phase, reason: reason.into() }).await
     }
 
     /// Writes an event durably, then shows it.
@@ -577,12 +630,12 @@ impl Ctx {
                 ctx.record(Event::Request(record));
             }
         }));
-        let (weak, id) = (Arc::downgrade(self), step.id.clone());
+        let (weak, id, attempt) = (Arc::downgrade(self), step.id.clone(), context.attempt);
         let checkpoints = CheckpointLog(Arc::new(move |key, value| {
             let (weak, id) = (weak.clone(), id.clone());
             Box::pin(async move {
                 match weak.upgrade() {
-                    Some(ctx) => ctx.checkpoint(&id, key, value).await,
+                    Some(ctx) => ctx.checkpoint(&id, key, value, attempt).await,
                     None => Err("the run has ended".into()),
                 }
             })
@@ -617,6 +670,11 @@ impl Ctx {
 
     fn step(&self, id: &str) -> &PlannedStep {
         &self.plan.steps[self.index[id]]
+    }
+
+    /// The record that this process took the run up to do `command`.
+    fn opened(&self, command: &str) -> Event {
+        Event::Opened { command: command.into(), pid: std::process::id(), host: store::Holder::this_process("").host }
     }
 }
 
@@ -697,6 +755,7 @@ async fn attempt_step(
     let mut attempt = 1;
     loop {
         ctx.emit(Event::StepStarted { step: id.clone(), attempt }).await.map_err(Failure::Journal)?;
+        ctx.attempts.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), attempt);
         let call = ctx.call(&step, ctx.context(&id, attempt, input.clone(), ctx.with_checkpoints(&id, &upstream)));
         match plugin.run(&call).await {
             Ok(outputs) => return Ok(outputs),
@@ -875,6 +934,10 @@ impl Executor {
     /// A signal asked the run to stop: it starts nothing more, cancels what runs, and will roll back.
     async fn interrupt(&mut self, signal: String) {
         self.interrupt = None;
+        // The phase first: a crash right after the signal still leaves a run that only goes back.
+        if let Err(e) = self.ctx.enter(fold::RunPhase::RollingBack, format!("interrupted by {signal}")).await {
+            self.journal_failed(e);
+        }
         if let Err(e) = self.ctx.emit(Event::Interrupted { signal: signal.clone() }).await {
             self.journal_failed(e);
         }
@@ -1009,7 +1072,8 @@ impl Executor {
                     // Recorded by the task, so steps finishing together share one journal sync.
                     let recorded = match &result {
                         Ok(outputs) => {
-                            ctx.emit(Event::StepFinished { step: id.clone(), outputs: outputs.clone() }).await
+                            let attempt = ctx.attempt_of(&id);
+                            ctx.emit(Event::StepFinished { step: id.clone(), outputs: outputs.clone(), attempt }).await
                         }
                         Err(_) => Ok(()),
                     };
@@ -1085,11 +1149,18 @@ impl Executor {
             }
             Err(Failure::Call(e)) => {
                 let continue_on_error = ctx.step(&id).continue_on_error;
+                if !continue_on_error && !self.failed {
+                    // The phase before the failure: a crash between the two never rolls the run forward.
+                    if let Err(je) = ctx.enter(fold::RunPhase::RollingBack, format!("step `{id}` failed")).await {
+                        self.journal_failed(je);
+                    }
+                }
                 let event = Event::StepFailed {
                     step: id.clone(),
                     kind: e.kind().into(),
                     error: e.to_string(),
                     continue_on_error,
+                    attempt: ctx.attempt_of(&id),
                 };
                 if let Err(je) = ctx.emit(event).await {
                     self.journal_failed(je);
@@ -1113,6 +1184,7 @@ impl Executor {
                 kind: "cancelled".into(),
                 error: why.to_string(),
                 continue_on_error: false,
+                attempt: self.ctx.attempt_of(&other),
             };
             if let Err(e) = self.ctx.emit(event).await {
                 self.journal_failed(e);
@@ -1199,9 +1271,16 @@ pub async fn run(
         }),
         rollout: options.rollout.clone(),
     };
-    // Resuming keeps the start the journal already has.
-    if !options.resumed {
+    // Resuming keeps the start the journal already has, and says the run goes forward again
+    // (durably, before it undoes a step cut off part-way and runs it again).
+    if options.resumed {
+        ctx.record(ctx.opened("resume"));
+        ctx.enter(fold::RunPhase::Running, "resumed").await?;
+    } else {
         ctx.emit(started).await?;
+        // Durable with the first step's start, which waits for it.
+        ctx.record(ctx.opened("run"));
+        ctx.record(Event::Phase { phase: fold::RunPhase::Running, reason: "started".into() });
     }
 
     let mut exec = Executor::new(ctx.clone(), options);
@@ -1214,6 +1293,10 @@ pub async fn run(
         rollback_failed = !failed.is_empty();
         ctx.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| !rolled_back.contains(id));
         if rollback_failed {
+            let reason = "a step cut off part-way could not be rolled back";
+            if let Err(e) = ctx.enter(fold::RunPhase::RollingBack, reason).await {
+                exec.journal_failed(e);
+            }
             exec.failed = true;
             exec.first_failure = Some(("(resume)".into(), "a step cut off part-way could not be rolled back".into()));
         }
@@ -1240,6 +1323,7 @@ pub async fn run(
         (true, false, None, Some(_)) => Status::Paused,
         (true, false, None, None) => Status::Failed,
     };
+    let status = proven(session, status).await;
     finish(&ctx, status, &mut exec.journal_error).await;
     Ok(RunResult {
         status,
@@ -1249,6 +1333,33 @@ pub async fn run(
         rolled_back,
         journal_error: exec.journal_error.map(|e| e.to_string()),
     })
+}
+
+/// `status`, unless it says the run was rolled back and the journal, folded, cannot prove it: then
+/// [`Status::NeedsAPerson`], naming the steps still in place. Only a run that went back pays for
+/// reading its journal again.
+async fn proven(session: &Session, status: Status) -> Status {
+    if !matches!(status, Status::Failed | Status::Interrupted | Status::RolledBack) {
+        return status;
+    }
+    let read = match session.journal().flush().await {
+        Ok(()) => session.store().read(session.run_id()).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let in_place = match read {
+        Ok(journal) => fold::fold(&journal.records).in_place(),
+        // Its finish cannot be recorded either; the journal error says so.
+        Err(_) => return status,
+    };
+    if in_place.is_empty() {
+        return status;
+    }
+    tracing::error!(
+        run = session.run_id(),
+        "the journal cannot prove step(s) {} undone (cut off after a change with no checkpoint, or its rollback refused): check the target",
+        in_place.join(", ")
+    );
+    Status::NeedsAPerson
 }
 
 async fn finish(ctx: &Ctx, status: Status, journal_error: &mut Option<JournalError>) {
@@ -1274,14 +1385,15 @@ async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outpu
         if !step.rollback {
             continue;
         }
-        let event = match undo_step(ctx, step, outputs).await {
+        let (result, attempt) = undo_step(ctx, step, outputs).await;
+        let event = match result {
             Ok(_) => {
                 rolled_back.push(id.clone());
-                Event::RolledBack { step: id.clone() }
+                Event::RolledBack { step: id.clone(), attempt }
             }
             Err(e) => {
                 failed.push(id.clone());
-                Event::RollbackFailed { step: id.clone(), error: e.to_string() }
+                Event::RollbackFailed { step: id.clone(), error: e.to_string(), attempt }
             }
         };
         if ctx.emit(event.clone()).await.is_err() {
@@ -1293,12 +1405,12 @@ async fn undo(ctx: &Arc<Ctx>, order: &[String], outputs: &BTreeMap<String, Outpu
 }
 
 /// Rolls back one step under its own timeout, retrying errors its plugin marks retryable (and
-/// timeouts) as its retry policy allows, as `run` does.
+/// timeouts) as its retry policy allows, as `run` does; gives back the last attempt's result and number.
 async fn undo_step(
     ctx: &Arc<Ctx>,
     step: &PlannedStep,
     outputs: &BTreeMap<String, Outputs>,
-) -> Result<Outputs, CallError> {
+) -> (Result<Outputs, CallError>, u32) {
     let id = &step.id;
     // The step's own outputs go in as upstream under its id: what `run` recorded is what `rollback` undoes.
     let own = outputs.get(id).map(|o| BTreeMap::from([(id.clone(), o.clone())])).unwrap_or_default();
@@ -1323,7 +1435,7 @@ async fn undo_step(
                 backoff *= 2;
                 attempt += 1;
             }
-            result => return result,
+            result => return (result, attempt),
         }
     }
 }
@@ -1340,11 +1452,13 @@ pub async fn rollback(
     let values = read_secrets(plan).await?;
     let prepared = prepare(runtime, plan, &session.artifacts(), &values)?;
     let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events).seed_checkpoints(&reopened.checkpoints));
-    let completed: Vec<String> = reopened.completed.iter().map(|(id, _)| id.clone()).collect();
-    let order = undo_order(&ctx, &reopened.partial, &completed);
+    ctx.record(ctx.opened("rollback"));
+    ctx.enter(fold::RunPhase::RollingBack, "rollback").await?;
+    let order = reopened.fold.undo_order();
     let outputs: BTreeMap<String, Outputs> = reopened.completed.iter().cloned().collect();
     let (rolled_back, failed) = undo(&ctx, &order, &outputs).await;
     let status = if failed.is_empty() { Status::RolledBack } else { Status::RollbackFailed };
+    let status = proven(session, status).await;
     let mut journal_error = session.journal().broken().cloned();
     finish(&ctx, status, &mut journal_error).await;
     Ok(RunResult {
@@ -1368,6 +1482,7 @@ mod tests {
         let event = Event::StepFinished {
             step: "deploy".into(),
             outputs: Outputs::from([("token".into(), "hunter22".into()), ("note".into(), "step_finished".into())]),
+            attempt: 1,
         };
         let Event::StepFinished { outputs, .. } = event.redacted(&r) else { panic!("same variant") };
         assert!(outputs.values().all(|v| !v.contains("hunter22") && !v.contains("step_finished")), "{outputs:?}");

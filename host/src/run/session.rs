@@ -50,7 +50,7 @@ impl Session {
     pub async fn start(store: Arc<dyn RunStore>, plan: &Plan) -> Result<Self, SessionError> {
         let run_id = new_run_id();
         let lock = store.lock(&lock_key(plan), &Holder::this_process(&run_id)).await?;
-        Ok(Self::with(store, run_id, lock, 1))
+        Ok(Self::with(store, run_id, lock, (1, 1)))
     }
 
     /// Takes the run lock of a recorded run and reads its journal, for `resume` and `rollback`.
@@ -59,11 +59,11 @@ impl Session {
         let lock = store.lock(&lock_key(&first.plan), &Holder::this_process(run_id)).await?;
         // Read again under the lock: whoever held it may have written more before letting go.
         let reopened = Reopened::from_journal(run_id, store.read(run_id).await?)?;
-        let session = Self::with(store, run_id.to_string(), lock, reopened.next_seq);
+        let session = Self::with(store, run_id.to_string(), lock, (reopened.next_seq, reopened.next_session));
         Ok((session, reopened))
     }
 
-    fn with(store: Arc<dyn RunStore>, run_id: String, lock: Arc<dyn RunLock>, next_seq: u64) -> Self {
+    fn with(store: Arc<dyn RunStore>, run_id: String, lock: Arc<dyn RunLock>, (next_seq, session): (u64, u32)) -> Self {
         let beating = lock.clone();
         let heartbeat = tokio::spawn(async move {
             loop {
@@ -73,7 +73,7 @@ impl Session {
                 }
             }
         });
-        let journal = Journal::open(store.clone(), run_id.clone(), next_seq);
+        let journal = Journal::open(store.clone(), run_id.clone(), next_seq, session);
         Self { store, run_id, lock, heartbeat, journal }
     }
 

@@ -112,28 +112,22 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    /// Summarises a run from its records.
+    /// Summarises a run from its records; its status is the journal fold's.
     pub fn from_records(id: &str, records: &[Record]) -> Self {
         let mut info = RunInfo {
             id: id.to_string(),
             pipeline: "?".into(),
             environment: "?".into(),
             entity: "?".into(),
-            status: "incomplete".into(),
+            status: super::fold::fold(records).status(),
             events: records.len(),
             rollout: None,
         };
-        for record in records {
-            match &record.event {
-                Event::RunStarted { pipeline, environment, entity, rollout, .. } => {
-                    (info.pipeline, info.environment, info.entity) =
-                        (pipeline.clone(), environment.clone(), entity.clone());
-                    info.rollout = rollout.clone();
-                }
-                Event::RunFinished { status } => info.status = status.clone(),
-                Event::Abandoned { .. } => info.status = NEEDS_A_PERSON.into(),
-                _ => {}
-            }
+        if let Some(Event::RunStarted { pipeline, environment, entity, rollout, .. }) =
+            records.iter().map(|r| &r.event).find(|e| matches!(e, Event::RunStarted { .. }))
+        {
+            (info.pipeline, info.environment, info.entity) = (pipeline.clone(), environment.clone(), entity.clone());
+            info.rollout = rollout.clone();
         }
         info
     }
