@@ -64,8 +64,12 @@ const MEASURE: &str = "--measure";
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
 fn measure(program: &str, args: &[String]) -> ! {
     let started = Instant::now();
-    let child =
-        Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the command starts");
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the command starts");
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills; the pid is our own child, waited for once.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

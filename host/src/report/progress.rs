@@ -163,7 +163,9 @@ impl LiveView {
                 self.bar(&r.step).finish_with_message(format!("awaiting approval until {}", r.deadline()))
             }
             RolledBack { step, .. } => self.bar(step).finish_with_message("rolled back"),
-            RollbackFailed { step, error, .. } => self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}")),
+            RollbackFailed { step, error, .. } => {
+                self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}"))
+            }
             Phase { .. } | Opened { .. } => {}
             RunStarted { .. }
             | RunFinished { .. }

@@ -379,3 +379,6 @@ impl StepView {
         }
     }
 }
+
+#[cfg(test)]
+mod model;
