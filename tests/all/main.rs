@@ -7,6 +7,7 @@ mod attacks;
 mod audit;
 mod authoring;
 mod blue_green;
+mod crashes;
 mod ecs;
 mod faults;
 mod notify;
