@@ -94,7 +94,7 @@ impl Sim {
     /// Writes `event` durably after everything queued, as `Journal::write` does.
     fn write(&mut self, event: Event) -> Result<(), Crash> {
         if self.op().is_err() {
-            self.torn = self.next() % 2 == 0;
+            self.torn = self.next().is_multiple_of(2);
             return Err(Crash);
         }
         for queued in std::mem::take(&mut self.queued) {
@@ -187,7 +187,7 @@ impl Sim {
                 return self.finish("succeeded");
             }
             let start =
-                !pending.is_empty() && (active.len() < self.jobs) && (active.is_empty() || self.next() % 2 == 0);
+                !pending.is_empty() && (active.len() < self.jobs) && (active.is_empty() || self.next().is_multiple_of(2));
             if start {
                 let i = pending.remove(0);
                 self.write(Event::StepStarted { step: Self::id(i), attempt: 1 })?;
