@@ -459,3 +459,50 @@ fn a_canary_paused_for_approval_at_25_percent_keeps_its_traffic_then_goes_on_or_
         }
     }
 }
+
+#[test]
+fn a_canary_killed_again_during_its_resume_is_resumed_or_rolled_back_to_exact_weights() {
+    // Where the second kill lands in the resume (session 2): right after it restored the weights
+    // the first attempt left, or mid-canary again.
+    let stage_logged = |p: u64| {
+        move |j: &[serde_json::Value]| {
+            j.iter().any(|e| {
+                e["session"] == 2
+                    && e["event"] == "log"
+                    && e["message"].as_str().is_some_and(|m| m.starts_with(&format!("stage {p}%: green weight")))
+            })
+        }
+    };
+    let restored = |j: &[serde_json::Value]| j.iter().any(|e| e["session"] == 2 && e["event"] == "rolled_back");
+    let seconds: [(&str, Box<dyn Fn(&[serde_json::Value]) -> bool>); 2] =
+        [("restored", Box::new(restored)), ("stage 50", Box::new(stage_logged(50)))];
+    for (second, reached) in &seconds {
+        for then in ["resume", "rollback"] {
+            let aws = Aws::start();
+            let dir = tempfile::tempdir().unwrap();
+            let file = canary(dir.path(), &aws, 700);
+            let quiet = |mut cmd: std::process::Command| {
+                cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+                cmd
+            };
+            let mut cmd = quiet(gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()]));
+            let mut child = spawn_until(&mut cmd, "stage 25", || KillPoint::Pause(25).reached(&journal(dir.path())));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            assert_eq!(aws.weights(), weights_of(&aws, 75, 25), "first kill at 25 %");
+            let id = run_id(dir.path());
+            let mut cmd = quiet(gantry_aws(dir.path(), &aws, &["resume", &id]));
+            let mut child = spawn_until(&mut cmd, second, || reached(&journal(dir.path())));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let out = gantry_aws(dir.path(), &aws, &[then, &id]).output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{then} after {second}: {}", String::from_utf8_lossy(&out.stderr));
+            // Read back by boto3: exactly the target or exactly the original, never a mix.
+            let expected = if then == "resume" { weights_of(&aws, 0, 100) } else { weights_of(&aws, 100, 0) };
+            assert_eq!(aws.weights(), expected, "{then} after a second kill at {second}");
+            let last = journal(dir.path()).last().cloned().unwrap();
+            assert_eq!(last["status"], if then == "resume" { "succeeded" } else { "rolled-back" });
+            assert_eq!(last["session"], 3, "the third process ended it");
+        }
+    }
+}

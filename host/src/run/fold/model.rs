@@ -186,8 +186,9 @@ impl Sim {
             if pending.is_empty() && active.is_empty() {
                 return self.finish("succeeded");
             }
-            let start =
-                !pending.is_empty() && (active.len() < self.jobs) && (active.is_empty() || self.next().is_multiple_of(2));
+            let start = !pending.is_empty()
+                && (active.len() < self.jobs)
+                && (active.is_empty() || self.next().is_multiple_of(2));
             if start {
                 let i = pending.remove(0);
                 self.write(Event::StepStarted { step: Self::id(i), attempt: 1 })?;
