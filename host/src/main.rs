@@ -1,12 +1,7 @@
 //! The `gantry` command line: a thin layer over the gantry-host library.
 
 fn main() -> std::process::ExitCode {
-    // Rust ignores SIGPIPE, so `gantry plan p.yaml | head` would panic on a closed pipe;
-    // a command-line tool should simply stop, as other Unix tools do.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of one signal before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a closed stdout is an EPIPE that `report::out` turns
+    // into silence, so `gantry run … | head -1` finishes the run instead of dying mid-step.
     gantry_host::cli::main()
 }

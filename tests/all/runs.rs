@@ -685,3 +685,62 @@ fn a_journal_ending_in_half_a_line_is_reported_and_resume_and_rollback_still_wor
         assert_eq!(last["status"], if then == "resume" { "succeeded" } else { "rolled-back" });
     }
 }
+
+#[test]
+fn a_reader_that_goes_away_stops_the_output_never_the_run() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [step("a", "", ""), step("b", "a", ", ms: 300"), step("c", "b", "")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    // As `gantry run p.yaml | head -0`: the reader closes the pipe before the first line.
+    let mut child = command(&shared_cache())
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(server.requests(), ["POST run a", "POST run b", "POST run c"], "the run went to its end");
+    assert_eq!(journal(dir.path()).last().unwrap()["status"], "succeeded");
+    // A listing read by nobody ends as quietly.
+    let mut child = command(&shared_cache())
+        .args(["runs"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn logs_captured_to_a_file_carry_no_colour_codes_unless_asked() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(dir.path(), &server, &step("a", "", ""));
+    let logged = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = command(&shared_cache());
+        cmd.args(["run", file.to_str().unwrap()]).args(extra).current_dir(dir.path()).env("GANTRY_LOG", "info");
+        let out = cmd.envs(env.iter().copied()).output().unwrap();
+        expect_code(&out, 0);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let plain = logged(&[], &[]);
+    assert!(plain.contains("plugin loaded"), "{plain}");
+    assert!(!plain.contains('\x1b'), "escape codes in a log written to a pipe: {plain:?}");
+    assert!(!logged(&["--color", "never"], &[]).contains('\x1b'));
+    assert!(!logged(&["--color", "auto"], &[("NO_COLOR", "1")]).contains('\x1b'));
+    assert!(logged(&["--color", "always"], &[]).contains("\x1b["), "--color always colours");
+    // Times as a person reads them, not `ms=0.6721579999999999`.
+    let time = plain.lines().find(|l| l.contains("plugin loaded")).unwrap();
+    assert!(!time.contains("ms="), "{time}");
+    assert!(time.contains(" ms") || time.contains(" us") || time.contains(" s"), "{time}");
+}

@@ -5,6 +5,16 @@
 //! person), 4 paused: a step was inconclusive and a person decides, 5 a step
 //! awaits approval.
 
+// Every command prints through `report::out`: a closed pipe stops the printing, not the command.
+macro_rules! println {
+    () => {
+        $crate::report::out::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::report::out::line(format_args!($($arg)*))
+    };
+}
+
 mod pipeline;
 mod plugin;
 mod rollout;
@@ -29,6 +39,32 @@ struct Cli {
     /// the file store in ./.gantry.
     #[arg(long, global = true, value_name = "URL", env = crate::run::store::STATE_ENV, hide_env_values = true)]
     state: Option<String>,
+    /// Colour in logs: `auto` only on a terminal and without `NO_COLOR`, `always`, or `never`.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+/// When log lines carry colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Color {
+    /// On a terminal, unless `NO_COLOR` is set (no-color.org).
+    Auto,
+    /// Always, for log viewers that render ANSI codes.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl Color {
+    /// Whether stderr (where logs go) gets colour codes.
+    fn on_stderr(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
 }
 
 /// `--resolve` overrides, for every runtime the command builds.
@@ -242,7 +278,7 @@ pub const EXIT_NEEDS_PERSON: u8 = 3;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = RESOLVE.set(cli.resolve.clone());
-    init_logging();
+    init_logging(cli.color.on_stderr());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -311,9 +347,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `GANTRY_LOG` takes `tracing` filter directives.
-fn init_logging() {
+/// Logs go to stderr, coloured when `ansi`; `GANTRY_LOG` takes `tracing` filter directives.
+fn init_logging(ansi: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }

@@ -2,6 +2,7 @@
 
 use crate::pipeline;
 use crate::report::progress::{describe, printer, printer_for};
+use crate::report::units::bytes;
 use crate::report::ReportSpec;
 use crate::run::approval::{current_user, Decision};
 use crate::run::fold::RunPhase;
@@ -146,16 +147,16 @@ pub(crate) async fn plan(
         }
         let (l, r) = (&step.limits, &step.retry);
         println!(
-            "  limits    timeout {}, {} attempts, backoff {}, memory {} B, output {} B, {} requests, response {} B, request timeout {}, artifacts {} B in {} files",
+            "  limits    timeout {}, {} attempts, backoff {}, memory {}, output {}, {} requests, response {}, request timeout {}, artifacts {} in {} files",
             humantime::format_duration(l.timeout),
             r.attempts,
             humantime::format_duration(r.backoff),
-            l.memory_bytes,
-            l.output_bytes,
+            bytes(l.memory_bytes as u64),
+            bytes(l.output_bytes as u64),
             l.requests,
-            l.response_bytes,
+            bytes(l.response_bytes as u64),
             humantime::format_duration(l.request_timeout),
-            l.artifacts_bytes,
+            bytes(l.artifacts_bytes as u64),
             l.artifact_files,
         );
         println!("  input     {}", step.input);

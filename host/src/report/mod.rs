@@ -3,7 +3,9 @@
 //! people look at ([`html`]).
 
 pub mod html;
+pub mod out;
 pub mod progress;
+pub mod units;
 
 use crate::run::journal::Record;
 use crate::run::Event;

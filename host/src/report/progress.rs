@@ -63,8 +63,13 @@ pub fn describe(event: &Event) -> String {
                 format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path)
             }
             (_, Some(status)) => format!(
-                "{}: {} {}{} -> {status} ({} B, {:.1} ms)",
-                r.step, r.method, r.origin, r.path, r.bytes, r.duration_ms
+                "{}: {} {}{} -> {status} ({}, {})",
+                r.step,
+                r.method,
+                r.origin,
+                r.path,
+                super::units::bytes(r.bytes),
+                super::units::millis(r.duration_ms)
             ),
             (reason, None) => {
                 format!("{}: {} {}{} failed: {}", r.step, r.method, r.origin, r.path, reason.as_deref().unwrap_or(""))
@@ -92,14 +97,14 @@ pub fn printer_for(json: bool, label: Option<String>) -> (mpsc::UnboundedSender<
                 if let (Some(label), Some(object)) = (&label, value.as_object_mut()) {
                     object.insert("entity".into(), label.clone().into());
                 }
-                println!("{value}");
+                super::out::line(format_args!("{value}"));
             } else if matches!(event, Event::Log { .. }) {
                 // The log already went to stderr as the plugin wrote it.
             } else if let Some(show) = view.as_mut() {
                 show(&event);
             } else {
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-                println!("{now} {prefix}{}", describe(&event));
+                super::out::line(format_args!("{now} {prefix}{}", describe(&event)));
             }
         }
     });
