@@ -33,8 +33,8 @@ pub enum LockError {
         message: String,
     },
     /// A plugin differs from its entry.
-    #[error("{}: step `{}` ({}/{}) resolves to {} {}, but the lock has {} {}: run `gantry lock` if the change is intended",
-        .path.display(), .now.step, .now.environment, .now.entity, .now.source, .now.digest, .locked.source, .locked.digest)]
+    #[error("{}: step `{}` ({}/{}) {}: run `gantry lock` if the change is intended",
+        .path.display(), .now.step, .now.environment, .now.entity, moved(now, locked))]
     Mismatch {
         /// The lock file.
         path: PathBuf,
@@ -65,6 +65,16 @@ pub enum LockError {
         /// The cause.
         source: Box<PlanError>,
     },
+}
+
+/// How a plugin differs from its lock entry, each side said once: the digest a tag moved to, or
+/// the reference that replaced the locked one.
+fn moved(now: &Locked, locked: &Locked) -> String {
+    if now.source == locked.source {
+        format!("{} now resolves to {}, but the lock has {}", now.source, now.digest, locked.digest)
+    } else {
+        format!("uses {} {}, but the lock has {} {}", now.source, now.digest, locked.source, locked.digest)
+    }
 }
 
 /// One plugin of one step for one environment and entity.

@@ -48,9 +48,9 @@ mod http;
 mod log;
 mod outputs;
 
-/// The plugin author's guide, `docs/plugin-guide.md`: writing, testing and publishing a plugin.
+/// The plugin author's guide (the crate's README): writing, testing and publishing a plugin.
 /// Included here so its Rust examples compile and run as doctests.
-#[doc = include_str!("../../docs/plugin-guide.md")]
+#[doc = include_str!("../README.md")]
 pub mod guide {}
 
 pub use context::Context;

@@ -474,8 +474,8 @@ fn a_canary_killed_again_during_its_resume_is_resumed_or_rolled_back_to_exact_we
         }
     };
     let restored = |j: &[serde_json::Value]| j.iter().any(|e| e["session"] == 2 && e["event"] == "rolled_back");
-    let seconds: [(&str, Box<dyn Fn(&[serde_json::Value]) -> bool>); 2] =
-        [("restored", Box::new(restored)), ("stage 50", Box::new(stage_logged(50)))];
+    type Reached = Box<dyn Fn(&[serde_json::Value]) -> bool>;
+    let seconds: [(&str, Reached); 2] = [("restored", Box::new(restored)), ("stage 50", Box::new(stage_logged(50)))];
     for (second, reached) in &seconds {
         for then in ["resume", "rollback"] {
             let aws = Aws::start();

@@ -45,7 +45,7 @@ fn a_scaffolded_plugin_builds_passes_its_test_and_runs_as_created() {
 
 /// The fenced blocks of `lang` in the plugin guide, in order.
 fn guide_blocks(lang: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(repo().join("docs/plugin-guide.md")).unwrap();
+    let text = std::fs::read_to_string(repo().join("sdk/README.md")).unwrap();
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
@@ -96,4 +96,84 @@ fn the_plugin_guide_runs_as_written() {
         std::fs::write(&file, yaml).unwrap();
         expect_code(&gantry_in(dir.path(), &["validate", file.to_str().unwrap()]), 0);
     }
+}
+
+/// `cargo package` of one crate of the workspace into `target_dir`, without building it; gives
+/// back the files it packaged.
+fn package(name: &str, target_dir: &std::path::Path) -> Vec<String> {
+    let cargo = || {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.args(["package", "-p", name, "--allow-dirty", "--no-verify", "--target-dir"]).arg(target_dir);
+        cmd.current_dir(repo());
+        cmd
+    };
+    let out = cargo().arg("--list").output().unwrap();
+    assert!(out.status.success(), "cargo package --list -p {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cargo().arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "cargo package -p {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&cargo().arg("--list").output().unwrap().stdout).lines().map(String::from).collect()
+}
+
+#[test]
+fn the_sdk_and_the_host_package_as_they_stand_and_a_plugin_builds_on_the_packaged_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    let host = package("gantry-host", &target);
+    assert!(host.contains(&"wit/step.wit".to_string()), "the host packages its contract: {host:?}");
+    let sdk = package("gantry-sdk", &target);
+    assert!(sdk.contains(&"README.md".to_string()) && sdk.contains(&"wit/step.wit".to_string()), "{sdk:?}");
+
+    // The packaged SDK as crates.io would serve it: unpacked, nothing else of this repository beside it.
+    let version_of = |manifest: &str| {
+        let text = std::fs::read_to_string(repo().join(manifest)).unwrap();
+        let line = text.lines().find(|l| l.starts_with("version = ")).unwrap().to_string();
+        line.trim_start_matches("version = ").trim_matches('"').to_string()
+    };
+    // `plugin new` without a checkout depends on the SDK of the host's own version.
+    let version = version_of("sdk/Cargo.toml");
+    assert_eq!(version, version_of("Cargo.toml"), "the SDK and the host are released at one version");
+    let crate_file = target.join(format!("package/gantry-sdk-{version}.crate"));
+    let unpacked = std::process::Command::new("tar").arg("xzf").arg(&crate_file).current_dir(dir.path()).status();
+    assert!(unpacked.unwrap().success());
+    let out = gantry_in(dir.path(), &["plugin", "new", "hello-published", "--sdk-version", &format!("={version}")]);
+    expect_code(&out, 0);
+    let manifest = dir.path().join("hello-published/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains(&format!("gantry-sdk = \"={version}\"")), "{text}");
+    let sdk_dir = dir.path().join(format!("gantry-sdk-{version}"));
+    std::fs::write(&manifest, format!("{text}\n[patch.crates-io]\ngantry-sdk = {{ path = {:?} }}\n", sdk_dir)).unwrap();
+
+    let server = CountingServer::start(Reply::text(200, "ok"));
+    let origin = server.origin();
+    let url = format!("url={origin}/health");
+    let crate_dir = dir.path().join("hello-published");
+    let out = gantry(&["step", "run", crate_dir.to_str().unwrap(), "--with", &url, "--allow-net", &origin, "--json"]);
+    expect_code(&out, 0);
+    assert_eq!(stdout_json(&out)["outputs"]["status"], "200");
+
+    let out = gantry_in(dir.path(), &["plugin", "new", "bad", "--sdk-version", "0.1; rm -rf"]);
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("version requirement"));
+}
+
+#[test]
+fn a_plugin_that_does_not_compile_is_reported_once_with_the_compilers_error_and_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    expect_code(&gantry_in(dir.path(), &["plugin", "new", "broken-step"]), 0);
+    let lib = dir.path().join("broken-step/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, format!("{text}\nfn broken() -> u32 {{ \"not a number\" }}\n")).unwrap();
+    std::fs::write(dir.path().join("pipeline.yaml"), "name: broken\nsteps:\n  - id: audit\n    uses: ./broken-step\n")
+        .unwrap();
+    let out = gantry_in(dir.path(), &["plan", "pipeline.yaml"]);
+    // expect_code also checks that no context is said twice.
+    expect_code(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("cargo build of").count(), 1, "{stderr}");
+    assert!(stderr.contains("step `audit`: cargo build of"), "{stderr}");
+    assert!(stderr.contains("error[E0308]: mismatched types"), "the compiler's error is shown: {stderr}");
+    assert!(!stderr.contains("Compiling"), "cargo's progress stays in the log: {stderr}");
+    let log = stderr.split("cargo's whole output: ").nth(1).and_then(|rest| rest.split(')').next()).unwrap();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("error[E0308]"), "the log holds cargo's whole output: {log}");
 }

@@ -218,7 +218,12 @@ fn trial(rng: &mut Rng, dir: &Path, store: Store, name: String) -> (u32, Result<
         }
     }
     let (_, status) = listed(dir, store, &name).unwrap();
-    (crashes, consistent(&pipeline, &server, &status).map_err(|e| format!("{e}\n{}", pipeline.yaml(&server))))
+    let journal = || {
+        let out = gantry(dir, store, &["runs", "show", &id]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let explain = |e| format!("{e}\n{}\nseen: {:?}\njournal:\n{}", pipeline.yaml(&server), seen(&server), journal());
+    (crashes, consistent(&pipeline, &server, &status).map_err(explain))
 }
 
 /// Runs the kill loop over `moments` trials and fails naming the seed and trial of the first

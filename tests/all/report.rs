@@ -72,7 +72,8 @@ fn the_html_report_of_a_rolled_back_canary_loads_clean_in_chromium_with_every_st
     let dir = tempfile::tempdir().unwrap();
     let misbehave = repo().join("tests/plugins/misbehave");
     let o = server.origin();
-    let yaml = canary_yaml_at(&aws, &aws.moto.origin, "pause_ms: 0\n      target_health: false", &[])
+    let gates = format!("pause_ms: 0\n      target_health: false\n      health_url: \"{}/health\"", server.origin());
+    let yaml = canary_yaml_at(&aws, &aws.moto.origin, &gates, &[&server.origin()])
         + &format!(
             "  - id: probe\n    uses: {m}\n    needs: [shift]\n    network: [\"{o}\"]\n    continue_on_error: true\n    with: {{ action: http, url: \"http://127.0.0.1:9/not-granted\" }}\n  - id: smoke\n    uses: {m}\n    needs: [probe]\n    network: [\"{o}\"]\n    with: {{ url: \"{o}/record\", action: fail, message: post-release check failed }}\n",
             m = misbehave.display()
@@ -90,7 +91,22 @@ fn the_html_report_of_a_rolled_back_canary_loads_clean_in_chromium_with_every_st
     assert!(html.contains("<svg id=\"canary\""), "the canary's weights are charted");
     assert!(html.contains("DENIED"), "the probe's refused request is shown");
     assert_eq!(html.matches("<circle class=\"weight\"").count(), 5, "4 stages, then the weight the rollback restored");
-    assert!(html.contains("<title>green 0%</title>"), "the rollback put green back to 0");
+    assert!(html.contains("<title>restored: green 0% at "), "the rollback put green back to 0");
+    for stage in ["5%", "25%", "50%", "100%", "restored"] {
+        assert!(
+            html.contains(&format!("text-anchor=\"middle\">{stage}</text>")),
+            "stage {stage} is labelled on the chart"
+        );
+    }
+    assert!(html.contains("class=\"small tick\""), "the chart has a time axis");
+    assert!(html.contains("ModifyListener") && html.contains("DescribeListeners"), "requests name their AWS action");
+    // Every stage's gate reading, observed against its threshold.
+    for stage in ["5%", "25%", "50%", "100%"] {
+        let observed = format!("{}/health answered 200", server.origin());
+        let row =
+            format!("<td>{stage}</td><td>1/1</td><td>health-url</td><td>{observed}</td><td>2xx</td><td>Pass</td>");
+        assert!(html.contains(&row), "the reading of stage {stage}: {html}");
+    }
 
     // Loaded in Chromium: no console message, the script ran, the timeline has every step.
     let profile = tempfile::tempdir().unwrap();

@@ -115,8 +115,8 @@ fn a_failing_source_stops_the_run_before_the_first_step_naming_secret_and_source
     let out = run_pipeline(dir.path(), &yaml, &[("SM_ACCESS_KEY", &aws.get("access_key"))], &[]);
     expect_code(&out, 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("secret `TOKEN`: {broken}: `")), "{stderr}");
-    assert!(stderr.contains("exit status: 7") && stderr.contains("vault: permission denied"), "{stderr}");
+    assert!(stderr.contains(&format!("secret `TOKEN`: {broken}: it failed (exit status: 7)")), "{stderr}");
+    assert!(stderr.contains("vault: permission denied"), "{stderr}");
     assert_eq!(server.hits(), 0, "no step ran");
 
     // An aws-sm: source without a store is refused at validation, with its line.

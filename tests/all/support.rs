@@ -249,6 +249,33 @@ pub fn expect_code(out: &Output, code: i32) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Every error path a test reaches is checked: a context is added once.
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if let Some(repeated) = repeated_fragment(line) {
+            panic!("a message says `{repeated}` twice:\n{line}");
+        }
+    }
+}
+
+/// A fragment of [`FRAGMENT`] or more characters that an `error:` or `warning:` line says twice.
+pub fn repeated_fragment(line: &str) -> Option<String> {
+    let message = line.strip_prefix("error: ").or_else(|| line.strip_prefix("warning: "))?;
+    let chars: Vec<char> = message.chars().collect();
+    (0..chars.len().saturating_sub(FRAGMENT)).find_map(|i| {
+        let fragment: String = chars[i..i + FRAGMENT].iter().collect();
+        let rest: String = chars[i + FRAGMENT..].iter().collect();
+        rest.contains(&fragment).then_some(fragment)
+    })
+}
+
+/// How long a fragment must be for saying it twice to count as repetition.
+const FRAGMENT: usize = 10;
+
+#[test]
+fn a_repeated_context_is_found_and_a_clean_message_passes() {
+    assert_eq!(repeated_fragment("error: closing the run: closing the run: disk full").as_deref(), Some("closing th"));
+    assert_eq!(repeated_fragment("error: step `a`: cargo build of plugins/a failed"), None);
+    assert_eq!(repeated_fragment("  not an error line, repeated repeated repeated"), None);
 }
 
 /// Writes `yaml` as `dir/pipeline.yaml` and runs `gantry run <it> --json <extra..>` in `dir` with `env`.

@@ -6,6 +6,7 @@ mod toolchain;
 
 pub use toolchain::Toolchain;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use wasi_preview1_component_adapter_provider::{
@@ -32,9 +33,16 @@ pub enum BuildError {
         /// The cause.
         source: std::io::Error,
     },
-    /// cargo reported a compile error (printed above).
-    #[error("cargo build of {0} failed (see the compiler output above)")]
-    Cargo(PathBuf),
+    /// cargo reported a compile error; its whole output is in `log`.
+    #[error("cargo build of {} failed:\n{errors}\n(cargo's whole output: {})", dir.display(), log.display())]
+    Cargo {
+        /// The crate.
+        dir: PathBuf,
+        /// cargo's output.
+        log: PathBuf,
+        /// The compiler's errors, as it rendered them.
+        errors: String,
+    },
     /// The crate produced no `.wasm` library.
     #[error("building {0} produced no wasm library: set `crate-type = [\"cdylib\"]` in its [lib] section")]
     NoArtifact(PathBuf),
@@ -94,14 +102,35 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     if let Some(target_dir) = &options.target_dir {
         cmd.arg("--target-dir").arg(target_dir);
     }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    tracing::info!(crate_dir = %dir.display(), toolchain = %toolchain, "building plugin");
-    let output = cmd.output().map_err(|source| BuildError::Spawn { program: toolchain.to_string(), source })?;
-    if !output.status.success() {
-        return Err(BuildError::Cargo(dir.to_path_buf()));
+    let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let log = log_path(&name, &manifest);
+    let log_file = std::fs::File::create(&log).map_err(|source| BuildError::Io { path: log.clone(), source })?;
+    cmd.stdout(Stdio::piped()).stderr(log_file);
+    tracing::debug!(crate_dir = %dir.display(), toolchain = %toolchain, log = %log.display(), "cargo build");
+    let started = std::time::Instant::now();
+    let spawn = |source| BuildError::Spawn { program: toolchain.to_string(), source };
+    let mut child = cmd.spawn().map_err(spawn)?;
+    let mut messages = String::new();
+    let mut compiling = false;
+    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
+        let line = line.map_err(spawn)?;
+        // Said once something is compiled, so an up-to-date plugin costs no line.
+        if !compiling && line.contains(r#""fresh":false"#) {
+            compiling = true;
+            tracing::info!("building {name} (cargo's output: {})", log.display());
+        }
+        messages.push_str(&line);
+        messages.push('\n');
     }
-    let core = core_artifact(&String::from_utf8_lossy(&output.stdout), &manifest)
-        .ok_or_else(|| BuildError::NoArtifact(dir.to_path_buf()))?;
+    let status = child.wait().map_err(spawn)?;
+    if !status.success() {
+        let errors = compiler_errors(&std::fs::read_to_string(&log).unwrap_or_default());
+        return Err(BuildError::Cargo { dir: dir.to_path_buf(), log, errors });
+    }
+    if compiling {
+        tracing::info!("built {name} in {}", crate::report::units::duration(started.elapsed()));
+    }
+    let core = core_artifact(&messages, &manifest).ok_or_else(|| BuildError::NoArtifact(dir.to_path_buf()))?;
     let bytes = std::fs::read(&core).map_err(|source| BuildError::Io { path: core.clone(), source })?;
     let component = componentize(&bytes).map_err(|message| BuildError::Componentize { path: core.clone(), message })?;
     let path = core.with_extension("component.wasm");
@@ -112,6 +141,27 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     std::fs::rename(&tmp, &path).map_err(|source| BuildError::Io { path: path.clone(), source })?;
     Ok(Built { sha256: crate::sandbox::cache::sha256_hex(&component), size: component.len() as u64, path })
 }
+
+/// Where cargo's output for the crate at `manifest` goes: one file per crate, overwritten by
+/// each build, outside the crate so a build never dirties a source tree.
+fn log_path(name: &str, manifest: &Path) -> PathBuf {
+    let dir = std::env::temp_dir().join("gantry-build");
+    let _ = std::fs::create_dir_all(&dir);
+    let id = crate::sandbox::cache::sha256_hex(manifest.as_os_str().as_encoded_bytes());
+    dir.join(format!("{name}-{}.log", &id[..12]))
+}
+
+/// The compiler's rendered errors in cargo's output, at most [`ERROR_LINES`] lines; the
+/// output's tail when it holds none (a cargo error, not a compiler one).
+fn compiler_errors(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    let first = lines.iter().position(|l| l.starts_with("error")).unwrap_or(lines.len().saturating_sub(ERROR_LINES));
+    let shown = &lines[first..lines.len().min(first + ERROR_LINES)];
+    shown.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// How much of a failed build's output an error shows.
+const ERROR_LINES: usize = 40;
 
 /// Finds the `.wasm` cdylib of the package at `manifest` in cargo's JSON messages.
 fn core_artifact(messages: &str, manifest: &Path) -> Option<PathBuf> {
@@ -147,6 +197,16 @@ mod tests {
 {"reason":"build-finished","success":true}"#;
         assert_eq!(core_artifact(messages, Path::new("/p/check/Cargo.toml")), Some(PathBuf::from("/t/check.wasm")));
         assert_eq!(core_artifact(messages, Path::new("/p/other/Cargo.toml")), None);
+    }
+
+    #[test]
+    fn a_failed_build_shows_the_compilers_errors_not_its_progress() {
+        let output = "   Compiling dep v1.0.0\n   Compiling check v0.1.0\nerror[E0425]: cannot find value `x`\n --> src/lib.rs:3:5\nerror: could not compile `check`";
+        let shown = compiler_errors(output);
+        assert!(shown.starts_with("  error[E0425]"), "{shown}");
+        assert!(!shown.contains("Compiling"), "{shown}");
+        assert_eq!(compiler_errors("error: manifest is broken"), "  error: manifest is broken");
+        assert_eq!(compiler_errors("a\nb"), "  a\n  b");
     }
 
     #[test]

@@ -256,7 +256,8 @@ fn argv(command: &str) -> Result<Vec<String>, String> {
 }
 
 /// Runs `command` without a shell; its stdout less the trailing newline is the value. Its stderr is
-/// only shown when it fails, and then with the value (if any) redacted.
+/// only shown when it fails, and then with the value (if any) redacted. Errors do not repeat the
+/// command: the caller names the source, `exec:COMMAND`, in front of them.
 fn exec(command: &str, timeout: Duration) -> Result<String, String> {
     let argv = argv(command)?;
     let mut child = Command::new(&argv[0])
@@ -265,7 +266,7 @@ fn exec(command: &str, timeout: Duration) -> Result<String, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start `{}`: {e}", argv[0]))?;
+        .map_err(|e| format!("cannot start it: {e}"))?;
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -284,10 +285,10 @@ fn exec(command: &str, timeout: Duration) -> Result<String, String> {
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("`{}` did not finish within {}", argv[0], humantime::format_duration(timeout)));
+                return Err(format!("it did not finish within {}", humantime::format_duration(timeout)));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting for `{}`: {e}", argv[0])),
+            Err(e) => return Err(format!("waiting for it: {e}")),
         }
     };
     let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
@@ -296,7 +297,7 @@ fn exec(command: &str, timeout: Duration) -> Result<String, String> {
     if !status.success() {
         let said = Redactor::new([value.as_str()].into_iter().filter(|v| !v.is_empty())).redact(err.trim());
         let said: String = said.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(format!("`{}` {status}{}{said}", argv[0], if said.is_empty() { "" } else { ": " }));
+        return Err(format!("it failed ({status}){}{said}", if said.is_empty() { "" } else { ": " }));
     }
     if value.is_empty() {
         return Err(format!("`{}` printed nothing", argv[0]));
@@ -337,7 +338,7 @@ mod tests {
         assert!(failed.contains("exit status: 3") && failed.contains("denied for ***"), "{failed}");
         assert!(!failed.contains("hunter2"), "{failed}");
         assert!(exec("true", EXEC_TIMEOUT).unwrap_err().contains("printed nothing"));
-        assert!(exec("/no/such/helper", EXEC_TIMEOUT).unwrap_err().contains("cannot start `/no/such/helper`"));
+        assert!(exec("/no/such/helper", EXEC_TIMEOUT).unwrap_err().contains("cannot start it: "));
         let started = Instant::now();
         let slow = exec("sleep 5", Duration::from_millis(200)).unwrap_err();
         assert!(slow.contains("did not finish within 200ms"), "{slow}");

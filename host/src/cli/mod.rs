@@ -341,10 +341,27 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// An error and its causes joined by `: `, each said once: a cause whose text its context
+/// already holds (a `thiserror` message that prints its source) is not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// Logs go to stderr, coloured when `ansi`; `GANTRY_LOG` takes `tracing` filter directives.
@@ -357,4 +374,23 @@ fn init_logging(ansi: bool) {
         .with_ansi(ansi)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("step `audit`: {source}")]
+    struct Printed {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_its_context_already_prints_is_said_once() {
+        let e = anyhow::Error::new(Printed { source: std::io::Error::other("cargo build failed") }).context("planning");
+        assert_eq!(chain(&e), "planning: step `audit`: cargo build failed");
+        let e = anyhow::anyhow!("disk full").context("the journal could not be written").context("closing the run");
+        assert_eq!(chain(&e), "closing the run: the journal could not be written: disk full");
+    }
 }

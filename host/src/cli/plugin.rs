@@ -50,9 +50,13 @@ pub(crate) enum PluginCommand {
         /// Where to create it (default: `./<name>`).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The gantry SDK crate to depend on (default: the SDK this gantry was built from).
-        #[arg(long)]
+        /// The gantry SDK crate to depend on by path (default: the SDK source this gantry was
+        /// built from, where it still is; else the published SDK of this gantry's version).
+        #[arg(long, conflicts_with = "sdk_version")]
         sdk: Option<PathBuf>,
+        /// Depend on the published gantry-sdk of this version requirement instead (`0.1`, `=0.1.0`).
+        #[arg(long)]
+        sdk_version: Option<String>,
     },
     /// Pull a plugin from an OCI registry into the local store, verified; prints its path and sha256.
     Pull {
@@ -115,19 +119,58 @@ fn registry_options(sign_in: &SignIn) -> anyhow::Result<RegistryOptions> {
     Ok(options)
 }
 
+/// Where a new plugin gets its SDK from.
+enum Sdk {
+    /// A source directory.
+    Path(PathBuf),
+    /// A published version requirement.
+    Version(String),
+}
+
+impl Sdk {
+    /// The choice of `--sdk` / `--sdk-version`, or the default: the SDK source this gantry was
+    /// built from where it still is (a checkout), else the published SDK of this version.
+    fn chosen(path: Option<PathBuf>, version: Option<String>) -> Self {
+        let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+        match (path, version) {
+            (Some(path), _) => Sdk::Path(path),
+            (None, Some(version)) => Sdk::Version(version),
+            (None, None) if built_from.join("Cargo.toml").is_file() => Sdk::Path(built_from),
+            (None, None) => Sdk::Version(env!("CARGO_PKG_VERSION").to_string()),
+        }
+    }
+
+    /// The dependency's right-hand side in Cargo.toml.
+    fn dependency(&self) -> anyhow::Result<String> {
+        match self {
+            Sdk::Path(path) => {
+                let path = path
+                    .canonicalize()
+                    .with_context(|| format!("the SDK at {}: give its directory with --sdk", path.display()))?;
+                anyhow::ensure!(
+                    path.join("Cargo.toml").is_file(),
+                    "the SDK at {}: no Cargo.toml there; give the gantry-sdk directory with --sdk",
+                    path.display()
+                );
+                Ok(format!("{{ path = {:?} }}", path.display().to_string()))
+            }
+            Sdk::Version(version) => {
+                let valid = !version.is_empty()
+                    && version.chars().all(|c| c.is_ascii_alphanumeric() || ".=^~<>*-+, ".contains(c));
+                anyhow::ensure!(valid, "--sdk-version `{version}`: give a version requirement such as 0.1 or =0.1.0");
+                Ok(format!("{version:?}"))
+            }
+        }
+    }
+}
+
 /// Writes a new plugin crate from the templates in `scaffold/`.
-fn scaffold(name: &str, dir: &Path, sdk: Option<PathBuf>) -> anyhow::Result<()> {
+fn scaffold(name: &str, dir: &Path, sdk: Sdk) -> anyhow::Result<()> {
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     anyhow::ensure!(valid, "plugin name `{name}`: use lower-case letters, digits and `-`, starting with a letter");
     anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
-    let sdk = match sdk {
-        Some(path) => path,
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk"),
-    };
-    let sdk =
-        sdk.canonicalize().with_context(|| format!("the SDK at {}: give its directory with --sdk", sdk.display()))?;
-    let sdk_dependency = format!("{{ path = {:?} }}", sdk.display().to_string());
+    let sdk_dependency = sdk.dependency()?;
     let fill = |template: &str| template.replace("{name}", name).replace("{sdk}", &sdk_dependency);
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("Cargo.toml"), fill(include_str!("scaffold/Cargo.toml.in")))?;
@@ -223,9 +266,9 @@ impl PluginCommand {
                 println!("manifest {manifest}");
                 Ok(0)
             }
-            PluginCommand::New { name, dir, sdk } => {
+            PluginCommand::New { name, dir, sdk, sdk_version } => {
                 let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-                scaffold(&name, &dir, sdk)?;
+                scaffold(&name, &dir, Sdk::chosen(sdk, sdk_version))?;
                 println!(
                     "{}: created; try `gantry step run {} --with url=... --allow-net ...`",
                     dir.display(),

@@ -126,7 +126,12 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
         }
         Ok(_) => Err(Problems(problems)),
         Err(found) => {
-            problems.extend(found);
+            // A field the structural pass reported holds a stand-in: its meaning is not checked.
+            let reported: Vec<String> = problems.iter().map(|p| p.field.clone()).collect();
+            let within = |field: &str, of: &str| {
+                field == of || field.strip_prefix(of).is_some_and(|rest| rest.starts_with(['.', '[']))
+            };
+            problems.extend(found.into_iter().filter(|p| !reported.iter().any(|r| within(&p.field, r))));
             problems.sort_by_key(|p| p.at);
             Err(Problems(problems))
         }

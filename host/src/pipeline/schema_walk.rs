@@ -6,7 +6,8 @@
 //! same pass: one run reports every problem of every step.
 
 use super::model::Position;
-use marked_yaml::Node;
+use marked_yaml::types::{MarkedScalarNode, MarkedSequenceNode};
+use marked_yaml::{Node, Span};
 use serde_json::Value;
 
 /// A structural problem: where, which field, what.
@@ -83,6 +84,16 @@ pub(crate) fn check(node: &mut Node, schema: &Value, root: &Value, field: &str, 
             for key in remove {
                 map.remove(&key);
             }
+            // A stand-in for each required field reported, so the step still types and the
+            // meaning pass reports the problems of the rest of the file in the same run.
+            for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                let name = required.as_str().unwrap_or_default();
+                if map.get_node(name).is_none() {
+                    if let Some(stand_in) = properties.and_then(|p| p.get(name)).and_then(|s| stand_in(s, root)) {
+                        map.insert(MarkedScalarNode::new(Span::new_blank(), name.to_string()), stand_in);
+                    }
+                }
+            }
             true
         }
         Node::Sequence(seq) if types.contains(&"array") => {
@@ -118,6 +129,22 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
     match schema.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/")) {
         Some(name) => root.get("$defs").and_then(|d| d.get(name)).map(|s| resolve(s, root)).unwrap_or(schema),
         None => schema,
+    }
+}
+
+/// An empty value of the type `schema` asks for, standing in for a field already reported.
+fn stand_in(schema: &Value, root: &Value) -> Option<Node> {
+    let schema = resolve(schema, root);
+    if let Some(first) = schema.get("anyOf").and_then(Value::as_array).and_then(|a| a.first()) {
+        return stand_in(first, root);
+    }
+    let scalar = |text: &str| Some(Node::Scalar(MarkedScalarNode::new(Span::new_blank(), text.to_string())));
+    match schema.get("type")?.as_str()? {
+        "string" => scalar(""),
+        "integer" | "number" => scalar("1"),
+        "boolean" => scalar("false"),
+        "array" => Some(Node::Sequence(MarkedSequenceNode::new_empty(Span::new_blank()))),
+        _ => None,
     }
 }
 

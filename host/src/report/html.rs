@@ -25,8 +25,8 @@ struct Span {
     label: String,
 }
 
-/// A point on the canary chart: time, green weight.
-type Weight = (f64, u32);
+/// A point on the canary chart: time, green weight, what moved it (`25%`, `restored`).
+type Weight = (f64, u32, String);
 
 /// The page for one run's journal; `live` adds the reload for a run still going.
 pub fn page(records: &[Record], live: bool) -> String {
@@ -76,7 +76,7 @@ pub fn page(records: &[Record], live: bool) -> String {
     if !weights.0.is_empty() || !weights.1.is_empty() {
         html += "<section><h2>Canary</h2>";
         html += &canary_chart(&weights.0, t0, t1);
-        html += &table(&["time", "step", "gate sample"], &weights.1);
+        html += &table(&["time", "step", "stage", "sample", "gate", "observed", "threshold", "verdict"], &weights.1);
         html += "</section>\n";
     }
     html += "<section><h2>Requests</h2>";
@@ -164,7 +164,7 @@ fn spans(records: &[Record]) -> Vec<Span> {
     for r in records {
         let ts = r.ts_ms;
         match &r.event {
-            Event::StepStarted { step, attempt } => {
+            Event::StepStarted { step, attempt, .. } => {
                 open.insert(step.clone(), spans.len());
                 let label = format!("attempt {attempt}");
                 spans.push(Span { step: step.clone(), start: ts, end: None, kind: "attempt", label });
@@ -241,46 +241,64 @@ fn timeline(spans: &[Span], order: &[String], t0: f64, t1: f64) -> String {
     svg + "</svg>"
 }
 
-/// Green weights the canary logged (`stage N%: green weight N, …`) and its gate samples (`stage N% sample …`).
+/// Green weights the canary logged (`stage N%: green weight N, …`) and its gate readings
+/// (`stage N% sample i/n: <gate> gate: <observed> (threshold <t>): <verdict>`), a row each.
 fn canary(records: &[Record], plan: Option<&Plan>) -> (Vec<Weight>, Vec<Vec<String>>) {
     // The green target group of each canary step, to read the weight a rollback restored.
     let green = |step: &str| -> Option<String> {
         let input = &plan?.step(step)?.input;
         input.get("green_target_group_arn")?.as_str().map(str::to_string)
     };
-    let (mut weights, mut samples) = (Vec::new(), Vec::new());
+    let (mut weights, mut readings) = (Vec::new(), Vec::new());
     for r in records {
-        if let Event::Log { step, message, .. } = &r.event {
-            if let Some(rest) = message.strip_prefix("stage ") {
-                if let Some((_, after)) = rest.split_once(": green weight ") {
-                    if let Ok(weight) = after.split(',').next().unwrap_or_default().trim().parse::<u32>() {
-                        weights.push((r.ts_ms, weight));
-                    }
-                } else if rest.contains(" sample ") {
-                    samples.push(vec![clock(r.ts_ms), step.clone(), message.clone()]);
+        let Event::Log { step, message, .. } = &r.event else { continue };
+        if let Some(rest) = message.strip_prefix("stage ") {
+            if let Some((stage, after)) = rest.split_once(": green weight ") {
+                if let Ok(weight) = after.split(',').next().unwrap_or_default().trim().parse::<u32>() {
+                    weights.push((r.ts_ms, weight, stage.to_string()));
                 }
-            } else if let Some(restored) = message.strip_prefix("restored ") {
-                let list: Vec<serde_json::Value> = serde_json::from_str(restored).unwrap_or_default();
-                let weight = green(step)
-                    .and_then(|arn| list.iter().find(|w| w["arn"] == arn.as_str()).and_then(|w| w["weight"].as_u64()));
-                if let Some(weight) = weight {
-                    weights.push((r.ts_ms, weight as u32));
-                }
-                samples.push(vec![clock(r.ts_ms), step.clone(), format!("rollback restored {restored}")]);
+            } else if let Some(reading) = reading(rest) {
+                readings.push([vec![clock(r.ts_ms), step.clone()], reading].concat());
             }
+        } else if let Some(restored) = message.strip_prefix("restored ") {
+            let list: Vec<serde_json::Value> = serde_json::from_str(restored).unwrap_or_default();
+            let weight = green(step)
+                .and_then(|arn| list.iter().find(|w| w["arn"] == arn.as_str()).and_then(|w| w["weight"].as_u64()));
+            if let Some(weight) = weight {
+                weights.push((r.ts_ms, weight as u32, "restored".into()));
+            }
+            let row = ["rollback", "", "weights restored", restored, "", ""];
+            readings.push([vec![clock(r.ts_ms), step.clone()], row.map(str::to_string).to_vec()].concat());
+        } else if message.starts_with("gate failed at ") {
+            let row = ["", "", "", message.as_str(), "", "Fail"];
+            readings.push([vec![clock(r.ts_ms), step.clone()], row.map(str::to_string).to_vec()].concat());
         }
     }
-    (weights, samples)
+    (weights, readings)
 }
 
-/// The green weight over time, as a step line.
+/// `25% sample 1/2: error-rate gate: 0.01 (threshold 0.05): Pass` as stage, sample, gate,
+/// observed, threshold, verdict; a reading in another form keeps its text as the gate.
+fn reading(rest: &str) -> Option<Vec<String>> {
+    let (stage, after) = rest.split_once(" sample ")?;
+    let (sample, after) = after.split_once(": ")?;
+    let parsed = after.split_once(" gate: ").and_then(|(gate, after)| {
+        let (observed, after) = after.split_once(" (threshold ")?;
+        let (threshold, verdict) = after.split_once("): ")?;
+        Some([gate, observed, threshold, verdict].map(str::to_string).to_vec())
+    });
+    let tail = parsed.unwrap_or_else(|| vec![after.to_string(), String::new(), String::new(), String::new()]);
+    Some([vec![stage.to_string(), sample.to_string()], tail].concat())
+}
+
+/// The green weight over time, as a step line with each stage labelled, over a time axis.
 fn canary_chart(weights: &[Weight], t0: f64, t1: f64) -> String {
-    let (left, width, height) = (40.0, 760.0, 160.0);
+    let (left, width, height) = (40.0, 760.0, 190.0);
     let scale = width / (t1 - t0).max(1.0);
-    let y = |w: u32| 10.0 + (100.0 - w as f64) / 100.0 * (height - 30.0);
+    let y = |w: u32| 20.0 + (100.0 - w as f64) / 100.0 * (height - 60.0);
     let mut last_y = y(0);
     let mut points = format!("{left},{last_y:.1}");
-    for (ts, w) in weights {
+    for (ts, w, _) in weights {
         let x = left + (ts - t0) * scale;
         let _ = write!(points, " {x:.1},{last_y:.1} {x:.1},{:.1}", y(*w));
         last_y = y(*w);
@@ -293,13 +311,33 @@ fn canary_chart(weights: &[Weight], t0: f64, t1: f64) -> String {
     for pct in [0, 50, 100] {
         let _ = write!(svg, "<text class=\"small\" x=\"4\" y=\"{:.1}\">{pct}%</text><line class=\"grid\" x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>", y(pct) + 4.0, left + width, y = y(pct));
     }
-    let _ = write!(svg, "<polyline class=\"weight\" points=\"{points}\"/>");
-    for (ts, w) in weights {
+    // Time since the run started, five ticks.
+    let axis = y(0) + 26.0;
+    for i in 0..=4 {
+        let (x, at) = (left + width * i as f64 / 4.0, (t1 - t0) * i as f64 / 4.0);
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
         let _ = write!(
             svg,
-            "<circle class=\"weight\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\"><title>green {w}%</title></circle>",
-            left + (ts - t0) * scale,
-            y(*w)
+            "<line class=\"grid\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/><text class=\"small tick\" x=\"{x:.1}\" y=\"{axis:.1}\" text-anchor=\"{anchor}\">{}</text>",
+            y(0),
+            y(0) + 4.0,
+            if i == 0 { "0 s".to_string() } else { duration(at) }
+        );
+    }
+    let _ = write!(svg, "<polyline class=\"weight\" points=\"{points}\"/>");
+    for (ts, w, label) in weights {
+        let (x, y) = (left + (ts - t0) * scale, y(*w));
+        let _ = write!(
+            svg,
+            "<circle class=\"weight\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\"><title>{}: green {w}% at {}</title></circle><text class=\"small stage\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            escape(label),
+            duration(ts - t0),
+            y - 7.0,
+            escape(label)
         );
     }
     svg + "</svg>"
@@ -317,12 +355,7 @@ fn requests(records: &[Record], order: &[String]) -> String {
                         (true, Some(status)) => format!("{status} · {} B · {:.1} ms", req.bytes, req.duration_ms),
                         (true, None) => format!("failed: {}", req.reason.as_deref().unwrap_or_default()),
                     };
-                    rows.push(vec![
-                        clock(r.ts_ms),
-                        id.clone(),
-                        format!("{} {}{}", req.method, req.origin, req.path),
-                        result,
-                    ]);
+                    rows.push(vec![clock(r.ts_ms), id.clone(), req.shown(), result]);
                 }
             }
         }
@@ -374,7 +407,7 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     }
     t += "</tr></thead><tbody>";
     for row in rows {
-        let denied = row.last().is_some_and(|c| c.starts_with("DENIED"));
+        let denied = row.last().is_some_and(|c| c.starts_with("DENIED") || c == "Fail");
         t += if denied { "<tr class=\"denied\">" } else { "<tr>" };
         for cell in row {
             let _ = write!(t, "<td>{}</td>", escape(cell));
@@ -442,11 +475,11 @@ mod tests {
             message: message.into(),
         };
         let records = vec![
-            record(0.0, Event::StepStarted { step: "shift".into(), attempt: 1 }),
+            record(0.0, Event::StepStarted { step: "shift".into(), attempt: 1, notifier: false }),
             record(10.0, log("stage 25%: green weight 25, blue 75")),
-            record(20.0, log("stage 25% sample 1/2: error rate 0.01 <= 0.05")),
+            record(20.0, log("stage 25% sample 1/2: error-rate gate: 0.01 (threshold 0.05): Pass")),
             record(30.0, Event::StepRetrying { step: "shift".into(), attempt: 1, error: "x".into(), backoff_ms: 5 }),
-            record(40.0, Event::StepStarted { step: "shift".into(), attempt: 2 }),
+            record(40.0, Event::StepStarted { step: "shift".into(), attempt: 2, notifier: false }),
             record(50.0, Event::StepFinished { step: "shift".into(), outputs: BTreeMap::new(), attempt: 1 }),
             record(60.0, Event::RolledBack { step: "shift".into(), attempt: 1 }),
         ];
@@ -454,9 +487,9 @@ mod tests {
         let kinds: Vec<&str> = s.iter().map(|s| s.kind).collect();
         assert_eq!(kinds, ["retry", "succeeded", "rollback"]);
         assert_eq!((s[0].start, s[0].end), (0.0, Some(30.0)));
-        let (weights, samples) = canary(&records, None);
-        assert_eq!(weights, [(10.0, 25)]);
-        assert_eq!(samples.len(), 1);
+        let (weights, readings) = canary(&records, None);
+        assert_eq!(weights, [(10.0, 25, "25%".to_string())]);
+        assert_eq!(readings[0][2..], ["25%", "1/2", "error-rate", "0.01", "0.05", "Pass"]);
         let html = page(&records, true);
         assert!(html.contains("data-live=\"true\"") && html.contains("<svg id=\"canary\""), "{html}");
         assert!(!html.contains("<script src") && !html.contains("<link") && !html.contains("http"), "self-contained");

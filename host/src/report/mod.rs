@@ -155,7 +155,7 @@ impl Summary {
                     summary.environment = environment.clone();
                     summary.entity = entity.clone();
                 }
-                Event::StepStarted { step: id, attempt } => {
+                Event::StepStarted { step: id, attempt, .. } => {
                     started.entry(id.clone()).or_insert(record.ts_ms);
                     let i = step(id, &mut summary);
                     summary.steps[i].attempts = *attempt;
@@ -312,9 +312,9 @@ mod tests {
                     rollout: None,
                 },
             ),
-            record(1.0, Event::StepStarted { step: "a".into(), attempt: 1 }),
+            record(1.0, Event::StepStarted { step: "a".into(), attempt: 1, notifier: false }),
             record(1501.0, Event::StepFinished { step: "a".into(), outputs: BTreeMap::new(), attempt: 1 }),
-            record(1600.0, Event::StepStarted { step: "b".into(), attempt: 1 }),
+            record(1600.0, Event::StepStarted { step: "b".into(), attempt: 1, notifier: false }),
             record(
                 1700.0,
                 Event::StepFailed {

@@ -12,7 +12,7 @@ pub fn describe(event: &Event) -> String {
         RunStarted { run_id, pipeline, environment, entity, .. } => {
             format!("run {run_id} started: {pipeline} environment={environment} entity={entity}")
         }
-        StepStarted { step, attempt } => format!("{step}: started (attempt {attempt})"),
+        StepStarted { step, attempt, .. } => format!("{step}: started (attempt {attempt})"),
         StepFinished { step, outputs, .. } => {
             format!("{step}: succeeded {}", serde_json::to_string(outputs).unwrap_or_default())
         }
@@ -60,19 +60,17 @@ pub fn describe(event: &Event) -> String {
         }
         Request(r) => match (&r.reason, r.status) {
             (Some(reason), _) if !r.allowed => {
-                format!("{}: {} {}{} DENIED: {reason}", r.step, r.method, r.origin, r.path)
+                format!("{}: {} DENIED: {reason}", r.step, r.shown())
             }
             (_, Some(status)) => format!(
-                "{}: {} {}{} -> {status} ({}, {})",
+                "{}: {} -> {status} ({}, {})",
                 r.step,
-                r.method,
-                r.origin,
-                r.path,
+                r.shown(),
                 super::units::bytes(r.bytes),
                 super::units::millis(r.duration_ms)
             ),
             (reason, None) => {
-                format!("{}: {} {}{} failed: {}", r.step, r.method, r.origin, r.path, reason.as_deref().unwrap_or(""))
+                format!("{}: {} failed: {}", r.step, r.shown(), reason.as_deref().unwrap_or(""))
             }
         },
     }
@@ -158,7 +156,7 @@ impl LiveView {
     fn show(&mut self, event: &Event) {
         use Event::*;
         match event {
-            StepStarted { step, attempt } => self.bar(step).set_message(format!("running (attempt {attempt})")),
+            StepStarted { step, attempt, .. } => self.bar(step).set_message(format!("running (attempt {attempt})")),
             StepRetrying { step, backoff_ms, .. } => self.bar(step).set_message(format!("retrying in {backoff_ms} ms")),
             StepFinished { step, .. } => self.bar(step).finish_with_message("succeeded"),
             StepFailed { step, kind, error, .. } => self.bar(step).finish_with_message(format!("{kind}: {error}")),

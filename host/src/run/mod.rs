@@ -67,6 +67,11 @@ pub enum Event {
         step: String,
         /// Attempt number.
         attempt: u32,
+        /// It runs because the pipeline failed or paused (`failure()`, `always()`): never undone.
+        /// Said by the executor, not read from the phase: a step spawned just before a failure may
+        /// write its start just after the failure's phase event.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        notifier: bool,
     },
     /// A step succeeded.
     StepFinished {
@@ -748,13 +753,14 @@ async fn attempt_step(
     id: String,
     input: serde_json::Value,
     upstream: BTreeMap<String, Outputs>,
+    notifier: bool,
 ) -> Result<Outputs, Failure> {
     let step = ctx.step(&id).clone();
     let plugin = ctx.plugins[&id].clone();
     let mut backoff = step.retry.backoff;
     let mut attempt = 1;
     loop {
-        ctx.emit(Event::StepStarted { step: id.clone(), attempt }).await.map_err(Failure::Journal)?;
+        ctx.emit(Event::StepStarted { step: id.clone(), attempt, notifier }).await.map_err(Failure::Journal)?;
         ctx.attempts.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), attempt);
         let call = ctx.call(&step, ctx.context(&id, attempt, input.clone(), ctx.with_checkpoints(&id, &upstream)));
         match plugin.run(&call).await {
@@ -1065,10 +1071,11 @@ impl Executor {
                 .collect();
             upstream.insert(RUN_UPSTREAM.into(), self.run_so_far());
             let input = render_outputs(&step.input, &outputs);
+            let notifier = self.failed;
             let handle = self.tasks.spawn({
                 let (ctx, id) = (ctx.clone(), step.id.clone());
                 async move {
-                    let result = attempt_step(ctx.clone(), id.clone(), input, upstream).await;
+                    let result = attempt_step(ctx.clone(), id.clone(), input, upstream, notifier).await;
                     // Recorded by the task, so steps finishing together share one journal sync.
                     let recorded = match &result {
                         Ok(outputs) => {

@@ -102,7 +102,8 @@ impl Session {
         let flushed = self.journal.flush().await;
         self.heartbeat.abort();
         self.lock.release().await?;
-        flushed.map_err(|e| StoreError::Io { what: "closing the run".into(), source: std::io::Error::other(e) })?;
+        flushed
+            .map_err(|e| StoreError::Io { what: "the last journal sync".into(), source: std::io::Error::other(e) })?;
         Ok(())
     }
 }

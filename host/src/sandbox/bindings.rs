@@ -1,7 +1,7 @@
 //! Host-side bindings generated from the WIT contract in `sdk/wit`.
 
 wasmtime::component::bindgen!({
-    path: "../sdk/wit",
+    path: "wit",
     world: "step",
     imports: { default: async },
     exports: { default: async },

@@ -367,6 +367,7 @@ impl State {
                 log: call.requests.clone(),
                 refusal: None,
                 hide_path: false,
+                action: None,
             },
             checkpoints: call.checkpoints.clone(),
             checkpointed: 0,

@@ -59,6 +59,32 @@ pub struct RequestRecord {
     pub allowed: bool,
     /// Why it was refused or failed.
     pub reason: Option<String>,
+    /// The API action the request calls, where its protocol names one in the request
+    /// (`Action=ModifyListener` in an AWS query body, `X-Amz-Target: ….UpdateService`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+impl RequestRecord {
+    /// The request as a person reads it: `POST http://127.0.0.1:5000/ ModifyListener`.
+    pub fn shown(&self) -> String {
+        let action = self.action.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+        format!("{} {}{}{action}", self.method, self.origin, self.path)
+    }
+}
+
+/// The API action a request names: AWS JSON protocols in `X-Amz-Target`, AWS query protocols in
+/// an `Action=` form field of the body or the query. Only a plain name is taken: never data.
+pub fn api_action(url: &Url, headers: &[(String, String)], body: &[u8]) -> Option<String> {
+    let plain = |name: &str| {
+        (!name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| name.to_string())
+    };
+    if let Some((_, target)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target")) {
+        return plain(target.rsplit('.').next().unwrap_or_default());
+    }
+    let form = |text: &str| text.split('&').find_map(|pair| pair.strip_prefix("Action=")).and_then(plain);
+    url.query().and_then(form).or_else(|| std::str::from_utf8(body).ok().and_then(form))
 }
 
 /// Receives a record of every request a step makes.
@@ -96,6 +122,8 @@ pub(crate) struct Outbound {
     pub(crate) refusal: Option<Refusal>,
     /// The current request's URL came from a secret: record its origin only.
     pub(crate) hide_path: bool,
+    /// The API action of the current request, for its records.
+    pub(crate) action: Option<String>,
 }
 
 /// One request of a chain of redirects.
@@ -132,6 +160,7 @@ impl Outbound {
             duration_ms: outcome.started.elapsed().as_secs_f64() * 1e3,
             allowed: outcome.allowed,
             reason: outcome.reason.map(|r| secrets.redact(&r)),
+            action: self.action.clone(),
         });
     }
 
@@ -155,6 +184,7 @@ impl Outbound {
 
     async fn attempt(&mut self, req: Request, deadline: Instant) -> Result<Response, HttpError> {
         let (mut method, mut url, url_secrets) = self.target(&req)?;
+        self.action = api_action(&url, &req.headers, &req.body);
         let per_request =
             req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(self.limits.request_timeout);
         let started = Instant::now();
@@ -499,5 +529,23 @@ fn transport(url: &Url, e: reqwest::Error) -> HttpError {
             source = s.source();
         }
         HttpError::Transport(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_action_comes_from_the_target_header_or_the_query_form_and_is_only_a_name() {
+        let url = Url::parse("http://127.0.0.1:5000/").unwrap();
+        let target = vec![("X-Amz-Target".to_string(), "AmazonEC2ContainerServiceV20141113.UpdateService".to_string())];
+        assert_eq!(api_action(&url, &target, b"{}").as_deref(), Some("UpdateService"));
+        let body = b"Version=2015-12-01&Action=ModifyListener&ListenerArn=arn";
+        assert_eq!(api_action(&url, &[], body).as_deref(), Some("ModifyListener"));
+        let query = Url::parse("http://127.0.0.1:5000/?Action=DescribeTargetHealth&Version=1").unwrap();
+        assert_eq!(api_action(&query, &[], b"").as_deref(), Some("DescribeTargetHealth"));
+        assert_eq!(api_action(&url, &[], b"Action=Drop%20Table").as_deref(), None, "data is never taken");
+        assert_eq!(api_action(&url, &[], b"{\"Action\":\"x\"}"), None);
     }
 }

@@ -286,8 +286,8 @@ pub fn fold(records: &[Record]) -> Folded {
                 }
             }
             Event::Rejected { .. } => f.awaiting = None,
-            Event::StepStarted { step, attempt } => {
-                let after_failure = f.phase != Some(RunPhase::Running);
+            Event::StepStarted { step, attempt, notifier } => {
+                let after_failure = if explicit { *notifier } else { f.phase != Some(RunPhase::Running) };
                 let view = f.steps.entry(step.clone()).or_insert_with(|| StepView::new(after_failure));
                 if view.state == StepState::Undone || view.after_failure {
                     // A fresh change: the checkpoints of what was undone are spent.

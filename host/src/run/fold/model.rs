@@ -191,7 +191,7 @@ impl Sim {
                 && (active.is_empty() || self.next().is_multiple_of(2));
             if start {
                 let i = pending.remove(0);
-                self.write(Event::StepStarted { step: Self::id(i), attempt: 1 })?;
+                self.write(Event::StepStarted { step: Self::id(i), attempt: 1, notifier: false })?;
                 active.push((i, Stage::Checkpoint));
                 continue;
             }
@@ -218,6 +218,7 @@ impl Sim {
                         duration_ms: 1.0,
                         allowed: true,
                         reason: None,
+                        action: None,
                     };
                     self.queue(Event::Request(request));
                     active[k].1 = Stage::End;
