@@ -728,7 +728,7 @@ fn logs_captured_to_a_file_carry_no_colour_codes_unless_asked() {
     let file = pipeline(dir.path(), &server, &step("a", "", ""));
     let logged = |extra: &[&str], env: &[(&str, &str)]| {
         let mut cmd = command(&shared_cache());
-        cmd.args(["run", file.to_str().unwrap()]).args(extra).current_dir(dir.path()).env("GANTRY_LOG", "info");
+        cmd.args(["run", file.to_str().unwrap()]).args(extra).current_dir(dir.path()).env("GANTRY_LOG", "debug");
         let out = cmd.envs(env.iter().copied()).output().unwrap();
         expect_code(&out, 0);
         String::from_utf8_lossy(&out.stderr).into_owned()

@@ -42,6 +42,10 @@ struct Cli {
     /// Colour in logs: `auto` only on a terminal and without `NO_COLOR`, `always`, or `never`.
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
     color: Color,
+    /// Print each step's outcome and the run's end only, and warnings; requests, checkpoints
+    /// and plugin logs are still journaled (`gantry runs show <id>`).
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 /// When log lines carry colour codes.
@@ -278,7 +282,8 @@ pub const EXIT_NEEDS_PERSON: u8 = 3;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = RESOLVE.set(cli.resolve.clone());
-    init_logging(cli.color.on_stderr());
+    init_logging(cli.color.on_stderr(), cli.quiet);
+    crate::report::progress::set_quiet(cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -365,9 +370,11 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 /// Logs go to stderr, coloured when `ansi`; `GANTRY_LOG` takes `tracing` filter directives.
-fn init_logging(ansi: bool) {
+/// `quiet` keeps warnings and the plugin build lines (a first build takes a while).
+fn init_logging(ansi: bool, quiet: bool) {
+    let default = if quiet { "warn,gantry::plugin=error,gantry_host::build=info" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

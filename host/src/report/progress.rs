@@ -76,6 +76,50 @@ pub fn describe(event: &Event) -> String {
     }
 }
 
+/// Set once by the binary from `--quiet`, as the log filter is: every printer of the process
+/// then shows step outcomes and the run's end only.
+static QUIET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Makes every printer of this process quiet (or not); the first call wins.
+pub fn set_quiet(quiet: bool) {
+    let _ = QUIET.set(quiet);
+}
+
+/// Whether a quiet printer shows `event`: what a step ended as and how the run ended.
+fn said_quietly(event: &Event) -> bool {
+    use Event::*;
+    matches!(
+        event,
+        StepFinished { .. }
+            | StepFailed { .. }
+            | StepSkipped { .. }
+            | RolledBack { .. }
+            | RollbackFailed { .. }
+            | Paused { .. }
+            | Interrupted { .. }
+            | Abandoned { .. }
+            | ApprovalRequested(_)
+            | Rejected { .. }
+            | RunFinished { .. }
+    )
+}
+
+/// How much of a step's outputs a quiet line shows.
+const QUIET_OUTPUTS: usize = 100;
+
+/// [`describe`] in one short line: a step's outputs cut at [`QUIET_OUTPUTS`] characters.
+fn describe_quietly(event: &Event) -> String {
+    let mut line = describe(event);
+    if let Event::StepFinished { step, .. } = event {
+        let head = format!("{step}: succeeded ").len();
+        if let Some((cut, _)) = line.char_indices().nth(head + QUIET_OUTPUTS) {
+            line.truncate(cut);
+            line.push('…');
+        }
+    }
+    line
+}
+
 /// Prints events as they arrive: a live view on a terminal, timestamped lines
 /// otherwise (CI logs), or JSON lines with `--json`.
 pub fn printer(json: bool) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
@@ -87,7 +131,8 @@ pub fn printer(json: bool) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHa
 pub fn printer_for(json: bool, label: Option<String>) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let handle = tokio::spawn(async move {
-        let mut view = if label.is_some() { None } else { live_view(json) };
+        let quiet = QUIET.get().copied().unwrap_or(false);
+        let mut view = if label.is_some() || quiet { None } else { live_view(json) };
         let prefix = label.as_ref().map(|l| format!("[{l}] ")).unwrap_or_default();
         while let Some(event) = rx.recv().await {
             if json {
@@ -96,13 +141,14 @@ pub fn printer_for(json: bool, label: Option<String>) -> (mpsc::UnboundedSender<
                     object.insert("entity".into(), label.clone().into());
                 }
                 super::out::line(format_args!("{value}"));
-            } else if matches!(event, Event::Log { .. }) {
-                // The log already went to stderr as the plugin wrote it.
+            } else if matches!(event, Event::Log { .. }) || (quiet && !said_quietly(&event)) {
+                // A plugin's log already went to stderr as the plugin wrote it.
             } else if let Some(show) = view.as_mut() {
                 show(&event);
             } else {
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-                super::out::line(format_args!("{now} {prefix}{}", describe(&event)));
+                let said = if quiet { describe_quietly(&event) } else { describe(&event) };
+                super::out::line(format_args!("{now} {prefix}{said}"));
             }
         }
     });
@@ -183,5 +229,22 @@ impl LiveView {
             }
             Request(_) | Checkpoint { .. } | Log { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_line_cuts_long_outputs_and_keeps_outcomes() {
+        let outputs: std::collections::BTreeMap<String, String> =
+            [("changed".to_string(), "x".repeat(500))].into_iter().collect();
+        let finished = Event::StepFinished { step: "crm".into(), outputs, attempt: 1 };
+        let line = describe_quietly(&finished);
+        assert!(line.starts_with("crm: succeeded {\"changed\":\"xxx") && line.ends_with('…'), "{line}");
+        assert_eq!(line.chars().count(), "crm: succeeded ".len() + QUIET_OUTPUTS + 1);
+        assert!(said_quietly(&finished));
+        assert!(!said_quietly(&Event::StepStarted { step: "crm".into(), attempt: 1, notifier: false }));
     }
 }
