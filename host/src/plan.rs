@@ -3,7 +3,7 @@
 //! gets, its limits and inputs, and the groups of steps that run in parallel.
 
 use crate::build::{build_crate, BuildError, BuildOptions};
-use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretSource, SecretStores};
+use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretFrom, SecretStores};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
@@ -61,8 +61,8 @@ pub enum PlanError {
 pub struct PlannedSecret {
     /// Name the plugin uses.
     pub name: String,
-    /// Where the value is read from (never the value).
-    pub source: SecretSource,
+    /// Where the value is read from (never the value): one source, or a chain.
+    pub source: SecretFrom,
     /// Origins it may be sent to.
     pub bound_to: Vec<Grant>,
 }
@@ -297,7 +297,7 @@ enum Resolve {
 
 /// The component file of a plugin reference and its sha256, checked against the pin.
 /// User name and password source by registry host.
-type Credentials = BTreeMap<String, (String, Option<SecretSource>)>;
+type Credentials = BTreeMap<String, (String, Option<SecretFrom>)>;
 
 fn resolve_plugin(
     uses: &PluginRef,

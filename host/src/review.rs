@@ -90,7 +90,7 @@ fn facets(step: &PlannedStep, scope: Scope) -> Vec<(Aspect, String)> {
         let bound: Vec<String> = s.bound_to.iter().map(ToString::to_string).collect();
         let detail = match scope {
             Scope::Review => {
-                format!("{} from {} bound to [{}]", s.name, String::from(s.source.clone()), bound.join(", "))
+                format!("{} from {} bound to [{}]", s.name, s.source, bound.join(", "))
             }
             Scope::Promotion => s.name.clone(),
         };

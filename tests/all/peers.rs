@@ -426,3 +426,47 @@ impl Registry {
         self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
     }
 }
+
+/// The Vault stand-in (`tests/peers/vault.py`), proven against hvac and node-vault in `tests/all/vault.rs`.
+pub struct Vault {
+    /// The server.
+    pub peer: Peer,
+}
+
+impl Vault {
+    /// Starts it with these flags (`--token`, `--role-id`, `--seed`, ...); over HTTPS with `tls`
+    /// (certificate, key), then ready once it accepts connections.
+    pub fn start(flags: &[&str], tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
+        let make = |port: u16| {
+            let mut cmd = Command::new(venv("python"));
+            cmd.arg(repo().join("tests/peers/vault.py")).args(["--port", &port.to_string()]).args(flags);
+            if let Some((cert, key)) = tls {
+                cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            }
+            cmd
+        };
+        let Some(_) = tls else {
+            return Self {
+                peer: spawn(make, "/v1/sys/health", |status, body| status == 200 && body.contains("stand-in")),
+            };
+        };
+        let port = free_port();
+        let child = make(port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the peer starts");
+        let peer = Peer { child, origin: format!("https://127.0.0.1:{port}") };
+        let until = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "the Vault stand-in did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { peer }
+    }
+
+    /// Every request it received: method, path, headers (lower-case names).
+    pub fn requests(&self) -> Vec<Value> {
+        // Read with Python's client, which speaks TLS without trusting anything (it is the test's own log).
+        let read = "import ssl, sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1] + '/_state', context=ssl._create_unverified_context()).read().decode())";
+        let out = Command::new(venv("python")).args(["-c", read, &self.peer.origin]).output().unwrap();
+        assert!(out.status.success(), "the stand-in's log: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["requests"].as_array().unwrap().clone()
+    }
+}

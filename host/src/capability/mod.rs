@@ -9,12 +9,14 @@ pub mod network;
 pub mod secrets;
 pub mod sigv4;
 pub mod source;
+pub mod vault;
 
 pub use address::Resolver;
 pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
 pub use secrets::{Redactor, Secret, Secrets};
-pub use source::{AwsSecretStore, SecretSource, SecretStores};
+pub use source::{AwsSecretStore, SecretFrom, SecretSource, SecretStores, Store};
+pub use vault::{VaultAuth, VaultStore};
 
 /// Everything a step call is allowed to reach.
 #[derive(Debug, Clone, Default)]

@@ -1,11 +1,13 @@
 //! Where secret values come from: the process environment, a file, a command
-//! (`vault kv get -field=…`, `op read`, `pass`, a credential helper) or AWS
-//! Secrets Manager, signed by the host. The reference format is written here
-//! only; values are read on the host, once per run, and never logged.
+//! (`op read`, `pass`, a credential helper), AWS Secrets Manager (signed by the
+//! host) or a HashiCorp Vault KV v2 engine, alone or as a fallback chain. The
+//! reference format is written here only; values are read on the host, once
+//! per run, and never logged.
 
 use super::sigv4;
+use super::vault::{self, VaultStore};
 use super::Redactor;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
@@ -14,13 +16,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long an `exec:` command may take.
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one Secrets Manager request may take.
-const AWS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one request to a secret store may take.
+pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts of a request to a secret store that is unreachable or answers 5xx.
+const STORE_ATTEMPTS: u32 = 3;
 /// Most bytes kept of a command's output.
 const OUTPUT_CAP: u64 = 1 << 20;
 
 /// Where a secret's value is read from; never the value itself. Serialised as written
-/// (`env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:ID[#KEY]`).
+/// (`env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:ID[#KEY]`, `vault:PATH[#KEY]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum SecretSource {
@@ -37,15 +41,81 @@ pub enum SecretSource {
         /// A key of the secret's JSON object.
         key: Option<String>,
     },
+    /// A secret of a Vault KV v2 engine, or one key of its data.
+    Vault {
+        /// The API path under `/v1/`: `MOUNT/data/PATH`, e.g. `secret/data/app`.
+        path: String,
+        /// A key of the secret's data.
+        key: Option<String>,
+    },
+}
+
+/// The secret store a source needs configured in `secret_stores:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// `secret_stores.aws`.
+    Aws,
+    /// `secret_stores.vault`.
+    Vault,
+}
+
+impl Store {
+    /// Its key under `secret_stores:`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Aws => "secret_stores.aws",
+            Self::Vault => "secret_stores.vault",
+        }
+    }
+
+    /// What its configuration holds, for the error that asks for it.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Self::Aws => "region, and the sources of the credentials the host signs with",
+            Self::Vault => "address, and the source of a token or of an AppRole's ids",
+        }
+    }
+}
+
+/// Why a source gave no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    /// What went wrong, for a person; never a value.
+    pub message: String,
+    /// The source could not be asked (unreachable, 5xx, throttled, a variable or file that is not
+    /// there): a chain tries its next source. Otherwise it answered with a refusal, which ends it.
+    pub unavailable: bool,
+}
+
+impl SourceError {
+    /// The source answered, and the answer is no.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self { message: message.into(), unavailable: false }
+    }
+
+    /// The source could not be asked.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { message: message.into(), unavailable: true }
+    }
 }
 
 impl SecretSource {
-    /// Parses `env:NAME`, `file:PATH`, `exec:COMMAND` or `aws-sm:ID[#KEY]`.
+    /// Parses `env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:ID[#KEY]` or `vault:PATH[#KEY]`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let invalid = || {
             format!(
-                "secret source `{text}` must be `env:NAME`, `file:PATH`, `exec:COMMAND` or `aws-sm:SECRET_ID[#KEY]`"
+                "secret source `{text}` must be `env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:SECRET_ID[#KEY]` or `vault:MOUNT/data/PATH[#KEY]`"
             )
+        };
+        let id_and_key = |rest: &str| {
+            let (id, key) = match rest.split_once('#') {
+                Some((id, key)) => (id.to_string(), Some(key.to_string())),
+                None => (rest.to_string(), None),
+            };
+            match id.is_empty() || key.as_ref().is_some_and(String::is_empty) {
+                true => Err(invalid()),
+                false => Ok((id, key)),
+            }
         };
         match text.split_once(':') {
             Some(("env", var)) if !var.is_empty() => Ok(Self::Env(var.to_string())),
@@ -55,54 +125,53 @@ impl SecretSource {
                 Ok(Self::Exec(command.to_string()))
             }
             Some(("aws-sm", rest)) => {
-                let (id, key) = match rest.split_once('#') {
-                    Some((id, key)) => (id, Some(key)),
-                    None => (rest, None),
-                };
-                if id.is_empty() || key.is_some_and(str::is_empty) {
-                    return Err(invalid());
-                }
-                Ok(Self::AwsSm { id: id.to_string(), key: key.map(str::to_string) })
+                let (id, key) = id_and_key(rest)?;
+                Ok(Self::AwsSm { id, key })
+            }
+            Some(("vault", rest)) => {
+                let (path, key) = id_and_key(rest)?;
+                vault::check_path(&path)?;
+                Ok(Self::Vault { path, key })
             }
             _ => Err(invalid()),
         }
     }
 
+    /// The secret store reading it needs configured (and the network), if any.
+    pub fn store(&self) -> Option<Store> {
+        match self {
+            Self::AwsSm { .. } => Some(Store::Aws),
+            Self::Vault { .. } => Some(Store::Vault),
+            Self::Env(_) | Self::File(_) | Self::Exec(_) => None,
+        }
+    }
+
     /// Whether reading it needs a secret store's configuration (and the network).
     pub fn needs_store(&self) -> bool {
-        matches!(self, Self::AwsSm { .. })
+        self.store().is_some()
     }
 
     /// Reads a value that needs no secret store: `env:`, `file:`, `exec:`.
     pub fn read(&self) -> Result<String, String> {
-        match self {
-            Self::Env(var) => std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
-            Self::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end().to_string())
-                .map_err(|e| format!("cannot read {}: {e}", path.display())),
-            Self::Exec(command) => exec(command, EXEC_TIMEOUT),
-            Self::AwsSm { .. } => {
-                Err("aws-sm: sources are read by runs, with the pipeline's `secret_stores.aws`".into())
-            }
-        }
+        self.read_local().map_err(|e| e.message)
     }
 
-    /// Reads the value, from a secret store (over `http`) when the source names one.
-    pub async fn fetch(&self, stores: &SecretStores, http: Option<&reqwest::Client>) -> Result<String, String> {
+    fn read_local(&self) -> Result<String, SourceError> {
         match self {
-            Self::AwsSm { id, key } => {
-                let store = stores.aws.as_ref().ok_or("no `secret_stores.aws` in the pipeline")?;
-                let http = http.ok_or("no HTTP client was given for the secret store")?;
-                let value = store.get_secret_value(id, http).await?;
-                match key {
-                    None => Ok(value),
-                    Some(key) => json_key(&value, key),
+            Self::Env(var) => std::env::var(var)
+                .map_err(|_| SourceError::unavailable(format!("environment variable {var} is not set"))),
+            Self::File(path) => std::fs::read_to_string(path).map(|s| s.trim_end().to_string()).map_err(|e| {
+                let message = format!("cannot read {}: {e}", path.display());
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => SourceError::unavailable(message),
+                    _ => SourceError::refused(message),
                 }
-            }
-            other => {
-                let other = other.clone();
-                tokio::task::spawn_blocking(move || other.read()).await.map_err(|e| e.to_string())?
-            }
+            }),
+            Self::Exec(command) => exec(command, EXEC_TIMEOUT),
+            Self::AwsSm { .. } | Self::Vault { .. } => Err(SourceError::refused(format!(
+                "{self} is read by runs, with the pipeline's `{}`",
+                self.store().map(Store::field).unwrap_or_default()
+            ))),
         }
     }
 }
@@ -115,11 +184,234 @@ impl fmt::Display for SecretSource {
             Self::Exec(command) => write!(f, "exec:{command}"),
             Self::AwsSm { id, key: None } => write!(f, "aws-sm:{id}"),
             Self::AwsSm { id, key: Some(key) } => write!(f, "aws-sm:{id}#{key}"),
+            Self::Vault { path, key: None } => write!(f, "vault:{path}"),
+            Self::Vault { path, key: Some(key) } => write!(f, "vault:{path}#{key}"),
         }
     }
 }
 
 serde_as_text!(SecretSource, String);
+
+/// A secret's sources in order (`from:` as one source or a list): the first that is available
+/// answers. Never empty. Serialised as one source's text, or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFrom(Vec<SecretSource>);
+
+impl SecretFrom {
+    /// A chain of these sources; errs on none.
+    pub fn chain(sources: Vec<SecretSource>) -> Result<Self, String> {
+        match sources.is_empty() {
+            true => Err("give at least one source".into()),
+            false => Ok(Self(sources)),
+        }
+    }
+
+    /// Its sources, first asked first.
+    pub fn sources(&self) -> &[SecretSource] {
+        &self.0
+    }
+
+    /// The secret stores reading it may need.
+    pub fn stores(&self) -> impl Iterator<Item = Store> + '_ {
+        self.0.iter().filter_map(SecretSource::store)
+    }
+
+    /// Whether reading it may need a secret store (and the network).
+    pub fn needs_store(&self) -> bool {
+        self.stores().next().is_some()
+    }
+
+    /// Reads the first available of its sources that need no store; for planning, which has no stores.
+    pub fn read(&self) -> Result<String, String> {
+        let mut passed = Vec::new();
+        for source in &self.0 {
+            match source.read_local() {
+                Ok(value) => return Ok(value),
+                Err(e) if e.unavailable || source.needs_store() => passed.push(format!("{source}: {}", e.message)),
+                Err(e) => return Err(e.message),
+            }
+        }
+        Err(passed.join("; "))
+    }
+}
+
+impl From<SecretSource> for SecretFrom {
+    fn from(source: SecretSource) -> Self {
+        Self(vec![source])
+    }
+}
+
+impl fmt::Display for SecretFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let texts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&texts.join(", else "))
+    }
+}
+
+impl Serialize for SecretFrom {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(serializer),
+            many => many.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretFrom {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            One(SecretSource),
+            Many(Vec<SecretSource>),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::One(one) => Ok(one.into()),
+            Written::Many(many) => Self::chain(many).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The value of a secret, and which of its sources gave it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The value.
+    pub value: String,
+    /// The source that answered.
+    pub source: SecretSource,
+    /// Sources asked first that were unavailable, each with why.
+    pub passed_over: Vec<String>,
+}
+
+/// Reads secrets from their sources for one run: one HTTP client per store, one Vault login.
+pub struct Reader<'a> {
+    stores: &'a SecretStores,
+    aws_http: tokio::sync::OnceCell<reqwest::Client>,
+    vault: vault::Session,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of sources under `stores`; nothing is connected until a source needs it.
+    pub fn new(stores: &'a SecretStores) -> Self {
+        Self { stores, aws_http: tokio::sync::OnceCell::new(), vault: vault::Session::default() }
+    }
+
+    /// The first available source's value. A source that refuses ends the chain: a later one is
+    /// for when this one cannot be asked, not for a secret it says does not exist. Errors name
+    /// each source asked.
+    pub async fn read(&self, from: &SecretFrom) -> Result<Answer, String> {
+        let mut passed_over = Vec::new();
+        for source in from.sources() {
+            match self.read_one(source).await {
+                Ok(value) => return Ok(Answer { value, source: source.clone(), passed_over }),
+                Err(e) if e.unavailable => passed_over.push(format!("{source}: {}", e.message)),
+                Err(e) => {
+                    let rest = from.sources().len() - passed_over.len() - 1;
+                    let note = match rest {
+                        0 => String::new(),
+                        n => format!(
+                            " (an answer that refuses ends the chain: {n} later source{} for when this one is unavailable)",
+                            if n == 1 { " is" } else { "s are" }
+                        ),
+                    };
+                    passed_over.push(format!("{source}: {}{note}", e.message));
+                    return Err(asked(&passed_over));
+                }
+            }
+        }
+        Err(asked(&passed_over))
+    }
+
+    async fn read_one(&self, source: &SecretSource) -> Result<String, SourceError> {
+        let missing = |store: Store| SourceError::refused(format!("no `{}` in the pipeline", store.field()));
+        match source {
+            SecretSource::AwsSm { id, key } => {
+                let store = self.stores.aws.as_ref().ok_or_else(|| missing(Store::Aws))?;
+                let http = self
+                    .aws_http
+                    .get_or_try_init(|| async { reqwest::Client::builder().build() })
+                    .await
+                    .map_err(|e| SourceError::refused(format!("no HTTP client: {e}")))?;
+                let value = store.get_secret_value(id, http).await?;
+                match key {
+                    None => Ok(value),
+                    Some(key) => json_key(&value, key).map_err(SourceError::refused),
+                }
+            }
+            SecretSource::Vault { path, key } => {
+                let store = self.stores.vault.as_ref().ok_or_else(|| missing(Store::Vault))?;
+                self.vault.read(store, path, key.as_deref()).await
+            }
+            local => {
+                let local = local.clone();
+                tokio::task::spawn_blocking(move || local.read_local())
+                    .await
+                    .map_err(|e| SourceError::refused(e.to_string()))?
+            }
+        }
+    }
+}
+
+/// Each source asked and its answer: one on the line, several on lines of their own, since two
+/// stores that are both down say much the same.
+fn asked(answers: &[String]) -> String {
+    match answers {
+        [one] => one.clone(),
+        many => format!("its sources, asked in order:\n  {}", many.join("\n  ")),
+    }
+}
+
+/// Sends a request to a secret store, again after a pause while it is unreachable or answers 5xx
+/// or 429: a flaky store should not stop a deploy that has not touched anything yet. `what` names
+/// the call in errors; a 5xx or transport failure on the last attempt is `unavailable`.
+pub(super) async fn send(
+    what: &str,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, String), SourceError> {
+    let mut last = String::new();
+    for attempt in 0..STORE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        let response = match request().timeout(STORE_TIMEOUT).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                // The caller's `what` names the store; the URL would say it twice.
+                last = format!("{what}: {}", error_chain(&e.without_url()));
+                continue;
+            }
+        };
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            last = format!("{what} answered {status}{}", store_said(&text));
+            continue;
+        }
+        return Ok((status, text));
+    }
+    Err(SourceError::unavailable(format!("{last} ({STORE_ATTEMPTS} attempts)")))
+}
+
+/// What a store's error body says, shortly: AWS's `__type`/`message`, Vault's `errors`.
+pub(super) fn store_said(text: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    if let Some(errors) = v.get("errors").and_then(|e| e.as_array()) {
+        // Vault's own errors are multi-line lists ("1 error occurred:\n\t* permission denied").
+        let said: Vec<String> = errors
+            .iter()
+            .filter_map(|e| e.as_str())
+            .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        return match said.is_empty() {
+            true => String::new(),
+            false => format!(": {}", said.join("; ")),
+        };
+    }
+    match v.get("__type").is_some() {
+        true => format!(": {}", aws_error(text)),
+        false => String::new(),
+    }
+}
 
 /// The secret stores a pipeline configures (`secret_stores:`), recorded in the plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,12 +419,15 @@ pub struct SecretStores {
     /// AWS Secrets Manager, for `aws-sm:` sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSecretStore>,
+    /// HashiCorp Vault, for `vault:` sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultStore>,
 }
 
 impl SecretStores {
     /// Whether none is configured.
     pub fn is_empty(&self) -> bool {
-        self.aws.is_none()
+        self.aws.is_none() && self.vault.is_none()
     }
 }
 
@@ -159,14 +454,17 @@ impl AwsSecretStore {
     }
 
     /// `GetSecretValue` of `id`: its `SecretString`.
-    async fn get_secret_value(&self, id: &str, http: &reqwest::Client) -> Result<String, String> {
+    async fn get_secret_value(&self, id: &str, http: &reqwest::Client) -> Result<String, SourceError> {
         let credential = |source: &SecretSource, what: &str| {
-            source.read().map_err(|e| format!("the {what} for AWS Secrets Manager ({source}): {e}"))
+            source
+                .read()
+                .map_err(|e| SourceError::refused(format!("the {what} for AWS Secrets Manager ({source}): {e}")))
         };
         let access_key_id = credential(&self.access_key_id, "access key id")?;
         let secret_access_key = credential(&self.secret_access_key, "secret access key")?;
         let session_token = self.session_token.as_ref().map(|s| credential(s, "session token")).transpose()?;
-        let url = url::Url::parse(&self.endpoint).map_err(|e| format!("endpoint {}: {e}", self.endpoint))?;
+        let url = url::Url::parse(&self.endpoint)
+            .map_err(|e| SourceError::refused(format!("endpoint {}: {e}", self.endpoint)))?;
         let body = serde_json::json!({ "SecretId": id }).to_string();
         let headers = vec![
             ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
@@ -179,41 +477,24 @@ impl AwsSecretStore {
             secret_access_key: &secret_access_key,
             session_token: session_token.as_deref(),
         };
-        let mut last = String::new();
-        // Transport errors and 5xx are retried: a flaky endpoint should not stop a deploy it has not touched yet.
-        for attempt in 0..3u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
+        let (status, text) = send("GetSecretValue", || {
             let signed = sigv4::sign(&creds, "POST", &url, &headers, body.as_bytes(), SystemTime::now());
-            let mut request = http.post(url.clone()).timeout(AWS_TIMEOUT).body(body.clone());
+            let mut request = http.post(url.clone()).body(body.clone());
             for (name, value) in headers.iter().chain(&signed) {
                 request = request.header(name, value);
             }
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = format!("{}: {}", self.endpoint, error_chain(&e));
-                    continue;
-                }
-            };
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            if status.is_server_error() {
-                last = format!("GetSecretValue answered {status}: {}", aws_error(&text));
-                continue;
-            }
-            if !status.is_success() {
-                return Err(format!("GetSecretValue answered {status}: {}", aws_error(&text)));
-            }
-            let answer: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| format!("GetSecretValue answered no JSON: {e}"))?;
-            return match answer.get("SecretString").and_then(|v| v.as_str()) {
-                Some(value) => Ok(value.to_string()),
-                None => Err("the secret has no SecretString (binary secrets are not supported)".into()),
-            };
+            request
+        })
+        .await?;
+        if !status.is_success() {
+            return Err(SourceError::refused(format!("GetSecretValue answered {status}{}", store_said(&text))));
         }
-        Err(format!("{last} (3 attempts)"))
+        let answer: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| SourceError::refused(format!("GetSecretValue answered no JSON: {e}")))?;
+        match answer.get("SecretString").and_then(|v| v.as_str()) {
+            Some(value) => Ok(value.to_string()),
+            None => Err(SourceError::refused("the secret has no SecretString (binary secrets are not supported)")),
+        }
     }
 }
 
@@ -258,15 +539,15 @@ fn argv(command: &str) -> Result<Vec<String>, String> {
 /// Runs `command` without a shell; its stdout less the trailing newline is the value. Its stderr is
 /// only shown when it fails, and then with the value (if any) redacted. Errors do not repeat the
 /// command: the caller names the source, `exec:COMMAND`, in front of them.
-fn exec(command: &str, timeout: Duration) -> Result<String, String> {
-    let argv = argv(command)?;
+fn exec(command: &str, timeout: Duration) -> Result<String, SourceError> {
+    let argv = argv(command).map_err(SourceError::refused)?;
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start it: {e}"))?;
+        .map_err(|e| SourceError::unavailable(format!("cannot start it: {e}")))?;
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -285,10 +566,11 @@ fn exec(command: &str, timeout: Duration) -> Result<String, String> {
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("it did not finish within {}", humantime::format_duration(timeout)));
+                let waited = humantime::format_duration(timeout);
+                return Err(SourceError::unavailable(format!("it did not finish within {waited}")));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting for it: {e}")),
+            Err(e) => return Err(SourceError::refused(format!("waiting for it: {e}"))),
         }
     };
     let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
@@ -297,10 +579,13 @@ fn exec(command: &str, timeout: Duration) -> Result<String, String> {
     if !status.success() {
         let said = Redactor::new([value.as_str()].into_iter().filter(|v| !v.is_empty())).redact(err.trim());
         let said: String = said.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(format!("it failed ({status}){}{said}", if said.is_empty() { "" } else { ": " }));
+        return Err(SourceError::refused(format!(
+            "it failed ({status}){}{said}",
+            if said.is_empty() { "" } else { ": " }
+        )));
     }
     if value.is_empty() {
-        return Err(format!("`{}` printed nothing", argv[0]));
+        return Err(SourceError::refused(format!("`{}` printed nothing", argv[0])));
     }
     Ok(value)
 }
@@ -317,6 +602,8 @@ mod tests {
             "exec:vault kv get -field=password secret/db",
             "aws-sm:prod/db#password",
             "aws-sm:arn:aws:secretsmanager:eu-west-1:1:secret:x",
+            "vault:secret/data/app#password",
+            "vault:kv/data/prod/db",
         ] {
             assert_eq!(SecretSource::parse(text).unwrap().to_string(), text);
         }
@@ -324,13 +611,15 @@ mod tests {
             SecretSource::parse("aws-sm:arn:aws:secretsmanager:eu-west-1:1:secret:x#k").unwrap(),
             SecretSource::AwsSm { id: "arn:aws:secretsmanager:eu-west-1:1:secret:x".into(), key: Some("k".into()) }
         );
-        for bad in ["env:", "exec:", "exec:echo 'open", "aws-sm:", "aws-sm:x#", "vault:x", "TOKEN"] {
+        for bad in ["env:", "exec:", "exec:echo 'open", "aws-sm:", "aws-sm:x#", "vault:x", "vault:secret/app", "TOKEN"]
+        {
             assert!(SecretSource::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn exec_runs_without_a_shell_and_redacts_its_stderr() {
+        let exec = |command: &str, timeout| exec(command, timeout).map_err(|e| e.message);
         assert_eq!(exec("printf 's3cr3t value\\n'", EXEC_TIMEOUT).unwrap(), "s3cr3t value");
         // No shell: `;` and `$HOME` are arguments, not syntax.
         assert_eq!(exec("echo a; echo $HOME", EXEC_TIMEOUT).unwrap(), "a; echo $HOME");
@@ -343,6 +632,54 @@ mod tests {
         let slow = exec("sleep 5", Duration::from_millis(200)).unwrap_err();
         assert!(slow.contains("did not finish within 200ms"), "{slow}");
         assert!(started.elapsed() < Duration::from_secs(3), "killed at its timeout");
+    }
+
+    #[test]
+    fn a_chain_is_written_as_one_source_or_a_list_and_the_first_available_answers() {
+        let one: SecretFrom = serde_json::from_value(serde_json::json!("env:A")).unwrap();
+        assert_eq!(serde_json::to_value(&one).unwrap(), serde_json::json!("env:A"), "an older plan's form");
+        let chain: SecretFrom = serde_json::from_value(serde_json::json!(["env:A", "vault:kv/data/a#k"])).unwrap();
+        assert_eq!(serde_json::to_value(&chain).unwrap(), serde_json::json!(["env:A", "vault:kv/data/a#k"]));
+        assert_eq!(chain.to_string(), "env:A, else vault:kv/data/a#k");
+        assert!(serde_json::from_value::<SecretFrom>(serde_json::json!([])).is_err());
+
+        std::env::set_var("GANTRY_CHAIN_SECOND", "second-value");
+        let stores = SecretStores::default();
+        let reader = Reader::new(&stores);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let from = |texts: &[&str]| {
+            SecretFrom::chain(texts.iter().map(|t| SecretSource::parse(t).unwrap()).collect()).unwrap()
+        };
+        // An unset variable and a missing file are unavailable: the chain goes on, and says why.
+        let answer = runtime
+            .block_on(reader.read(&from(&["env:GANTRY_CHAIN_UNSET", "file:/no/such/file", "env:GANTRY_CHAIN_SECOND"])))
+            .unwrap();
+        assert_eq!(
+            (answer.value.as_str(), answer.source.to_string().as_str()),
+            ("second-value", "env:GANTRY_CHAIN_SECOND")
+        );
+        assert_eq!(answer.passed_over.len(), 2, "{:?}", answer.passed_over);
+        assert!(
+            answer.passed_over[0].starts_with("env:GANTRY_CHAIN_UNSET: environment variable"),
+            "{:?}",
+            answer.passed_over
+        );
+        // A helper that answers "no" ends the chain: the next source is not asked.
+        let refused = runtime.block_on(reader.read(&from(&["exec:false", "env:GANTRY_CHAIN_SECOND"]))).unwrap_err();
+        assert!(refused.starts_with("exec:false: it failed (exit status: 1)"), "{refused}");
+        assert!(refused.contains("ends the chain: 1 later source is for when this one is unavailable"), "{refused}");
+        // Every source unavailable: each is named with its reason.
+        let none =
+            runtime.block_on(reader.read(&from(&["env:GANTRY_CHAIN_UNSET", "exec:/no/such/helper"]))).unwrap_err();
+        assert!(
+            none.starts_with("its sources, asked in order:\n  env:GANTRY_CHAIN_UNSET: ")
+                && none.contains("\n  exec:/no/such/helper: cannot start it"),
+            "{none}"
+        );
+        // A store source without its store is a refusal, not a silent skip.
+        let storeless =
+            runtime.block_on(reader.read(&from(&["vault:kv/data/a#k", "env:GANTRY_CHAIN_SECOND"]))).unwrap_err();
+        assert!(storeless.contains("no `secret_stores.vault` in the pipeline"), "{storeless}");
     }
 
     #[test]

@@ -237,9 +237,9 @@ mod tests {
         assert_eq!(name, "TOKEN");
         assert_eq!(secret.bound_to()[0].to_string(), "https://api.notion.com");
         assert!(secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC").unwrap_err().to_string().contains("bind it"));
-        assert!(secret_from("TOKEN=vault:x@https://a")
+        assert!(secret_from("TOKEN=keyring:x@https://a")
             .unwrap_err()
             .to_string()
-            .contains("must be `env:NAME`, `file:PATH`, `exec:COMMAND` or `aws-sm:SECRET_ID[#KEY]`"));
+            .contains("must be `env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:SECRET_ID[#KEY]` or `vault:"));
     }
 }

@@ -5,7 +5,7 @@
 
 use super::condition::Condition;
 use super::source::PluginRef;
-use crate::capability::{FileGrant, Grant, SecretSource, SecretStores};
+use crate::capability::{FileGrant, Grant, SecretFrom, SecretStores};
 use crate::sandbox::{HttpLimits, Limits};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -148,7 +148,7 @@ pub struct CheckedStep {
 #[derive(Debug, Clone)]
 pub struct CheckedSecret {
     /// Where its value comes from.
-    pub source: SecretSource,
+    pub source: SecretFrom,
     /// Origins it may be sent to.
     pub bind: Vec<Grant>,
 }
@@ -168,7 +168,7 @@ pub struct CheckedOverlay {
     /// Plugin swaps by step id.
     pub plugins: BTreeMap<String, PluginRef>,
     /// Secret sources by secret name.
-    pub secrets: BTreeMap<String, SecretSource>,
+    pub secrets: BTreeMap<String, SecretFrom>,
     /// Network narrowing by step id.
     pub network: BTreeMap<String, Vec<Grant>>,
 }

@@ -92,7 +92,7 @@ pub struct Pipeline {
     /// Secrets steps may use, by name. Example: `NOTION_TOKEN: { from: "env:NOTION_TOKEN", bind: ["https://api.notion.com"] }`
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretDef>,
-    /// Secret managers that `aws-sm:` sources read from.
+    /// Secret managers that `aws-sm:` and `vault:` sources read from.
     #[serde(default)]
     pub secret_stores: SecretStoresDef,
     /// Credentials for the OCI registries plugins come from, by registry (`host[:port]`).
@@ -136,10 +136,31 @@ pub enum WaveDef {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretDef {
-    /// `env:NAME`, `file:PATH`, `exec:COMMAND` (run without a shell; its stdout) or `aws-sm:SECRET_ID[#JSON_KEY]`.
-    pub from: Loc<String>,
+    /// `env:NAME`, `file:PATH`, `exec:COMMAND` (run without a shell; its stdout), `aws-sm:SECRET_ID[#JSON_KEY]`
+    /// or `vault:MOUNT/data/PATH[#KEY]`; or a list of them, the first available answering.
+    pub from: Loc<FromDef>,
     /// Origins the secret may be sent to.
     pub bind: Vec<Loc<String>>,
+}
+
+/// A secret's source as written: one, or a fallback chain.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FromDef {
+    /// One source.
+    One(String),
+    /// Sources in order: a source that is unavailable (unreachable, 5xx, unset) passes to the next.
+    Chain(Vec<String>),
+}
+
+impl FromDef {
+    /// The sources as written, in order.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            Self::One(one) => vec![one.as_str()],
+            Self::Chain(many) => many.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// Secret managers the host reads secret values from.
@@ -149,6 +170,42 @@ pub struct SecretStoresDef {
     /// AWS Secrets Manager, for `aws-sm:SECRET_ID[#KEY]` sources.
     #[serde(default)]
     pub aws: Option<AwsStoreDef>,
+    /// HashiCorp Vault's KV v2 engine, for `vault:MOUNT/data/PATH[#KEY]` sources.
+    #[serde(default)]
+    pub vault: Option<VaultStoreDef>,
+}
+
+/// HashiCorp Vault: where, and how the host signs in (a token, or an AppRole), each from another source.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultStoreDef {
+    /// Its origin, e.g. `https://vault.internal:8200` (`http://` only on loopback).
+    pub address: Loc<String>,
+    /// An Enterprise namespace, sent as `X-Vault-Namespace`.
+    #[serde(default)]
+    pub namespace: Option<Loc<String>>,
+    /// Source of a token (`env:`, `file:` or `exec:`); `env:VAULT_TOKEN` when neither this nor `approle` is given.
+    #[serde(default)]
+    pub token: Option<Loc<String>>,
+    /// AppRole sign-in instead of a token.
+    #[serde(default)]
+    pub approle: Option<AppRoleDef>,
+    /// PEM file of CA certificates to trust besides the system roots; relative to the pipeline file.
+    #[serde(default)]
+    pub ca_file: Option<Loc<String>>,
+}
+
+/// AppRole sign-in: the ids' sources and the method's mount.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleDef {
+    /// Source of the role id (`env:`, `file:` or `exec:`).
+    pub role_id: Loc<String>,
+    /// Source of the secret id.
+    pub secret_id: Loc<String>,
+    /// Where AppRole is mounted; `approle` when left out.
+    #[serde(default)]
+    pub mount: Option<Loc<String>>,
 }
 
 /// AWS Secrets Manager: the region, and the sources of the credentials the host signs requests with.
@@ -188,9 +245,9 @@ pub struct Overlay {
     /// Variables that override the pipeline's `env:`.
     #[serde(default)]
     pub env: BTreeMap<String, Loc<String>>,
-    /// Secret sources that override the pipeline's, by secret name (`env:`, `file:`, `exec:`, `aws-sm:`).
+    /// Secret sources that override the pipeline's, by secret name (one source or a chain, as `from:`).
     #[serde(default)]
-    pub secrets: BTreeMap<String, Loc<String>>,
+    pub secrets: BTreeMap<String, Loc<FromDef>>,
     /// Plugin swaps: step id → `uses:` value.
     #[serde(default)]
     pub plugins: BTreeMap<String, Loc<String>>,

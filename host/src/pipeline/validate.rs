@@ -7,12 +7,15 @@ use super::checked::{
 use super::condition::Condition;
 use super::expr::{self, Expr, STATUS_FUNCTIONS};
 use super::load::{Loaded, Located};
+use super::model::FromDef;
 use super::model::{ApprovalDef, Loc, Overlay, Pipeline, Position, Retry, StepDef, WaveDef};
 use super::schema_walk::unknown_field;
 use super::source::PluginRef;
 use super::Problem;
 use crate::capability::network::origin_of;
-use crate::capability::{address, AwsSecretStore, FileGrant, Grant, SecretSource, SecretStores};
+use crate::capability::{
+    address, AwsSecretStore, FileGrant, Grant, SecretFrom, SecretSource, SecretStores, Store, VaultAuth, VaultStore,
+};
 use crate::rollout::{Rollout, Wave};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -388,15 +391,28 @@ impl<'a> Checker<'a> {
         checked
     }
 
-    fn source(&mut self, source: &Loc<String>, field: &str) -> Option<SecretSource> {
-        let parsed = SecretSource::parse(source).and_then(|s| match s.needs_store() {
-            true if self.pipeline.secret_stores.aws.is_none() => Err(format!(
-                "`{}` needs `secret_stores.aws` (region, and the sources of the credentials the host signs with)",
-                source.value
-            )),
-            _ => Ok(s),
-        });
-        self.parsed(parsed, source.at, field)
+    /// A secret's source or chain: each parses, and the stores they read are configured.
+    fn source(&mut self, from: &Loc<FromDef>, field: &str) -> Option<SecretFrom> {
+        let texts = from.texts();
+        let chain = matches!(from.value, FromDef::Chain(_));
+        let mut sources = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let field = if chain { format!("{field}[{i}]") } else { field.to_string() };
+            let stores = &self.pipeline.secret_stores;
+            let configured = |store: Store| match store {
+                Store::Aws => stores.aws.is_some(),
+                Store::Vault => stores.vault.is_some(),
+            };
+            let parsed = SecretSource::parse(text).and_then(|s| match s.store() {
+                Some(store) if !configured(store) => {
+                    Err(format!("`{text}` needs `{}` ({})", store.field(), store.needs()))
+                }
+                _ => Ok(s),
+            });
+            sources.push(self.parsed(parsed, from.at, &field));
+        }
+        let sources: Option<Vec<SecretSource>> = sources.into_iter().collect();
+        self.parsed(SecretFrom::chain(sources?), from.at, field)
     }
 
     /// Rollout waves: declared entities, shares of 1-100 %, `rest` last; a budget of at least 1.
@@ -443,9 +459,45 @@ impl<'a> Checker<'a> {
         Rollout { waves, failure_budget }
     }
 
-    /// The secret stores: a region, an endpoint the host may reach, credentials from sources that need no store.
+    /// The secret stores: where each is (an origin the host may reach), credentials from sources
+    /// that need no store.
     fn secret_stores(&mut self) -> SecretStores {
-        let Some(aws) = &self.pipeline.secret_stores.aws else { return SecretStores::default() };
+        SecretStores { aws: self.aws_store(), vault: self.vault_store() }
+    }
+
+    /// A store's origin: `https://`, or `http://` on loopback, with no path.
+    fn store_origin(&mut self, text: &Loc<String>, field: &str) -> String {
+        let origin = url::Url::parse(text).ok().filter(|u| {
+            let local = u.host_str().is_some_and(address::is_loopback_host);
+            (u.scheme() == "https" || (u.scheme() == "http" && local)) && matches!(u.path(), "" | "/")
+        });
+        let origin = origin.map(|u| origin_of(&u));
+        if origin.is_none() {
+            self.push(
+                text.at,
+                field,
+                format!("`{}` must be an https:// origin (http:// only on loopback)", text.value),
+            );
+        }
+        origin.unwrap_or_default()
+    }
+
+    /// A store's credential: a source that needs no store, or `default` (`env:NAME`) when left out.
+    fn credential(&mut self, def: &Option<Loc<String>>, field: &str, default: Option<&str>) -> Option<SecretSource> {
+        match def {
+            Some(text) => {
+                let parsed = SecretSource::parse(text).and_then(|s| match s.needs_store() {
+                    true => Err(format!("`{}`: credentials come from env:, file: or exec:", text.value)),
+                    false => Ok(s),
+                });
+                self.parsed(parsed, text.at, field)
+            }
+            None => default.map(|d| SecretSource::Env(d.to_string())),
+        }
+    }
+
+    fn aws_store(&mut self) -> Option<AwsSecretStore> {
+        let aws = self.pipeline.secret_stores.aws.as_ref()?;
         let field = "secret_stores.aws";
         let region = aws.region.value.trim().to_string();
         if region.is_empty() || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
@@ -453,44 +505,63 @@ impl<'a> Checker<'a> {
         }
         let endpoint = match &aws.endpoint {
             None => AwsSecretStore::default_endpoint(&region),
-            Some(e) => {
-                let origin = url::Url::parse(e).ok().filter(|u| {
-                    let local = u.host_str().is_some_and(address::is_loopback_host);
-                    (u.scheme() == "https" || (u.scheme() == "http" && local)) && matches!(u.path(), "" | "/")
-                });
-                let origin = origin.map(|u| origin_of(&u));
-                if origin.is_none() {
-                    self.push(
-                        e.at,
-                        &format!("{field}.endpoint"),
-                        format!("`{}` must be an https:// origin (http:// only on loopback)", e.value),
-                    );
-                }
-                origin.unwrap_or_default()
+            Some(e) => self.store_origin(e, &format!("{field}.endpoint")),
+        };
+        let access_key_id =
+            self.credential(&aws.access_key_id, &format!("{field}.access_key_id"), Some("AWS_ACCESS_KEY_ID"));
+        let secret_access_key = self.credential(
+            &aws.secret_access_key,
+            &format!("{field}.secret_access_key"),
+            Some("AWS_SECRET_ACCESS_KEY"),
+        );
+        let session_token = self.credential(&aws.session_token, &format!("{field}.session_token"), None);
+        Some(AwsSecretStore {
+            region,
+            endpoint,
+            access_key_id: access_key_id?,
+            secret_access_key: secret_access_key?,
+            session_token,
+        })
+    }
+
+    fn vault_store(&mut self) -> Option<VaultStore> {
+        let vault = self.pipeline.secret_stores.vault.as_ref()?;
+        let field = "secret_stores.vault";
+        let address = self.store_origin(&vault.address, &format!("{field}.address"));
+        let namespace = vault.namespace.as_ref().map(|ns| ns.value.trim_matches('/').to_string());
+        let auth = match (&vault.token, &vault.approle) {
+            (Some(token), Some(_)) => {
+                self.push(token.at, &format!("{field}.token"), "give `token` or `approle`, not both".into());
+                None
+            }
+            (token, None) => self
+                .credential(token, &format!("{field}.token"), Some("VAULT_TOKEN"))
+                .map(|token| VaultAuth::Token { token }),
+            (None, Some(approle)) => {
+                let role_id =
+                    self.credential(&Some(approle.role_id.clone()), &format!("{field}.approle.role_id"), None);
+                let secret_id =
+                    self.credential(&Some(approle.secret_id.clone()), &format!("{field}.approle.secret_id"), None);
+                let mount = approle.mount.as_ref().map(|m| m.value.trim_matches('/').to_string());
+                let mount = mount.filter(|m| !m.is_empty()).unwrap_or_else(|| VaultAuth::APPROLE_MOUNT.to_string());
+                Some(VaultAuth::AppRole { mount, role_id: role_id?, secret_id: secret_id? })
             }
         };
-        let mut credential = |def: &Option<Loc<String>>, name: &str, default: Option<&str>| {
-            let field = format!("{field}.{name}");
-            match def {
-                Some(text) => {
-                    let parsed = SecretSource::parse(text).and_then(|s| match s.needs_store() {
-                        true => Err(format!("`{}`: credentials come from env:, file: or exec:", text.value)),
-                        false => Ok(s),
-                    });
-                    self.parsed(parsed, text.at, &field)
+        let ca_file = vault.ca_file.as_ref().and_then(|file| {
+            let path = self.base().join(&file.value);
+            match path.is_file() {
+                true => Some(path),
+                false => {
+                    let shown = path.display();
+                    self.push(file.at, &format!("{field}.ca_file"), format!("{shown} is not a file"));
+                    None
                 }
-                None => default.map(|d| SecretSource::Env(d.to_string())),
             }
-        };
-        let access_key_id = credential(&aws.access_key_id, "access_key_id", Some("AWS_ACCESS_KEY_ID"));
-        let secret_access_key = credential(&aws.secret_access_key, "secret_access_key", Some("AWS_SECRET_ACCESS_KEY"));
-        let session_token = credential(&aws.session_token, "session_token", None);
-        match (access_key_id, secret_access_key) {
-            (Some(access_key_id), Some(secret_access_key)) => SecretStores {
-                aws: Some(AwsSecretStore { region, endpoint, access_key_id, secret_access_key, session_token }),
-            },
-            _ => SecretStores::default(),
+        });
+        if vault.ca_file.is_some() && ca_file.is_none() {
+            return None;
         }
+        Some(VaultStore { address, namespace, auth: auth?, ca_file })
     }
 
     fn uses(&mut self, uses: &Loc<String>, field: &str) -> Option<PluginRef> {

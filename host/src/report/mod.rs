@@ -216,6 +216,7 @@ impl Summary {
                 | Event::Checkpoint { .. }
                 | Event::Phase { .. }
                 | Event::Opened { .. }
+                | Event::SecretsRead { .. }
                 | Event::Log { .. } => {}
                 Event::Abandoned { .. } => summary.status = crate::run::store::NEEDS_A_PERSON.into(),
             }

@@ -48,6 +48,16 @@ pub fn describe(event: &Event) -> String {
         RunFinished { status } => format!("run finished: {status}"),
         Phase { phase, reason } => format!("run {}: {reason}", phase.name().replace('_', " ")),
         Opened { command, pid, host } => format!("{command}: pid {pid} on {host} took the run up"),
+        SecretsRead { answered } => {
+            let each: Vec<String> = answered
+                .iter()
+                .map(|(name, a)| match a.passed_over.len() {
+                    0 => format!("{name} from {}", a.source),
+                    n => format!("{name} from {} ({n} unavailable before it)", a.source),
+                })
+                .collect();
+            format!("secrets read: {}", each.join(", "))
+        }
         Checkpoint { step, key, .. } => format!("{step}: checkpoint {key} recorded"),
         Log { step, level, message } => format!("{step}: {level:?}: {message}"),
         Interrupted { signal } => {
@@ -215,7 +225,7 @@ impl LiveView {
             RollbackFailed { step, error, .. } => {
                 self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}"))
             }
-            Phase { .. } | Opened { .. } => {}
+            Phase { .. } | Opened { .. } | SecretsRead { .. } => {}
             RunStarted { .. }
             | RunFinished { .. }
             | Interrupted { .. }

@@ -173,6 +173,11 @@ pub enum Event {
         /// The machine it runs on.
         host: String,
     },
+    /// Where this session's secret values came from (which source of a chain answered), never a value.
+    SecretsRead {
+        /// By secret name.
+        answered: BTreeMap<String, SecretAnswered>,
+    },
     /// A step could not decide whether to go on (a gate without data): the run starts nothing more,
     /// rolls nothing back, and waits for a person to `resume` (the step runs again) or `rollback`.
     Paused {
@@ -259,6 +264,12 @@ impl Event {
             Event::StepStarted { step, .. } | Event::RolledBack { step, .. } => text(step),
             Event::Phase { reason, .. } => text(reason),
             Event::Opened { command, host, .. } => [command, host].into_iter().for_each(text),
+            Event::SecretsRead { answered } => {
+                for a in answered.values_mut() {
+                    text(&mut a.source);
+                    a.passed_over.iter_mut().for_each(text);
+                }
+            }
             Event::StepSkipped { step, reason } | Event::Paused { step, reason } => {
                 [step, reason].into_iter().for_each(text)
             }
@@ -692,29 +703,51 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, values: &BTreeMap<String, St
     Grants { network: step.network.clone(), secrets, files }
 }
 
+/// The secrets of a run: values by name (never journaled), and which source answered each.
+pub struct SecretsRead {
+    /// Values by secret name.
+    pub values: BTreeMap<String, String>,
+    /// The source that answered by secret name, and those passed over first.
+    pub answered: BTreeMap<String, SecretAnswered>,
+}
+
+impl SecretsRead {
+    /// The journal's record of where the values came from: never the values.
+    fn event(&self) -> Option<Event> {
+        (!self.answered.is_empty()).then(|| Event::SecretsRead { answered: self.answered.clone() })
+    }
+}
+
+/// Which of a secret's sources gave its value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretAnswered {
+    /// The source that answered, as written.
+    pub source: String,
+    /// Sources asked first that were unavailable, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<String>,
+}
+
 /// Reads every secret the plan's steps use, each once, before any step runs: a source that fails
-/// stops the run before anything changes, naming the secret and its source.
-pub async fn read_secrets(plan: &Plan) -> Result<BTreeMap<String, String>, RunError> {
-    let mut values = BTreeMap::new();
-    // Only a run with a secret-store source pays for an HTTP client (TLS roots and all).
-    let http = match plan.steps.iter().flat_map(|step| &step.secrets).any(|s| s.source.needs_store()) {
-        true => Some(reqwest::Client::builder().build().map_err(|e| RunError::Secret {
-            name: "(all)".into(),
-            message: format!("no HTTP client for secret stores: {e}"),
-        })?),
-        false => None,
-    };
+/// stops the run before anything changes, naming the secret and its source; in a chain, the first
+/// available source answers.
+pub async fn read_secrets(plan: &Plan) -> Result<SecretsRead, RunError> {
+    let reader = crate::capability::source::Reader::new(&plan.secret_stores);
+    let mut read = SecretsRead { values: BTreeMap::new(), answered: BTreeMap::new() };
     for s in plan.steps.iter().flat_map(|step| &step.secrets) {
-        if values.contains_key(&s.name) {
+        if read.values.contains_key(&s.name) {
             continue;
         }
-        let value = s.source.fetch(&plan.secret_stores, http.as_ref()).await.map_err(|message| RunError::Secret {
-            name: s.name.clone(),
-            message: format!("{}: {message}", s.source),
-        })?;
-        values.insert(s.name.clone(), value);
+        let answer =
+            reader.read(&s.source).await.map_err(|message| RunError::Secret { name: s.name.clone(), message })?;
+        for passed in &answer.passed_over {
+            tracing::warn!("secret `{}`: {passed}: read from {} instead", s.name, answer.source);
+        }
+        let answered = SecretAnswered { source: answer.source.to_string(), passed_over: answer.passed_over };
+        read.answered.insert(s.name.clone(), answered);
+        read.values.insert(s.name.clone(), answer.value);
     }
-    Ok(values)
+    Ok(read)
 }
 
 /// Replaces `${{ steps.<id>.outputs.<name> }}` in every string of an input.
@@ -1256,8 +1289,8 @@ pub async fn run(
     options: &RunOptions,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
-    let values = read_secrets(plan).await?;
-    let prepared = prepare(runtime, plan, &session.artifacts(), &values)?;
+    let secrets = read_secrets(plan).await?;
+    let prepared = prepare(runtime, plan, &session.artifacts(), &secrets.values)?;
     let ctx = Arc::new(
         Ctx::new(prepared, plan, session, options.dry_run, events)
             .seed_checkpoints(&options.checkpoints)
@@ -1282,11 +1315,13 @@ pub async fn run(
     // (durably, before it undoes a step cut off part-way and runs it again).
     if options.resumed {
         ctx.record(ctx.opened("resume"));
+        secrets.event().into_iter().for_each(|e| ctx.record(e));
         ctx.enter(fold::RunPhase::Running, "resumed").await?;
     } else {
         ctx.emit(started).await?;
         // Durable with the first step's start, which waits for it.
         ctx.record(ctx.opened("run"));
+        secrets.event().into_iter().for_each(|e| ctx.record(e));
         ctx.record(Event::Phase { phase: fold::RunPhase::Running, reason: "started".into() });
     }
 
@@ -1456,10 +1491,11 @@ pub async fn rollback(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let plan = &reopened.plan;
-    let values = read_secrets(plan).await?;
-    let prepared = prepare(runtime, plan, &session.artifacts(), &values)?;
+    let secrets = read_secrets(plan).await?;
+    let prepared = prepare(runtime, plan, &session.artifacts(), &secrets.values)?;
     let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events).seed_checkpoints(&reopened.checkpoints));
     ctx.record(ctx.opened("rollback"));
+    secrets.event().into_iter().for_each(|e| ctx.record(e));
     ctx.enter(fold::RunPhase::RollingBack, "rollback").await?;
     let order = reopened.fold.undo_order();
     let outputs: BTreeMap<String, Outputs> = reopened.completed.iter().cloned().collect();
