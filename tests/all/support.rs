@@ -302,13 +302,15 @@ pub fn journal(dir: &Path) -> Vec<serde_json::Value> {
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-/// Spawns `cmd` and polls `reached` until it holds (60 s at most), for a test that then signals or kills
+/// Spawns `cmd` and polls `reached` until it holds (5 minutes at most), for a test that then signals or kills
 /// the child at that point of its run; a child that never gets there is killed and the test fails.
+// Five minutes, not one: the run may first build its plugins from source while other tests hold the shared
+// target dir's cargo lock, and on a two-core runner that wait alone has passed a minute.
 // The child is handed to the caller, who signals and waits on it.
 #[allow(clippy::zombie_processes)]
 pub fn spawn_until(cmd: &mut Command, what: &str, reached: impl Fn() -> bool) -> std::process::Child {
     let mut child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
     while !reached() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the run ended ({status}) before it reached {what}");
