@@ -138,7 +138,7 @@ impl CountingServer {
                 }
                 let Ok(stream) = stream else { continue };
                 h.fetch_add(1, Ordering::SeqCst);
-                if let Ok((line, head)) = answer(stream, &reply) {
+                if let Ok(Some((line, head))) = answer(stream, &reply) {
                     r.lock().unwrap().push(line);
                     hd.lock().unwrap().push(head);
                 }
@@ -201,11 +201,12 @@ pub fn read_request(stream: &TcpStream) -> std::io::Result<Option<RawRequest>> {
     Ok(Some(RawRequest { line, headers, body }))
 }
 
-/// Answers one request; returns it as `METHOD body`, and its header lines.
-fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<(String, String)> {
+/// Answers one request; returns it as `METHOD body`, and its header lines. A connection closed
+/// before its request line (a client killed between connecting and sending) made no request.
+fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<Option<(String, String)>> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let Some(RawRequest { line, headers, body }) = read_request(&stream)? else {
-        return Ok((String::new(), String::new()));
+        return Ok(None);
     };
     let method = line.split(' ').next().unwrap_or_default().to_string();
     let headers = headers.concat();
@@ -225,7 +226,7 @@ fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<(String, String)>
         answer
     )?;
     stream.flush()?;
-    Ok((format!("{method} {}", String::from_utf8_lossy(&body)).trim_end().to_string(), headers))
+    Ok(Some((format!("{method} {}", String::from_utf8_lossy(&body)).trim_end().to_string(), headers)))
 }
 
 impl Drop for CountingServer {
