@@ -3,7 +3,7 @@
 //! gets, its limits and inputs, and the groups of steps that run in parallel.
 
 use crate::build::{build_crate, BuildError, BuildOptions};
-use crate::capability::{FileGrant, Grant, NetworkPolicy, SecretFrom, SecretStores};
+use crate::capability::{DatabaseGrant, FileGrant, Grant, NetworkPolicy, SecretFrom, SecretStores};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
@@ -67,6 +67,15 @@ pub struct PlannedSecret {
     pub bound_to: Vec<Grant>,
 }
 
+/// A database as a step receives it: the grant, and its password's secret (never the value).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlannedDatabase {
+    /// Where, as whom, and what the grant allows.
+    pub grant: DatabaseGrant,
+    /// The password's source after environment and entity swaps.
+    pub password: PlannedSecret,
+}
+
 /// One step, resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
@@ -88,6 +97,9 @@ pub struct PlannedStep {
     pub network: NetworkPolicy,
     /// Granted secrets.
     pub secrets: Vec<PlannedSecret>,
+    /// Granted databases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<PlannedDatabase>,
     /// Read-only directories: host path and sandbox path.
     pub files: Vec<FileGrant>,
     /// Whether the step gets a writable `/artifacts` directory.
@@ -147,6 +159,7 @@ impl PlannedStep {
         crate::capability::declared::Granted {
             network: !self.network.grants().is_empty(),
             secrets: !self.secrets.is_empty(),
+            databases: !self.databases.is_empty(),
             files: !self.files.is_empty(),
             artifacts: self.artifacts,
         }
@@ -249,6 +262,21 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
                 bound_to: d.bind.clone(),
             })
             .collect();
+        let databases = facts
+            .databases
+            .iter()
+            .filter_map(|name| layers.iter().rev().find_map(|l| l.databases.get(name)).or(checked.databases.get(name)))
+            .filter_map(|grant| {
+                let secret = checked.secrets.get(&grant.password_secret)?;
+                let source = layers.iter().rev().find_map(|l| l.secrets.get(&grant.password_secret));
+                let password = PlannedSecret {
+                    name: grant.password_secret.clone(),
+                    source: source.unwrap_or(&secret.source).clone(),
+                    bound_to: secret.bind.clone(),
+                };
+                Some(PlannedDatabase { grant: grant.clone(), password })
+            })
+            .collect();
         let mut step_vars = vars.clone();
         step_vars.extend(def.env.iter().map(|(k, v)| (k.clone(), v.value.clone())));
         // The entity's input wins over the environment's, which wins over the step's own.
@@ -267,6 +295,7 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             condition: facts.condition.clone(),
             network: NetworkPolicy::new(origins).with_addresses(facts.addresses.clone()),
             secrets,
+            databases,
             files: facts.files.clone(),
             artifacts: def.artifacts,
             limits: facts.limits,

@@ -73,7 +73,7 @@ pub use serde_json;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against.
-pub const CONTRACT_VERSION: &str = "0.3.1";
+pub const CONTRACT_VERSION: &str = "0.3.2";
 
 /// A deployment step: what a plugin author implements.
 pub trait Step {

@@ -104,6 +104,11 @@ impl Resolver {
         Self { overrides: self.overrides.clone(), allowed: Arc::new(ranges) }
     }
 
+    /// The addresses `--resolve` gave for `host`, if any.
+    pub fn overridden(&self, host: &str) -> Option<Vec<IpAddr>> {
+        self.overrides.get(&host.to_ascii_lowercase()).cloned()
+    }
+
     /// Keeps the addresses the step may reach; fails when none is left.
     pub fn filter(&self, host: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, AddressDenied> {
         let mut refused = None;

@@ -1,7 +1,7 @@
 //! What a plugin declares it uses (the capabilities of `describe`) against what its step is
 //! granted, so a step that cannot work, or holds more than its plugin asks for, shows at plan time.
 //!
-//! `network`, `files` and `artifacts` are needs: without the grant the plugin cannot do its job.
+//! `network`, `databases`, `files` and `artifacts` are needs: without the grant the plugin cannot do its job.
 //! `secrets:<use>` names a way the plugin may apply a secret, which a step may leave out.
 
 use std::fmt;
@@ -13,6 +13,8 @@ pub enum Declared {
     Network,
     /// `secrets:<use>` (or `secrets`): it may apply secrets, such as `secrets:bearer`.
     Secrets(String),
+    /// `databases`: it opens SQL databases.
+    Databases,
     /// `files`: it reads granted directories.
     Files,
     /// `artifacts`: it writes to `/artifacts`.
@@ -26,6 +28,7 @@ impl Declared {
     pub fn parse(text: &str) -> Self {
         match text {
             "network" => Self::Network,
+            "databases" => Self::Databases,
             "files" => Self::Files,
             "artifacts" => Self::Artifacts,
             "secrets" => Self::Secrets(String::new()),
@@ -44,6 +47,8 @@ pub struct Granted {
     pub network: bool,
     /// At least one secret.
     pub secrets: bool,
+    /// At least one database.
+    pub databases: bool,
     /// At least one read-only directory.
     pub files: bool,
     /// A writable `/artifacts`.
@@ -88,6 +93,7 @@ pub fn check(name: &str, declared: &[String], granted: Granted) -> Vec<Mismatch>
     let mut push = |severity, message: String| found.push(Mismatch { severity, message });
     for (need, word, is_granted, grant) in [
         (Declared::Network, "network", granted.network, "`network:` origins"),
+        (Declared::Databases, "databases", granted.databases, "`databases:`"),
         (Declared::Files, "files", granted.files, "`files:`"),
         (Declared::Artifacts, "artifacts", granted.artifacts, "`artifacts: true`"),
     ] {
@@ -115,7 +121,7 @@ pub fn check(name: &str, declared: &[String], granted: Granted) -> Vec<Mismatch>
     }) {
         push(
             Severity::Warning,
-            format!("plugin `{name}` declares `{unknown}`, which is not a capability (network, secrets:<use>, files, artifacts)"),
+            format!("plugin `{name}` declares `{unknown}`, which is not a capability (network, databases, secrets:<use>, files, artifacts)"),
         );
     }
     found
@@ -137,15 +143,15 @@ mod tests {
         assert_eq!(found[0].severity, Severity::Error);
         assert!(found[0].message.contains("needs network"), "{}", found[0]);
 
-        let all = Granted { network: true, secrets: true, files: true, artifacts: true };
+        let all = Granted { network: true, secrets: true, databases: true, files: true, artifacts: true };
         let found = check("misbehave", &[], all);
-        assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 4, "{found:?}");
+        assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 5, "{found:?}");
         assert!(found.iter().all(|m| m.severity == Severity::Warning));
     }
 
     #[test]
     fn matching_declarations_and_grants_say_nothing_and_secrets_are_optional() {
-        let granted = Granted { network: true, secrets: false, files: false, artifacts: false };
+        let granted = Granted { network: true, ..Granted::default() };
         assert_eq!(check("notify", &declared(&["network", "secrets:url", "secrets:body"]), granted), vec![]);
         let granted = Granted { files: true, artifacts: true, ..Granted::default() };
         assert_eq!(check("compliance-audit", &declared(&["files", "artifacts"]), granted), vec![]);

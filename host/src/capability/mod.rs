@@ -1,8 +1,9 @@
 //! What a step is granted: network origins, address ranges, secrets bound to
-//! origins, read-only directories and an artifacts directory.
+//! origins, SQL databases, read-only directories and an artifacts directory.
 //! Everything defaults to deny; a step gets only what its grants name.
 
 pub mod address;
+pub mod database;
 pub mod declared;
 pub mod files;
 pub mod network;
@@ -12,6 +13,7 @@ pub mod source;
 pub mod vault;
 
 pub use address::Resolver;
+pub use database::{Database, DatabaseGrant, Databases};
 pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
 pub use secrets::{Redactor, Secret, Secrets};
@@ -27,4 +29,6 @@ pub struct Grants {
     pub secrets: Secrets,
     /// Directories the step may read, and where it may write artifacts.
     pub files: Files,
+    /// SQL databases the step may open, with the passwords the host signs in with.
+    pub databases: Databases,
 }

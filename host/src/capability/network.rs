@@ -28,7 +28,19 @@ fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
         "http" => Some(80),
         "https" => Some(443),
+        // A database's origin, for binding its password secret (`postgres://db.internal:5432`).
+        "postgres" => Some(5432),
+        "mysql" => Some(3306),
         _ => None,
+    }
+}
+
+/// One spelling per scheme: `postgresql://` is `postgres://`, `mariadb://` is `mysql://`.
+fn canonical_scheme(scheme: &str) -> String {
+    match scheme.to_ascii_lowercase().as_str() {
+        "postgresql" => "postgres".into(),
+        "mariadb" => "mysql".into(),
+        other => other.into(),
     }
 }
 
@@ -37,8 +49,9 @@ impl Grant {
     pub fn parse(text: &str) -> Result<Self, GrantError> {
         let err = |reason: &str| GrantError { grant: text.to_string(), reason: reason.to_string() };
         let (scheme, rest) = text.split_once("://").ok_or_else(|| err("expected scheme://host[:port]"))?;
-        let scheme = scheme.to_ascii_lowercase();
-        let default = default_port(&scheme).ok_or_else(|| err("scheme must be http or https"))?;
+        let scheme = canonical_scheme(scheme);
+        let default = default_port(&scheme)
+            .ok_or_else(|| err("scheme must be http or https (postgres or mysql for a database)"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -83,6 +96,11 @@ impl Grant {
             _ => {}
         }
         Ok(Self { scheme, host, port, path_prefix: path.trim_end_matches('/').to_string() })
+    }
+
+    /// Whether the grant is for HTTP (`http` or `https`), not a database's origin.
+    pub fn is_http(&self) -> bool {
+        matches!(self.scheme.as_str(), "http" | "https")
     }
 
     /// Whether a URL falls under this grant.

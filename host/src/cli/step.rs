@@ -140,6 +140,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         request_timeout: args.request_timeout.unwrap_or(defaults.request_timeout),
         artifacts_bytes: args.artifacts_size.unwrap_or(defaults.artifacts_bytes),
         artifact_files: defaults.artifact_files,
+        rows: defaults.rows,
     };
     let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
     let sink = records.clone();
@@ -147,6 +148,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         grants,
         limits: limits.sandbox(),
         http: limits.http(),
+        sql: limits.sql(),
         requests: Some(RequestLog(Arc::new(move |r| sink.lock().unwrap_or_else(|e| e.into_inner()).push(r)))),
         // Outside a pipeline there is no journal: checkpoints are accepted and logged.
         checkpoints: Some(CheckpointLog(Arc::new(|key, value| {

@@ -5,7 +5,7 @@
 
 use super::condition::Condition;
 use super::source::PluginRef;
-use crate::capability::{FileGrant, Grant, SecretFrom, SecretStores};
+use crate::capability::{DatabaseGrant, FileGrant, Grant, SecretFrom, SecretStores};
 use crate::sandbox::{HttpLimits, Limits};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,6 +74,16 @@ pub struct ResourceLimits {
     /// Most files and directories left in `/artifacts`.
     #[serde(default = "default_artifact_files")]
     pub artifact_files: usize,
+    /// Most rows one SQL query returns.
+    #[serde(default = "default_rows")]
+    pub rows: usize,
+}
+
+/// Most rows one SQL query returns when the pipeline does not say.
+pub const DEFAULT_ROWS: usize = 10_000;
+
+fn default_rows() -> usize {
+    DEFAULT_ROWS
 }
 
 fn default_artifacts_bytes() -> usize {
@@ -96,6 +106,7 @@ impl Default for ResourceLimits {
             request_timeout: h.request_timeout,
             artifacts_bytes: l.artifacts_bytes,
             artifact_files: l.artifact_files,
+            rows: DEFAULT_ROWS,
         }
     }
 }
@@ -109,6 +120,15 @@ impl ResourceLimits {
             output_bytes: self.output_bytes,
             artifacts_bytes: self.artifacts_bytes,
             artifact_files: self.artifact_files,
+        }
+    }
+
+    /// The SQL caps of one call: rows, bytes as the HTTP response cap, the statement timeout as the request timeout.
+    pub fn sql(&self) -> crate::sandbox::SqlLimits {
+        crate::sandbox::SqlLimits {
+            rows: self.rows,
+            bytes: self.response_bytes,
+            statement_timeout: self.request_timeout,
         }
     }
 
@@ -140,6 +160,8 @@ pub struct CheckedStep {
     pub addresses: Vec<ipnet::IpNet>,
     /// Read-only directories.
     pub files: Vec<FileGrant>,
+    /// Names of the databases it may open.
+    pub databases: Vec<String>,
     /// Its approval gate, when required.
     pub approval: Option<ApprovalPolicy>,
 }
@@ -171,6 +193,8 @@ pub struct CheckedOverlay {
     pub secrets: BTreeMap<String, SecretFrom>,
     /// Network narrowing by step id.
     pub network: BTreeMap<String, Vec<Grant>>,
+    /// Databases replaced, by name.
+    pub databases: BTreeMap<String, DatabaseGrant>,
 }
 
 /// A whole pipeline's typed facts, beside the model they came from.
@@ -182,6 +206,8 @@ pub struct Checked {
     pub secrets: BTreeMap<String, CheckedSecret>,
     /// Registry credentials by registry host.
     pub registries: BTreeMap<String, CheckedRegistry>,
+    /// Declared databases by name.
+    pub databases: BTreeMap<String, DatabaseGrant>,
     /// Secret managers sources read from.
     pub secret_stores: SecretStores,
     /// Waves for runs of many entities.

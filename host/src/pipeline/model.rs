@@ -95,6 +95,9 @@ pub struct Pipeline {
     /// Secret managers that `aws-sm:` and `vault:` sources read from.
     #[serde(default)]
     pub secret_stores: SecretStoresDef,
+    /// SQL databases steps may use, by name. Example: `app: { url: "postgres://db.internal/app", user: deploy, password: DB_PASSWORD }`
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseDef>,
     /// Credentials for the OCI registries plugins come from, by registry (`host[:port]`).
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryDef>,
@@ -228,6 +231,27 @@ pub struct AwsStoreDef {
     pub session_token: Option<Loc<String>>,
 }
 
+/// A SQL database the host connects to for the steps that list it; the password is a declared secret.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseDef {
+    /// `postgres://host[:port]/database` or `mysql://host[:port]/database` (MariaDB too), without credentials.
+    pub url: Loc<String>,
+    /// The user the host signs in as.
+    pub user: Loc<String>,
+    /// Name of a declared secret bound to the database's origin (`postgres://host:port`).
+    pub password: Loc<String>,
+    /// `require` (default: the server's certificate verified) or `disable` (only to a database on this machine).
+    #[serde(default)]
+    pub tls: Option<Loc<String>>,
+    /// Only reading statements, each in a read-only transaction (default false).
+    #[serde(default)]
+    pub readonly: bool,
+    /// PEM file of CA certificates to trust besides the system roots; relative to the pipeline file.
+    #[serde(default)]
+    pub ca_file: Option<Loc<String>>,
+}
+
 /// How gantry signs in to one registry; the password is a declared secret, never given to a plugin.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -257,6 +281,9 @@ pub struct Overlay {
     /// Network narrowing: step id → the only origins it keeps (must be a subset of the step's).
     #[serde(default)]
     pub network: BTreeMap<String, Vec<Loc<String>>>,
+    /// Databases that replace the pipeline's, by name, whole (e.g. production's host and user).
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseDef>,
 }
 
 /// Retry policy for errors the plugin marks retryable, and for timeouts.
@@ -295,6 +322,9 @@ pub struct StepLimits {
     /// Most files and directories a step may leave in `/artifacts` (default 10000).
     #[serde(default)]
     pub artifact_files: Option<Loc<u32>>,
+    /// Most rows one SQL query may return (default 10000); its bytes count against `response_size`.
+    #[serde(default)]
+    pub rows: Option<Loc<u32>>,
 }
 
 /// One step of a pipeline.
@@ -326,6 +356,9 @@ pub struct StepDef {
     /// Names of the pipeline secrets the step may use.
     #[serde(default)]
     pub secrets: Vec<Loc<String>>,
+    /// Names of the pipeline databases the step may open; the host signs in, the plugin never sees the password.
+    #[serde(default)]
+    pub databases: Vec<Loc<String>>,
     /// Restricted address ranges (private, loopback, ...) that names in `network:` may resolve to, e.g. `10.0.0.0/8`.
     #[serde(default)]
     pub addresses: Vec<Loc<String>>,

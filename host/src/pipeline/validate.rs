@@ -8,13 +8,15 @@ use super::condition::Condition;
 use super::expr::{self, Expr, STATUS_FUNCTIONS};
 use super::load::{Loaded, Located};
 use super::model::FromDef;
-use super::model::{ApprovalDef, Loc, Overlay, Pipeline, Position, Retry, StepDef, WaveDef};
+use super::model::{ApprovalDef, DatabaseDef, Loc, Overlay, Pipeline, Position, Retry, StepDef, WaveDef};
 use super::schema_walk::unknown_field;
 use super::source::PluginRef;
 use super::Problem;
+use crate::capability::database::{Location, TlsMode};
 use crate::capability::network::origin_of;
 use crate::capability::{
-    address, AwsSecretStore, FileGrant, Grant, SecretFrom, SecretSource, SecretStores, Store, VaultAuth, VaultStore,
+    address, AwsSecretStore, DatabaseGrant, FileGrant, Grant, SecretFrom, SecretSource, SecretStores, Store, VaultAuth,
+    VaultStore,
 };
 use crate::rollout::{Rollout, Wave};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -39,6 +41,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     c.cycles();
     let secrets = c.secrets();
     let registries = c.registries(&secrets);
+    let databases = c.databases(&pipeline.databases, &secrets, "databases");
     let secret_stores = c.secret_stores();
     let rollout = c.rollout();
     let steps: Vec<Option<CheckedStep>> =
@@ -51,7 +54,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
         [("environments", &pipeline.environments), ("entities", &pipeline.entities)].into_iter().enumerate()
     {
         for (name, overlay) in defs {
-            let checked = c.overlay(overlay, &format!("{kind}.{name}"));
+            let checked = c.overlay(overlay, &secrets, &format!("{kind}.{name}"));
             overlays[k].insert(name.clone(), checked);
         }
     }
@@ -61,7 +64,7 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     let [environments, entities] = overlays;
     // No problem was found, so every part parsed.
     let steps = steps.into_iter().flatten().collect();
-    Ok(Checked { steps, secrets, registries, secret_stores, rollout, environments, entities })
+    Ok(Checked { steps, secrets, registries, databases, secret_stores, rollout, environments, entities })
 }
 
 fn located(value: &Loc<String>, field: &str) -> Located {
@@ -71,6 +74,15 @@ fn located(value: &Loc<String>, field: &str) -> Located {
 /// "no step has the id `x`; did you mean `y`?".
 fn unknown_step(id: &str, known: &[&str]) -> String {
     unknown_field(id, known).replace("unknown field", "no step has the id")
+}
+
+fn undeclared_database(name: &str, known: &[&str]) -> String {
+    let hint = if known.is_empty() {
+        "declare it under the pipeline's `databases:`".to_string()
+    } else {
+        unknown_field(name, known).replace("unknown field", "declared databases do not include")
+    };
+    format!("database `{name}` is not declared: {hint}")
 }
 
 fn undeclared_secret(name: &str, known: &[&str]) -> String {
@@ -171,7 +183,13 @@ impl<'a> Checker<'a> {
     fn step(&mut self, i: usize, step: &StepDef, loaded: &Loaded) -> Option<CheckedStep> {
         let field = format!("steps[{i}]");
         let base = self.base();
-        let network = self.grants(&step.network, &format!("{field}.network"));
+        let network = self.http_grants(&step.network, &format!("{field}.network"));
+        for name in &step.databases {
+            if !self.pipeline.databases.contains_key(name.as_str()) {
+                let known: Vec<&str> = self.pipeline.databases.keys().map(String::as_str).collect();
+                self.push(name.at, &format!("{field}.databases"), undeclared_database(name, &known));
+            }
+        }
         for name in &step.secrets {
             if !self.pipeline.secrets.contains_key(name.as_str()) {
                 let known: Vec<&str> = self.pipeline.secrets.keys().map(String::as_str).collect();
@@ -205,6 +223,7 @@ impl<'a> Checker<'a> {
             network: network?,
             addresses: addresses?,
             files: files?,
+            databases: step.databases.iter().map(|d| d.value.clone()).collect(),
             approval: approval?,
         })
     }
@@ -276,6 +295,98 @@ impl<'a> Checker<'a> {
         self.all(origins, field, |o| Grant::parse(o).map_err(|e| e.to_string()))
     }
 
+    /// Origins a step sends HTTP requests to: a database's origin is granted under `databases:` instead.
+    fn http_grants(&mut self, origins: &[Loc<String>], field: &str) -> Option<Vec<Grant>> {
+        self.all(origins, field, |o| match Grant::parse(o) {
+            Ok(g) if g.is_http() => Ok(g),
+            Ok(_) => Err(format!("`{o}` is a database origin: declare the database under `databases:` and list it in the step's `databases:`")),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    /// Declared databases (or an overlay's replacements): each URL parses, its password is a declared
+    /// secret bound to its origin, plain TCP only to this machine, and the CA file exists.
+    fn databases(
+        &mut self,
+        defs: &BTreeMap<String, DatabaseDef>,
+        secrets: &BTreeMap<String, CheckedSecret>,
+        field: &str,
+    ) -> BTreeMap<String, DatabaseGrant> {
+        let mut checked = BTreeMap::new();
+        for (name, def) in defs {
+            if let Some(grant) = self.database(name, def, secrets, &format!("{field}.{name}")) {
+                checked.insert(name.clone(), grant);
+            }
+        }
+        checked
+    }
+
+    fn database(
+        &mut self,
+        name: &str,
+        def: &DatabaseDef,
+        secrets: &BTreeMap<String, CheckedSecret>,
+        field: &str,
+    ) -> Option<DatabaseGrant> {
+        let location = self.parsed(Location::parse(&def.url), def.url.at, &format!("{field}.url"));
+        let tls = match &def.tls {
+            Some(t) => self.parsed(TlsMode::parse(t), t.at, &format!("{field}.tls")),
+            None => Some(TlsMode::default()),
+        };
+        if def.user.trim().is_empty() {
+            self.push(def.user.at, &format!("{field}.user"), "name the user the host signs in as".into());
+        }
+        let password = def.password.value.as_str();
+        let secret = secrets.get(password);
+        if secret.is_none() && !self.pipeline.secrets.contains_key(password) {
+            let known: Vec<&str> = self.pipeline.secrets.keys().map(String::as_str).collect();
+            self.push(def.password.at, &format!("{field}.password"), undeclared_secret(password, &known));
+        }
+        let ca_file = def.ca_file.as_ref().and_then(|file| {
+            let path = self.base().join(&file.value);
+            if !path.is_file() {
+                self.push(file.at, &format!("{field}.ca_file"), format!("{} is not a file", path.display()));
+            }
+            path.is_file().then_some(path)
+        });
+        let (location, tls, secret) = (location?, tls?, secret?);
+        let origin = location.origin();
+        let bound = url::Url::parse(&origin).is_ok_and(|u| secret.bind.iter().any(|g| g.allows(&u)));
+        if !bound {
+            self.push(
+                def.password.at,
+                &format!("{field}.password"),
+                format!(
+                    "secret `{password}` is not bound to the database: add \"{origin}\" to `secrets.{password}.bind`"
+                ),
+            );
+        }
+        if tls == TlsMode::Disable && !address::is_loopback_host(&location.host) {
+            let at = def.tls.as_ref().map_or(def.url.at, |t| t.at);
+            self.push(
+                at,
+                &format!("{field}.tls"),
+                format!(
+                    "`tls: disable` sends the password in clear: only to a database on this machine, not {}",
+                    location.host
+                ),
+            );
+            return None;
+        }
+        if def.user.trim().is_empty() || !bound || (def.ca_file.is_some() && ca_file.is_none()) {
+            return None;
+        }
+        Some(DatabaseGrant {
+            name: name.to_string(),
+            location,
+            user: def.user.value.clone(),
+            password_secret: password.to_string(),
+            tls,
+            readonly: def.readonly,
+            ca_file,
+        })
+    }
+
     fn duration(&mut self, text: &Loc<String>, field: &str) -> Option<Duration> {
         let parsed = humantime::parse_duration(text)
             .map_err(|e| format!("invalid duration `{}` ({e}): write e.g. 30s, 500ms, 2m", text.value));
@@ -309,6 +420,9 @@ impl<'a> Checker<'a> {
         }
         if let Some(n) = &def.artifact_files {
             limits.artifact_files = n.value as usize;
+        }
+        if let Some(n) = &def.rows {
+            limits.rows = n.value as usize;
         }
         if let Some(n) = &def.requests {
             if n.value == 0 {
@@ -665,8 +779,15 @@ impl<'a> Checker<'a> {
         (self.problems.len() == before).then_some(condition)
     }
 
-    fn overlay(&mut self, overlay: &Overlay, field: &str) -> CheckedOverlay {
+    fn overlay(&mut self, overlay: &Overlay, secrets: &BTreeMap<String, CheckedSecret>, field: &str) -> CheckedOverlay {
         let mut checked = CheckedOverlay::default();
+        for (name, def) in &overlay.databases {
+            if !self.pipeline.databases.contains_key(name) {
+                let known: Vec<&str> = self.pipeline.databases.keys().map(String::as_str).collect();
+                self.push(def.url.at, &format!("{field}.databases.{name}"), undeclared_database(name, &known));
+            }
+        }
+        checked.databases = self.databases(&overlay.databases, secrets, &format!("{field}.databases"));
         let steps: BTreeMap<&str, usize> = self.ids.iter().map(|(k, v)| (*k, *v)).collect();
         let known: Vec<&str> = steps.keys().copied().collect();
         for (name, source) in &overlay.secrets {
@@ -700,7 +821,7 @@ impl<'a> Checker<'a> {
                 self.push(at, &format!("{field}.network.{id}"), hint);
                 continue;
             };
-            if let Some(grants) = self.grants(origins, &format!("{field}.network.{id}")) {
+            if let Some(grants) = self.http_grants(origins, &format!("{field}.network.{id}")) {
                 checked.network.insert(id.clone(), grants);
             }
             for origin in origins {

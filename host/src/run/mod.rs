@@ -15,7 +15,7 @@ pub mod resume;
 pub mod session;
 pub mod store;
 
-use crate::capability::{Files, Grants, Redactor, Secret, Secrets};
+use crate::capability::{Database, Databases, Files, Grants, Redactor, Secret, Secrets};
 use crate::pipeline::condition::Facts;
 use crate::pipeline::expr;
 use crate::plan::{Plan, PlannedStep};
@@ -678,6 +678,7 @@ impl Ctx {
             grants: self.grants[&step.id].clone(),
             limits: step.limits.sandbox(),
             http: step.limits.http(),
+            sql: step.limits.sql(),
             requests: Some(log),
             checkpoints: Some(checkpoints),
             logs: Some(logs),
@@ -700,7 +701,11 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, values: &BTreeMap<String, St
     for s in step.secrets.iter().filter(|s| values.contains_key(&s.name)) {
         secrets.insert(s.name.clone(), Secret::new(values[&s.name].clone(), s.bound_to.clone()));
     }
-    Grants { network: step.network.clone(), secrets, files }
+    let mut databases = Databases::default();
+    for d in step.databases.iter().filter(|d| values.contains_key(&d.password.name)) {
+        databases.insert(Database { grant: d.grant.clone(), password: values[&d.password.name].clone() });
+    }
+    Grants { network: step.network.clone(), secrets, files, databases }
 }
 
 /// The secrets of a run: values by name (never journaled), and which source answered each.
@@ -734,7 +739,8 @@ pub struct SecretAnswered {
 pub async fn read_secrets(plan: &Plan) -> Result<SecretsRead, RunError> {
     let reader = crate::capability::source::Reader::new(&plan.secret_stores);
     let mut read = SecretsRead { values: BTreeMap::new(), answered: BTreeMap::new() };
-    for s in plan.steps.iter().flat_map(|step| &step.secrets) {
+    let passwords = plan.steps.iter().flat_map(|step| step.databases.iter().map(|d| &d.password));
+    for s in plan.steps.iter().flat_map(|step| &step.secrets).chain(passwords) {
         if read.values.contains_key(&s.name) {
             continue;
         }
@@ -859,7 +865,8 @@ pub fn prepare(
         grants.insert(step.id.clone(), grants_for(step, artifacts, values));
     }
     // A plugin may know a value it was not granted: every step redacts every secret of the run.
-    let redactor = Redactor::new(grants.values().flat_map(|g: &Grants| g.secrets.values()));
+    let redactor =
+        Redactor::new(grants.values().flat_map(|g: &Grants| g.secrets.values().chain(g.databases.passwords())));
     for g in grants.values_mut() {
         g.secrets.redact_with(redactor.clone());
     }

@@ -5,4 +5,8 @@ wasmtime::component::bindgen!({
     world: "step",
     imports: { default: async },
     exports: { default: async },
+    with: {
+        "gantry:step/sql.connection": super::sql::Connection,
+        "gantry:step/sql.transaction": super::sql::Transaction,
+    },
 });

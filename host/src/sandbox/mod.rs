@@ -15,11 +15,13 @@ pub mod contract;
 pub mod imports;
 pub mod limits;
 mod outbound;
+pub mod sql;
 
 pub use cache::{Cache, CacheStatus};
 pub use contract::CONTRACT_VERSION;
 pub use limits::Limits;
 pub use outbound::{HttpLimits, RequestLog, RequestRecord};
+pub use sql::SqlLimits;
 
 use crate::capability::files::ARTIFACTS_GUEST_PATH;
 use crate::capability::{Grants, Resolver};
@@ -237,6 +239,8 @@ pub struct StepCall {
     pub limits: Limits,
     /// Caps on outgoing HTTP.
     pub http: HttpLimits,
+    /// Caps on SQL.
+    pub sql: SqlLimits,
     /// Receives a record of every request, for the journal.
     pub requests: Option<RequestLog>,
     /// Records the step's checkpoints durably; without it, `checkpoint` fails.
@@ -318,6 +322,7 @@ struct State {
     table: ResourceTable,
     tracker: limits::Tracker,
     outbound: outbound::Outbound,
+    sql: sql::Sql,
     checkpoints: Option<CheckpointLog>,
     checkpointed: usize,
     approvals: Option<ApprovalLog>,
@@ -368,6 +373,12 @@ impl State {
                 refusal: None,
                 hide_path: false,
                 action: None,
+            },
+            sql: sql::Sql {
+                databases: call.grants.databases.clone(),
+                resolver: runtime.inner.resolver.allowing(call.grants.network.addresses().to_vec()),
+                limits: call.sql,
+                open: 0,
             },
             checkpoints: call.checkpoints.clone(),
             checkpointed: 0,
