@@ -47,6 +47,7 @@ mod error;
 mod http;
 mod log;
 mod outputs;
+pub mod sql;
 
 /// The plugin author's guide (the crate's README): writing, testing and publishing a plugin.
 /// Included here so its Rust examples compile and run as doctests.

@@ -11,6 +11,7 @@ mod certs;
 mod crashes;
 mod ecs;
 mod faults;
+mod migrate;
 mod notify;
 mod notion;
 mod peers;

@@ -340,6 +340,11 @@ impl Postgres {
         Self { bin, data: cluster, _dir: dir, port }
     }
 
+    /// The directory of the server's binaries (`psql` among them).
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
+    }
+
     /// The URL gantry takes as `--state`.
     pub fn url(&self) -> String {
         format!("postgres://gantry@127.0.0.1:{}/postgres", self.port)
@@ -468,5 +473,71 @@ impl Vault {
         let out = Command::new(venv("python")).args(["-c", read, &self.peer.origin]).output().unwrap();
         assert!(out.status.success(), "the stand-in's log: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()["requests"].as_array().unwrap().clone()
+    }
+}
+
+/// A throw-away MariaDB server on 127.0.0.1 (Debian's `mariadb-server`) with database `app` and a
+/// password user `deploy`, stopped on drop; `root` reads it back over the socket.
+pub struct MariaDb {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl MariaDb {
+    /// `mariadb-install-db` into a temporary directory, `mariadbd` on a free port, then the user.
+    pub fn start(password: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("db");
+        let socket = dir.path().join("mysqld.sock");
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("MariaDB is installed (scripts/peers-setup)");
+        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let child = Command::new("mariadbd")
+            .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let db = Self { child, socket, _dir: dir, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !(db.socket.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+            assert!(std::time::Instant::now() < deadline, "mariadbd did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        db.query(&format!(
+            "CREATE DATABASE app; CREATE USER 'deploy'@'127.0.0.1' IDENTIFIED BY '{password}'; \
+             GRANT ALL ON app.* TO 'deploy'@'127.0.0.1'"
+        ));
+        db
+    }
+
+    /// Runs SQL as root over the socket and returns the rows, tab-separated: an independent read.
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-e", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mariadb: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
