@@ -219,3 +219,70 @@ fn mariadb_migrations_run_statement_by_statement_with_the_password_only_the_host
 fn pg_psql(pg: &Postgres) -> std::path::PathBuf {
     pg.bin().join("psql")
 }
+
+/// One step of the misbehave plugin running `statement` on database `name`, granted `granted`.
+fn sql_step(id: &str, granted: &str, name: &str, statement: &str) -> String {
+    format!(
+        "  - id: {id}\n    uses: {}\n    databases: [{granted}]\n    with: {{ action: sql, path: {name}, message: \"{statement}\" }}\n",
+        repo().join("tests/plugins/misbehave").display()
+    )
+}
+
+#[test]
+fn a_plugin_cannot_reach_a_database_it_was_not_granted_write_through_a_readonly_grant_or_read_the_password() {
+    let password = "pg-Passw0rd-in-a-row";
+    let pg = Postgres::start();
+    pg.query("CREATE DATABASE app");
+    let origin = format!("postgres://127.0.0.1:{}", pg.port);
+    let psql = |sql: &str| {
+        let out = std::process::Command::new(pg_psql(&pg))
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "gantry", "-d", "app", "-At", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect::<Vec<_>>()
+    };
+    psql(&format!("CREATE TABLE settings (k text, v text); INSERT INTO settings VALUES ('db', '{password}')"));
+    let head = format!(
+        "name: attacks\nsecrets:\n  DB_PASSWORD: {{ from: \"env:DB_PASSWORD\", bind: [\"{origin}\"] }}\n\
+         databases:\n  app: {{ url: \"{origin}/app\", user: gantry, password: DB_PASSWORD, tls: disable }}\n\
+         \x20 ro: {{ url: \"{origin}/app\", user: gantry, password: DB_PASSWORD, tls: disable, readonly: true }}\nsteps:\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = |step: String| {
+        let _ = std::fs::remove_dir_all(dir.path().join(".gantry"));
+        let out = run_pipeline(dir.path(), &format!("{head}{step}"), &[("DB_PASSWORD", password)], &[]);
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let journal =
+            std::fs::read_to_string(dir.path().join(".gantry/runs").join(run_id(dir.path())).join("journal.jsonl"))
+                .unwrap();
+        assert!(
+            !printed.contains(password) && !journal.contains(password),
+            "the password leaked:\n{printed}\n{journal}"
+        );
+        (out.status.code(), printed)
+    };
+
+    // A database declared in the pipeline but not granted to the step.
+    let (code, printed) = attempt(sql_step("s", "ro", "app", "DELETE FROM settings"));
+    assert_eq!(code, Some(1));
+    assert!(printed.contains("denied") && printed.contains("app"), "{printed}");
+
+    // Writes through the read-only grant: refused by the host, or by the read-only transaction.
+    for write in [
+        "DELETE FROM settings",
+        "WITH d AS (DELETE FROM settings RETURNING *) SELECT * FROM d",
+        "SELECT 1; DELETE FROM settings",
+    ] {
+        let (code, printed) = attempt(sql_step("s", "ro", "ro", write));
+        assert_eq!(code, Some(1), "{write}: {printed}");
+    }
+    assert_eq!(psql("SELECT count(*) FROM settings"), ["1"], "a write went through the read-only grant");
+
+    // The server echoes the password in an error, and a row holds it: the plugin sees neither.
+    let (code, printed) = attempt(sql_step("s", "app", "app", "SELECT v::int FROM settings"));
+    assert_eq!(code, Some(1));
+    assert!(printed.contains("invalid input syntax"), "{printed}");
+    let (code, printed) = attempt(sql_step("s", "ro", "ro", "SELECT v FROM settings"));
+    assert_eq!(code, Some(0), "{printed}");
+}

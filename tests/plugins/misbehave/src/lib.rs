@@ -216,6 +216,14 @@ impl Step for Misbehave {
                 .with("vars", std::env::vars().count())
                 .with("args", std::env::args().count())
                 .with("home", std::env::var("HOME").unwrap_or_default())),
+            // Runs `message` on database `path` and reports what came back, or the error, as `sql`.
+            "sql" => {
+                let answer = gantry_sdk::sql::Connection::open(&input.path).and_then(|c| c.query(&input.message, &[]));
+                match answer {
+                    Ok(rows) => Ok(Outputs::new().with("sql", format!("{} rows", rows.rows.len()))),
+                    Err(e) => Err(Error::failed(format!("sql: {}", e.message()))),
+                }
+            }
             "leak" => {
                 gantry_sdk::info!("leaking {}", input.message);
                 println!("stdout leak {}", input.message);
