@@ -122,7 +122,7 @@ fn postgres_migration_killed_mid_transaction_leaves_nothing_of_it_and_rollback_u
     yaml = yaml.replace("    with: {", "    timeout: 60s\n    limits: { request_timeout: 40s }\n    with: {");
     std::fs::write(&file, &yaml).unwrap();
     let mut cmd = command(&shared_cache());
-    cmd.current_dir(dir.path()).env("DB_PASSWORD", "x").args(["run", file.to_str().unwrap()]);
+    cmd.current_dir(dir.path()).env("DB_PASSWORD", "kill-test-password").args(["run", file.to_str().unwrap()]);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let sleeping = || {
         pg.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'")
@@ -151,7 +151,7 @@ fn postgres_migration_killed_mid_transaction_leaves_nothing_of_it_and_rollback_u
     let id = run_id(dir.path());
     let out = command(&shared_cache())
         .current_dir(dir.path())
-        .env("DB_PASSWORD", "x")
+        .env("DB_PASSWORD", "kill-test-password")
         .args(["rollback", &id])
         .output()
         .unwrap();

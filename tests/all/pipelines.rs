@@ -176,7 +176,7 @@ steps:
     assert_eq!((check["artifacts"].as_bool(), addresses), (Some(true), Some("10.0.0.0/8")));
     assert_eq!(
         check["limits"],
-        serde_json::json!({"timeout": "30s", "memory_bytes": 32 << 20, "output_bytes": 1 << 20, "requests": 5, "response_bytes": 1 << 20, "request_timeout": "2s", "artifacts_bytes": 256 << 20, "artifact_files": 10_000})
+        serde_json::json!({"timeout": "30s", "memory_bytes": 32 << 20, "output_bytes": 1 << 20, "requests": 5, "response_bytes": 1 << 20, "request_timeout": "2s", "artifacts_bytes": 256 << 20, "artifact_files": 10_000, "rows": 10_000})
     );
     // The text plan shows the whole attack surface of each step.
     let text = gantry(&["plan", file.to_str().unwrap(), "--env", "production", "--entity", "am_consulting"]);
