@@ -22,6 +22,8 @@ pub enum Aspect {
     Address,
     /// A granted secret: name, source and the origins it is bound to.
     Secret,
+    /// A granted database: where, as whom, TLS, read-only, and its password's secret.
+    Database,
     /// A granted directory.
     File,
     /// The writable `/artifacts` directory.
@@ -95,6 +97,20 @@ fn facets(step: &PlannedStep, scope: Scope) -> Vec<(Aspect, String)> {
             Scope::Promotion => s.name.clone(),
         };
         (Aspect::Secret, detail)
+    }));
+    out.extend(step.databases.iter().map(|d| {
+        let g = &d.grant;
+        let tls = if g.tls == crate::capability::TlsMode::Require { "tls" } else { "no tls" };
+        let access = if g.readonly { "read-only" } else { "read-write" };
+        let detail = match scope {
+            // Host and user differ between environments by design; what the grant allows may not.
+            Scope::Promotion => format!("{} {access}, {tls}, password {}", g.name, d.password.name),
+            Scope::Review => format!(
+                "{} = {} as {}, {access}, {tls}, password {} from {}",
+                g.name, g.location, g.user, d.password.name, d.password.source
+            ),
+        };
+        (Aspect::Database, detail)
     }));
     out.extend(step.files.iter().map(|g| (Aspect::File, format!("{} as {}", g.host.display(), g.guest))));
     if step.artifacts {
@@ -190,5 +206,40 @@ mod tests {
         assert!(has("~ a: input {\"x\":1} → {\"x\":2}"), "{lines:#?}");
         assert!(has("+ new: step") && has("+ new: origin https://c.example") && has("- gone: step"), "{lines:#?}");
         assert!(diff(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn a_database_grant_made_writable_shows_in_the_diff_and_stops_a_promotion_a_new_host_does_not() {
+        use crate::capability::{DatabaseGrant, Location, TlsMode};
+        let base = || {
+            plan(serde_json::json!({"pipeline": "p", "environment": "staging", "entity": "e", "groups": [],
+            "steps": [step("a", '1', &[], serde_json::json!({}))]}))
+        };
+        let with_db = |url: &str, readonly: bool| {
+            let mut p = base();
+            let password = serde_json::from_value(
+                serde_json::json!({"name": "DB_PASSWORD", "source": "env:DB_PASSWORD", "bound_to": []}),
+            )
+            .unwrap();
+            let grant = DatabaseGrant {
+                name: "app".into(),
+                location: Location::parse(url).unwrap(),
+                user: "deploy".into(),
+                password_secret: "DB_PASSWORD".into(),
+                tls: TlsMode::Require,
+                readonly,
+                ca_file: None,
+            };
+            p.steps[0].databases.push(crate::plan::PlannedDatabase { grant, password });
+            p
+        };
+        let (staging, prod) =
+            (with_db("postgres://db.staging:5432/app", true), with_db("postgres://db.prod:5432/app", true));
+        let lines: Vec<String> = diff(&base(), &staging).iter().map(ToString::to_string).collect();
+        assert_eq!(lines, ["+ a: database app = postgres://db.staging:5432/app as deploy, read-only, tls, password DB_PASSWORD from env:DB_PASSWORD"]);
+        assert!(promotion_differences(&staging, &prod).is_empty(), "another host is another environment");
+        let writable = with_db("postgres://db.prod:5432/app", false);
+        let refused: Vec<String> = promotion_differences(&staging, &writable).iter().map(ToString::to_string).collect();
+        assert!(refused.iter().any(|l| l.contains("+ a: database app read-write")), "{refused:#?}");
     }
 }

@@ -13,7 +13,7 @@ pub mod source;
 pub mod vault;
 
 pub use address::Resolver;
-pub use database::{Database, DatabaseGrant, Databases};
+pub use database::{Database, DatabaseGrant, Databases, Engine, Location, TlsMode};
 pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
 pub use secrets::{Redactor, Secret, Secrets};
