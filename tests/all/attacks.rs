@@ -440,7 +440,7 @@ fn a_secret_in_logs_outputs_and_errors_is_redacted_in_every_form() {
 }
 
 /// A pipeline around the attacker: a denied request (the pipeline carries on),
-/// a step that outputs another step's secret, a later failure, and a rollback
+/// a step that outputs another step's secret (found in a file it was granted), a later failure, and a rollback
 /// that panics. Everything is contained and recorded, and the secret is in no
 /// event, journal line or report.
 #[test]
@@ -471,7 +471,8 @@ steps:
   - id: leaker
     uses: {p}
     needs: [attacker]
-    with: {{ action: leak, message: "{TOKEN}" }}
+    files: [found]
+    with: {{ action: leak, path: /found/token }}
   - id: breaks
     uses: {p}
     needs: [leaker]
@@ -479,6 +480,8 @@ steps:
 "#,
         p = plugin_dir.display()
     );
+    std::fs::create_dir(dir.path().join("found")).unwrap();
+    std::fs::write(dir.path().join("found/token"), TOKEN).unwrap();
     let report = dir.path().join("report.json");
     let out = run_pipeline(
         dir.path(),

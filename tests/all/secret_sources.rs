@@ -130,3 +130,24 @@ fn a_failing_source_stops_the_run_before_the_first_step_naming_secret_and_source
     assert!(stderr.contains("pipeline.yaml:3:") && stderr.contains("secrets.DB.from"), "{stderr}");
     assert!(stderr.contains("needs `secret_stores.aws`"), "{stderr}");
 }
+
+/// The journal records the plan redacted, so a plan that carries a secret's value (here in a step's
+/// input) would resume and roll back as a different plan: the run is refused before the first step.
+#[test]
+fn a_secret_value_written_into_the_pipeline_is_refused_before_the_first_step() {
+    let server = CountingServer::start(Reply::text(200, "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let yaml = format!(
+        "name: literal\nsecrets:\n  TOKEN: {{ from: \"env:TOKEN\", bind: [\"{o}\"] }}\nsteps:\n  - id: a\n    uses: {}\n    network: [\"{o}\"]\n    secrets: [TOKEN]\n    with: {{ action: http, url: \"{o}/{TOKEN}\", bearer: TOKEN }}\n",
+        misbehave.display(),
+        o = server.origin()
+    );
+    let out = run_pipeline(dir.path(), &yaml, &[("TOKEN", TOKEN)], &[]);
+    expect_code(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret `TOKEN`: its value appears in the plan"), "{stderr}");
+    assert_eq!(server.hits(), 0, "no step ran");
+    assert!(!journal(dir.path()).iter().any(|e| e["event"] == "step_started"));
+    assert!(!everything(dir.path(), &out).contains(TOKEN), "the value leaked into the output or the run store");
+}

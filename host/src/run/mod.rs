@@ -1288,6 +1288,25 @@ impl Executor {
     }
 }
 
+/// Refuses a plan that carries a secret's value (a literal in `with:`, a path, a URL): the journal
+/// records the plan redacted, and resume and rollback would read a plan that is not the one that ran.
+fn secret_free(plan: &Plan, redactor: &Redactor, values: &BTreeMap<String, String>) -> Result<(), RunError> {
+    let recorded = serde_json::to_value(plan).unwrap_or_default();
+    let mut redacted = recorded.clone();
+    redactor.redact_json(&mut redacted);
+    if redacted == recorded {
+        return Ok(());
+    }
+    let text = recorded.to_string();
+    let name = values.iter().find(|(_, v)| !v.is_empty() && text.contains(v.as_str())).map(|(n, _)| n.clone());
+    Err(RunError::Secret {
+        name: name.unwrap_or_else(|| "(one of the run's)".into()),
+        message: "its value appears in the plan (a step's input, a path or a URL), which the journal records redacted: \
+                  resume and rollback would read something other than what ran; use another value, or keep it out of the pipeline"
+            .into(),
+    })
+}
+
 /// Runs the plan in `session`, writing every event to its journal and, when given, to `events`.
 pub async fn run(
     runtime: &Runtime,
@@ -1298,6 +1317,9 @@ pub async fn run(
 ) -> Result<RunResult, RunError> {
     let secrets = read_secrets(plan).await?;
     let prepared = prepare(runtime, plan, &session.artifacts(), &secrets.values)?;
+    if !options.resumed {
+        secret_free(plan, &prepared.redactor, &secrets.values)?;
+    }
     let ctx = Arc::new(
         Ctx::new(prepared, plan, session, options.dry_run, events)
             .seed_checkpoints(&options.checkpoints)

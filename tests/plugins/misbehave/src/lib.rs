@@ -224,7 +224,12 @@ impl Step for Misbehave {
                     Err(e) => Err(Error::failed(format!("sql: {}", e.message()))),
                 }
             }
+            // Leaks `message`, or the text of the file at `path` (a secret the plugin found there).
             "leak" => {
+                let mut input = input;
+                if !input.path.is_empty() {
+                    input.message = std::fs::read_to_string(&input.path).map_err(|e| Error::failed(e.to_string()))?;
+                }
                 gantry_sdk::info!("leaking {}", input.message);
                 println!("stdout leak {}", input.message);
                 if input.fail {
