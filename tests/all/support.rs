@@ -258,23 +258,32 @@ pub fn expect_code(out: &Output, code: i32) {
     }
 }
 
-/// A fragment of [`FRAGMENT`] or more characters that an `error:` or `warning:` line says twice.
+/// A run of whole words, [`FRAGMENT`] characters or more, that an `error:` or `warning:` line
+/// says twice. Whole words, because two different digests or ids may share a prefix by chance.
 pub fn repeated_fragment(line: &str) -> Option<String> {
     let message = line.strip_prefix("error: ").or_else(|| line.strip_prefix("warning: "))?;
-    let chars: Vec<char> = message.chars().collect();
-    (0..chars.len().saturating_sub(FRAGMENT)).find_map(|i| {
-        let fragment: String = chars[i..i + FRAGMENT].iter().collect();
-        let rest: String = chars[i + FRAGMENT..].iter().collect();
-        rest.contains(&fragment).then_some(fragment)
-    })
+    let words: Vec<&str> = message.split_whitespace().collect();
+    for i in 0..words.len() {
+        for j in i + 1..words.len() {
+            let same = words[i..j].iter().zip(&words[j..]).take_while(|(a, b)| a == b).count();
+            let run = words[i..i + same].join(" ");
+            if run.len() >= FRAGMENT {
+                return Some(run);
+            }
+        }
+    }
+    None
 }
 
-/// How long a fragment must be for saying it twice to count as repetition.
+/// How long a run of words must be for saying it twice to count as repetition.
 const FRAGMENT: usize = 10;
 
 #[test]
 fn a_repeated_context_is_found_and_a_clean_message_passes() {
-    assert_eq!(repeated_fragment("error: closing the run: closing the run: disk full").as_deref(), Some("closing th"));
+    assert_eq!(repeated_fragment("error: closing the run: closing the run: disk full").as_deref(), Some("closing the run:"));
+    // Two digests with a common prefix are two different words.
+    let pin = "error: has sha256:f43a66 but the pin says sha256:f41f3f";
+    assert_eq!(repeated_fragment(pin), None);
     assert_eq!(repeated_fragment("error: step `a`: cargo build of plugins/a failed"), None);
     assert_eq!(repeated_fragment("  not an error line, repeated repeated repeated"), None);
 }
