@@ -53,7 +53,8 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
         field: field.to_string(),
         message,
     };
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    // A quoted scalar is a string, as YAML means it: `version: "1.10"` must not become 1.1.
+    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
     let mut node =
         marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| Problems(vec![syntax_problem(path, &e)]))?;
 
@@ -189,5 +190,23 @@ fn to_json(node: &Node, field: &str, strings: &mut Vec<Located>) -> serde_json::
             strings.push(Located { at: Position::of(s.span()), field: field.to_string(), text: text.to_string() });
             Value::String(text.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_scalars_stay_strings_and_plain_ones_are_typed() {
+        let text = "name: q\nsteps:\n  - id: a\n    uses: ./p.wasm\n    with: { v: \"1.10\", n: 1.5, yes: 'true', on: true }\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"").unwrap();
+        let loaded = load_str(&dir.path().join("q.yaml"), text).unwrap();
+        let input = &loaded.inputs[0];
+        assert_eq!(input["v"], "1.10");
+        assert_eq!(input["n"], 1.5);
+        assert_eq!(input["yes"], "true");
+        assert_eq!(input["on"], true);
     }
 }
