@@ -3,7 +3,7 @@
 //! gets, its limits and inputs, and the groups of steps that run in parallel.
 
 use crate::build::{build_crate, BuildError, BuildOptions};
-use crate::capability::{DatabaseGrant, FileGrant, Grant, NetworkPolicy, SecretFrom, SecretStores};
+use crate::capability::{DatabaseGrant, FileGrant, Grant, NetworkPolicy, Probes, SecretFrom, SecretStores};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
@@ -100,6 +100,9 @@ pub struct PlannedStep {
     /// Granted databases.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<PlannedDatabase>,
+    /// TLS targets and DNS names it may probe, with the CA file and resolver they use.
+    #[serde(default, skip_serializing_if = "Probes::is_empty")]
+    pub probes: Probes,
     /// Read-only directories: host path and sandbox path.
     pub files: Vec<FileGrant>,
     /// Whether the step gets a writable `/artifacts` directory.
@@ -160,6 +163,8 @@ impl PlannedStep {
             network: !self.network.grants().is_empty(),
             secrets: !self.secrets.is_empty(),
             databases: !self.databases.is_empty(),
+            tls: !self.probes.tls.is_empty(),
+            dns: !self.probes.dns.is_empty(),
             files: !self.files.is_empty(),
             artifacts: self.artifacts,
         }
@@ -296,6 +301,7 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             network: NetworkPolicy::new(origins).with_addresses(facts.addresses.clone()),
             secrets,
             databases,
+            probes: facts.probes.clone(),
             files: facts.files.clone(),
             artifacts: def.artifacts,
             limits: facts.limits,

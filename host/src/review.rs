@@ -1,5 +1,6 @@
 //! What changed between two plans, as a reviewer reads it before approving: plugins by digest,
-//! grants (origins, address ranges, secrets by name and binding, files, artifacts), limits, retries
+//! grants (origins, address ranges, secrets by name and binding, databases, TLS targets, DNS
+//! names, files, artifacts), limits, retries
 //! and inputs, step by step. `gantry plan --diff <run-id>` prints it against a recorded run.
 
 use crate::plan::{Plan, PlannedStep};
@@ -24,6 +25,10 @@ pub enum Aspect {
     Secret,
     /// A granted database: where, as whom, TLS, read-only, and its password's secret.
     Database,
+    /// A TLS target the step may probe, or the CA file its probes trust.
+    Tls,
+    /// A DNS name the step may look up, or the resolver its lookups ask.
+    Dns,
     /// A granted directory.
     File,
     /// The writable `/artifacts` directory.
@@ -112,6 +117,11 @@ fn facets(step: &PlannedStep, scope: Scope) -> Vec<(Aspect, String)> {
         };
         (Aspect::Database, detail)
     }));
+    let probes = &step.probes;
+    out.extend(probes.tls.iter().map(|t| (Aspect::Tls, t.to_string())));
+    out.extend(probes.ca.iter().map(|ca| (Aspect::Tls, format!("trusting {}", ca.display()))));
+    out.extend(probes.dns.iter().map(|n| (Aspect::Dns, n.to_string())));
+    out.extend(probes.resolver.iter().map(|r| (Aspect::Dns, format!("asking {r}"))));
     out.extend(step.files.iter().map(|g| (Aspect::File, format!("{} as {}", g.host.display(), g.guest))));
     if step.artifacts {
         out.push((Aspect::Artifacts, "/artifacts".into()));

@@ -43,11 +43,13 @@
 
 mod context;
 mod describe;
+pub mod dns;
 mod error;
 mod http;
 mod log;
 mod outputs;
 pub mod sql;
+pub mod tls;
 
 /// The plugin author's guide (the crate's README): writing, testing and publishing a plugin.
 /// Included here so its Rust examples compile and run as doctests.
@@ -74,7 +76,7 @@ pub use serde_json;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against.
-pub const CONTRACT_VERSION: &str = "0.3.2";
+pub const CONTRACT_VERSION: &str = "0.3.3";
 
 /// A deployment step: what a plugin author implements.
 pub trait Step {

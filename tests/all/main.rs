@@ -16,6 +16,7 @@ mod notify;
 mod notion;
 mod peers;
 mod pipelines;
+mod probes;
 mod registry;
 mod report;
 mod rollout;

@@ -308,6 +308,15 @@ impl Postgres {
     /// `initdb` into a temporary directory and `pg_ctl start`; as root, both run as the `postgres` user,
     /// since initdb refuses to run as root.
     pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// As [`Postgres::start`], offering TLS with this certificate and key (STARTTLS by `SSLRequest`).
+    pub fn start_with_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::start_inner(Some((cert, key)))
+    }
+
+    fn start_inner(tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is installed (scripts/peers-setup)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -334,7 +343,19 @@ impl Postgres {
         let (cluster_s, data_s) = (cluster.to_str().unwrap(), data.to_str().unwrap());
         run("initdb", &["-D", cluster_s, "-A", "trust", "-U", "gantry"]);
         let port = free_port();
-        let options = format!("-p {port} -k {data_s} -c listen_addresses=127.0.0.1 -c fsync=on");
+        let mut options = format!("-p {port} -k {data_s} -c listen_addresses=127.0.0.1 -c fsync=on");
+        if let Some((cert, key)) = tls {
+            // The server reads its key only when the server's user owns it and no one else can.
+            let (c, k) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::copy(cert, &c).unwrap();
+            std::fs::copy(key, &k).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if root {
+                assert!(Command::new("chown").arg("postgres").arg(&c).arg(&k).status().unwrap().success());
+            }
+            options += &format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", c.display(), k.display());
+        }
         let log = data.join("log");
         run("pg_ctl", &["-D", cluster_s, "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"]);
         Self { bin, data: cluster, _dir: dir, port }
@@ -539,5 +560,99 @@ impl Drop for MariaDb {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// TLS servers on 127.0.0.1 (`tests/peers/tls.py`), one port per certificate, stopped on drop.
+pub struct TlsServers {
+    _peer: Peer,
+    /// Port of each listener by name.
+    pub ports: std::collections::BTreeMap<String, u16>,
+}
+
+impl TlsServers {
+    /// Serves each `(name, certificate, key, flags)`; flags are `tls1.0` and `weak-headers`.
+    pub fn start(servers: &[(&str, &std::path::Path, &std::path::Path, &[&str])]) -> Self {
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/peers/tls.py"));
+        for (name, cert, key, flags) in servers {
+            let mut spec = format!("{name}={},{}", cert.display(), key.display());
+            for f in *flags {
+                spec += &format!(",{f}");
+            }
+            cmd.args(["--serve", &spec]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("python3 runs");
+        let stdout = child.stdout.take().unwrap();
+        let peer = Peer { child, origin: String::new() };
+        let mut ports = std::collections::BTreeMap::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let line = line.expect("the TLS servers print their ports");
+            if line == "ready" {
+                return Self { _peer: peer, ports };
+            }
+            let (name, port) = line.split_once(' ').expect("NAME PORT");
+            ports.insert(name.to_string(), port.parse().unwrap());
+        }
+        panic!("the TLS servers exited before they were ready");
+    }
+}
+
+/// `dnsmasq` (Debian's `dnsmasq-base`) answering for a local zone on 127.0.0.1 from its command line
+/// and a hosts file it rereads on SIGHUP; nothing forwarded, stopped on drop.
+pub struct Dnsmasq {
+    peer: Peer,
+    hosts: PathBuf,
+    _dir: tempfile::TempDir,
+    /// The port it answers on (UDP and TCP).
+    pub port: u16,
+}
+
+impl Dnsmasq {
+    /// Serves `records` (dnsmasq options such as `--host-record=www.example,127.0.0.1`) and names
+    /// in `hosts` lines (`127.0.0.2 green.example`); names under `local` it does not know are NXDOMAIN.
+    pub fn start(local: &str, records: &[String], hosts: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, hosts).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new("dnsmasq");
+            cmd.args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+            ])
+            .args(["--listen-address=127.0.0.1", "--pid-file=", "--user=root", "--group=root"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--local=/{local}/"))
+            .arg(format!("--addn-hosts={}", file.display()))
+            .args(records);
+            let child =
+                cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("dnsmasq runs (scripts/peers-setup)");
+            let mut peer = Peer { child, origin: format!("dns://127.0.0.1:{port}") };
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until && peer.child.try_wait().ok().flatten().is_none() {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { peer, hosts: file, _dir: dir, port };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("dnsmasq did not start on any of 5 ports");
+    }
+
+    /// Replaces the hosts file and has dnsmasq reread it, as a DNS change lands.
+    pub fn set_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).unwrap();
+        let pid = self.peer.child.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
+    /// Its address as a step's `resolver:` names it.
+    pub fn resolver(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }

@@ -280,7 +280,10 @@ const FRAGMENT: usize = 10;
 
 #[test]
 fn a_repeated_context_is_found_and_a_clean_message_passes() {
-    assert_eq!(repeated_fragment("error: closing the run: closing the run: disk full").as_deref(), Some("closing the run:"));
+    assert_eq!(
+        repeated_fragment("error: closing the run: closing the run: disk full").as_deref(),
+        Some("closing the run:")
+    );
     // Two digests with a common prefix are two different words.
     let pin = "error: has sha256:f43a66 but the pin says sha256:f41f3f";
     assert_eq!(repeated_fragment(pin), None);

@@ -85,6 +85,15 @@ pub struct AddressDenied {
     pub reason: &'static str,
 }
 
+/// Why a host cannot be connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Every address it resolved to is restricted and not granted.
+    Denied(AddressDenied),
+    /// The name did not resolve.
+    Lookup(String),
+}
+
 /// Resolves names for outgoing requests and refuses restricted addresses.
 #[derive(Debug, Clone, Default)]
 pub struct Resolver {
@@ -107,6 +116,23 @@ impl Resolver {
     /// The addresses `--resolve` gave for `host`, if any.
     pub fn overridden(&self, host: &str) -> Option<Vec<IpAddr>> {
         self.overrides.get(&host.to_ascii_lowercase()).cloned()
+    }
+
+    /// The addresses to connect to for a granted host: a literal as written (the grant named that
+    /// address), a name through `--resolve` or the system's resolver, checked by [`Resolver::filter`].
+    pub async fn connectable(&self, host: &str) -> Result<Vec<IpAddr>, Unreachable> {
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let answers = match self.overridden(host) {
+            Some(addrs) => addrs,
+            None => tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(|e| Unreachable::Lookup(format!("cannot resolve {host}: {e}")))?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        self.filter(host, answers).map_err(Unreachable::Denied)
     }
 
     /// Keeps the addresses the step may reach; fails when none is left.

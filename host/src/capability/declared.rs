@@ -1,7 +1,7 @@
 //! What a plugin declares it uses (the capabilities of `describe`) against what its step is
 //! granted, so a step that cannot work, or holds more than its plugin asks for, shows at plan time.
 //!
-//! `network`, `databases`, `files` and `artifacts` are needs: without the grant the plugin cannot do its job.
+//! `network`, `databases`, `tls`, `dns`, `files` and `artifacts` are needs: without the grant the plugin cannot do its job.
 //! `secrets:<use>` names a way the plugin may apply a secret, which a step may leave out.
 
 use std::fmt;
@@ -15,6 +15,10 @@ pub enum Declared {
     Secrets(String),
     /// `databases`: it opens SQL databases.
     Databases,
+    /// `tls`: it probes TLS endpoints.
+    Tls,
+    /// `dns`: it looks names up.
+    Dns,
     /// `files`: it reads granted directories.
     Files,
     /// `artifacts`: it writes to `/artifacts`.
@@ -29,6 +33,8 @@ impl Declared {
         match text {
             "network" => Self::Network,
             "databases" => Self::Databases,
+            "tls" => Self::Tls,
+            "dns" => Self::Dns,
             "files" => Self::Files,
             "artifacts" => Self::Artifacts,
             "secrets" => Self::Secrets(String::new()),
@@ -49,6 +55,10 @@ pub struct Granted {
     pub secrets: bool,
     /// At least one database.
     pub databases: bool,
+    /// At least one TLS target.
+    pub tls: bool,
+    /// At least one DNS name.
+    pub dns: bool,
     /// At least one read-only directory.
     pub files: bool,
     /// A writable `/artifacts`.
@@ -94,6 +104,8 @@ pub fn check(name: &str, declared: &[String], granted: Granted) -> Vec<Mismatch>
     for (need, word, is_granted, grant) in [
         (Declared::Network, "network", granted.network, "`network:` origins"),
         (Declared::Databases, "databases", granted.databases, "`databases:`"),
+        (Declared::Tls, "tls", granted.tls, "`tls:` targets"),
+        (Declared::Dns, "dns", granted.dns, "`dns:` names"),
         (Declared::Files, "files", granted.files, "`files:`"),
         (Declared::Artifacts, "artifacts", granted.artifacts, "`artifacts: true`"),
     ] {
@@ -121,7 +133,7 @@ pub fn check(name: &str, declared: &[String], granted: Granted) -> Vec<Mismatch>
     }) {
         push(
             Severity::Warning,
-            format!("plugin `{name}` declares `{unknown}`, which is not a capability (network, databases, secrets:<use>, files, artifacts)"),
+            format!("plugin `{name}` declares `{unknown}`, which is not a capability (network, databases, tls, dns, secrets:<use>, files, artifacts)"),
         );
     }
     found
@@ -143,7 +155,15 @@ mod tests {
         assert_eq!(found[0].severity, Severity::Error);
         assert!(found[0].message.contains("needs network"), "{}", found[0]);
 
-        let all = Granted { network: true, secrets: true, databases: true, files: true, artifacts: true };
+        let all = Granted {
+            network: true,
+            secrets: true,
+            databases: true,
+            tls: true,
+            dns: true,
+            files: true,
+            artifacts: true,
+        };
         let found = check("misbehave", &[], all);
         assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 5, "{found:?}");
         assert!(found.iter().all(|m| m.severity == Severity::Warning));

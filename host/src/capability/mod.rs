@@ -1,5 +1,6 @@
 //! What a step is granted: network origins, address ranges, secrets bound to
-//! origins, SQL databases, read-only directories and an artifacts directory.
+//! origins, SQL databases, TLS targets and DNS names to probe, read-only
+//! directories and an artifacts directory.
 //! Everything defaults to deny; a step gets only what its grants name.
 
 pub mod address;
@@ -7,6 +8,7 @@ pub mod database;
 pub mod declared;
 pub mod files;
 pub mod network;
+pub mod probe;
 pub mod secrets;
 pub mod sigv4;
 pub mod source;
@@ -16,6 +18,7 @@ pub use address::Resolver;
 pub use database::{Database, DatabaseGrant, Databases, Engine, Location, TlsMode};
 pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
+pub use probe::Probes;
 pub use secrets::{Redactor, Secret, Secrets};
 pub use source::{AwsSecretStore, SecretFrom, SecretSource, SecretStores, Store};
 pub use vault::{VaultAuth, VaultStore};
@@ -31,4 +34,6 @@ pub struct Grants {
     pub files: Files,
     /// SQL databases the step may open, with the passwords the host signs in with.
     pub databases: Databases,
+    /// TLS targets the step may shake hands with and names it may look up.
+    pub probes: Probes,
 }

@@ -145,6 +145,22 @@ pub(crate) async fn plan(
         if !step.network.addresses().is_empty() {
             println!("  addresses {}", or_none(&texts(step.network.addresses())));
         }
+        for d in &step.databases {
+            println!(
+                "  database  {}: {} (password {} from {})",
+                d.grant.name, d.grant, d.password.name, d.password.source
+            );
+        }
+        let probes = &step.probes;
+        if !probes.tls.is_empty() {
+            let ca = probes.ca.as_ref().map(|c| format!(" (trusting {} too)", c.display())).unwrap_or_default();
+            println!("  tls       {}{ca}", texts(&probes.tls).join(", "));
+        }
+        if !probes.dns.is_empty() {
+            let resolver =
+                probes.resolver.map(|r| format!("asking {r}")).unwrap_or_else(|| "asking the system's resolver".into());
+            println!("  dns       {} ({resolver})", texts(&probes.dns).join(", "));
+        }
         let (l, r) = (&step.limits, &step.retry);
         println!(
             "  limits    timeout {}, {} attempts, backoff {}, memory {}, output {}, {} requests, response {}, request timeout {}, artifacts {} in {} files",

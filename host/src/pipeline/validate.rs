@@ -14,6 +14,7 @@ use super::source::PluginRef;
 use super::Problem;
 use crate::capability::database::{Location, TlsMode};
 use crate::capability::network::origin_of;
+use crate::capability::probe::{self, Probes};
 use crate::capability::{
     address, AwsSecretStore, DatabaseGrant, FileGrant, Grant, SecretFrom, SecretSource, SecretStores, Store, VaultAuth,
     VaultStore,
@@ -197,6 +198,7 @@ impl<'a> Checker<'a> {
             }
         }
         let addresses = self.all(&step.addresses, &format!("{field}.addresses"), address::parse_range);
+        let probes = self.probes(step, &field);
         let files = self.all(&step.files, &format!("{field}.files"), |dir| FileGrant::new(dir, &base));
         let limits = self.limits(step, &field);
         let retry = self.retry(step.retry.as_ref(), &field);
@@ -224,8 +226,48 @@ impl<'a> Checker<'a> {
             addresses: addresses?,
             files: files?,
             databases: step.databases.iter().map(|d| d.value.clone()).collect(),
+            probes: probes?,
             approval: approval?,
         })
+    }
+
+    /// A step's TLS targets and DNS names, the CA file its probes trust and the resolver its lookups ask.
+    fn probes(&mut self, step: &StepDef, field: &str) -> Option<Probes> {
+        let tls = self.all(&step.tls, &format!("{field}.tls"), probe::TlsTarget::parse);
+        let dns = self.all(&step.dns, &format!("{field}.dns"), probe::NamePattern::parse);
+        let ca = step.tls_ca.as_ref().map(|file| self.ca_file(file, &format!("{field}.tls_ca")));
+        let resolver =
+            step.resolver.as_ref().map(|r| self.parsed(probe::parse_resolver(r), r.at, &format!("{field}.resolver")));
+        // A CA or resolver with nothing to use it on is a grant someone meant to write and did not.
+        if let (Some(file), true) = (&step.tls_ca, step.tls.is_empty()) {
+            self.push(
+                file.at,
+                &format!("{field}.tls_ca"),
+                "a CA file without `tls:` targets is used by nothing: list the targets the step probes".into(),
+            );
+            return None;
+        }
+        if let (Some(r), true) = (&step.resolver, step.dns.is_empty()) {
+            self.push(
+                r.at,
+                &format!("{field}.resolver"),
+                "a resolver without `dns:` names is asked nothing: list the names the step looks up".into(),
+            );
+            return None;
+        }
+        // Outer `None`: a field failed (and was reported); inner `None`: the field was not written.
+        let (ca, resolver) = (ca.map_or(Some(None), |c| c.map(Some))?, resolver.map_or(Some(None), |r| r.map(Some))?);
+        Some(Probes { tls: tls?, ca, dns: dns?, resolver })
+    }
+
+    /// A CA file relative to the pipeline file; reported when it is not a file.
+    fn ca_file(&mut self, file: &Loc<String>, field: &str) -> Option<PathBuf> {
+        let path = self.base().join(&file.value);
+        if !path.is_file() {
+            self.push(file.at, field, format!("{} is not a file", path.display()));
+            return None;
+        }
+        Some(path)
     }
 
     /// An approval gate: its timeout parses, its approvers are names, its environments are declared.
@@ -342,13 +384,7 @@ impl<'a> Checker<'a> {
             let known: Vec<&str> = self.pipeline.secrets.keys().map(String::as_str).collect();
             self.push(def.password.at, &format!("{field}.password"), undeclared_secret(password, &known));
         }
-        let ca_file = def.ca_file.as_ref().and_then(|file| {
-            let path = self.base().join(&file.value);
-            if !path.is_file() {
-                self.push(file.at, &format!("{field}.ca_file"), format!("{} is not a file", path.display()));
-            }
-            path.is_file().then_some(path)
-        });
+        let ca_file = def.ca_file.as_ref().and_then(|file| self.ca_file(file, &format!("{field}.ca_file")));
         let (location, tls, secret) = (location?, tls?, secret?);
         let origin = location.origin();
         let bound = url::Url::parse(&origin).is_ok_and(|u| secret.bind.iter().any(|g| g.allows(&u)));
@@ -661,17 +697,7 @@ impl<'a> Checker<'a> {
                 Some(VaultAuth::AppRole { mount, role_id: role_id?, secret_id: secret_id? })
             }
         };
-        let ca_file = vault.ca_file.as_ref().and_then(|file| {
-            let path = self.base().join(&file.value);
-            match path.is_file() {
-                true => Some(path),
-                false => {
-                    let shown = path.display();
-                    self.push(file.at, &format!("{field}.ca_file"), format!("{shown} is not a file"));
-                    None
-                }
-            }
-        });
+        let ca_file = vault.ca_file.as_ref().and_then(|file| self.ca_file(file, &format!("{field}.ca_file")));
         if vault.ca_file.is_some() && ca_file.is_none() {
             return None;
         }

@@ -705,7 +705,7 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, values: &BTreeMap<String, St
     for d in step.databases.iter().filter(|d| values.contains_key(&d.password.name)) {
         databases.insert(Database { grant: d.grant.clone(), password: values[&d.password.name].clone() });
     }
-    Grants { network: step.network.clone(), secrets, files, databases }
+    Grants { network: step.network.clone(), secrets, files, databases, probes: step.probes.clone() }
 }
 
 /// The secrets of a run: values by name (never journaled), and which source answered each.

@@ -12,10 +12,12 @@ pub mod artifacts;
 pub mod bindings;
 pub mod cache;
 pub mod contract;
+mod dns;
 pub mod imports;
 pub mod limits;
 mod outbound;
 pub mod sql;
+mod tls;
 
 pub use cache::{Cache, CacheStatus};
 pub use contract::CONTRACT_VERSION;

@@ -10,9 +10,9 @@ mod postgres;
 
 use super::bindings::gantry::step::sql as wit;
 use super::State;
+use crate::capability::address::Unreachable;
 use crate::capability::database::{refusal, Engine};
 use crate::capability::{Database, DatabaseGrant, Redactor, Resolver};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use wasmtime::component::Resource;
 
@@ -132,24 +132,11 @@ pub(crate) struct Sql {
     pub(crate) open: usize,
 }
 
-/// The addresses to connect to: a literal as written, a name resolved and checked as HTTP's are.
-async fn addresses(resolver: &Resolver, host: &str) -> Result<Vec<IpAddr>, SqlError> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![ip]);
-    }
-    let answers = match resolver.overridden(host) {
-        Some(addrs) => addrs,
-        None => tokio::net::lookup_host((host, 0))
-            .await
-            .map_err(|e| SqlError::Transport(format!("cannot resolve {host}: {e}")))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    resolver.filter(host, answers).map_err(|e| SqlError::Denied(e.to_string()))
-}
-
 async fn connect(db: &Database, resolver: &Resolver, timeout: Duration) -> Result<Session, SqlError> {
-    let ips = addresses(resolver, &db.grant.location.host).await?;
+    let ips = resolver.connectable(&db.grant.location.host).await.map_err(|e| match e {
+        Unreachable::Denied(d) => SqlError::Denied(d.to_string()),
+        Unreachable::Lookup(m) => SqlError::Transport(m),
+    })?;
     let ip = ips[0];
     let connecting = async {
         match db.grant.location.engine {
@@ -253,13 +240,9 @@ async fn statement(
 
 /// TLS that verifies the server against the system roots (Mozilla's, as reqwest's) and the grant's CA file.
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, SqlError> {
-    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| SqlError::Invalid(format!("cannot read the CA file {}: {e}", path.display())))?;
-        roots.add_parsable_certificates(certs);
+        roots.add_parsable_certificates(super::tls::read_ca_file(path).map_err(SqlError::Invalid)?);
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -302,9 +285,10 @@ pub(crate) fn describe(error: &SqlError) -> String {
 }
 
 impl State {
-    fn sql_line(&self, message: String) {
+    /// Journals what a capability call did (a statement, a handshake, a lookup) as a log line of the step.
+    pub(super) fn capability_line(&self, message: String) {
         let step = self.outbound.step.as_str();
-        tracing::info!(target: "gantry::sql", step, "{message}");
+        tracing::info!(target: "gantry::capability", step, "{message}");
         if let Some(sink) = &self.logs {
             (sink.0)(super::Level::Info, message);
         }
@@ -337,8 +321,8 @@ impl State {
         let took = format!("{:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
         let what = redactor.redact(&shown(&text));
         match &answer {
-            Ok(a) => self.sql_line(format!("sql {name}: {what} -> {} ({took})", a.summary())),
-            Err(e) => self.sql_line(format!("sql {name}: {what} -> {} ({took})", describe(e))),
+            Ok(a) => self.capability_line(format!("sql {name}: {what} -> {} ({took})", a.summary())),
+            Err(e) => self.capability_line(format!("sql {name}: {what} -> {} ({took})", describe(e))),
         }
         match answer {
             Ok(Answer::Rows(mut rows)) => {
@@ -377,7 +361,7 @@ impl State {
             Ok(()) => "done".to_string(),
             Err(e) => describe(e),
         };
-        self.sql_line(format!("sql {name}: {statement} -> {said}"));
+        self.capability_line(format!("sql {name}: {statement} -> {said}"));
         done
     }
 }
@@ -391,7 +375,7 @@ impl wit::HostConnection for State {
             let granted = if granted.is_empty() { "none".to_string() } else { granted.join(", ") };
             let why = format!("database `{database}` is not granted to this step (granted: {granted})");
             self.outbound.refusal.get_or_insert(super::outbound::Refusal::Network(why.clone()));
-            self.sql_line(format!("sql {database}: open -> refused: {why}"));
+            self.capability_line(format!("sql {database}: open -> refused: {why}"));
             return Err(SqlError::Denied(why));
         };
         if self.sql.open >= MAX_CONNECTIONS {
@@ -404,11 +388,11 @@ impl wit::HostConnection for State {
         let session = match session {
             Ok(s) => s,
             Err(e) => {
-                self.sql_line(format!("sql {database}: open {} -> {}", db.grant.location, describe(&e)));
+                self.capability_line(format!("sql {database}: open {} -> {}", db.grant.location, describe(&e)));
                 return Err(e);
             }
         };
-        self.sql_line(format!("sql {database}: opened {}", db.grant));
+        self.capability_line(format!("sql {database}: opened {}", db.grant));
         self.sql.open += 1;
         let conn = Connection { grant: db.grant, session, transaction: None };
         self.table.push(conn).map_err(|e| SqlError::Limit(format!("cannot hold another connection: {e}")))
@@ -456,7 +440,7 @@ impl wit::HostConnection for State {
         let redactor = self.outbound.grants.secrets.redactor().clone();
         let begun = c.session.control(begin).await.map_err(|e| redacted(&redactor, e));
         if let Err(e) = &begun {
-            self.sql_line(format!("sql {name}: {begin} -> {}", describe(e)));
+            self.capability_line(format!("sql {name}: {begin} -> {}", describe(e)));
         }
         begun?;
         let tx = self
@@ -466,7 +450,7 @@ impl wit::HostConnection for State {
         if let Ok(c) = self.table.get_mut(&conn) {
             c.transaction = Some(tx.rep());
         }
-        self.sql_line(format!("sql {name}: {begin} -> done"));
+        self.capability_line(format!("sql {name}: {begin} -> done"));
         Ok(tx)
     }
 

@@ -1,0 +1,150 @@
+//! The `dns` interface: lookups of the names a step was granted under `dns:`, asked of the step's
+//! granted resolver or the system's, one query each with no cache (a propagation check must see
+//! the resolver's answer now, not the host's memory of it) and no `/etc/hosts`. Addresses in an
+//! answer pass the same rules as HTTP's: a restricted one (loopback, private, link-local, ...)
+//! refuses the whole answer unless the step's `addresses:` grant it, so a lookup cannot be used to
+//! map the inside of the network, nor a rebinding name to smuggle an internal address to a plugin.
+
+use super::bindings::gantry::step::dns as wit;
+use super::State;
+use crate::capability::address::{restricted, AddressDenied};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::TokioResolver;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+pub use wit::{Answer, LookupError};
+
+/// Most answers one lookup returns to the plugin.
+const MAX_ANSWERS: usize = 100;
+
+fn record_type(kind: wit::RecordType) -> RecordType {
+    match kind {
+        wit::RecordType::A => RecordType::A,
+        wit::RecordType::Aaaa => RecordType::AAAA,
+        wit::RecordType::Cname => RecordType::CNAME,
+        wit::RecordType::Txt => RecordType::TXT,
+        wit::RecordType::Mx => RecordType::MX,
+        wit::RecordType::Caa => RecordType::CAA,
+    }
+}
+
+/// A resolver asking `server` (the system's when `None`), remembering nothing between lookups.
+fn resolver(server: Option<SocketAddr>, timeout: Duration) -> Result<TokioResolver, LookupError> {
+    let failed =
+        |e: hickory_resolver::net::NetError| LookupError::Transport(format!("cannot set up the resolver: {e}"));
+    let mut builder = match server {
+        Some(addr) => {
+            let connection = |mut c: ConnectionConfig| {
+                c.port = addr.port();
+                c
+            };
+            let server = NameServerConfig::new(
+                addr.ip(),
+                true,
+                vec![connection(ConnectionConfig::udp()), connection(ConnectionConfig::tcp())],
+            );
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), vec![server]),
+                TokioRuntimeProvider::default(),
+            )
+        }
+        None => TokioResolver::builder_tokio().map_err(failed)?,
+    };
+    let options = builder.options_mut();
+    options.cache_size = 0;
+    options.use_hosts_file = ResolveHosts::Never;
+    options.timeout = timeout;
+    options.attempts = 1;
+    options.ndots = 0;
+    builder.build().map_err(failed)
+}
+
+/// A record's data as the contract's text.
+fn value(data: &RData) -> Option<String> {
+    let name = |n: &hickory_resolver::proto::rr::Name| n.to_ascii().trim_end_matches('.').to_string();
+    Some(match data {
+        RData::A(a) => a.0.to_string(),
+        RData::AAAA(a) => a.0.to_string(),
+        RData::CNAME(c) => name(&c.0),
+        RData::TXT(t) => t.to_string(),
+        RData::MX(mx) => format!("{} {}", mx.preference, name(&mx.exchange)),
+        RData::CAA(caa) => caa.to_string(),
+        _ => return None,
+    })
+}
+
+/// The address a record carries, for the address rules.
+fn address(data: &RData) -> Option<IpAddr> {
+    match data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        _ => None,
+    }
+}
+
+/// A lookup's result in one line, for the journal.
+fn summary(name: &str, kind: wit::RecordType, result: &Result<Vec<Answer>, LookupError>) -> String {
+    let kind = format!("{:?}", record_type(kind));
+    match result {
+        Ok(answers) if answers.is_empty() => format!("dns {name} {kind}: no record"),
+        Ok(answers) => {
+            let values: Vec<&str> = answers.iter().map(|a| a.value.as_str()).collect();
+            format!("dns {name} {kind}: {}", values.join(", "))
+        }
+        Err(LookupError::Denied(m)) => format!("dns {name} {kind}: refused: {m}"),
+        Err(LookupError::Timeout(m) | LookupError::Transport(m) | LookupError::Invalid(m)) => {
+            format!("dns {name} {kind}: {m}")
+        }
+    }
+}
+
+impl wit::Host for State {
+    async fn lookup(&mut self, name: String, kind: wit::RecordType) -> Result<Vec<Answer>, LookupError> {
+        let result = self.dns_lookup(&name, kind).await;
+        self.capability_line(summary(&name, kind, &result));
+        result
+    }
+}
+
+impl State {
+    async fn dns_lookup(&mut self, name: &str, kind: wit::RecordType) -> Result<Vec<Answer>, LookupError> {
+        let step = self.outbound.step.clone();
+        let asked = crate::capability::probe::NamePattern::parse(name)
+            .map_err(|e| LookupError::Invalid(format!("`{name}`: {e}")))?;
+        let probes = &self.outbound.grants.probes;
+        if !probes.dns.iter().any(|p| p.matches(&asked.to_string())) {
+            return Err(LookupError::Denied(format!(
+                "looking up {asked} is not granted to step `{step}`: add it to the step's `dns:`"
+            )));
+        }
+        let remaining = self.tracker.deadline.saturating_duration_since(Instant::now());
+        let timeout = self.outbound.limits.request_timeout.min(remaining);
+        let resolver = resolver(probes.resolver, timeout)?;
+        let allowed = self.outbound.grants.network.addresses().to_vec();
+        let asking = format!("{asked}.");
+        let lookup = match tokio::time::timeout(timeout, resolver.lookup(asking.as_str(), record_type(kind))).await {
+            Err(_) => return Err(LookupError::Timeout(format!("the resolver did not answer for {asked} in time"))),
+            Ok(Err(e)) if e.is_no_records_found() => return Ok(Vec::new()),
+            Ok(Err(e)) => return Err(LookupError::Transport(format!("looking up {asked}: {e}"))),
+            Ok(Ok(lookup)) => lookup,
+        };
+        let wanted = record_type(kind);
+        let mut answers = Vec::new();
+        for record in lookup.answers().iter().filter(|r| r.record_type() == wanted).take(MAX_ANSWERS) {
+            if let Some(ip) = address(&record.data) {
+                if let Some(reason) = restricted(ip).filter(|_| !allowed.iter().any(|net| net.contains(&ip))) {
+                    let denied = AddressDenied { host: asked.to_string(), ip, reason };
+                    return Err(LookupError::Denied(denied.to_string()));
+                }
+            }
+            if let Some(value) = value(&record.data) {
+                let owner = record.name.to_ascii().trim_end_matches('.').to_string();
+                answers.push(Answer { name: owner, ttl: record.ttl, value });
+            }
+        }
+        Ok(answers)
+    }
+}
