@@ -165,7 +165,7 @@ mod tests {
             artifacts: true,
         };
         let found = check("misbehave", &[], all);
-        assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 5, "{found:?}");
+        assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 7, "{found:?}");
         assert!(found.iter().all(|m| m.severity == Severity::Warning));
     }
 
