@@ -4,9 +4,11 @@
 //! signatures, boto3's included), its ports pointed at this test's peers. After success, after a failed gate and after `kill -9`
 //! mid-canary then `gantry rollback`, the weights, the services' task
 //! definitions and counts, the DNS record and the alerts are read back with
-//! boto3, not through the plugins.
+//! boto3, not through the plugins; the migration is read back with `psql`. PostgreSQL, the site's
+//! TLS server (a certificate from the demo CA) and dnsmasq (www → green) stand in for the rest.
 
-use crate::peers::Aws;
+use crate::certs::Ca;
+use crate::peers::{Aws, Dnsmasq, Postgres, TlsServers};
 use crate::support::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,9 @@ struct Release {
     route53: crate::peers::Peer,
     health: CountingServer,
     dns: Value,
+    pg: Postgres,
+    _site: TlsServers,
+    _resolver: Dnsmasq,
     dir: tempfile::TempDir,
     file: PathBuf,
 }
@@ -35,20 +40,42 @@ impl Release {
         let health = CountingServer::start(Reply::text(200, "ok"));
         let dir = tempfile::tempdir().unwrap();
         let pipelines = dir.path().join("pipelines");
-        std::fs::create_dir_all(pipelines.join("config")).unwrap();
-        for entry in std::fs::read_dir(repo().join("pipelines/config")).unwrap().flatten() {
-            std::fs::copy(entry.path(), pipelines.join("config").join(entry.file_name())).unwrap();
+        for sub in ["config", "migrations", "certs"] {
+            std::fs::create_dir_all(pipelines.join(sub)).unwrap();
+            for entry in std::fs::read_dir(repo().join("pipelines").join(sub)).unwrap().flatten() {
+                std::fs::copy(entry.path(), pipelines.join(sub).join(entry.file_name())).unwrap();
+            }
         }
+        let pg = Postgres::start();
+        pg.query("CREATE ROLE deploy LOGIN");
+        pg.query("CREATE DATABASE app OWNER deploy");
+        let certs = dir.path().join("site-certs");
+        std::fs::create_dir(&certs).unwrap();
+        let ca =
+            Ca::of(&certs, &repo().join("pipelines/certs/demo-ca.pem"), &repo().join("tests/fixtures/demo-ca/ca.key"));
+        let leaf = ca.issue("site", &["127.0.0.1"], 90);
+        let site = TlsServers::start(&[("site", &leaf.cert, &leaf.key, &[])]);
+        let resolver = Dnsmasq::start(
+            "the7space.example",
+            &[
+                "--host-record=green.the7space.example,127.0.0.1".into(),
+                "--cname=www.the7space.example,green.the7space.example".into(),
+            ],
+            "",
+        );
         std::os::unix::fs::symlink(repo().join("plugins"), dir.path().join("plugins")).unwrap();
         let text = std::fs::read_to_string(repo().join("pipelines/blue-green-release.yaml")).unwrap();
         let hostport = |origin: &str| origin.trim_start_matches("http://").to_string();
         let text = text
             .replace("127.0.0.1:18083", &hostport(&aws.moto.origin))
             .replace("127.0.0.1:18085", &hostport(&health.origin()))
-            .replace("127.0.0.1:18088", &hostport(&route53.origin));
+            .replace("127.0.0.1:18088", &hostport(&route53.origin))
+            .replace("127.0.0.1:18089", &format!("127.0.0.1:{}", pg.port))
+            .replace("127.0.0.1:18090", &format!("127.0.0.1:{}", site.ports["site"]))
+            .replace("127.0.0.1:18091", &resolver.resolver());
         let file = pipelines.join("blue-green-release.yaml");
         std::fs::write(&file, text).unwrap();
-        Release { aws, route53, health, dns, dir, file }
+        Release { aws, route53, health, dns, pg, _site: site, _resolver: resolver, dir, file }
     }
 
     fn gantry(&self, args: &[&str], pause_ms: u64) -> Command {
@@ -65,6 +92,7 @@ impl Release {
             ("GREEN_HEALTH", format!("{}/health", self.health.origin())),
             ("ROUTE53_ENDPOINT", format!("{}/", self.route53.origin)),
             ("CANARY_PAUSE_MS", pause_ms.to_string()),
+            ("DB_PASSWORD", "trust-auth-ignores-it".to_string()),
         ] {
             cmd.env(k, v);
         }
@@ -73,6 +101,11 @@ impl Release {
 
     fn run(&self) -> std::process::Output {
         self.gantry(&["run", self.file.to_str().unwrap()], 0).output().unwrap()
+    }
+
+    /// Whether the migration's table is in the database, read with `psql`.
+    fn migrated(&self) -> bool {
+        self.pg.query_in("app", "SELECT to_regclass('public.bookings') IS NOT NULL") == ["t"]
     }
 
     /// The state of every system the release touches.
@@ -110,6 +143,10 @@ fn the_blue_green_release_lands_green_everywhere() {
     assert_eq!(weights, (0, 100));
     assert_eq!(ecs, services(("web:1", 0), ("web:2", 2)));
     assert_eq!(www, serde_json::json!(["green.the7space.example"]));
+    assert!(r.migrated(), "the bookings table is in place");
+    let journal = journal_in(r.dir.path());
+    let said = |prefix: &str| journal.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(prefix)));
+    assert!(said("tls 127.0.0.1:") && said("dns www.the7space.example CNAME: green.the7space.example"));
     assert_eq!(messages.len(), 1, "one alert: {messages:?}");
     assert!(
         messages[0].contains("blue-green-release development / default")
@@ -132,7 +169,8 @@ fn a_failed_gate_rolls_the_release_back_and_the_alert_says_so() {
     assert_eq!(www, serde_json::json!(["blue.the7space.example"]), "DNS never changed");
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert!(messages[0].contains(": rolled-back") && messages[0].contains("failed step: shift"), "{}", messages[0]);
-    assert!(messages[0].contains("rolled back: shift,health,deploy-green,audit"), "{}", messages[0]);
+    assert!(messages[0].contains("rolled back: shift,health,deploy-green,migrate,audit"), "{}", messages[0]);
+    assert!(!r.migrated(), "the migration's down file ran");
 }
 
 #[test]
@@ -158,6 +196,7 @@ fn kill_9_mid_canary_then_rollback_puts_blue_back_everywhere() {
     assert_eq!(weights, (100, 0));
     assert_eq!(ecs, services(("web:1", 2), ("web:1", 0)));
     assert_eq!(www, serde_json::json!(["blue.the7space.example"]));
+    assert!(!r.migrated(), "the migration was rolled back too");
     assert!(messages.is_empty(), "no alert was sent by the killed run: {messages:?}");
 }
 

@@ -373,8 +373,13 @@ impl Postgres {
 
     /// Runs SQL through `psql` and returns the rows, `|`-separated: an independent read of the store.
     pub fn query(&self, sql: &str) -> Vec<String> {
+        self.query_in("postgres", sql)
+    }
+
+    /// As [`Postgres::query`], in database `db`.
+    pub fn query_in(&self, db: &str, sql: &str) -> Vec<String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "gantry", "-d", "postgres", "-At", "-c", sql])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "gantry", "-d", db, "-At", "-c", sql])
             .output()
             .unwrap();
         assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));

@@ -195,6 +195,32 @@ steps:
     assert!(o["protocol"].as_str().unwrap().starts_with("TLSv1."), "{o}");
 }
 
+#[test]
+fn smtp_starttls_is_spoken_before_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let leaf = ca.issue("mail", &["127.0.0.1"], 90);
+    let servers =
+        TlsServers::start(&[("smtp", &leaf.cert, &leaf.key, &["smtp"]), ("plain-tls", &leaf.cert, &leaf.key, &[])]);
+    let step = |id: &str, port: u16| {
+        format!(
+            "  - id: {id}\n    uses: {plugin}\n    tls: [\"127.0.0.1:{port}\"]\n    tls_ca: ca.pem\n    limits: {{ request_timeout: 2s }}\n    continue_on_error: true\n    with: {{ targets: [\"127.0.0.1:{port}\"], starttls: smtp }}\n",
+            plugin = repo().join("plugins/tls-check").display()
+        )
+    };
+    let yaml = format!(
+        "name: smtp\nsteps:\n{}{}",
+        step("submission", servers.ports["smtp"]),
+        step("not-smtp", servers.ports["plain-tls"])
+    );
+    let out = run_pipeline(dir.path(), &yaml, &[], &[]);
+    let o = result(&out, "submission").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((o["subject"].as_str(), o["days_left"].as_str()), (Some("CN=mail"), Some("89")));
+    // A server that speaks TLS at once sends no greeting: the wait for it ends at the step's request timeout.
+    let e = result(&out, "not-smtp").unwrap_err();
+    assert!(e.contains("the handshake with 127.0.0.1:") && e.contains("took longer than 2s"), "{e}");
+}
+
 /// A pipeline of one dns-check step with `with`, `dns:` names and the resolver.
 fn dns_pipeline(resolver: &str, names: &str, with: &str, extra: &str) -> String {
     format!(
