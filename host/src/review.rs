@@ -252,4 +252,23 @@ mod tests {
         let refused: Vec<String> = promotion_differences(&staging, &writable).iter().map(ToString::to_string).collect();
         assert!(refused.iter().any(|l| l.contains("+ a: database app read-write")), "{refused:#?}");
     }
+
+    #[test]
+    fn probe_grants_show_in_the_diff_and_keep_a_promotion_apart() {
+        use crate::capability::probe::{parse_resolver, NamePattern, TlsTarget};
+        let base = || {
+            plan(serde_json::json!({"pipeline": "p", "environment": "staging", "entity": "e", "groups": [],
+            "steps": [step("a", '1', &[], serde_json::json!({}))]}))
+        };
+        let mut probed = base();
+        probed.steps[0].probes.tls.push(TlsTarget::parse("the7space.example").unwrap());
+        probed.steps[0].probes.dns.push(NamePattern::parse("*.the7space.example").unwrap());
+        probed.steps[0].probes.resolver = Some(parse_resolver("10.0.0.2").unwrap());
+        let lines: Vec<String> = diff(&base(), &probed).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            ["+ a: tls the7space.example:443", "+ a: dns *.the7space.example", "+ a: dns asking 10.0.0.2:53"]
+        );
+        assert_eq!(promotion_differences(&probed, &base()).len(), 3, "a grant the proven run lacked");
+    }
 }
