@@ -41,6 +41,7 @@
 //! The host builds this crate for `wasm32-wasip1`; on other targets it
 //! compiles (for docs and unit tests) but calls into the host panic.
 
+pub mod analysis;
 mod context;
 mod describe;
 pub mod dns;

@@ -11,6 +11,7 @@ mod certs;
 mod crashes;
 mod ecs;
 mod faults;
+mod judge;
 mod migrate;
 mod notify;
 mod notion;
