@@ -2,6 +2,7 @@
 //! plugins built from source with the SDK, peers on 127.0.0.1.
 
 mod alb;
+mod analysis;
 mod approvals;
 mod attacks;
 mod audit;

@@ -8,6 +8,9 @@ use gantry_sdk::{Context, Error};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The value of a Prometheus instant query's answer (the SDK's, shared with every analysis provider).
+pub use gantry_sdk::analysis::provider::prometheus_value;
+
 /// What a gate says of one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,24 +95,6 @@ pub struct PrometheusGate {
     /// What an empty result means: `fail` (default), `pass` or `inconclusive`.
     #[serde(default)]
     pub no_data: NoData,
-}
-
-/// Reads the value of a Prometheus `/api/v1/query` answer: `None` when the result is empty.
-pub fn prometheus_value(body: &str) -> Result<Option<f64>, String> {
-    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
-    if v["status"] != "success" {
-        return Err(format!("{}: {}", v["errorType"].as_str().unwrap_or("error"), v["error"].as_str().unwrap_or("")));
-    }
-    let value = match v["data"]["resultType"].as_str() {
-        Some("vector") => match v["data"]["result"].as_array().and_then(|r| r.first()) {
-            Some(sample) => sample["value"][1].clone(),
-            None => return Ok(None),
-        },
-        Some("scalar") => v["data"]["result"][1].clone(),
-        other => return Err(format!("unsupported result type {other:?}")),
-    };
-    let text = value.as_str().ok_or("sample value is not a string")?;
-    text.parse::<f64>().map(Some).map_err(|_| format!("sample value {text:?} is not a number"))
 }
 
 impl PrometheusGate {

@@ -10,6 +10,7 @@
 //! metric has now decided, with the numbers that led there.
 
 pub mod judge;
+pub mod provider;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
