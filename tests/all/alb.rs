@@ -506,3 +506,105 @@ fn a_canary_killed_again_during_its_resume_is_resumed_or_rolled_back_to_exact_we
         }
     }
 }
+
+/// A JSON endpoint whose `error_rate` the test sets while a canary reads it; stopped on drop.
+struct ErrorRate {
+    origin: String,
+    value: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ErrorRate {
+    fn start() -> Self {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let value = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0f64.to_bits()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (v, s) = (value.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = read_request(&stream);
+                let body = format!("{{\"error_rate\": {}}}", f64::from_bits(v.load(Ordering::SeqCst)));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { origin, value, stop }
+    }
+
+    fn set(&self, rate: f64) {
+        self.value.store(rate.to_bits(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for ErrorRate {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.origin.trim_start_matches("http://"));
+    }
+}
+
+/// Shifts through 50 and 100 % with 4 s pauses, `error-rate` read every 200 ms as a background
+/// metric (failing above 1 % held for 2 s); `during` runs once traffic stands at 50/50.
+fn canary_with_background_analysis(aws: &Aws, rate: &ErrorRate, during: impl FnOnce()) -> Output {
+    let metric = serde_json::json!([{
+        "name": "error-rate",
+        "source": {"provider": "web", "url": format!("{}/", rate.origin), "json_path": "error_rate"},
+        "rules": {"failure": {"op": ">", "value": 0.01}, "for": "2s"},
+        "background": true
+    }]);
+    let extra = [
+        "stages=[50, 100]".to_string(),
+        "pause_ms=4000".to_string(),
+        "analysis_interval_ms=200".to_string(),
+        format!("analysis={metric}"),
+    ];
+    let (aws2, origin, extra2) = (aws, rate.origin.clone(), extra.clone());
+    std::thread::scope(|scope| {
+        let run = scope.spawn(move || shift(aws2, &aws2.get("secret_key"), &[&origin], &extra2));
+        let until = Instant::now() + Duration::from_secs(300);
+        while aws.weights() != weights_of(aws, 50, 50) {
+            assert!(Instant::now() < until, "the canary never reached 50 %");
+            assert!(!run.is_finished(), "the canary ended before 50 %");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        during();
+        run.join().unwrap()
+    })
+}
+
+#[test]
+fn a_spike_shorter_than_its_window_during_a_pause_does_not_stop_the_canary() {
+    let aws = Aws::start();
+    let rate = ErrorRate::start();
+    let out = canary_with_background_analysis(&aws, &rate, || {
+        rate.set(0.2);
+        std::thread::sleep(Duration::from_millis(300));
+        rate.set(0.0);
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(aws.weights(), weights_of(&aws, 0, 100), "the canary went on to 100 %");
+}
+
+#[test]
+fn a_sustained_spike_during_a_pause_stops_the_canary_at_once_and_restores_the_weights() {
+    let aws = Aws::start();
+    let rate = ErrorRate::start();
+    let out = canary_with_background_analysis(&aws, &rate, || rate.set(0.2));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "the original weights, read back with boto3");
+    let result = stdout_json(&out);
+    let message = result["error"]["message"].as_str().unwrap();
+    // Stopped by the background metric inside the pause, once the spike had held 2 s, not at the gates.
+    let why = "gate failed at 50%: background analysis during the pause: error-rate: 0.2, failure > 0.01: met for ";
+    assert!(message.contains(why) && message.contains(" of 2s [failed 1 of limit 0"), "{message}");
+}

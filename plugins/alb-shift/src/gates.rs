@@ -44,7 +44,7 @@ pub struct Measurement {
     /// 1-based sample of the stage's window.
     pub sample: u32,
     /// `target-health`, `health-url` or `prometheus`.
-    pub gate: &'static str,
+    pub gate: String,
     /// What was measured, e.g. the query's value or the status code.
     pub observed: String,
     /// The bound it was held to.

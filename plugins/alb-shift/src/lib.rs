@@ -10,6 +10,7 @@ pub mod elb;
 pub mod gates;
 
 use elb::{Elb, Weighted};
+use gantry_sdk::analysis::{Metric, Phase, Reading, Watch};
 use gantry_sdk::{Context, Describe, Error, Outputs, Step};
 use gates::{Measurement, Verdict};
 use schemars::JsonSchema;
@@ -49,6 +50,14 @@ pub struct Input {
     /// How many consecutive samples every gate must pass at each stage, and how far apart.
     #[serde(default)]
     pub window: gates::Window,
+    /// Metrics judged by the SDK's canary analysis: as gates at each stage (each read once per
+    /// sample of the window, limits counted per stage), or with `background: true` all through the
+    /// rollout, read during every pause, stopping the rollout the moment one fails.
+    #[serde(default)]
+    pub analysis: Vec<Metric>,
+    /// How often background metrics are read during a pause, in milliseconds (default 1000).
+    #[serde(default = "default_analysis_interval")]
+    pub analysis_interval_ms: u64,
     /// Stages after which a person approves going on (a pause without a duration): traffic stays
     /// there until `gantry approve`, and `gantry reject` restores the original weights.
     #[serde(default)]
@@ -83,6 +92,9 @@ fn default_stages() -> Vec<u32> {
 }
 fn default_pause() -> u64 {
     30_000
+}
+fn default_analysis_interval() -> u64 {
+    1000
 }
 fn yes() -> bool {
     true
@@ -168,24 +180,47 @@ fn elb<'a>(ctx: &'a Context, input: &Input) -> Elb<'a> {
     }
 }
 
+/// A judged reading as a gate's verdict: a metric that failed fails the gate.
+fn verdict_of(phase: Phase) -> Verdict {
+    match phase {
+        Phase::Running => Verdict::Pass,
+        Phase::Failed => Verdict::Fail,
+        Phase::Inconclusive => Verdict::Inconclusive,
+    }
+}
+
+/// A reading's value as a person reads it.
+fn observed(reading: &Reading) -> String {
+    match reading {
+        Reading::Value { value } => value.to_string(),
+        Reading::Nodata => "no data".into(),
+        Reading::Error { message } => format!("error: {message}"),
+    }
+}
+
 /// One sample of every configured gate at `stage`; a gate that cannot be read at all fails.
-fn sample(ctx: &Context, input: &Input, elb: &Elb, stage: u32, sample: u32) -> Vec<Measurement> {
-    let mut readings: Vec<(&'static str, String, (String, Verdict))> = Vec::new();
+fn sample(ctx: &Context, input: &Input, elb: &Elb, stage: u32, sample: u32, watches: &mut [Watch]) -> Vec<Measurement> {
+    let mut readings: Vec<(String, String, (String, Verdict))> = Vec::new();
     let unreadable = |e: Error| (e.message().to_string(), Verdict::Fail);
     if input.target_health {
         let reading = elb.target_states(&input.green_target_group_arn).map(|s| gates::target_health(&s));
         readings.push((
-            "target-health",
+            "target-health".into(),
             "every green target healthy, at least one".into(),
             reading.unwrap_or_else(unreadable),
         ));
     }
     if let Some(url) = &input.health_url {
-        readings.push(("health-url", "2xx".into(), gates::health_url(ctx, url)));
+        readings.push(("health-url".into(), "2xx".into(), gates::health_url(ctx, url)));
     }
     if let Some(p) = &input.prometheus {
         let threshold = format!("<= {}, no data: {:?}", p.max, p.no_data).to_lowercase();
-        readings.push(("prometheus", threshold, p.measure(ctx).unwrap_or_else(unreadable)));
+        readings.push(("prometheus".into(), threshold, p.measure(ctx).unwrap_or_else(unreadable)));
+    }
+    for watch in watches.iter_mut() {
+        let judged = watch.read(ctx, Some(stage));
+        let verdict = verdict_of(judged.phase);
+        readings.push((watch.metric.name.clone(), judged.reason, (observed(&judged.reading), verdict)));
     }
     readings
         .into_iter()
@@ -202,11 +237,13 @@ fn judge_stage(
     stage: u32,
     record: &mut Vec<Measurement>,
 ) -> (Verdict, String) {
+    // Gate metrics count their limits per stage, as an analysis run per step does in Argo Rollouts.
+    let mut watches: Vec<Watch> = input.analysis.iter().filter(|m| !m.background).cloned().map(Watch::new).collect();
     for n in 1..=input.window.samples.max(1) {
         if n > 1 && input.window.interval_ms > 0 {
             gantry_sdk::sleep_ms(input.window.interval_ms);
         }
-        let readings = sample(ctx, input, elb, stage, n);
+        let readings = sample(ctx, input, elb, stage, n, &mut watches);
         for m in &readings {
             gantry_sdk::info!("stage {stage}% sample {n}/{}: {}", input.window.samples.max(1), m.describe());
         }
@@ -219,6 +256,26 @@ fn judge_stage(
         }
     }
     (Verdict::Pass, String::new())
+}
+
+/// Waits out a stage's pause, reading the background metrics every `analysis_interval_ms`; ends
+/// early with the first that stops running, and why.
+fn pause(input: &Input, ctx: &Context, background: &mut [Watch], stage: u32) -> Option<(Verdict, String)> {
+    let until = gantry_sdk::now_ms() + input.pause_ms;
+    loop {
+        for watch in background.iter_mut() {
+            let judged = watch.read(ctx, Some(stage));
+            if judged.phase != Phase::Running {
+                return Some((verdict_of(judged.phase), format!("{}: {}", watch.metric.name, judged.reason)));
+            }
+        }
+        let now = gantry_sdk::now_ms();
+        if now >= until || background.is_empty() {
+            gantry_sdk::sleep_ms(until.saturating_sub(now));
+            return None;
+        }
+        gantry_sdk::sleep_ms(input.analysis_interval_ms.max(1).min(until - now));
+    }
 }
 
 fn input_of(ctx: &Context) -> Result<Input, Error> {
@@ -290,15 +347,19 @@ impl Step for AlbShift {
         };
         let mut completed = from;
         let mut record = Vec::new();
+        // Background metrics judge the whole rollout: their limits run across every stage.
+        let mut background: Vec<Watch> =
+            input.analysis.iter().filter(|m| m.background).cloned().map(Watch::new).collect();
         for &percent in &input.stages[from..] {
             let weights = stage_weights(blue, green, percent);
             check_weights(&weights).map_err(Error::failed)?;
             elb.set_weights(&input.listener_arn, &weights)?;
             gantry_sdk::info!("stage {percent}%: green weight {percent}, blue {}", 100 - percent);
-            if input.pause_ms > 0 {
-                gantry_sdk::sleep_ms(input.pause_ms);
-            }
-            match judge_stage(ctx, &input, &elb, percent, &mut record) {
+            let judged = match pause(&input, ctx, &mut background, percent) {
+                Some((verdict, why)) => (verdict, format!("background analysis during the pause: {why}")),
+                None => judge_stage(ctx, &input, &elb, percent, &mut record),
+            };
+            match judged {
                 (Verdict::Pass, _) if percent < 100 && input.approve_after.contains(&percent) => {
                     completed += 1;
                     if !ctx.approval(&format!("stage {percent}%")) {

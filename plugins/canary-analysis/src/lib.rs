@@ -6,7 +6,7 @@
 
 use gantry_sdk::analysis::judge::{self, JudgeSpec, MetricJudgement, Verdict};
 use gantry_sdk::analysis::provider::Provider;
-use gantry_sdk::analysis::{Judged, Phase, Rules, Tracker};
+use gantry_sdk::analysis::{Metric, Phase, Watch};
 use gantry_sdk::{Context, Describe, Error, Outputs, Step};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -30,18 +30,6 @@ pub struct Input {
     /// Judge's pass score (default 95) and marginal score (default 75), as Kayenta's.
     #[serde(default)]
     pub scores: Option<Scores>,
-}
-
-/// One metric: where it comes from and how its readings are judged.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Metric {
-    /// Its name in the journal and the report, e.g. `error-rate`.
-    pub name: String,
-    /// Where readings come from.
-    pub source: Provider,
-    /// How readings are judged.
-    pub rules: Rules,
 }
 
 /// A metric of the canary compared with the same metric of the baseline.
@@ -104,11 +92,6 @@ pub fn decide(phases: &[Phase]) -> Decision {
     }
 }
 
-fn log_reading(metric: &str, query: &str, at_ms: u64, judged: &Judged) {
-    let line = serde_json::json!({"metric": metric, "query": query, "at_ms": at_ms, "judged": judged});
-    gantry_sdk::info!("reading {line}");
-}
-
 impl Step for CanaryAnalysis {
     fn describe() -> Describe {
         Describe::new("canary-analysis", env!("CARGO_PKG_VERSION"))
@@ -127,25 +110,18 @@ impl Step for CanaryAnalysis {
         if input.readings == 0 || input.readings > MAX_ROUNDS {
             return Err(Error::failed(format!("readings must be between 1 and {MAX_ROUNDS}")));
         }
-        let mut trackers: Vec<Tracker> = input.metrics.iter().map(|m| Tracker::new(m.rules.clone())).collect();
+        let mut watches: Vec<Watch> = input.metrics.iter().cloned().map(Watch::new).collect();
         let mut outputs = Outputs::new();
-        let mut phases = vec![Phase::Running; trackers.len()];
+        let mut phases = vec![Phase::Running; watches.len()];
         for round in 0..input.readings {
             if round > 0 {
                 gantry_sdk::sleep_ms(input.interval_ms);
             }
-            for (i, metric) in input.metrics.iter().enumerate() {
-                let at = gantry_sdk::now_ms();
-                let judged = trackers[i].record(metric.source.read(ctx), at);
-                log_reading(&metric.name, &metric.source.describe(), at, &judged);
+            for (i, watch) in watches.iter_mut().enumerate() {
+                let judged = watch.read(ctx, None);
                 if judged.phase != Phase::Running && phases[i] == Phase::Running {
-                    gantry_sdk::warn!(
-                        "{}: {:?} after reading {}: {}",
-                        metric.name,
-                        judged.phase,
-                        round + 1,
-                        judged.reason
-                    );
+                    let name = &watch.metric.name;
+                    gantry_sdk::warn!("{name}: {:?} after reading {}: {}", judged.phase, round + 1, judged.reason);
                 }
                 phases[i] = judged.phase;
             }

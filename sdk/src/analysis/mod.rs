@@ -236,6 +236,57 @@ pub struct Judged {
     pub reason: String,
 }
 
+/// One metric: where its readings come from and how they are judged.
+///
+/// Example: `{ name: error-rate, source: { provider: prometheus, address: "http://prometheus:9090", query: "…" }, rules: { failure: { op: ">", value: 0.01 }, for: 5m } }`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metric {
+    /// Its name in the journal, outputs and report, e.g. `error-rate`.
+    pub name: String,
+    /// Where readings come from.
+    pub source: provider::Provider,
+    /// How readings are judged.
+    #[serde(default)]
+    pub rules: Rules,
+    /// For a plugin that moves traffic: read all through the rollout, pauses included, and stop
+    /// the rollout the moment it fails (a rollback trigger), instead of at each stage's gates.
+    #[serde(default)]
+    pub background: bool,
+}
+
+/// A metric being watched: its tracker, and a journal line for every reading.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// The metric.
+    pub metric: Metric,
+    tracker: Tracker,
+}
+
+impl Watch {
+    /// A watch with no readings yet.
+    pub fn new(metric: Metric) -> Self {
+        let tracker = Tracker::new(metric.rules.clone());
+        Self { metric, tracker }
+    }
+
+    /// Reads the metric once, judges the reading and journals it as `reading {json}` (with the
+    /// traffic stage it was read at, when there is one).
+    pub fn read(&mut self, ctx: &crate::Context, stage: Option<u32>) -> Judged {
+        let at = crate::now_ms();
+        let judged = self.tracker.record(self.metric.source.read(ctx), at);
+        let line = serde_json::json!({
+            "metric": self.metric.name,
+            "query": self.metric.source.describe(),
+            "stage": stage,
+            "at_ms": at,
+            "judged": judged,
+        });
+        crate::info!("reading {line}");
+        judged
+    }
+}
+
 /// Judges one metric's readings as they come, in time order.
 #[derive(Debug, Clone)]
 pub struct Tracker {
