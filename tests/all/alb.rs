@@ -608,3 +608,28 @@ fn a_sustained_spike_during_a_pause_stops_the_canary_at_once_and_restores_the_we
     let why = "gate failed at 50%: background analysis during the pause: error-rate: 0.2, failure > 0.01: met for ";
     assert!(message.contains(why) && message.contains(" of 2s [failed 1 of limit 0"), "{message}");
 }
+
+#[test]
+fn an_analysis_gate_tolerates_its_failure_limit_then_fails_the_stage_and_restores_the_weights() {
+    let aws = Aws::start();
+    let rate = ErrorRate::start();
+    rate.set(0.2);
+    let metric = serde_json::json!([{
+        "name": "error-rate",
+        "source": {"provider": "web", "url": format!("{}/", rate.origin), "json_path": "error_rate"},
+        "rules": {"failure": {"op": ">", "value": 0.01}, "failure_limit": 1}
+    }]);
+    let extra = [
+        "stages=[50, 100]".to_string(),
+        "pause_ms=0".to_string(),
+        r#"window={"samples": 3, "interval_ms": 100}"#.to_string(),
+        format!("analysis={metric}"),
+    ];
+    let out = shift(&aws, &aws.get("secret_key"), &[&rate.origin], &extra);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "the original weights, read back with boto3");
+    let message = stdout_json(&out)["error"]["message"].as_str().unwrap().to_string();
+    // The first failed sample is within failure_limit 1; the second fails the stage.
+    assert!(message.contains("gate failed at 50%: sample 2: error-rate gate: 0.2 ("), "{message}");
+    assert!(message.contains("[failed 2 of limit 1"), "{message}");
+}
