@@ -325,6 +325,9 @@ struct State {
     tracker: limits::Tracker,
     outbound: outbound::Outbound,
     sql: sql::Sql,
+    /// Where the step's TCP connections (SQL, TLS probes) may go: `--resolve` answers and the
+    /// restricted ranges its grants allow, as for its HTTP.
+    resolver: Resolver,
     checkpoints: Option<CheckpointLog>,
     checkpointed: usize,
     approvals: Option<ApprovalLog>,
@@ -376,12 +379,8 @@ impl State {
                 hide_path: false,
                 action: None,
             },
-            sql: sql::Sql {
-                databases: call.grants.databases.clone(),
-                resolver: runtime.inner.resolver.allowing(call.grants.network.addresses().to_vec()),
-                limits: call.sql,
-                open: 0,
-            },
+            sql: sql::Sql { databases: call.grants.databases.clone(), limits: call.sql, open: 0 },
+            resolver: runtime.inner.resolver.allowing(call.grants.network.addresses().to_vec()),
             checkpoints: call.checkpoints.clone(),
             checkpointed: 0,
             approvals: call.approvals.clone(),

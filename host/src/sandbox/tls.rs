@@ -349,7 +349,7 @@ impl State {
         let ca = probes.ca.clone();
         let timeout =
             self.outbound.limits.request_timeout.min(self.tracker.deadline.saturating_duration_since(Instant::now()));
-        let resolver = self.sql.resolver.clone();
+        let resolver = self.resolver.clone();
         let probing = async {
             let ips = resolver.connectable(&host).await.map_err(|e| match e {
                 Unreachable::Denied(d) => ProbeError::Denied(d.to_string()),

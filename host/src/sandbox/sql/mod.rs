@@ -127,7 +127,6 @@ fn value_bytes(v: &Value) -> usize {
 /// The per-call SQL state kept in the store.
 pub(crate) struct Sql {
     pub(crate) databases: crate::capability::Databases,
-    pub(crate) resolver: Resolver,
     pub(crate) limits: SqlLimits,
     pub(crate) open: usize,
 }
@@ -384,7 +383,7 @@ impl wit::HostConnection for State {
         let timeout =
             self.sql.limits.statement_timeout.min(self.tracker.deadline.saturating_duration_since(Instant::now()));
         let redactor = self.outbound.grants.secrets.redactor().clone();
-        let session = connect(&db, &self.sql.resolver, timeout).await.map_err(|e| redacted(&redactor, e));
+        let session = connect(&db, &self.resolver, timeout).await.map_err(|e| redacted(&redactor, e));
         let session = match session {
             Ok(s) => s,
             Err(e) => {
