@@ -100,10 +100,13 @@ fn the_plugin_guide_runs_as_written() {
 
 /// `cargo package` of one crate of the workspace into `target_dir`, without building it; gives
 /// back the files it packaged.
+/// Packages `name` with the workspace crates it depends on (`gantry-analysis`, packaged first, as
+/// crates.io would need it published first) and lists the packaged files of both.
 fn package(name: &str, target_dir: &std::path::Path) -> Vec<String> {
     let cargo = || {
         let mut cmd = std::process::Command::new("cargo");
-        cmd.args(["package", "-p", name, "--allow-dirty", "--no-verify", "--target-dir"]).arg(target_dir);
+        cmd.args(["package", "-p", "gantry-analysis", "-p", name, "--allow-dirty", "--no-verify", "--target-dir"]);
+        cmd.arg(target_dir);
         cmd.current_dir(repo());
         cmd
     };
@@ -132,16 +135,20 @@ fn the_sdk_and_the_host_package_as_they_stand_and_a_plugin_builds_on_the_package
     // `plugin new` without a checkout depends on the SDK of the host's own version.
     let version = version_of("sdk/Cargo.toml");
     assert_eq!(version, version_of("Cargo.toml"), "the SDK and the host are released at one version");
-    let crate_file = target.join(format!("package/gantry-sdk-{version}.crate"));
-    let unpacked = std::process::Command::new("tar").arg("xzf").arg(&crate_file).current_dir(dir.path()).status();
-    assert!(unpacked.unwrap().success());
+    assert_eq!(version, version_of("analysis/Cargo.toml"), "the SDK and its analysis rules are released at one version");
+    for name in ["gantry-sdk", "gantry-analysis"] {
+        let crate_file = target.join(format!("package/{name}-{version}.crate"));
+        let unpacked = std::process::Command::new("tar").arg("xzf").arg(&crate_file).current_dir(dir.path()).status();
+        assert!(unpacked.unwrap().success(), "{name}");
+    }
     let out = gantry_in(dir.path(), &["plugin", "new", "hello-published", "--sdk-version", &format!("={version}")]);
     expect_code(&out, 0);
     let manifest = dir.path().join("hello-published/Cargo.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     assert!(text.contains(&format!("gantry-sdk = \"={version}\"")), "{text}");
-    let sdk_dir = dir.path().join(format!("gantry-sdk-{version}"));
-    std::fs::write(&manifest, format!("{text}\n[patch.crates-io]\ngantry-sdk = {{ path = {:?} }}\n", sdk_dir)).unwrap();
+    let [sdk_dir, analysis_dir] = ["gantry-sdk", "gantry-analysis"].map(|n| dir.path().join(format!("{n}-{version}")));
+    let patch = format!("[patch.crates-io]\ngantry-sdk = {{ path = {sdk_dir:?} }}\ngantry-analysis = {{ path = {analysis_dir:?} }}\n");
+    std::fs::write(&manifest, format!("{text}\n{patch}")).unwrap();
 
     let server = CountingServer::start(Reply::text(200, "ok"));
     let origin = server.origin();
