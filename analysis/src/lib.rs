@@ -235,6 +235,41 @@ pub struct Judged {
     pub reason: String,
 }
 
+/// How a journal line holding a reading begins; the JSON of a [`Recorded`] follows.
+pub const READING_PREFIX: &str = "reading ";
+
+/// One reading as a plugin journals it, and as the report and replay read it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The metric's name.
+    pub metric: String,
+    /// Where it was read, after templating (`prometheus http://…: <query>`).
+    pub query: String,
+    /// The traffic stage (green %) it was read at, for a plugin that moves traffic.
+    #[serde(default)]
+    pub stage: Option<u32>,
+    /// When it was taken (ms since the epoch).
+    pub at_ms: u64,
+    /// When its watch's first reading was taken: the readings judged by one tracker share it.
+    #[serde(default)]
+    pub watch_ms: u64,
+    /// Whether it was a background metric (read through pauses) rather than a stage gate.
+    #[serde(default)]
+    pub background: bool,
+    /// The rules it was judged by.
+    #[serde(default)]
+    pub rules: Option<Rules>,
+    /// How it was judged.
+    pub judged: Judged,
+}
+
+impl Recorded {
+    /// The reading in a journal line, if the line is one.
+    pub fn from_line(line: &str) -> Option<Recorded> {
+        serde_json::from_str(line.strip_prefix(READING_PREFIX)?).ok()
+    }
+}
+
 /// Judges one metric's readings as they come, in time order.
 #[derive(Debug, Clone)]
 pub struct Tracker {

@@ -69,6 +69,7 @@ macro_rules! serde_as_text {
     };
 }
 
+pub mod analysis;
 pub mod build;
 pub mod capability;
 #[cfg(feature = "cli")]

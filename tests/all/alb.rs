@@ -633,3 +633,67 @@ fn an_analysis_gate_tolerates_its_failure_limit_then_fails_the_stage_and_restore
     assert!(message.contains("gate failed at 50%: sample 2: error-rate gate: 0.2 ("), "{message}");
     assert!(message.contains("[failed 2 of limit 1"), "{message}");
 }
+
+#[test]
+fn a_replay_with_a_stricter_threshold_names_the_stage_it_would_have_stopped_at_and_the_report_draws_every_reading() {
+    let aws = Aws::start();
+    let rate = ErrorRate::start();
+    rate.set(0.001);
+    let dir = tempfile::tempdir().unwrap();
+    // A background error rate under its 1 % trigger all through: 0.1 % at 25 %, 0.4 % from 50 %.
+    let with = format!(
+        "stages: [25, 50, 100]\n      pause_ms: 3000\n      analysis_interval_ms: 250\n      target_health: false\n      \
+         analysis: [{{ name: error-rate, source: {{ provider: web, url: \"{}/\", json_path: error_rate }}, \
+         rules: {{ failure: {{ op: \">\", value: 0.01 }}, for: 1s }}, background: true }}]",
+        rate.origin
+    );
+    std::fs::write(dir.path().join("canary.yaml"), canary_yaml_with(&aws, &with, &[&rate.origin])).unwrap();
+    let out = std::thread::scope(|scope| {
+        let run = scope.spawn(|| gantry_aws(dir.path(), &aws, &["run", "canary.yaml", "--json"]).output().unwrap());
+        let at_50 = |j: &[serde_json::Value]| j.iter().any(|e| e["message"] == "stage 50%: green weight 50, blue 50");
+        let until = Instant::now() + Duration::from_secs(300);
+        while !at_50(&journal(dir.path())) {
+            assert!(Instant::now() < until && !run.is_finished(), "the canary never reached 50 %");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rate.set(0.004);
+        run.join().unwrap()
+    });
+    expect_code(&out, 0);
+    assert_eq!(aws.weights(), weights_of(&aws, 0, 100), "the canary went on to 100 %");
+    let id = run_id(dir.path());
+    let readings = journal(dir.path())
+        .iter()
+        .filter(|e| e["event"] == "log" && e["message"].as_str().is_some_and(|m| m.starts_with("reading {")))
+        .count();
+    assert!(readings >= 3 * 3, "every pause read the metric every 250 ms: {readings}");
+
+    // As recorded, nothing decides; a 0.3 % trigger would have stopped the canary at 50 %.
+    let replay = |args: &[&str]| {
+        let out = gantry_aws(dir.path(), &aws, &[&["analysis", "replay", &id][..], args].concat()).output().unwrap();
+        expect_code(&out, 0);
+        out
+    };
+    let same = stdout_json(&replay(&["--json"]));
+    assert!(same["replay"]["replayed"].is_null() && same["replay"]["recorded"].is_null(), "{same}");
+    std::fs::write(dir.path().join("stricter.yaml"), "error-rate:\n  failure: { op: \">\", value: 0.003 }\n").unwrap();
+    let stricter = stdout_json(&replay(&["--rules", "stricter.yaml", "--json"]));
+    let (which, decided) = (&stricter["replay"]["replayed"][0], &stricter["replay"]["replayed"][1]);
+    assert_eq!(which, "shift/error-rate", "{stricter}");
+    assert_eq!((&decided["phase"], &decided["stage"], &decided["value"]), (&"failed".into(), &50.into(), &0.004.into()));
+    assert_eq!(stricter["replay"]["watches"][0]["readings"], readings, "one background watch read them all");
+    let text = String::from_utf8_lossy(&replay(&["--rules", "stricter.yaml"]).stdout).into_owned();
+    assert!(text.contains("the first decision would have been: shift/error-rate failed at stage 50% (reading "), "{text}");
+    std::fs::write(dir.path().join("typo.yaml"), "eror-rate:\n  failure: { op: \">\", value: 0.003 }\n").unwrap();
+    let out = gantry_aws(dir.path(), &aws, &["analysis", "replay", &id, "--rules", "typo.yaml"]).output().unwrap();
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metric `eror-rate` has no readings in this run (it has: error-rate)"));
+
+    // The report draws the metric's every reading against its 1 % threshold.
+    let out = gantry_aws(dir.path(), &aws, &["report", &id, "--html", "report.html"]).output().unwrap();
+    expect_code(&out, 0);
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg class=\"metric\" data-step=\"shift\" data-metric=\"error-rate\""), "{html}");
+    assert!(html.contains("class=\"threshold failure\" data-value=\"0.01\""), "{html}");
+    assert_eq!(html.matches("<circle class=\"reading o-successful\"").count(), readings, "{html}");
+}

@@ -15,6 +15,7 @@ macro_rules! println {
     };
 }
 
+mod analysis;
 mod pipeline;
 mod plugin;
 mod rollout;
@@ -203,6 +204,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Canary analysis over recorded runs: `replay` judges a run's readings again with changed rules.
+    #[command(subcommand)]
+    Analysis(analysis::AnalysisCommand),
     /// Write a run's report as one self-contained HTML page: DAG, timeline, canary, requests, grants.
     Report {
         /// Run id (see `gantry runs`).
@@ -322,6 +326,7 @@ pub fn main() -> ExitCode {
                 pipeline::decide(id, Decision::Reject, step, comment, 1, json, state).await
             }
             Command::Approvals { json } => pipeline::approvals(json, state).await,
+            Command::Analysis(cmd) => cmd.execute(state).await,
             Command::Report { id, html } => ui::report(id, html, state).await,
             Command::Ui { port } => ui::serve(port, state).await,
             Command::Run { target, dry_run, promoted_from, jobs, json, reports } => {

@@ -1,8 +1,11 @@
 //! The run report people look at: one self-contained HTML page (inline CSS
 //! and SVG, one small inline script, no fetches) drawn from the journal — the
 //! DAG with each step's state, a timeline of attempts, retries, approvals and
-//! rollbacks, the canary's weights and gate samples, requests per step with
+//! rollbacks, the canary's weights and gate samples, each analysis metric's
+//! readings against its thresholds ([`readings`]), requests per step with
 //! denials, and each step's grants.
+
+mod readings;
 
 use super::{escape, Summary};
 use crate::plan::Plan;
@@ -79,6 +82,7 @@ pub fn page(records: &[Record], live: bool) -> String {
         html += &table(&["time", "step", "stage", "sample", "gate", "observed", "threshold", "verdict"], &weights.1);
         html += "</section>\n";
     }
+    html += &readings::section(&crate::analysis::readings(records), t0, t1);
     html += "<section><h2>Requests</h2>";
     html += &requests(records, &order);
     html += "</section>\n<section><h2>Grants</h2>";
@@ -444,7 +448,11 @@ svg text{font-size:12px;fill:#1d2330}svg text.small{font-size:10px;fill:#5b6472}
 .s-rolled-back rect,.status.s-rolled-back,.status.s-interrupted{fill:#fde9c8;background:#fde9c8}\
 .s-skipped rect{fill:#f0f0f0;stroke-dasharray:4 3}.s-awaiting-approval rect,.status.s-awaiting-approval,.s-paused rect,.status.s-paused{fill:#dfe6fb;background:#dfe6fb}\
 .bar{fill:#7aa7e0}.k-succeeded{fill:#4caf6a}.k-failed{fill:#d9534f}.k-retry{fill:#f0ad4e}.k-rollback{fill:#b36bd6}.k-waiting{fill:#9db4ef;opacity:.7}\
-.grid{stroke:#eceff2}polyline.weight{fill:none;stroke:#2e7d4f;stroke-width:2}circle.weight{fill:#2e7d4f}\
+.grid{stroke:#eceff2}h3{font-size:13px;margin:14px 0 4px}\
+polyline.series{fill:none;stroke:#7aa7e0;stroke-width:1.5}circle.reading{fill:#4caf6a}circle.o-failed{fill:#d9534f}circle.o-failed.pending{fill:#f0ad4e}\
+circle.o-inconclusive,circle.o-error{fill:#9aa3ad}line.threshold{stroke-dasharray:5 4;stroke-width:1.2}line.failure{stroke:#d9534f}line.success{stroke:#4caf6a}\
+svg text.failure{fill:#d9534f}svg text.success{fill:#2e7d4f}line.decided{stroke:#1d2330;stroke-width:1.5}svg text.decided{fill:#1d2330;font-weight:600}\
+polyline.weight{fill:none;stroke:#2e7d4f;stroke-width:2}circle.weight{fill:#2e7d4f}\
 table{border-collapse:collapse;background:#fff;font-size:12px}th,td{border:1px solid #e3e6ea;padding:3px 8px;text-align:left;vertical-align:top}\
 tr.denied td{background:#fdecea}.highlight rect{stroke:#1d2330;stroke-width:2}";
 

@@ -38,28 +38,34 @@ pub struct Watch {
     /// The metric.
     pub metric: Metric,
     tracker: Tracker,
+    /// When its first reading was taken (ms): names this watch's readings in the journal, so a
+    /// replay judges them with one tracker, as they were (a stage's gates, a resumed run).
+    since_ms: Option<u64>,
 }
 
 impl Watch {
     /// A watch with no readings yet.
     pub fn new(metric: Metric) -> Self {
         let tracker = Tracker::new(metric.rules.clone());
-        Self { metric, tracker }
+        Self { metric, tracker, since_ms: None }
     }
 
     /// Reads the metric once, judges the reading and journals it as `reading {json}` (with the
-    /// traffic stage it was read at, when there is one).
+    /// traffic stage it was read at, when there is one, and the rules it was judged by).
     pub fn read(&mut self, ctx: &crate::Context, stage: Option<u32>) -> Judged {
         let at = crate::now_ms();
         let judged = self.tracker.record(self.metric.source.read(ctx), at);
-        let line = serde_json::json!({
-            "metric": self.metric.name,
-            "query": self.metric.source.describe(),
-            "stage": stage,
-            "at_ms": at,
-            "judged": judged,
-        });
-        crate::info!("reading {line}");
+        let line = Recorded {
+            metric: self.metric.name.clone(),
+            query: self.metric.source.describe(),
+            stage,
+            at_ms: at,
+            watch_ms: *self.since_ms.get_or_insert(at),
+            background: self.metric.background,
+            rules: Some(self.metric.rules.clone()),
+            judged: judged.clone(),
+        };
+        crate::info!("{}{}", READING_PREFIX, serde_json::to_string(&line).unwrap_or_default());
         judged
     }
 }

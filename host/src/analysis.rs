@@ -1,0 +1,280 @@
+//! The canary readings a run recorded, read back from its journal (every `reading {json}` line a
+//! plugin's analysis wrote), and their replay under changed rules: what the same readings would
+//! have decided, and where. Offline: nothing is read from a provider again.
+
+use crate::run::journal::Record;
+use crate::run::Event;
+use gantry_analysis::{Phase, Reading, Recorded, Rules, Tracker};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A reading and the step that took it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReading {
+    /// The step's id.
+    pub step: String,
+    /// The reading as journaled.
+    pub recorded: Recorded,
+}
+
+/// Every reading in a run's journal, in the order they were taken.
+pub fn readings(records: &[Record]) -> Vec<StepReading> {
+    records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Log { step, message, .. } => {
+                Recorded::from_line(message).map(|recorded| StepReading { step: step.clone(), recorded })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why a rules file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// It cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// It is not a map of metric names to rules.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde_yaml's words, with the line and column.
+        message: String,
+    },
+    /// It names a metric the run has no readings of.
+    #[error("{}: metric `{metric}` has no readings in this run (it has: {known})", path.display())]
+    UnknownMetric {
+        /// The file.
+        path: PathBuf,
+        /// The name.
+        metric: String,
+        /// The metrics the run read.
+        known: String,
+    },
+}
+
+/// Rules by metric name, as written under a metric's `rules:` in a pipeline.
+pub type Spec = BTreeMap<String, Rules>;
+
+/// Reads a rules file (`metric: { failure: { op: ">", value: 0.005 }, for: 1m }`) and checks each
+/// metric it names was read in the run.
+pub fn load_spec(path: &Path, readings: &[StepReading]) -> Result<Spec, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.into(), source })?;
+    let spec: Spec = serde_yaml::from_str(&text)
+        .map_err(|e| SpecError::Parse { path: path.into(), message: format!("rules by metric name: {e}") })?;
+    let known: std::collections::BTreeSet<&str> = readings.iter().map(|r| r.recorded.metric.as_str()).collect();
+    if let Some(metric) = spec.keys().find(|m| !known.contains(m.as_str())) {
+        let known = if known.is_empty() { "none".into() } else { known.into_iter().collect::<Vec<_>>().join(", ") };
+        return Err(SpecError::UnknownMetric { path: path.into(), metric: metric.clone(), known });
+    }
+    Ok(spec)
+}
+
+/// The reading at which a metric decided.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decided {
+    /// `failed` or `inconclusive`.
+    pub phase: Phase,
+    /// The traffic stage (green %) of the reading, for a plugin that moves traffic.
+    pub stage: Option<u32>,
+    /// When it was taken (ms since the epoch).
+    pub at_ms: u64,
+    /// Which reading of its watch it was (1-based).
+    pub reading: usize,
+    /// The value, when there was one.
+    pub value: Option<f64>,
+    /// Why, as the tracker says it.
+    pub reason: String,
+}
+
+/// One watch's readings (a metric in one step, one stage's gate or the whole rollout) judged
+/// again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WatchReplay {
+    /// The step.
+    pub step: String,
+    /// The metric.
+    pub metric: String,
+    /// A background metric rather than a stage gate.
+    pub background: bool,
+    /// How many readings were recorded.
+    pub readings: usize,
+    /// Whether the rules differ from those the readings were judged by.
+    pub changed: bool,
+    /// Where the recorded judging decided, if it did.
+    pub recorded: Option<Decided>,
+    /// Where the replay decides, if it does within the recorded readings.
+    pub replayed: Option<Decided>,
+}
+
+/// What a run's readings decide under changed rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Replay {
+    /// Every watch, in the order its first reading was taken.
+    pub watches: Vec<WatchReplay>,
+    /// The first decision the recorded readings led to, as they were judged.
+    pub recorded: Option<(String, Decided)>,
+    /// The first decision under the changed rules: the step and metric, and where.
+    pub replayed: Option<(String, Decided)>,
+}
+
+/// Judges every watch's readings again, with `spec`'s rules where it names the metric and the
+/// recorded rules elsewhere; dry-run metrics never decide, as in the run.
+pub fn replay(readings: &[StepReading], spec: &Spec) -> Replay {
+    // Step, metric and the watch's first reading name one tracker's readings.
+    type Key<'a> = (&'a str, &'a str, u64);
+    let mut groups: Vec<(Key, Vec<&Recorded>)> = Vec::new();
+    for r in readings {
+        let key = (r.step.as_str(), r.recorded.metric.as_str(), r.recorded.watch_ms);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(&r.recorded),
+            None => groups.push((key, vec![&r.recorded])),
+        }
+    }
+    let mut watches = Vec::new();
+    for ((step, metric, _), list) in groups {
+        let recorded_rules = list[0].rules.clone();
+        let rules = spec.get(metric).cloned().or(recorded_rules.clone());
+        let recorded = list.iter().enumerate().find_map(|(i, r)| decided(r, i, r.judged.phase, &r.judged.reason));
+        let replayed = match &rules {
+            Some(rules) => {
+                let mut tracker = Tracker::new(rules.clone());
+                list.iter().enumerate().find_map(|(i, r)| {
+                    let judged = tracker.record(r.judged.reading.clone(), r.at_ms);
+                    decided(r, i, judged.phase, &judged.reason)
+                })
+            }
+            // A journal from before rules were recorded: its judging stands.
+            None => recorded.clone(),
+        };
+        watches.push(WatchReplay {
+            step: step.to_string(),
+            metric: metric.to_string(),
+            background: list[0].background,
+            readings: list.len(),
+            changed: rules != recorded_rules,
+            recorded,
+            replayed,
+        });
+    }
+    let first = |pick: fn(&WatchReplay) -> &Option<Decided>| {
+        watches
+            .iter()
+            .filter_map(|w| pick(w).as_ref().map(|d| (format!("{}/{}", w.step, w.metric), d.clone())))
+            .min_by_key(|(_, d)| d.at_ms)
+    };
+    let recorded = first(|w| &w.recorded);
+    let replayed = first(|w| &w.replayed);
+    Replay { watches, recorded, replayed }
+}
+
+fn decided(r: &Recorded, index: usize, phase: Phase, reason: &str) -> Option<Decided> {
+    (phase != Phase::Running).then(|| Decided {
+        phase,
+        stage: r.stage,
+        at_ms: r.at_ms,
+        reading: index + 1,
+        value: match r.judged.reading {
+            Reading::Value { value } => Some(value),
+            _ => None,
+        },
+        reason: reason.to_string(),
+    })
+}
+
+impl Decided {
+    /// `failed at stage 50% (reading 3): 0.02, failure > 0.005: met …`
+    pub fn describe(&self) -> String {
+        let phase = match self.phase {
+            Phase::Failed => "failed",
+            Phase::Inconclusive => "inconclusive",
+            Phase::Running => "running",
+        };
+        let stage = self.stage.map(|s| format!(" at stage {s}%")).unwrap_or_default();
+        format!("{phase}{stage} (reading {}): {}", self.reading, self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_analysis::{Condition, Op, Tracker};
+
+    /// Readings of one watch as a plugin would journal them under `rules`.
+    fn watch(step: &str, metric: &str, rules: &Rules, values: &[(u32, u64, f64)], background: bool) -> Vec<StepReading> {
+        let mut tracker = Tracker::new(rules.clone());
+        let watch_ms = values[0].1;
+        values
+            .iter()
+            .map(|&(stage, at_ms, value)| StepReading {
+                step: step.into(),
+                recorded: Recorded {
+                    metric: metric.into(),
+                    query: "q".into(),
+                    stage: Some(stage),
+                    at_ms,
+                    watch_ms,
+                    background,
+                    rules: Some(rules.clone()),
+                    judged: tracker.record(Reading::Value { value }, at_ms),
+                },
+            })
+            .collect()
+    }
+
+    fn failing_above(value: f64) -> Rules {
+        Rules { failure: Some(Condition { op: Op::Gt, value }), ..Rules::default() }
+    }
+
+    #[test]
+    fn a_stricter_threshold_decides_at_the_first_reading_past_it_and_names_its_stage() {
+        let values = [(25, 1_000, 0.002), (25, 2_000, 0.004), (50, 3_000, 0.006), (100, 4_000, 0.004)];
+        let recorded = watch("shift", "error-rate", &failing_above(0.01), &values, true);
+        let as_run = replay(&recorded, &Spec::new());
+        assert_eq!((as_run.recorded.clone(), as_run.replayed.clone()), (None, None), "{as_run:?}");
+        assert!(!as_run.watches[0].changed);
+
+        let spec = Spec::from([("error-rate".to_string(), failing_above(0.005))]);
+        let stricter = replay(&recorded, &spec);
+        let (which, decided) = stricter.replayed.clone().unwrap();
+        assert_eq!(which, "shift/error-rate");
+        assert_eq!((decided.phase, decided.stage, decided.reading, decided.value), (Phase::Failed, Some(50), 3, Some(0.006)));
+        assert!(stricter.watches[0].changed && stricter.recorded.is_none());
+    }
+
+    #[test]
+    fn each_stage_gate_is_judged_with_its_own_tracker_as_in_the_run() {
+        // failure_limit 1 per stage: one bad sample in each of two stages never fails a stage.
+        let rules = Rules { failure_limit: 1, ..failing_above(0.01) };
+        let mut readings = watch("shift", "p95", &rules, &[(25, 1_000, 0.5), (25, 1_500, 0.001)], false);
+        readings.extend(watch("shift", "p95", &rules, &[(50, 2_000, 0.5), (50, 2_500, 0.001)], false));
+        let same = replay(&readings, &Spec::new());
+        assert_eq!(same.watches.len(), 2);
+        assert!(same.replayed.is_none(), "{same:?}");
+        let none_tolerated = Spec::from([("p95".to_string(), failing_above(0.01))]);
+        let (_, decided) = replay(&readings, &none_tolerated).replayed.unwrap();
+        assert_eq!((decided.stage, decided.reading), (Some(25), 1));
+    }
+
+    #[test]
+    fn a_rules_file_naming_a_metric_the_run_never_read_is_refused_with_the_ones_it_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.yaml");
+        std::fs::write(&path, "eror-rate:\n  failure: { op: \">\", value: 0.005 }\n").unwrap();
+        let readings = watch("shift", "error-rate", &failing_above(0.01), &[(25, 1, 0.0)], true);
+        let e = load_spec(&path, &readings).unwrap_err().to_string();
+        assert!(e.contains("rules.yaml: metric `eror-rate` has no readings in this run (it has: error-rate)"), "{e}");
+        std::fs::write(&path, "error-rate:\n  failure: { op: \">\", value: 0.005 }\n  fro: 1m\n").unwrap();
+        let e = load_spec(&path, &readings).unwrap_err().to_string();
+        assert!(e.contains("unknown field `fro`") && e.contains("line 3"), "{e}");
+    }
+}
