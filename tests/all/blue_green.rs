@@ -8,7 +8,7 @@
 //! TLS server (a certificate from the demo CA) and dnsmasq (www → green) stand in for the rest.
 
 use crate::certs::Ca;
-use crate::peers::{Aws, Dnsmasq, Postgres, TlsServers};
+use crate::peers::{prometheus, Aws, Dnsmasq, Peer, Postgres, TlsServers};
 use crate::support::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -25,20 +25,33 @@ struct Release {
     pg: Postgres,
     _site: TlsServers,
     _resolver: Dnsmasq,
+    _metrics: Peer,
+    _prometheus: Peer,
     dir: tempfile::TempDir,
     file: PathBuf,
 }
 
 impl Release {
-    /// moto set up with blue serving (ECS web-blue × 2, the listener on blue, www → blue), and the shipped
-    /// pipeline copied beside the plugins with its ports pointed at moto and a health server.
+    /// moto set up with blue serving (ECS web-blue × 2, the listener on blue, www → blue), green's CPU
+    /// and memory in CloudWatch at 35 and 52 %, Prometheus scraping the canary's metrics (no errors,
+    /// 50 ms, health probes passing), and the shipped pipeline copied beside the plugins with its ports
+    /// pointed at them and a health server.
     fn start() -> Self {
+        Self::with_cpu(35)
+    }
+
+    /// As [`Release::start`], green's CPU at `cpu` %.
+    fn with_cpu(cpu: u32) -> Self {
         let aws = Aws::start();
+        aws.boto3_with("put-metrics", &["--cpu", &cpu.to_string(), "--memory", "52"]);
         let route53 = Aws::unchecked_moto();
         aws.boto3("ecs-setup");
         let dns = aws.boto3_with("dns-setup", &["--route53", &route53.origin]);
         let health = CountingServer::start(Reply::text(200, "ok"));
         let dir = tempfile::tempdir().unwrap();
+        let metrics = aws.metrics(false);
+        std::fs::create_dir(dir.path().join("prometheus")).unwrap();
+        let prometheus = prometheus(&metrics, &dir.path().join("prometheus"));
         let pipelines = dir.path().join("pipelines");
         for sub in ["config", "migrations", "certs"] {
             std::fs::create_dir_all(pipelines.join(sub)).unwrap();
@@ -68,6 +81,7 @@ impl Release {
         let hostport = |origin: &str| origin.trim_start_matches("http://").to_string();
         let text = text
             .replace("127.0.0.1:18083", &hostport(&aws.moto.origin))
+            .replace("127.0.0.1:18084", &hostport(&prometheus.origin))
             .replace("127.0.0.1:18085", &hostport(&health.origin()))
             .replace("127.0.0.1:18088", &hostport(&route53.origin))
             .replace("127.0.0.1:18089", &format!("127.0.0.1:{}", pg.port))
@@ -75,7 +89,8 @@ impl Release {
             .replace("127.0.0.1:18091", &resolver.resolver());
         let file = pipelines.join("blue-green-release.yaml");
         std::fs::write(&file, text).unwrap();
-        Release { aws, route53, health, dns, pg, _site: site, _resolver: resolver, dir, file }
+        let (_metrics, _prometheus) = (metrics, prometheus);
+        Release { aws, route53, health, dns, pg, _site: site, _resolver: resolver, _metrics, _prometheus, dir, file }
     }
 
     fn gantry(&self, args: &[&str], pause_ms: u64) -> Command {
@@ -147,6 +162,34 @@ fn the_blue_green_release_lands_green_everywhere() {
     let journal = journal_in(r.dir.path());
     let said = |prefix: &str| journal.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(prefix)));
     assert!(said("tls 127.0.0.1:") && said("dns www.the7space.example CNAME: green.the7space.example"));
+    // The guide's nine conditions were each read from Prometheus or CloudWatch, with a value, and none decided.
+    let readings: Vec<Value> = journal
+        .iter()
+        .filter_map(|e| serde_json::from_str(e["message"].as_str()?.strip_prefix("reading ")?).ok())
+        .collect();
+    for metric in [
+        "error-rate",
+        "p95-latency",
+        "cpu",
+        "memory",
+        "error-rate-sustained",
+        "p95-latency-sustained",
+        "cpu-sustained",
+        "memory-sustained",
+        "health-check-failures",
+    ] {
+        let own: Vec<&Value> = readings.iter().filter(|r| r["metric"] == metric).collect();
+        assert!(!own.is_empty(), "{metric} was never read: {readings:?}");
+        for r in own {
+            assert_eq!(r["judged"]["reading"]["kind"], "value", "{r}");
+            assert_eq!(r["judged"]["phase"], "running", "{r}");
+        }
+    }
+    let cpu = readings.iter().find(|r| r["metric"] == "cpu").unwrap();
+    assert_eq!(cpu["judged"]["reading"]["value"], 35.0, "green's CPU as put into CloudWatch");
+    let p95 = readings.iter().find(|r| r["metric"] == "p95-latency").unwrap();
+    let p95 = p95["judged"]["reading"]["value"].as_f64().unwrap();
+    assert!(p95 > 0.0 && p95 <= 0.05, "every request took 50 ms: {p95}");
     assert_eq!(messages.len(), 1, "one alert: {messages:?}");
     assert!(
         messages[0].contains("blue-green-release development / default")
@@ -171,6 +214,25 @@ fn a_failed_gate_rolls_the_release_back_and_the_alert_says_so() {
     assert!(messages[0].contains(": rolled-back") && messages[0].contains("failed step: shift"), "{}", messages[0]);
     assert!(messages[0].contains("rolled back: shift,health,deploy-green,migrate,audit"), "{}", messages[0]);
     assert!(!r.migrated(), "the migration's down file ran");
+}
+
+#[test]
+fn green_above_the_guides_cpu_limit_fails_the_first_stage_and_the_release_rolls_back() {
+    // Green at 85 % CPU, over the guide's 70 %.
+    let r = Release::with_cpu(85);
+    let out = r.run();
+    expect_code(&out, 1);
+    let (weights, ecs, www, _) = r.state();
+    assert_eq!(weights, (100, 0), "the shift restored the original weights");
+    assert_eq!(ecs, services(("web:1", 2), ("web:1", 0)), "green's deploy was rolled back");
+    assert_eq!(www, serde_json::json!(["blue.the7space.example"]), "DNS never changed");
+    assert!(!r.migrated(), "the migration's down file ran");
+    let failed = journal_in(r.dir.path())
+        .into_iter()
+        .find(|e| e["event"] == "step_failed" && e["step"] == "shift")
+        .expect("the shift failed");
+    let message = failed.to_string();
+    assert!(message.contains("gate failed at 5%") && message.contains("cpu gate: 85 (threshold 85, success < 70: not met"), "{message}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod certs;
 mod crashes;
 mod ecs;
 mod faults;
+mod guide;
 mod judge;
 mod migrate;
 mod notify;

@@ -14,6 +14,10 @@ dns-setup creates (at --route53 when given) hosted zone the7space.example with w
 dns-records prints the names of the zone's record sets.
 dns-state prints the www record's values and every message the queue received.
 put-secret creates a Secrets Manager secret (for aws-sm: secret sources).
+put-metrics puts --cpu and --memory percentages into CloudWatch for green, as ECS reports them
+         (AWS/ECS CPUUtilization and MemoryUtilization of prod/web-green) and as an EC2 group with
+         the CloudWatch agent does (AWS/EC2 CPUUtilization and CWAgent mem_used_percent of
+         AutoScalingGroupName web-green).
 stop     stops an instance: moto then reports its target `unused`
          (Target.InvalidState), not healthy.
 serve    serves /metrics for Prometheus and /health: every scrape counts 100
@@ -21,7 +25,10 @@ serve    serves /metrics for Prometheus and /health: every scrape counts 100
          so the error rate follows the canary's share of traffic. POST
          /control?health=503 makes /health answer 503; POST
          /control?checks=1 adds a `canary_checks_total` series to /metrics,
-         which is absent until then (a gate without data).
+         which is absent until then (a gate without data). /metrics also has an
+         `http_request_duration_seconds` histogram (every request 50 ms, or
+         --latency-ms) and `probe_success` (1, 0 while /health answers non-200),
+         the green health probe a blackbox exporter would report.
 """
 import argparse
 import http.server
@@ -76,6 +83,16 @@ def stop(a):
 
 def put_secret(a):
     client("secretsmanager", a.endpoint, a.key, a.secret).create_secret(Name=a.name, SecretString=a.value)
+
+
+def put_metrics(a):
+    cw = client("cloudwatch", a.endpoint, a.key, a.secret)
+    ecs = [{"Name": "ClusterName", "Value": "prod"}, {"Name": "ServiceName", "Value": "web-green"}]
+    group = [{"Name": "AutoScalingGroupName", "Value": "web-green"}]
+    for namespace, name, dims, value in (("AWS/ECS", "CPUUtilization", ecs, a.cpu), ("AWS/ECS", "MemoryUtilization", ecs, a.memory),
+                                         ("AWS/EC2", "CPUUtilization", group, a.cpu), ("CWAgent", "mem_used_percent", group, a.memory)):
+        cw.put_metric_data(Namespace=namespace, MetricData=[{"MetricName": name, "Dimensions": dims, "Value": value, "Unit": "Percent"}])
+    print(json.dumps({"cpu": a.cpu, "memory": a.memory}))
 
 
 def ecs_setup(a):
@@ -168,9 +185,19 @@ def serve(a):
                     green = w.get(a.green, 0) * 100 // max(1, sum(w.values()))
                 totals["error"] += green
                 totals["ok"] += 100 - green
+                requests = totals["ok"] + totals["error"]
                 text = ("# TYPE http_requests_total counter\n"
                         f'http_requests_total{{status="200"}} {totals["ok"]}\n'
-                        f'http_requests_total{{status="500"}} {totals["error"]}\n')
+                        f'http_requests_total{{status="500"}} {totals["error"]}\n'
+                        "# TYPE http_request_duration_seconds histogram\n")
+                for le in (0.05, 0.1, 0.2, 0.5, 1.0):
+                    within = requests if a.latency_ms / 1000 <= le else 0
+                    text += f'http_request_duration_seconds_bucket{{le="{le}"}} {within}\n'
+                text += (f'http_request_duration_seconds_bucket{{le="+Inf"}} {requests}\n'
+                         f'http_request_duration_seconds_sum {requests * a.latency_ms / 1000}\n'
+                         f'http_request_duration_seconds_count {requests}\n'
+                         "# TYPE probe_success gauge\n"
+                         f'probe_success {1 if control["health"] == 200 else 0}\n')
                 if control["checks"]:
                     totals["checks"] = totals.get("checks", 0) + 1
                     text += f'# TYPE canary_checks_total counter\ncanary_checks_total {totals["checks"]}\n'
@@ -206,11 +233,17 @@ def main():
             s.add_argument("--green", required=True)
             s.add_argument("--port", type=int, required=True)
             s.add_argument("--broken-green", action="store_true")
+            s.add_argument("--latency-ms", type=float, default=50.0)
     for name in ("ecs-setup", "ecs-state", "dns-setup", "dns-state", "dns-records"):
         s = sub.add_parser(name)
         for arg in ("--endpoint", "--key", "--secret"):
             s.add_argument(arg, required=True)
         s.add_argument("--route53", help="another endpoint for Route 53")
+    s = sub.add_parser("put-metrics")
+    for arg in ("--endpoint", "--key", "--secret"):
+        s.add_argument(arg, required=True)
+    s.add_argument("--cpu", type=float, required=True)
+    s.add_argument("--memory", type=float, required=True)
     s = sub.add_parser("put-secret")
     for arg in ("--endpoint", "--key", "--secret", "--name", "--value"):
         s.add_argument(arg, required=True)
@@ -221,6 +254,8 @@ def main():
         print(json.dumps(weights(a.endpoint, a.key, a.secret, a.listener)))
     elif a.cmd == "stop":
         stop(a)
+    elif a.cmd == "put-metrics":
+        put_metrics(a)
     elif a.cmd == "put-secret":
         put_secret(a)
     elif a.cmd == "ecs-setup":
