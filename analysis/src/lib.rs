@@ -338,7 +338,7 @@ impl Tracker {
                 if let Some(window) = self.rules.sustained {
                     let held = std::time::Duration::from_millis(at_ms.saturating_sub(since));
                     counted = held >= window;
-                    reason += &format!(" for {} of {}", fmt_duration(held), fmt_duration(window));
+                    reason += &format!(" for {} of {}", format_duration(held), format_duration(window));
                 }
                 if counted {
                     self.failed += 1;
@@ -375,7 +375,8 @@ impl Tracker {
     }
 }
 
-fn fmt_duration(d: std::time::Duration) -> String {
+/// A duration as a pipeline writes it: `5m`, `30s`, `250ms`.
+pub fn format_duration(d: std::time::Duration) -> String {
     match d.as_millis() {
         ms if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
         ms if ms % 1000 == 0 => format!("{}s", ms / 1000),

@@ -7,7 +7,6 @@
 //! boto3, not through the plugins; the migration is read back with `psql`. PostgreSQL, the site's
 //! TLS server (a certificate from the demo CA) and dnsmasq (www → green) stand in for the rest.
 
-use crate::certs::Ca;
 use crate::peers::{prometheus, Aws, Dnsmasq, Peer, Postgres, TlsServers};
 use crate::support::*;
 use serde_json::Value;
@@ -64,10 +63,10 @@ impl Release {
         pg.query("CREATE DATABASE app OWNER deploy");
         let certs = dir.path().join("site-certs");
         std::fs::create_dir(&certs).unwrap();
-        let ca =
-            Ca::of(&certs, &repo().join("pipelines/certs/demo-ca.pem"), &repo().join("tests/fixtures/demo-ca/ca.key"));
-        let leaf = ca.issue("site", &["127.0.0.1"], 90);
-        let site = TlsServers::start(&[("site", &leaf.cert, &leaf.key, &[])]);
+        let made = Command::new(repo().join("scripts/demo-cert")).arg(&certs).status().unwrap();
+        assert!(made.success(), "scripts/demo-cert");
+        let (cert, key) = (certs.join("site.pem"), certs.join("site.key"));
+        let site = TlsServers::start(&[("site", &cert, &key, &[])]);
         let resolver = Dnsmasq::start(
             "the7space.example",
             &[

@@ -30,13 +30,6 @@ impl Ca {
         Self { dir: dir.to_path_buf() }
     }
 
-    /// The CA whose certificate and key are these files, copied into `dir` to issue from there.
-    pub fn of(dir: &Path, cert: &Path, key: &Path) -> Self {
-        std::fs::copy(cert, dir.join("ca.pem")).unwrap();
-        std::fs::copy(key, dir.join("ca.key")).unwrap();
-        Self { dir: dir.to_path_buf() }
-    }
-
     /// A certificate for `name` (DNS names and IP addresses as subjectAltName) valid `days` from now.
     pub fn issue(&self, name: &str, sans: &[&str], days: i32) -> Leaf {
         let key = self.dir.join(format!("{name}.key"));

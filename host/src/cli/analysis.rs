@@ -46,13 +46,26 @@ impl AnalysisCommand {
 }
 
 fn print(id: &str, count: usize, replay: &Replay) {
-    println!("run {id}: {count} readings in {} watches", replay.watches.len());
+    // A gate metric has a watch per stage; people read it as one metric.
+    let mut metrics: Vec<(&str, &str)> = Vec::new();
     for w in &replay.watches {
-        let kind = if w.background { "background" } else { "gate" };
-        let rules = if w.changed { "changed rules" } else { "rules as recorded" };
-        println!("  {}/{} ({kind}, {} readings, {rules})", w.step, w.metric, w.readings);
-        println!("    recorded: {}", outcome(&w.recorded));
-        println!("    replayed: {}", outcome(&w.replayed));
+        if !metrics.contains(&(w.step.as_str(), w.metric.as_str())) {
+            metrics.push((w.step.as_str(), w.metric.as_str()));
+        }
+    }
+    println!("run {id}: {count} readings of {} metrics", metrics.len());
+    for (step, metric) in metrics {
+        let own: Vec<&analysis::WatchReplay> =
+            replay.watches.iter().filter(|w| w.step == step && w.metric == metric).collect();
+        let kind = if own[0].background { "background".to_string() } else { format!("gate at {} stages", own.len()) };
+        let rules = if own.iter().any(|w| w.changed) { "changed rules" } else { "rules as recorded" };
+        let readings: usize = own.iter().map(|w| w.readings).sum();
+        let first = |pick: fn(&analysis::WatchReplay) -> &Option<Decided>| {
+            own.iter().filter_map(|w| pick(w).as_ref()).min_by_key(|d| d.at_ms).cloned()
+        };
+        println!("  {step}/{metric} ({kind}, {readings} readings, {rules})");
+        println!("    recorded: {}", outcome(&first(|w| &w.recorded)));
+        println!("    replayed: {}", outcome(&first(|w| &w.replayed)));
     }
     let verdict = match (&replay.recorded, &replay.replayed) {
         (_, Some((which, d))) => format!("with these rules the first decision would have been: {which} {}", d.describe()),

@@ -451,7 +451,7 @@ svg text{font-size:12px;fill:#1d2330}svg text.small{font-size:10px;fill:#5b6472}
 .grid{stroke:#eceff2}h3{font-size:13px;margin:14px 0 4px}\
 polyline.series{fill:none;stroke:#7aa7e0;stroke-width:1.5}circle.reading{fill:#4caf6a}circle.o-failed{fill:#d9534f}circle.o-failed.pending{fill:#f0ad4e}\
 circle.o-inconclusive,circle.o-error{fill:#9aa3ad}line.threshold{stroke-dasharray:5 4;stroke-width:1.2}line.failure{stroke:#d9534f}line.success{stroke:#4caf6a}\
-svg text.failure{fill:#d9534f}svg text.success{fill:#2e7d4f}line.decided{stroke:#1d2330;stroke-width:1.5}svg text.decided{fill:#1d2330;font-weight:600}\
+svg text.failure{fill:#d9534f}svg text.success{fill:#2e7d4f}line.decided{stroke:#1d2330;stroke-width:1.5}line.stage{stroke:#cfd5dc;stroke-dasharray:2 3}svg text.decided{fill:#1d2330;font-weight:600}\
 polyline.weight{fill:none;stroke:#2e7d4f;stroke-width:2}circle.weight{fill:#2e7d4f}\
 table{border-collapse:collapse;background:#fff;font-size:12px}th,td{border:1px solid #e3e6ea;padding:3px 8px;text-align:left;vertical-align:top}\
 tr.denied td{background:#fdecea}.highlight rect{stroke:#1d2330;stroke-width:2}";

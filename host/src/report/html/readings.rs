@@ -4,7 +4,7 @@
 
 use super::{clock, duration, escape, table};
 use crate::analysis::StepReading;
-use gantry_analysis::{Outcome, Phase, Reading, Rules};
+use gantry_analysis::{format_duration, Outcome, Phase, Reading, Rules};
 use std::fmt::Write;
 
 /// The section's HTML, or nothing when the run recorded no readings.
@@ -68,7 +68,7 @@ fn phase_text(phase: Phase, would_be: Phase) -> String {
 fn thresholds(rules: &Rules) -> Vec<(f64, String, &'static str)> {
     let mut lines = Vec::new();
     if let Some(f) = rules.failure {
-        let held = rules.sustained.map(|d| format!(" for {}", duration(d.as_millis() as f64))).unwrap_or_default();
+        let held = rules.sustained.map(|d| format!(" for {}", format_duration(d))).unwrap_or_default();
         lines.push((f.value, format!("failure {f}{held}"), "failure"));
     }
     if let Some(s) = rules.success {
@@ -132,6 +132,16 @@ fn chart(step: &str, metric: &str, readings: &[&StepReading], t0: f64, t1: f64) 
             yy = y(*value)
         );
     }
+    // Where the traffic stage changed between readings: a faint line labelled with the new stage.
+    let mut stage = None;
+    for r in readings {
+        if r.recorded.stage.is_some() && r.recorded.stage != stage {
+            let label = r.recorded.stage.map(|s| format!("{s}%")).unwrap_or_default();
+            let at = x(r.recorded.at_ms as f64);
+            svg += &vertical("stage", at, (top, top + plot), (at, top + plot + 12.0, "middle"), &label);
+            stage = r.recorded.stage;
+        }
+    }
     let points: Vec<String> = readings
         .iter()
         .filter_map(|r| match r.recorded.judged.reading {
@@ -161,16 +171,23 @@ fn chart(step: &str, metric: &str, readings: &[&StepReading], t0: f64, t1: f64) 
         let phase = format!("{:?}", r.recorded.judged.phase).to_lowercase();
         let at = x(r.recorded.at_ms as f64);
         let stage = r.recorded.stage.map(|s| format!(" at {s}%")).unwrap_or_default();
-        let _ = write!(
-            svg,
-            "<line class=\"decided\" x1=\"{at:.1}\" x2=\"{at:.1}\" y1=\"{top}\" y2=\"{:.1}\"/><text class=\"small decided\" x=\"{:.1}\" y=\"{:.1}\">{phase}{stage}, {}</text>",
-            top + plot,
-            at + 4.0,
-            top + 10.0,
-            duration(r.recorded.at_ms as f64 - t0)
-        );
+        let label = format!("{phase}{stage}, {}", duration(r.recorded.at_ms as f64 - t0));
+        svg += &vertical("decided", at, (top, top + plot), (at + 4.0, top + 10.0, "start"), &label);
     }
     svg + "</svg>"
+}
+
+/// A vertical line at `x` over `span` (y from, to) with `label` at (x, y, text-anchor).
+fn vertical(class: &str, x: f64, span: (f64, f64), at: (f64, f64, &str), label: &str) -> String {
+    format!(
+        "<line class=\"{class}\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/><text class=\"small {class}\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{}\">{}</text>",
+        span.0,
+        span.1,
+        at.0,
+        at.1,
+        at.2,
+        escape(label)
+    )
 }
 
 /// A compact axis label: `0.005`, `12.5`, `1.2e6`.
@@ -216,8 +233,9 @@ mod tests {
         assert_eq!(html.matches("<circle class=\"reading").count(), 4, "{html}");
         assert_eq!(html.matches("o-failed pending").count(), 2, "two failures inside the 2 s window: {html}");
         assert!(html.contains("class=\"threshold failure\" data-value=\"0.01\""), "{html}");
-        assert!(html.contains("failure &gt; 0.01 for 2.0 s"), "{html}");
+        assert!(html.contains("failure &gt; 0.01 for 2s"), "{html}");
         assert!(html.contains(">failed at 50%, 4.0 s</text>"), "the trigger's moment: {html}");
+        assert_eq!(html.matches("text-anchor=\"middle\">50%</text>").count(), 1, "the stage, marked once: {html}");
         assert_eq!(html.matches("<tr").count(), 1 + 4, "a row per reading: {html}");
     }
 }
