@@ -2,7 +2,7 @@
 //! binary against moto's ELBv2 with signature checking on, Prometheus scraping
 //! a metrics endpoint whose error rate follows the canary's weight.
 
-use crate::peers::{get, prometheus, Aws};
+use crate::peers::{prometheus, wait_for_data, Aws};
 use crate::support::*;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -41,19 +41,6 @@ fn weights_of(aws: &Aws, blue: u64, green: u64) -> Vec<(String, u64)> {
     vec![(aws.get("blue"), blue), (aws.get("green"), green)]
 }
 
-/// Waits until Prometheus has enough scrapes for the error-rate query to answer.
-fn wait_for_data(prom: &str) {
-    let query: String = url::form_urlencoded::byte_serialize(ERROR_RATE.as_bytes()).collect();
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        if get(prom, &format!("/api/v1/query?query={query}")).is_some_and(|(_, b)| b.contains("\"value\"")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("prometheus has no data for the error rate after 30 s");
-}
-
 fn gate(prom: &str) -> String {
     serde_json::json!({"url": prom, "query": ERROR_RATE, "max": 0.1}).to_string()
 }
@@ -64,7 +51,7 @@ fn a_canary_rolls_out_through_every_gate_and_a_second_run_changes_nothing() {
     let metrics = aws.metrics(false);
     let dir = tempfile::tempdir().unwrap();
     let prom = prometheus(&metrics, dir.path());
-    wait_for_data(&prom.origin);
+    wait_for_data(&prom.origin, ERROR_RATE);
     let health = format!("{}/health", metrics.origin);
     let extra = [
         format!("prometheus={}", gate(&prom.origin)),
@@ -110,7 +97,7 @@ fn a_failed_gate_at_25_percent_restores_the_original_weights() {
     let metrics = aws.metrics(true);
     let dir = tempfile::tempdir().unwrap();
     let prom = prometheus(&metrics, dir.path());
-    wait_for_data(&prom.origin);
+    wait_for_data(&prom.origin, ERROR_RATE);
     let out = shift(
         &aws,
         &aws.get("secret_key"),
@@ -395,13 +382,7 @@ fn a_gate_without_data_pauses_the_canary_for_a_person_then_resume_or_rollback_de
         if then == "resume" {
             // The data arrives; the person resumes: the step is undone from its checkpoint and runs again.
             assert_eq!(crate::peers::request(&metrics.origin, "POST", "/control?checks=1").map(|r| r.0), Some(204));
-            let q: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
-            let until = Instant::now() + Duration::from_secs(30);
-            while !get(&prom.origin, &format!("/api/v1/query?query={q}")).is_some_and(|(_, b)| b.contains("\"value\""))
-            {
-                assert!(Instant::now() < until, "no data after 30 s");
-                std::thread::sleep(Duration::from_millis(250));
-            }
+            wait_for_data(&prom.origin, query);
             let out = gantry_aws(dir.path(), &aws, &["resume", &id]).output().unwrap();
             assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
             assert_eq!(aws.weights(), weights_of(&aws, 0, 100));

@@ -7,7 +7,7 @@
 //! boto3, not through the plugins; the migration is read back with `psql`. PostgreSQL, the site's
 //! TLS server (a certificate from the demo CA) and dnsmasq (www → green) stand in for the rest.
 
-use crate::peers::{prometheus, Aws, Dnsmasq, Peer, Postgres, TlsServers};
+use crate::peers::{prometheus, wait_for_data, Aws, Dnsmasq, Peer, Postgres, TlsServers};
 use crate::support::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -88,6 +88,8 @@ impl Release {
             .replace("127.0.0.1:18091", &resolver.resolver());
         let file = pipelines.join("blue-green-release.yaml");
         std::fs::write(&file, text).unwrap();
+        // Two scrapes, so the rates the release reads from its first stage have data.
+        wait_for_data(&prometheus.origin, "sum(rate(http_requests_total[1m]))");
         let (_metrics, _prometheus) = (metrics, prometheus);
         Release { aws, route53, health, dns, pg, _site: site, _resolver: resolver, _metrics, _prometheus, dir, file }
     }

@@ -225,6 +225,19 @@ pub fn prometheus(target: &Peer, dir: &std::path::Path) -> Peer {
     spawn(make, "/-/ready", |status, body| status == 200 && body.contains("Prometheus"))
 }
 
+/// Waits until Prometheus at `prom` has scraped enough for `query` (a rate needs two scrapes) to answer.
+pub fn wait_for_data(prom: &str, query: &str) {
+    let query: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        if get(prom, &format!("/api/v1/query?query={query}")).is_some_and(|(_, b)| b.contains("\"value\"")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("prometheus has no data for {query} after 30 s");
+}
+
 /// The Notion stand-in (`tests/peers/notion.py`) with its token, data source and extra flags.
 pub fn notion(token: &str, data_source: &str, flags: &[&str]) -> Peer {
     let make = |port: u16| {
