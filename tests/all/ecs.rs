@@ -134,3 +134,66 @@ fn kill_9_mid_release_then_rollback_restores_what_ran_before() {
     assert_eq!(service(&after, "web-blue"), ("web:1".into(), 2, 2), "blue was never touched");
     assert_eq!(journal(dir.path()).last().unwrap()["status"], "rolled-back");
 }
+
+/// deploy-green (web:2 × 2) watched for 600 ms by green's CPU in CloudWatch (under 70 %), then
+/// scale-blue-down.
+fn baked_release(aws: &Aws) -> String {
+    let moto = &aws.moto.origin;
+    let cpu = format!(
+        "[{{ name: cpu, source: {{ provider: cloudwatch, endpoint: \"{moto}/\", region: us-east-1, namespace: AWS/ECS, metric: CPUUtilization, dimensions: {{ ClusterName: prod, ServiceName: web-green }} }}, rules: {{ success: {{ op: \"<\", value: 70 }} }} }}]"
+    );
+    release(aws, None, false).replacen(
+        "desired_count: 2 }",
+        &format!("desired_count: 2, analysis: {cpu}, analysis_ms: 600, analysis_interval_ms: 200 }}"),
+        1,
+    )
+}
+
+fn cpu_readings(dir: &Path) -> Vec<f64> {
+    journal(dir)
+        .iter()
+        .filter_map(|e| e["message"].as_str()?.strip_prefix("reading ").map(|j| serde_json::from_str::<Value>(j).unwrap()))
+        .filter_map(|r| r["judged"]["reading"]["value"].as_f64())
+        .collect()
+}
+
+#[test]
+fn a_deploy_whose_bake_time_analysis_fails_restores_the_service_and_the_run_rolls_back() {
+    let (aws, setup) = start();
+    aws.boto3_with("put-metrics", &["--cpu", "85", "--memory", "40"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &aws, &baked_release(&aws));
+    expect_code(&out, 1);
+    let after = aws.boto3("ecs-state");
+    assert_eq!(service(&after, "web-green"), ("web:1".into(), 0, 0), "green restored by the step itself");
+    assert_eq!(after["web-green"]["task_definition"], setup["task_definition"]);
+    assert_eq!(service(&after, "web-blue"), ("web:1".into(), 2, 2), "blue never scaled down");
+    assert_eq!(cpu_readings(dir.path()), [85.0], "the first reading decided");
+    let failed = journal(dir.path()).into_iter().find(|e| e["event"] == "step_failed").unwrap().to_string();
+    assert!(failed.contains("analysis failed: cpu: 85, success < 70: not met") && failed.contains("restored web-green"), "{failed}");
+}
+
+#[test]
+fn a_bake_time_without_data_pauses_with_green_deployed_and_resume_reads_again_and_goes_on() {
+    let (aws, _) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &aws, &baked_release(&aws));
+    expect_code(&out, 4);
+    let paused = aws.boto3("ecs-state");
+    assert_eq!(service(&paused, "web-green"), ("web:2".into(), 2, 2), "green stays deployed for a person to decide");
+    assert_eq!(service(&paused, "web-blue"), ("web:1".into(), 2, 2));
+
+    // The data arrives; the person resumes: the deploy has nothing to change, its bake time reads again.
+    aws.boto3_with("put-metrics", &["--cpu", "35", "--memory", "40"]);
+    let mut resume = command(&shared_cache());
+    resume.current_dir(dir.path()).args(["resume", &run_id(dir.path())]);
+    for (k, v) in env(&aws) {
+        resume.env(k, v);
+    }
+    expect_code(&resume.output().unwrap(), 0);
+    let after = aws.boto3("ecs-state");
+    assert_eq!(service(&after, "web-green"), ("web:2".into(), 2, 2));
+    assert_eq!(service(&after, "web-blue"), ("web:1".into(), 0, 0));
+    let values = cpu_readings(dir.path());
+    assert!(values.len() >= 3 && values.iter().all(|v| *v == 35.0), "read through the 600 ms bake time: {values:?}");
+}

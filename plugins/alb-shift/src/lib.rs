@@ -10,7 +10,7 @@ pub mod elb;
 pub mod gates;
 
 use elb::{Elb, Weighted};
-use gantry_sdk::analysis::{Metric, Phase, Reading, Watch};
+use gantry_sdk::analysis::{watch_for, Metric, Phase, Reading, Watch};
 use gantry_sdk::{Context, Describe, Error, Outputs, Step};
 use gates::{Measurement, Verdict};
 use schemars::JsonSchema;
@@ -261,21 +261,12 @@ fn judge_stage(
 /// Waits out a stage's pause, reading the background metrics every `analysis_interval_ms`; ends
 /// early with the first that stops running, and why.
 fn pause(input: &Input, ctx: &Context, background: &mut [Watch], stage: u32) -> Option<(Verdict, String)> {
-    let until = gantry_sdk::now_ms() + input.pause_ms;
-    loop {
-        for watch in background.iter_mut() {
-            let judged = watch.read(ctx, Some(stage));
-            if judged.phase != Phase::Running {
-                return Some((verdict_of(judged.phase), format!("{}: {}", watch.metric.name, judged.reason)));
-            }
-        }
-        let now = gantry_sdk::now_ms();
-        if now >= until || background.is_empty() {
-            gantry_sdk::sleep_ms(until.saturating_sub(now));
-            return None;
-        }
-        gantry_sdk::sleep_ms(input.analysis_interval_ms.max(1).min(until - now));
+    if background.is_empty() {
+        gantry_sdk::sleep_ms(input.pause_ms);
+        return None;
     }
+    let decided = watch_for(ctx, background, Some(stage), input.pause_ms, input.analysis_interval_ms);
+    decided.map(|(phase, why)| (verdict_of(phase), why))
 }
 
 fn input_of(ctx: &Context) -> Result<Input, Error> {

@@ -5,11 +5,14 @@
 //! waits until the service runs what it should. Before the first change it
 //! checkpoints the service's task definition and desired count, so `rollback`
 //! — after a later failure, or from the journal after `kill -9` — puts both
-//! back exactly. Requests are signed by the host; the plugin never holds keys.
+//! back exactly. With `analysis:` metrics it then watches the service for a bake
+//! time: a metric that fails restores the service and fails the step. Requests
+//! are signed by the host; the plugin never holds keys.
 
 pub mod ecs;
 
 use ecs::{Ecs, ServiceState};
+use gantry_sdk::analysis::{watch_for, Metric, Phase, Watch};
 use gantry_sdk::{Context, Describe, Error, Outputs, Step};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -50,6 +53,18 @@ pub struct Input {
     /// Secret with a session token, for temporary credentials.
     #[serde(default)]
     pub session_token_secret: Option<String>,
+    /// Metrics of the SDK's canary analysis, read once the service is stable (also when it already
+    /// was): a metric that fails restores the service as it was before this run and fails the step;
+    /// an inconclusive one pauses the run with the service as deployed.
+    #[serde(default)]
+    pub analysis: Vec<Metric>,
+    /// How long the analysis watches the stable service (the bake time), in milliseconds; the
+    /// metrics are read at least once.
+    #[serde(default)]
+    pub analysis_ms: u64,
+    /// How often the metrics are read during the bake time, in milliseconds.
+    #[serde(default = "default_analysis_interval")]
+    pub analysis_interval_ms: u64,
 }
 
 fn default_region() -> String {
@@ -63,6 +78,9 @@ fn default_stable_timeout() -> u64 {
 }
 fn default_poll() -> u64 {
     2_000
+}
+fn default_analysis_interval() -> u64 {
+    10_000
 }
 fn default_access_key() -> String {
     "AWS_ACCESS_KEY_ID".into()
@@ -104,6 +122,36 @@ fn wait_stable(api: &Ecs, input: &Input, want: &ServiceState) -> Result<u64, Err
     }
 }
 
+/// Watches the stable service for the bake time. A failed metric restores the service from the
+/// checkpoint, if this run changed it, and fails the step; an inconclusive one pauses the run.
+fn bake(ctx: &Context, api: &Ecs, input: &Input) -> Result<(), Error> {
+    if input.analysis.is_empty() {
+        return Ok(());
+    }
+    let mut watches: Vec<Watch> = input.analysis.iter().cloned().map(Watch::new).collect();
+    let Some((phase, why)) = watch_for(ctx, &mut watches, None, input.analysis_ms, input.analysis_interval_ms) else {
+        gantry_sdk::info!("{}: analysis passed over {} ms", input.service, input.analysis_ms);
+        return Ok(());
+    };
+    if phase == Phase::Inconclusive {
+        return Err(Error::inconclusive(format!(
+            "analysis inconclusive: {why}; {} stays as deployed: `gantry resume` reads the metrics again, `gantry rollback` restores it",
+            input.service
+        )));
+    }
+    let Some(recorded) = ctx.checkpointed(BEFORE) else {
+        return Err(Error::failed(format!("analysis failed: {why}; this run changed nothing in {}", input.service)));
+    };
+    let before = parse_state(&recorded)?;
+    gantry_sdk::warn!("analysis failed: {why}; restoring {}", input.service);
+    api.update(&input.cluster, &input.service, &before)?;
+    wait_stable(api, input, &before)?;
+    Err(Error::failed(format!(
+        "analysis failed: {why}; restored {} to {} × {}",
+        input.service, before.task_definition, before.desired_count
+    )))
+}
+
 fn parse_state(text: &str) -> Result<ServiceState, Error> {
     serde_json::from_str(text).map_err(|e| Error::failed(format!("recorded service state: {e}")))
 }
@@ -134,7 +182,11 @@ impl Step for EcsDeploy {
             .with("previous_task_definition", &before.task_definition)
             .with("previous_desired_count", before.desired_count);
         if task_definition.is_some() && before.desired_count == input.desired_count {
-            gantry_sdk::info!("{} already runs what it should; nothing to do", input.service);
+            gantry_sdk::info!("{} already runs what it should; nothing to change", input.service);
+            // A resumed run lands here after an inconclusive analysis: the service is still checked.
+            if !ctx.dry_run() {
+                bake(ctx, &api, &input)?;
+            }
             return Ok(outputs.with("task_definition", &before.task_definition).with("changed", false));
         }
         if ctx.dry_run() {
@@ -162,6 +214,7 @@ impl Step for EcsDeploy {
         );
         let running = wait_stable(&api, &input, &want)?;
         gantry_sdk::info!("{} stable: {running} running", input.service);
+        bake(ctx, &api, &input)?;
         Ok(outputs
             .with("task_definition", &want.task_definition)
             .with("desired_count", want.desired_count)

@@ -69,3 +69,29 @@ impl Watch {
         judged
     }
 }
+
+/// Reads every watch every `interval_ms` for `duration_ms` (at least once), each reading journaled;
+/// stops at the first metric that decides, with its phase and why (`error-rate: 0.02 …`). A
+/// rollout's pause with rollback triggers, or a deploy's bake time.
+pub fn watch_for(
+    ctx: &crate::Context,
+    watches: &mut [Watch],
+    stage: Option<u32>,
+    duration_ms: u64,
+    interval_ms: u64,
+) -> Option<(Phase, String)> {
+    let until = crate::now_ms() + duration_ms;
+    loop {
+        for watch in watches.iter_mut() {
+            let judged = watch.read(ctx, stage);
+            if judged.phase != Phase::Running {
+                return Some((judged.phase, format!("{}: {}", watch.metric.name, judged.reason)));
+            }
+        }
+        let now = crate::now_ms();
+        if now >= until {
+            return None;
+        }
+        crate::sleep_ms(interval_ms.max(1).min(until - now));
+    }
+}
