@@ -256,8 +256,8 @@ pub struct Recorded {
     /// Whether it was a background metric (read through pauses) rather than a stage gate.
     #[serde(default)]
     pub background: bool,
-    /// The rules it was judged by.
-    #[serde(default)]
+    /// The rules its watch judges by, given with the watch's first reading only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Rules>,
     /// How it was judged.
     pub judged: Judged,

@@ -51,10 +51,12 @@ impl Watch {
     }
 
     /// Reads the metric once, judges the reading and journals it as `reading {json}` (with the
-    /// traffic stage it was read at, when there is one, and the rules it was judged by).
+    /// traffic stage it was read at, when there is one, and with the first the rules it is judged by).
     pub fn read(&mut self, ctx: &crate::Context, stage: Option<u32>) -> Judged {
         let at = crate::now_ms();
         let judged = self.tracker.record(self.metric.source.read(ctx), at);
+        // The rules once, with the watch's first reading: its later readings are judged by the same.
+        let first = self.since_ms.is_none();
         let line = Recorded {
             metric: self.metric.name.clone(),
             query: self.metric.source.describe(),
@@ -62,7 +64,7 @@ impl Watch {
             at_ms: at,
             watch_ms: *self.since_ms.get_or_insert(at),
             background: self.metric.background,
-            rules: Some(self.metric.rules.clone()),
+            rules: first.then(|| self.metric.rules.clone()),
             judged: judged.clone(),
         };
         crate::info!("{}{}", READING_PREFIX, serde_json::to_string(&line).unwrap_or_default());
