@@ -116,15 +116,27 @@ pub struct WatchReplay {
     pub replayed: Option<Decided>,
 }
 
+/// The first decision among a run's metrics: which metric of which step, and where.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct First {
+    /// The step.
+    pub step: String,
+    /// The metric.
+    pub metric: String,
+    /// Where it decided.
+    #[serde(flatten)]
+    pub decided: Decided,
+}
+
 /// What a run's readings decide under changed rules.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Replay {
     /// Every watch, in the order its first reading was taken.
     pub watches: Vec<WatchReplay>,
     /// The first decision the recorded readings led to, as they were judged.
-    pub recorded: Option<(String, Decided)>,
-    /// The first decision under the changed rules: the step and metric, and where.
-    pub replayed: Option<(String, Decided)>,
+    pub recorded: Option<First>,
+    /// The first decision under the changed rules.
+    pub replayed: Option<First>,
 }
 
 /// Judges every watch's readings again, with `spec`'s rules where it names the metric and the
@@ -169,8 +181,11 @@ pub fn replay(readings: &[StepReading], spec: &Spec) -> Replay {
     let first = |pick: fn(&WatchReplay) -> &Option<Decided>| {
         watches
             .iter()
-            .filter_map(|w| pick(w).as_ref().map(|d| (format!("{}/{}", w.step, w.metric), d.clone())))
-            .min_by_key(|(_, d)| d.at_ms)
+            .filter_map(|w| {
+                let decided = pick(w).clone()?;
+                Some(First { step: w.step.clone(), metric: w.metric.clone(), decided })
+            })
+            .min_by_key(|f| f.decided.at_ms)
     };
     let recorded = first(|w| &w.recorded);
     let replayed = first(|w| &w.replayed);
@@ -245,8 +260,9 @@ mod tests {
 
         let spec = Spec::from([("error-rate".to_string(), failing_above(0.005))]);
         let stricter = replay(&recorded, &spec);
-        let (which, decided) = stricter.replayed.clone().unwrap();
-        assert_eq!(which, "shift/error-rate");
+        let first = stricter.replayed.clone().unwrap();
+        assert_eq!((first.step.as_str(), first.metric.as_str()), ("shift", "error-rate"));
+        let decided = first.decided;
         assert_eq!((decided.phase, decided.stage, decided.reading, decided.value), (Phase::Failed, Some(50), 3, Some(0.006)));
         assert!(stricter.watches[0].changed && stricter.recorded.is_none());
     }
@@ -261,7 +277,7 @@ mod tests {
         assert_eq!(same.watches.len(), 2);
         assert!(same.replayed.is_none(), "{same:?}");
         let none_tolerated = Spec::from([("p95".to_string(), failing_above(0.01))]);
-        let (_, decided) = replay(&readings, &none_tolerated).replayed.unwrap();
+        let decided = replay(&readings, &none_tolerated).replayed.unwrap().decided;
         assert_eq!((decided.stage, decided.reading), (Some(25), 1));
     }
 

@@ -659,9 +659,9 @@ fn a_replay_with_a_stricter_threshold_names_the_stage_it_would_have_stopped_at_a
     assert!(same["replay"]["replayed"].is_null() && same["replay"]["recorded"].is_null(), "{same}");
     std::fs::write(dir.path().join("stricter.yaml"), "error-rate:\n  failure: { op: \">\", value: 0.003 }\n").unwrap();
     let stricter = stdout_json(&replay(&["--rules", "stricter.yaml", "--json"]));
-    let (which, decided) = (&stricter["replay"]["replayed"][0], &stricter["replay"]["replayed"][1]);
-    assert_eq!(which, "shift/error-rate", "{stricter}");
-    assert_eq!((&decided["phase"], &decided["stage"], &decided["value"]), (&"failed".into(), &50.into(), &0.004.into()));
+    let first = &stricter["replay"]["replayed"];
+    assert_eq!((&first["step"], &first["metric"]), (&"shift".into(), &"error-rate".into()), "{stricter}");
+    assert_eq!((&first["phase"], &first["stage"], &first["value"]), (&"failed".into(), &50.into(), &0.004.into()));
     assert_eq!(stricter["replay"]["watches"][0]["readings"], readings, "one background watch read them all");
     let text = String::from_utf8_lossy(&replay(&["--rules", "stricter.yaml"]).stdout).into_owned();
     assert!(text.contains("the first decision would have been: shift/error-rate failed at stage 50% (reading "), "{text}");
@@ -677,4 +677,11 @@ fn a_replay_with_a_stricter_threshold_names_the_stage_it_would_have_stopped_at_a
     assert!(html.contains("<svg class=\"metric\" data-step=\"shift\" data-metric=\"error-rate\""), "{html}");
     assert!(html.contains("class=\"threshold failure\" data-value=\"0.01\""), "{html}");
     assert_eq!(html.matches("<circle class=\"reading o-successful\"").count(), readings, "{html}");
+    // Loaded in Chromium: no console message, the chart in the page it built.
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("report.html").display());
+    let loaded = crate::report::chromium(profile.path(), &url, &["--dump-dom"]);
+    assert_eq!(crate::report::console(&loaded), Vec::<String>::new(), "console messages while loading the report");
+    let dom = String::from_utf8_lossy(&loaded.stdout);
+    assert!(dom.contains("data-ready=\"true\"") && dom.contains("data-metric=\"error-rate\""), "{dom}");
 }

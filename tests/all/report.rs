@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// Headless Chromium on `url` with `args`, its own profile, console messages on stderr.
-fn chromium(profile: &Path, url: &str, args: &[&str]) -> Output {
+pub(crate) fn chromium(profile: &Path, url: &str, args: &[&str]) -> Output {
     let out = Command::new("chromium")
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0"])
         .arg(format!("--user-data-dir={}", profile.display()))
@@ -25,7 +25,7 @@ fn chromium(profile: &Path, url: &str, args: &[&str]) -> Output {
 }
 
 /// Console messages Chromium logged while loading the page.
-fn console(out: &Output) -> Vec<String> {
+pub(crate) fn console(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("CONSOLE")).map(str::to_string).collect()
 }
 

@@ -68,10 +68,15 @@ fn print(id: &str, count: usize, replay: &Replay) {
         println!("    replayed: {}", outcome(&first(|w| &w.replayed)));
     }
     let verdict = match (&replay.recorded, &replay.replayed) {
-        (_, Some((which, d))) => format!("with these rules the first decision would have been: {which} {}", d.describe()),
-        (Some((which, d)), None) => {
-            format!("with these rules no metric decides within the recorded readings; as run, {which} {}", d.describe())
+        (_, Some(f)) => {
+            format!("with these rules the first decision would have been: {}/{} {}", f.step, f.metric, f.decided.describe())
         }
+        (Some(f), None) => format!(
+            "with these rules no metric decides within the recorded readings; as run, {}/{} {}",
+            f.step,
+            f.metric,
+            f.decided.describe()
+        ),
         (None, None) => "with these rules no metric decides, as in the run".to_string(),
     };
     println!("{verdict}");
