@@ -534,22 +534,31 @@ impl Drop for ErrorRate {
     }
 }
 
-/// Shifts through 50 and 100 % with 4 s pauses, `error-rate` read every 200 ms as a background
-/// metric (failing above 1 % held for 2 s); `during` runs once traffic stands at 50/50.
-fn canary_with_background_analysis(aws: &Aws, rate: &ErrorRate, during: impl FnOnce()) -> Output {
+/// Shifts through 50 and 100 % with 6 s pauses, `error-rate` read from Prometheus (the exporter's
+/// `canary_error_ratio`, scraped every 500 ms) every 200 ms as a background metric, failing above
+/// 1 % held for 2 s; `during` runs once traffic stands at 50/50, with the exporter to drive.
+fn canary_with_background_analysis(aws: &Aws, during: impl FnOnce(&dyn Fn(u32))) -> Output {
+    let metrics = aws.metrics(false);
+    let dir = tempfile::tempdir().unwrap();
+    let prom = prometheus(&metrics, dir.path());
+    wait_for_data(&prom.origin, "canary_error_ratio");
     let metric = serde_json::json!([{
         "name": "error-rate",
-        "source": {"provider": "web", "url": format!("{}/", rate.origin), "json_path": "error_rate"},
+        "source": {"provider": "prometheus", "address": prom.origin, "query": "canary_error_ratio"},
         "rules": {"failure": {"op": ">", "value": 0.01}, "for": "2s"},
         "background": true
     }]);
     let extra = [
         "stages=[50, 100]".to_string(),
-        "pause_ms=4000".to_string(),
+        "pause_ms=6000".to_string(),
         "analysis_interval_ms=200".to_string(),
         format!("analysis={metric}"),
     ];
-    let (aws2, origin, extra2) = (aws, rate.origin.clone(), extra.clone());
+    let set = |permille: u32| {
+        let path = format!("/control?error_permille={permille}");
+        assert_eq!(crate::peers::request(&metrics.origin, "POST", &path).map(|r| r.0), Some(204));
+    };
+    let (aws2, origin, extra2) = (aws, prom.origin.clone(), extra.clone());
     std::thread::scope(|scope| {
         let run = scope.spawn(move || shift(aws2, &aws2.get("secret_key"), &[&origin], &extra2));
         let until = Instant::now() + Duration::from_secs(300);
@@ -558,7 +567,7 @@ fn canary_with_background_analysis(aws: &Aws, rate: &ErrorRate, during: impl FnO
             assert!(!run.is_finished(), "the canary ended before 50 %");
             std::thread::sleep(Duration::from_millis(50));
         }
-        during();
+        during(&set);
         run.join().unwrap()
     })
 }
@@ -566,21 +575,23 @@ fn canary_with_background_analysis(aws: &Aws, rate: &ErrorRate, during: impl FnO
 #[test]
 fn a_spike_shorter_than_its_window_during_a_pause_does_not_stop_the_canary() {
     let aws = Aws::start();
-    let rate = ErrorRate::start();
-    let out = canary_with_background_analysis(&aws, &rate, || {
-        rate.set(0.2);
-        std::thread::sleep(Duration::from_millis(300));
-        rate.set(0.0);
+    // Longer than a scrape (500 ms), so Prometheus sees it; shorter than the trigger's 2 s.
+    let out = canary_with_background_analysis(&aws, |set| {
+        set(200);
+        std::thread::sleep(Duration::from_millis(600));
+        set(0);
     });
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(aws.weights(), weights_of(&aws, 0, 100), "the canary went on to 100 %");
+    let spiked = stderr.lines().filter(|l| l.contains(r#""value":0.2},"outcome":"failed","counted":false"#)).count();
+    assert!(spiked >= 1, "the spike was read, and not counted: {stderr}");
 }
 
 #[test]
 fn a_sustained_spike_during_a_pause_stops_the_canary_at_once_and_restores_the_weights() {
     let aws = Aws::start();
-    let rate = ErrorRate::start();
-    let out = canary_with_background_analysis(&aws, &rate, || rate.set(0.2));
+    let out = canary_with_background_analysis(&aws, |set| set(200));
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(aws.weights(), weights_of(&aws, 100, 0), "the original weights, read back with boto3");
     let result = stdout_json(&out);

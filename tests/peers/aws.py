@@ -28,7 +28,8 @@ serve    serves /metrics for Prometheus and /health: every scrape counts 100
          which is absent until then (a gate without data). /metrics also has an
          `http_request_duration_seconds` histogram (every request 50 ms, or
          --latency-ms) and `probe_success` (1, 0 while /health answers non-200),
-         the green health probe a blackbox exporter would report.
+         the green health probe a blackbox exporter would report, and
+         `canary_error_ratio`, a gauge POST /control?error_permille=N sets.
 """
 import argparse
 import http.server
@@ -156,7 +157,7 @@ def weights(endpoint, key, secret, listener):
 
 def serve(a):
     totals = {"ok": 0, "error": 0}
-    control = {"health": 200, "checks": 0}
+    control = {"health": 200, "checks": 0, "error_permille": 0}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -197,7 +198,9 @@ def serve(a):
                          f'http_request_duration_seconds_sum {requests * a.latency_ms / 1000}\n'
                          f'http_request_duration_seconds_count {requests}\n'
                          "# TYPE probe_success gauge\n"
-                         f'probe_success {1 if control["health"] == 200 else 0}\n')
+                         f'probe_success {1 if control["health"] == 200 else 0}\n'
+                         "# TYPE canary_error_ratio gauge\n"
+                         f'canary_error_ratio {control["error_permille"] / 1000}\n')
                 if control["checks"]:
                     totals["checks"] = totals.get("checks", 0) + 1
                     text += f'# TYPE canary_checks_total counter\ncanary_checks_total {totals["checks"]}\n'
