@@ -197,3 +197,48 @@ fn a_bake_time_without_data_pauses_with_green_deployed_and_resume_reads_again_an
     let values = cpu_readings(dir.path());
     assert!(values.len() >= 3 && values.iter().all(|v| *v == 35.0), "read through the 600 ms bake time: {values:?}");
 }
+
+#[test]
+fn kill_9_during_the_bake_time_then_resume_watches_again_or_killed_again_then_rollback_restores() {
+    for then in ["resume", "rollback"] {
+        let (aws, setup) = start();
+        aws.boto3_with("put-metrics", &["--cpu", "35", "--memory", "40"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.yaml");
+        std::fs::write(&file, baked_release(&aws).replace("analysis_ms: 600", "analysis_ms: 5000")).unwrap();
+        let gantry = |args: &[&str]| {
+            let mut cmd = command(&shared_cache());
+            cmd.current_dir(dir.path()).args(args);
+            for (k, v) in env(&aws) {
+                cmd.env(k, v);
+            }
+            cmd
+        };
+        let kill_at = |cmd: &mut std::process::Command, readings: usize| {
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            let mut child = spawn_until(cmd, "bake-time readings", || cpu_readings(dir.path()).len() >= readings);
+            child.kill().unwrap();
+            child.wait().unwrap();
+        };
+        kill_at(&mut gantry(&["run", file.to_str().unwrap()]), 2);
+        assert_eq!(service(&aws.boto3("ecs-state"), "web-green"), ("web:2".into(), 2, 2), "{then}: killed while baking");
+        let id = run_id(dir.path());
+        if then == "resume" {
+            // The interrupted deploy is undone from its checkpoint, deployed again and baked its 5 s again.
+            expect_code(&gantry(&["resume", &id]).output().unwrap(), 0);
+            let after = aws.boto3("ecs-state");
+            assert_eq!(service(&after, "web-green"), ("web:2".into(), 2, 2));
+            assert_eq!(service(&after, "web-blue"), ("web:1".into(), 0, 0), "the release went on");
+            assert!(cpu_readings(dir.path()).len() >= 10, "the resumed deploy watched again");
+        } else {
+            // The resume is killed in its own bake time; the rollback that follows restores green.
+            let before = cpu_readings(dir.path()).len();
+            kill_at(&mut gantry(&["resume", &id]), before + 2);
+            expect_code(&gantry(&["rollback", &id]).output().unwrap(), 0);
+            let after = aws.boto3("ecs-state");
+            assert_eq!(service(&after, "web-green"), ("web:1".into(), 0, 0));
+            assert_eq!(after["web-green"]["task_definition"], setup["task_definition"], "the exact revision it ran");
+            assert_eq!(service(&after, "web-blue"), ("web:1".into(), 2, 2), "blue never touched");
+        }
+    }
+}
