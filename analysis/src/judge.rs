@@ -267,6 +267,50 @@ pub fn score(judgements: &[MetricJudgement], pass_score: f64, marginal_score: f6
     (score, verdict)
 }
 
+/// Kayenta's thresholds on the share of compared metrics that pass.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scores {
+    /// At or above: pass (default 95).
+    pub pass: f64,
+    /// At or above (below `pass`): marginal, the run pauses for a person (default 75).
+    pub marginal: f64,
+}
+
+impl Default for Scores {
+    fn default() -> Self {
+        Self { pass: 95.0, marginal: 75.0 }
+    }
+}
+
+/// How a journal line holding a comparison begins; the JSON of a [`Compared`] follows.
+pub const COMPARED_PREFIX: &str = "compared ";
+
+/// One comparison as a plugin journals it: the samples, how they were judged and what came of it,
+/// so a replay can judge the same samples with another spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compared {
+    /// The comparison's name, e.g. `latency`.
+    pub name: String,
+    /// The canary's samples, oldest first.
+    pub canary: Vec<f64>,
+    /// The baseline's samples, oldest first.
+    pub baseline: Vec<f64>,
+    /// How they were judged.
+    pub spec: JudgeSpec,
+    /// The step's score thresholds.
+    pub scores: Scores,
+    /// What the judge concluded.
+    pub judgement: MetricJudgement,
+}
+
+impl Compared {
+    /// The comparison in a journal line, if the line is one.
+    pub fn from_line(line: &str) -> Option<Compared> {
+        serde_json::from_str(line.strip_prefix(COMPARED_PREFIX)?).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

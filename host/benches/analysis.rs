@@ -84,14 +84,14 @@ fn main() {
     let n = |full_count: usize| if full { full_count } else { 1 };
     println!("mode: {}", if full { "full" } else { "quick (one pass)" });
 
-    let stricter = Spec::from([("cpu".to_string(), rules(40.0, 1))]);
+    let stricter = Spec { rules: [("cpu".to_string(), rules(40.0, 1))].into(), ..Spec::default() };
     for runs in [1, 10] {
         let records = journal(runs);
         let count = readings(&records).len();
         let text: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
         let parse = time(n(20), || text.lines().map(|l| serde_json::from_str::<Record>(l).unwrap()).collect::<Vec<_>>());
         let found = time(n(20), || readings(&records));
-        let replayed = time(n(20), || replay(&readings(&records), &stricter));
+        let replayed = time(n(20), || replay(&readings(&records), &[], &stricter));
         println!(
             "replay of {count} readings in {} records ({} KiB of journal): {replayed:?} (finding them {found:?}); baseline, reading the journal's lines into records: {parse:?}",
             records.len(),

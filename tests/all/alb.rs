@@ -668,18 +668,19 @@ fn a_replay_with_a_stricter_threshold_names_the_stage_it_would_have_stopped_at_a
     };
     let same = stdout_json(&replay(&["--json"]));
     assert!(same["replay"]["replayed"].is_null() && same["replay"]["recorded"].is_null(), "{same}");
-    std::fs::write(dir.path().join("stricter.yaml"), "error-rate:\n  failure: { op: \">\", value: 0.003 }\n").unwrap();
-    let stricter = stdout_json(&replay(&["--rules", "stricter.yaml", "--json"]));
+    let stricter_spec = "rules:\n  error-rate:\n    failure: { op: \">\", value: 0.003 }\n";
+    std::fs::write(dir.path().join("stricter.yaml"), stricter_spec).unwrap();
+    let stricter = stdout_json(&replay(&["--spec", "stricter.yaml", "--json"]));
     let first = &stricter["replay"]["replayed"];
     assert_eq!((&first["step"], &first["metric"]), (&"shift".into(), &"error-rate".into()), "{stricter}");
     assert_eq!((&first["phase"], &first["stage"], &first["value"]), (&"failed".into(), &50.into(), &0.004.into()));
     assert_eq!(stricter["replay"]["watches"][0]["readings"], readings, "one background watch read them all");
-    let text = String::from_utf8_lossy(&replay(&["--rules", "stricter.yaml"]).stdout).into_owned();
+    let text = String::from_utf8_lossy(&replay(&["--spec", "stricter.yaml"]).stdout).into_owned();
     assert!(text.contains("the first decision would have been: shift/error-rate failed at stage 50% (reading "), "{text}");
-    std::fs::write(dir.path().join("typo.yaml"), "eror-rate:\n  failure: { op: \">\", value: 0.003 }\n").unwrap();
-    let out = gantry_aws(dir.path(), &aws, &["analysis", "replay", &id, "--rules", "typo.yaml"]).output().unwrap();
+    std::fs::write(dir.path().join("typo.yaml"), stricter_spec.replace("error-rate", "eror-rate")).unwrap();
+    let out = gantry_aws(dir.path(), &aws, &["analysis", "replay", &id, "--spec", "typo.yaml"]).output().unwrap();
     expect_code(&out, 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("metric `eror-rate` has no readings in this run (it has: error-rate)"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metric `eror-rate` is not in this run (it has: error-rate)"));
 
     // The report draws the metric's every reading against its 1 % threshold.
     let out = gantry_aws(dir.path(), &aws, &["report", &id, "--html", "report.html"]).output().unwrap();

@@ -212,15 +212,36 @@ fn datadog_samples_judge_a_canary_like_its_baseline_as_passing_and_a_slower_one_
     let judged = journal(dir.path())
         .iter()
         .filter_map(|e| {
-            e["message"].as_str()?.strip_prefix("judged ").map(|j| serde_json::from_str::<Value>(j).unwrap())
+            e["message"].as_str()?.strip_prefix("compared ").map(|j| serde_json::from_str::<Value>(j).unwrap())
         })
         .next()
-        .expect("the judgement is journaled");
+        .expect("the comparison is journaled");
     assert_eq!(judged["judgement"]["classification"], "high", "{judged}");
     assert!(
         judged["judgement"]["p"].as_f64().unwrap() < 0.05
             && judged["judgement"]["relative_shift"].as_f64().unwrap() > 0.2
     );
+    assert_eq!(judged["canary"].as_array().unwrap().len(), 60, "its samples are journaled with it");
+
+    // Judged again offline: with the recorded spec it fails as it did; tolerating a 50 % shift, it passes.
+    let id = run_id(dir.path());
+    let replay = |spec: Option<&str>| {
+        let mut args = vec!["analysis", "replay", id.as_str(), "--json"];
+        if let Some(text) = spec {
+            std::fs::write(dir.path().join("spec.yaml"), text).unwrap();
+            args.extend(["--spec", "spec.yaml"]);
+        }
+        let out = gantry_in(dir.path(), &args);
+        expect_code(&out, 0);
+        stdout_json(&out)["replay"].clone()
+    };
+    let as_run = replay(None);
+    assert_eq!(as_run["comparisons"][0]["replayed"], judged["judgement"], "the same samples, the same spec: {as_run}");
+    assert_eq!(as_run["scores"][0]["replayed"], serde_json::json!([0.0, "fail"]));
+    let tolerant = replay(Some("judge:\n  latency: { direction: increase, tolerance: 0.5 }\n"));
+    assert_eq!(tolerant["comparisons"][0]["replayed"]["classification"], "pass", "{tolerant}");
+    assert_eq!(tolerant["scores"][0]["recorded"], serde_json::json!([0.0, "fail"]));
+    assert_eq!(tolerant["scores"][0]["replayed"], serde_json::json!([100.0, "pass"]));
 
     // A metric without data is inconclusive: the run pauses for a person, nothing rolled back.
     let dir = tempfile::tempdir().unwrap();

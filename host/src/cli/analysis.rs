@@ -1,4 +1,5 @@
-//! `gantry analysis replay`: a run's recorded canary readings judged again under changed rules.
+//! `gantry analysis replay`: a run's recorded canary readings and comparisons judged again under a
+//! changed spec.
 
 use crate::analysis::{self, Decided, Replay};
 use clap::Subcommand;
@@ -7,15 +8,15 @@ use std::path::PathBuf;
 /// Canary analysis over recorded runs.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AnalysisCommand {
-    /// Judge a run's recorded readings again with changed rules, offline, and show what they
-    /// would have decided and at which stage.
+    /// Judge a run's recorded readings and canary-baseline samples again with a changed spec,
+    /// offline, and show what they would have decided and at which stage.
     Replay {
         /// Run id (see `gantry runs`).
         id: String,
-        /// Rules by metric name, as under a metric's `rules:` (`error-rate: { failure: { op: ">", value: 0.005 } }`);
-        /// metrics it does not name keep the rules they were read under.
+        /// The changed spec: `rules:` by metric name (as under a metric's `rules:`), `judge:` by
+        /// comparison name (as under its `spec:`), `scores:`; what it leaves out stays as recorded.
         #[arg(long, value_name = "FILE")]
-        rules: Option<PathBuf>,
+        spec: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -24,18 +25,19 @@ pub(crate) enum AnalysisCommand {
 
 impl AnalysisCommand {
     pub(crate) async fn execute(self, state: Option<&str>) -> anyhow::Result<u8> {
-        let AnalysisCommand::Replay { id, rules, json } = self;
+        let AnalysisCommand::Replay { id, spec, json } = self;
         let store = super::pipeline::store(state).await?;
         let journal = store.read(&id).await?;
         let readings = analysis::readings(&journal.records);
-        if readings.is_empty() {
-            anyhow::bail!("run {id} recorded no canary readings (no step read an analysis metric)");
+        let compared = analysis::comparisons(&journal.records);
+        if readings.is_empty() && compared.is_empty() {
+            anyhow::bail!("run {id} recorded no canary readings or comparisons (no step ran an analysis)");
         }
-        let spec = match &rules {
-            Some(path) => analysis::load_spec(path, &readings)?,
-            None => analysis::Spec::new(),
+        let spec = match &spec {
+            Some(path) => analysis::load_spec(path, &readings, &compared)?,
+            None => analysis::Spec::default(),
         };
-        let replay = analysis::replay(&readings, &spec);
+        let replay = analysis::replay(&readings, &compared, &spec);
         if json {
             println!("{}", serde_json::to_string(&serde_json::json!({"run": id, "replay": replay}))?);
         } else {
@@ -53,7 +55,7 @@ fn print(id: &str, count: usize, replay: &Replay) {
             metrics.push((w.step.as_str(), w.metric.as_str()));
         }
     }
-    println!("run {id}: {count} readings of {} metrics", metrics.len());
+    println!("run {id}: {count} readings of {} metrics, {} comparisons", metrics.len(), replay.comparisons.len());
     for (step, metric) in metrics {
         let own: Vec<&analysis::WatchReplay> =
             replay.watches.iter().filter(|w| w.step == step && w.metric == metric).collect();
@@ -67,6 +69,24 @@ fn print(id: &str, count: usize, replay: &Replay) {
         println!("    recorded: {}", outcome(&first(|w| &w.recorded)));
         println!("    replayed: {}", outcome(&first(|w| &w.replayed)));
     }
+    for c in &replay.comparisons {
+        let spec = if c.changed { "changed spec" } else { "spec as recorded" };
+        let (n, m) = c.recorded.samples;
+        println!("  {}/{} (canary {n} v baseline {m} samples, {spec})", c.step, c.name);
+        println!("    recorded: {}", judgement(&c.recorded));
+        println!("    replayed: {}", judgement(&c.replayed));
+    }
+    for s in &replay.scores {
+        let word = |v: crate::analysis::Verdict| format!("{v:?}").to_lowercase();
+        println!(
+            "  {} score: recorded {:.0} ({}), replayed {:.0} ({})",
+            s.step,
+            s.recorded.0,
+            word(s.recorded.1),
+            s.replayed.0,
+            word(s.replayed.1)
+        );
+    }
     let verdict = match (&replay.recorded, &replay.replayed) {
         (_, Some(f)) => {
             format!("with these rules the first decision would have been: {}/{} {}", f.step, f.metric, f.decided.describe())
@@ -79,9 +99,17 @@ fn print(id: &str, count: usize, replay: &Replay) {
         ),
         (None, None) => "with these rules no metric decides, as in the run".to_string(),
     };
-    println!("{verdict}");
+    if !replay.watches.is_empty() {
+        println!("{verdict}");
+    }
 }
 
 fn outcome(decided: &Option<Decided>) -> String {
     decided.as_ref().map(Decided::describe).unwrap_or_else(|| "running to the last reading".into())
+}
+
+/// `high: p 3.2e-9, shift +29.8 %`
+fn judgement(j: &crate::analysis::MetricJudgement) -> String {
+    let class = format!("{:?}", j.classification).to_lowercase();
+    format!("{class}: p {:.3e}, shift {:+.1} %", j.p, j.relative_shift * 100.0)
 }

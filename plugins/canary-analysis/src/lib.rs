@@ -4,7 +4,7 @@
 //! when a metric fails, pauses the run for a person when one is inconclusive, and journals every
 //! reading with what it meant, as a `reading {json}` log line.
 
-use gantry_sdk::analysis::judge::{self, JudgeSpec, MetricJudgement, Verdict};
+use gantry_sdk::analysis::judge::{self, Compared, JudgeSpec, MetricJudgement, Scores, Verdict, COMPARED_PREFIX};
 use gantry_sdk::analysis::provider::Provider;
 use gantry_sdk::analysis::{Metric, Phase, Watch};
 use gantry_sdk::{Context, Describe, Error, Outputs, Step};
@@ -47,15 +47,6 @@ pub struct Comparison {
     pub spec: JudgeSpec,
 }
 
-/// Kayenta's thresholds on the share of compared metrics that pass.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Scores {
-    /// At or above: pass.
-    pub pass: f64,
-    /// At or above (below `pass`): marginal, the run pauses for a person.
-    pub marginal: f64,
-}
 
 fn default_interval() -> u64 {
     1000
@@ -138,12 +129,15 @@ impl Step for CanaryAnalysis {
             let baseline =
                 c.baseline.samples(ctx).map_err(|e| Error::retryable(format!("{} baseline: {e}", c.name)))?;
             let j = judge::judge_metric(&canary, &baseline, &c.spec);
-            gantry_sdk::info!("judged {}", serde_json::json!({"metric": c.name, "judgement": j}));
             outputs.set(format!("{}.judgement", c.name), serde_json::to_string(&j).unwrap_or_default());
+            // The samples with the judgement: `gantry analysis replay` judges them again with another spec.
+            let scores = input.scores.unwrap_or_default();
+            let line = Compared { name: c.name.clone(), canary, baseline, spec: c.spec.clone(), scores, judgement: j.clone() };
+            gantry_sdk::info!("{COMPARED_PREFIX}{}", serde_json::to_string(&line).unwrap_or_default());
             judgements.push(j);
         }
         let verdict = (!judgements.is_empty()).then(|| {
-            let s = input.scores.unwrap_or(Scores { pass: 95.0, marginal: 75.0 });
+            let s = input.scores.unwrap_or_default();
             judge::score(&judgements, s.pass, s.marginal)
         });
         if let Some((score, v)) = verdict {
