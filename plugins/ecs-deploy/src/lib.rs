@@ -139,17 +139,26 @@ fn bake(ctx: &Context, api: &Ecs, input: &Input) -> Result<(), Error> {
             input.service
         )));
     }
+    gantry_sdk::warn!("analysis failed: {why}; restoring {} if this run changed it", input.service);
+    match restore(ctx, api, input)? {
+        Some(before) => Err(Error::failed(format!(
+            "analysis failed: {why}; restored {} to {} × {}",
+            input.service, before.task_definition, before.desired_count
+        ))),
+        None => Err(Error::failed(format!("analysis failed: {why}; this run changed nothing in {}", input.service))),
+    }
+}
+
+/// Puts the service back as the checkpoint recorded it before the first change and waits until it
+/// is stable; `None` when nothing was checkpointed (nothing was changed).
+fn restore(ctx: &Context, api: &Ecs, input: &Input) -> Result<Option<ServiceState>, Error> {
     let Some(recorded) = ctx.checkpointed(BEFORE) else {
-        return Err(Error::failed(format!("analysis failed: {why}; this run changed nothing in {}", input.service)));
+        return Ok(None);
     };
     let before = parse_state(&recorded)?;
-    gantry_sdk::warn!("analysis failed: {why}; restoring {}", input.service);
     api.update(&input.cluster, &input.service, &before)?;
     wait_stable(api, input, &before)?;
-    Err(Error::failed(format!(
-        "analysis failed: {why}; restored {} to {} × {}",
-        input.service, before.task_definition, before.desired_count
-    )))
+    Ok(Some(before))
 }
 
 fn parse_state(text: &str) -> Result<ServiceState, Error> {
@@ -224,13 +233,9 @@ impl Step for EcsDeploy {
     fn rollback(ctx: &Context) -> Result<Outputs, Error> {
         let input: Input = ctx.input()?;
         // The checkpoint exists whenever the service was changed, even when `run` never returned.
-        let Some(recorded) = ctx.checkpointed(BEFORE) else {
+        let Some(before) = restore(ctx, &ecs(ctx, &input), &input)? else {
             return Ok(Outputs::new().with("restored", false));
         };
-        let before = parse_state(&recorded)?;
-        let api = ecs(ctx, &input);
-        api.update(&input.cluster, &input.service, &before)?;
-        wait_stable(&api, &input, &before)?;
         gantry_sdk::info!(
             "restored {}: task definition {}, desired count {}",
             input.service,
