@@ -26,6 +26,17 @@ pub fn readings(records: &[Record]) -> Vec<StepReading> {
     logged(records, Recorded::from_line).map(|(step, recorded)| StepReading { step, recorded }).collect()
 }
 
+/// Each distinct item once, in the order it first appears (steps, metrics: a handful each).
+pub fn first_seen<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut seen = Vec::new();
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
+        }
+    }
+    seen
+}
+
 /// Every log line of `records` that `parse` reads, with the step that wrote it.
 fn logged<'a, T: 'a>(records: &'a [Record], parse: fn(&str) -> Option<T>) -> impl Iterator<Item = (String, T)> + 'a {
     records.iter().filter_map(move |r| match &r.event {
@@ -280,13 +291,7 @@ fn rejudge(compared: &[StepComparison], spec: &Spec) -> (Vec<ComparisonReplay>, 
             }
         })
         .collect();
-    let mut steps: Vec<&str> = Vec::new();
-    for c in compared {
-        if !steps.contains(&c.step.as_str()) {
-            steps.push(&c.step);
-        }
-    }
-    let scores = steps
+    let scores = first_seen(compared.iter().map(|c| c.step.as_str()))
         .into_iter()
         .map(|step| {
             let recorded_scores =

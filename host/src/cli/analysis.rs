@@ -49,12 +49,7 @@ impl AnalysisCommand {
 
 fn print(id: &str, count: usize, replay: &Replay) {
     // A gate metric has a watch per stage; people read it as one metric.
-    let mut metrics: Vec<(&str, &str)> = Vec::new();
-    for w in &replay.watches {
-        if !metrics.contains(&(w.step.as_str(), w.metric.as_str())) {
-            metrics.push((w.step.as_str(), w.metric.as_str()));
-        }
-    }
+    let metrics = analysis::first_seen(replay.watches.iter().map(|w| (w.step.as_str(), w.metric.as_str())));
     println!("run {id}: {count} readings of {} metrics, {} comparisons", metrics.len(), replay.comparisons.len());
     for (step, metric) in metrics {
         let own: Vec<&analysis::WatchReplay> =

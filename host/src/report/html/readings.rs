@@ -3,7 +3,7 @@
 //! lines plugins journal.
 
 use super::{clock, duration, escape, table};
-use crate::analysis::StepReading;
+use crate::analysis::{first_seen, StepReading};
 use gantry_analysis::{format_duration, Outcome, Phase, Reading, Rules};
 use std::fmt::Write;
 
@@ -12,13 +12,7 @@ pub(super) fn section(readings: &[StepReading], t0: f64, t1: f64) -> String {
     if readings.is_empty() {
         return String::new();
     }
-    let mut metrics: Vec<(&str, &str)> = Vec::new();
-    for r in readings {
-        let key = (r.step.as_str(), r.recorded.metric.as_str());
-        if !metrics.contains(&key) {
-            metrics.push(key);
-        }
-    }
+    let metrics = first_seen(readings.iter().map(|r| (r.step.as_str(), r.recorded.metric.as_str())));
     let mut html = String::from("<section><h2>Analysis</h2>");
     for (step, metric) in metrics {
         let own: Vec<&StepReading> =
