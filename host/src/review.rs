@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_database_grant_made_writable_shows_in_the_diff_and_stops_a_promotion_a_new_host_does_not() {
-        use crate::capability::{DatabaseGrant, Location, TlsMode};
+        use crate::capability::DatabaseGrant;
         let base = || {
             plan(serde_json::json!({"pipeline": "p", "environment": "staging", "entity": "e", "groups": [],
             "steps": [step("a", '1', &[], serde_json::json!({}))]}))
@@ -231,15 +231,7 @@ mod tests {
                 serde_json::json!({"name": "DB_PASSWORD", "source": "env:DB_PASSWORD", "bound_to": []}),
             )
             .unwrap();
-            let grant = DatabaseGrant {
-                name: "app".into(),
-                location: Location::parse(url).unwrap(),
-                user: "deploy".into(),
-                password_secret: "DB_PASSWORD".into(),
-                tls: TlsMode::Require,
-                readonly,
-                ca_file: None,
-            };
+            let grant = DatabaseGrant::for_test(url, readonly);
             p.steps[0].databases.push(crate::plan::PlannedDatabase { grant, password });
             p
         };

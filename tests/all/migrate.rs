@@ -242,11 +242,14 @@ fn a_plugin_cannot_reach_a_database_it_was_not_granted_write_through_a_readonly_
         assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect::<Vec<_>>()
     };
-    psql(&format!("CREATE TABLE settings (k text, v text); INSERT INTO settings VALUES ('db', '{password}')"));
+    psql(&format!(
+        "CREATE TABLE settings (k text, v text); INSERT INTO settings VALUES ('db', '{password}'); \
+         CREATE ROLE reader LOGIN; GRANT SELECT ON settings TO reader"
+    ));
     let head = format!(
         "name: attacks\nsecrets:\n  DB_PASSWORD: {{ from: \"env:DB_PASSWORD\", bind: [\"{origin}\"] }}\n\
          databases:\n  app: {{ url: \"{origin}/app\", user: gantry, password: DB_PASSWORD, tls: disable }}\n\
-         \x20 ro: {{ url: \"{origin}/app\", user: gantry, password: DB_PASSWORD, tls: disable, readonly: true }}\nsteps:\n"
+         \x20 ro: {{ url: \"{origin}/app\", user: reader, password: DB_PASSWORD, tls: disable, readonly: true }}\nsteps:\n"
     );
     let dir = tempfile::tempdir().unwrap();
     let attempt = |step: String| {

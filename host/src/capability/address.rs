@@ -75,7 +75,7 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
 
 /// An address a resolved name may not be connected to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{host} resolved to {ip}, a {reason} address: refused (grant the address itself in `network:`, or its range in `addresses:`)")]
+#[error("{host} resolved to {ip}, a {reason} address: refused")]
 pub struct AddressDenied {
     /// The name that was resolved.
     pub host: String,
@@ -83,6 +83,18 @@ pub struct AddressDenied {
     pub ip: IpAddr,
     /// Which restricted range it is in.
     pub reason: &'static str,
+}
+
+impl AddressDenied {
+    /// The refusal with the way out for a request (HTTP, a TLS probe): name the address in `network:`.
+    pub fn for_request(&self) -> String {
+        format!("{self} (grant the address itself in `network:`, or its range in `addresses:`)")
+    }
+
+    /// The refusal with the way out for a database grant: its URL names the address itself.
+    pub fn for_database(&self) -> String {
+        format!("{self} (write the address itself in the database's `url:`, or allow its range in `addresses:`)")
+    }
 }
 
 /// Why a host cannot be connected to.

@@ -66,6 +66,19 @@ impl TlsMode {
     }
 }
 
+/// `text` with the password of any `user:password@` in it replaced by `***`, whether or not it parses as a URL.
+pub fn masked(text: &str) -> String {
+    let Some(scheme_end) = text.find("://").map(|i| i + 3) else { return text.to_string() };
+    let rest = &text[scheme_end..];
+    // The last `@` ends the user part even when the password holds a `/` (a path rarely holds `@`).
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else { return text.to_string() };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &text[..scheme_end], &rest[..colon], &rest[at..]),
+        None => text.to_string(),
+    }
+}
+
 /// Where a grant's database is: engine, host, port and database name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
@@ -83,7 +96,9 @@ impl Location {
     /// Parses `postgres://host[:port]/database` or `mysql://host[:port]/database`: no user, no password
     /// (those are the grant's `user` and `password`), no query.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let url = url::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let url = url::Url::parse(text).map_err(|e| format!("`{}` is not a URL: {e}", masked(text)))?;
+        // Every message shows the URL with its password masked: it ends up in CI logs.
+        let text = masked(text);
         let engine = Engine::of_scheme(url.scheme())
             .ok_or_else(|| format!("`{text}`: a database URL starts with postgres:// or mysql://"))?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -137,6 +152,22 @@ pub struct DatabaseGrant {
     /// PEM file of CA certificates trusted besides the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+}
+
+#[cfg(test)]
+impl DatabaseGrant {
+    /// Grant `app` of `url` as `deploy` with secret `DB_PASSWORD`, over TLS, for unit tests.
+    pub(crate) fn for_test(url: &str, readonly: bool) -> Self {
+        DatabaseGrant {
+            name: "app".into(),
+            location: Location::parse(url).unwrap(),
+            user: "deploy".into(),
+            password_secret: "DB_PASSWORD".into(),
+            tls: TlsMode::Require,
+            readonly,
+            ca_file: None,
+        }
+    }
 }
 
 impl fmt::Display for DatabaseGrant {
@@ -195,87 +226,9 @@ impl Databases {
     }
 }
 
-/// What a statement does, by its first keyword: what a grant lets through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatementKind {
-    /// Reads only: `SELECT`, `WITH`, `SHOW`, `EXPLAIN`, `VALUES`, `TABLE`, `DESCRIBE`.
-    Read,
-    /// Begins or ends a transaction: only through the transaction resource, so the host knows its state.
-    Transaction,
-    /// Changes the session (`SET`, `RESET`, `USE`, `DISCARD`): refused on read-only grants; `USE` on every grant.
-    Session,
-    /// Anything else: changes data or schema.
-    Write,
-}
-
-/// The first keyword of a statement, upper-cased, past whitespace and comments.
-pub fn first_keyword(statement: &str) -> String {
-    let mut rest = statement;
-    loop {
-        rest = rest.trim_start();
-        if let Some(after) = rest.strip_prefix("--").or_else(|| rest.strip_prefix('#')) {
-            rest = after.split_once('\n').map_or("", |(_, r)| r);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r);
-        } else {
-            break;
-        }
-    }
-    rest.trim_start_matches('(')
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic() || *c == '_')
-        .collect::<String>()
-        .to_ascii_uppercase()
-}
-
-/// Sorts a statement by its first keyword.
-pub fn kind_of(statement: &str) -> StatementKind {
-    match first_keyword(statement).as_str() {
-        "SELECT" | "WITH" | "SHOW" | "EXPLAIN" | "VALUES" | "TABLE" | "DESCRIBE" | "DESC" => StatementKind::Read,
-        "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "END" | "ABORT" | "SAVEPOINT" | "RELEASE" | "XA" | "PREPARE" => {
-            StatementKind::Transaction
-        }
-        "SET" | "RESET" | "USE" | "DISCARD" => StatementKind::Session,
-        _ => StatementKind::Write,
-    }
-}
-
-/// Why a grant refuses a statement before it is sent, or `None` when it may go.
-pub fn refusal(grant: &DatabaseGrant, statement: &str) -> Option<String> {
-    let name = &grant.name;
-    match kind_of(statement) {
-        StatementKind::Read => None,
-        StatementKind::Transaction => Some(format!(
-            "`{}` is not sent on database `{name}`: begin a transaction with `connection.begin()` and end it with its `commit` or `rollback`",
-            first_keyword(statement)
-        )),
-        StatementKind::Session if first_keyword(statement) == "USE" => Some(format!(
-            "`USE` is not sent on database `{name}`: a grant opens one database ({})",
-            grant.location.database
-        )),
-        StatementKind::Session | StatementKind::Write if grant.readonly => Some(format!(
-            "database `{name}` is granted read-only: `{}` is not sent (only SELECT, WITH, SHOW, EXPLAIN, VALUES, TABLE, DESCRIBE)",
-            first_keyword(statement)
-        )),
-        StatementKind::Session | StatementKind::Write => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn grant(readonly: bool) -> DatabaseGrant {
-        DatabaseGrant {
-            name: "app".into(),
-            location: Location::parse("postgres://db.internal/app").unwrap(),
-            user: "deploy".into(),
-            password_secret: "DB_PASSWORD".into(),
-            tls: TlsMode::Require,
-            readonly,
-            ca_file: None,
-        }
-    }
 
     #[test]
     fn urls_parse_into_locations_and_refuse_credentials() {
@@ -287,25 +240,14 @@ mod tests {
         assert_eq!(l.origin(), "postgres://db.internal:5432");
         let m = Location::parse("mariadb://[::1]:3307/shop").unwrap();
         assert_eq!((m.engine, m.host.as_str(), m.origin()), (Engine::Mysql, "::1", "mysql://[::1]:3307".to_string()));
-        assert!(Location::parse("postgres://deploy:hunter2@db/app").unwrap_err().contains("carries credentials"));
+        let e = Location::parse("postgres://deploy:hunter2@db/app").unwrap_err();
+        assert!(e.contains("carries credentials") && e.contains("deploy:***@db") && !e.contains("hunter2"), "{e}");
+        let e = Location::parse("postgres://deploy:hun/ter2@db/app").unwrap_err();
+        assert!(!e.contains("hun/ter2") && !e.contains("ter2"), "{e}");
+        assert_eq!(masked("mysql://u:p%40ss@h:3306/d"), "mysql://u:***@h:3306/d");
+        assert_eq!(masked("postgres://h/d"), "postgres://h/d");
         assert!(Location::parse("postgres://db").unwrap_err().contains("names no database"));
         assert!(Location::parse("redis://db/0").unwrap_err().contains("postgres:// or mysql://"));
         assert!(Location::parse("postgres://db/app?sslmode=disable").unwrap_err().contains("no query"));
-    }
-
-    #[test]
-    fn statements_are_sorted_past_comments_and_refused_by_the_grant() {
-        assert_eq!(first_keyword("  -- why\n/* how */ select 1"), "SELECT");
-        assert_eq!(kind_of("(SELECT 1) UNION (SELECT 2)"), StatementKind::Read);
-        assert_eq!(kind_of("commit"), StatementKind::Transaction);
-        assert_eq!(kind_of("SET default_transaction_read_only = off"), StatementKind::Session);
-        assert_eq!(kind_of("insert into t values (1)"), StatementKind::Write);
-        assert_eq!(refusal(&grant(false), "insert into t values (1)"), None);
-        assert_eq!(refusal(&grant(false), "SET search_path = app"), None);
-        assert!(refusal(&grant(false), "BEGIN").unwrap().contains("connection.begin()"));
-        assert!(refusal(&grant(false), "use other").unwrap().contains("opens one database (app)"));
-        assert!(refusal(&grant(true), "delete from t").unwrap().contains("granted read-only: `DELETE`"));
-        assert!(refusal(&grant(true), "set transaction read write").unwrap().contains("read-only: `SET`"));
-        assert_eq!(refusal(&grant(true), "WITH x AS (SELECT 1) SELECT * FROM x"), None);
     }
 }

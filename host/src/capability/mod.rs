@@ -12,6 +12,7 @@ pub mod probe;
 pub mod secrets;
 pub mod sigv4;
 pub mod source;
+pub mod statement;
 pub mod vault;
 
 pub use address::Resolver;

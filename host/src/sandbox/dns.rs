@@ -137,7 +137,7 @@ impl State {
             if let Some(ip) = address(&record.data) {
                 if let Some(reason) = restricted(ip).filter(|_| !allowed.iter().any(|net| net.contains(&ip))) {
                     let denied = AddressDenied { host: asked.to_string(), ip, reason };
-                    return Err(LookupError::Denied(denied.to_string()));
+                    return Err(LookupError::Denied(denied.for_request()));
                 }
             }
             if let Some(value) = value(&record.data) {

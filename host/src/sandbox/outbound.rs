@@ -461,7 +461,7 @@ impl Outbound {
         while let Some(s) = source {
             if let Some(denied) = s.downcast_ref::<AddressDenied>() {
                 tracing::warn!(step = %self.step, origin = %origin_of(url), "{denied}");
-                return self.refuse(Refusal::Network(format!("step `{}`: {denied}", self.step)));
+                return self.refuse(Refusal::Network(format!("step `{}`: {}", self.step, denied.for_request())));
             }
             source = s.source();
         }

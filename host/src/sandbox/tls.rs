@@ -352,7 +352,7 @@ impl State {
         let resolver = self.resolver.clone();
         let probing = async {
             let ips = resolver.connectable(&host).await.map_err(|e| match e {
-                Unreachable::Denied(d) => ProbeError::Denied(d.to_string()),
+                Unreachable::Denied(d) => ProbeError::Denied(d.for_request()),
                 Unreachable::Lookup(m) => ProbeError::Transport(m),
             })?;
             shake(&host, port, &ips, starttls, ca.as_deref()).await

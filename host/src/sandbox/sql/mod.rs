@@ -1,17 +1,21 @@
 //! The `sql` interface: sessions with the databases a step was granted. The
 //! host resolves and checks the address, signs in with the grant's password,
-//! refuses what the grant does not allow before anything is sent, runs every
-//! statement of a read-only grant inside a read-only transaction, cancels a
-//! statement at its timeout, caps rows and bytes, redacts every secret from
-//! what comes back, and journals one line per statement.
+//! refuses what the grant does not allow before anything is sent (by the
+//! engine's grammar), opens a read-only grant's session read-only and ends
+//! every one of its transactions with `ROLLBACK`, cancels a statement on the
+//! server whenever its call ends early, caps rows and bytes (messages over the
+//! cap below the driver), redacts every secret from what comes back, in text
+//! and in bytes, and journals one line per statement.
 
+mod capped;
 mod mysql;
 mod postgres;
 
 use super::bindings::gantry::step::sql as wit;
 use super::State;
 use crate::capability::address::Unreachable;
-use crate::capability::database::{refusal, Engine};
+use crate::capability::database::Engine;
+use crate::capability::statement::refusal;
 use crate::capability::{Database, DatabaseGrant, Redactor, Resolver};
 use std::time::{Duration, Instant};
 use wasmtime::component::Resource;
@@ -116,6 +120,69 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// The longest protocol message a connection takes: the byte cap, with room for the framing.
+    fn message_cap(&self) -> u64 {
+        message_cap(self.limits)
+    }
+}
+
+/// The longest protocol message under `limits`: a row or an error at most the byte cap, plus framing.
+fn message_cap(limits: SqlLimits) -> u64 {
+    limits.bytes as u64 + (64 << 10)
+}
+
+/// What a session is opened with besides its grant.
+pub(super) struct Opening {
+    /// The server's own limit on each statement: the step's remaining time or the statement
+    /// timeout, whichever is shorter, so a statement outlives no killed client by much.
+    server_timeout: Duration,
+    limits: SqlLimits,
+}
+
+impl Opening {
+    fn message_cap(&self) -> u64 {
+        message_cap(self.limits)
+    }
+}
+
+/// Cancels a session's running statement from another connection.
+pub(super) struct Canceller(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>);
+
+impl Canceller {
+    fn new(cancel: impl std::future::Future<Output = Result<(), String>> + Send + 'static) -> Self {
+        Self(Box::pin(cancel))
+    }
+
+    async fn run(self) -> Result<(), String> {
+        self.0.await
+    }
+}
+
+/// Cancels the statement on the server when its call ends before it did: the step's timeout,
+/// cancellation or a signal drop the call's future, and with it this guard.
+struct CancelOnDrop(Option<Canceller>);
+
+impl CancelOnDrop {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = cancel.run().await {
+                        tracing::warn!("cannot cancel a statement whose call ended: {e}");
+                    }
+                });
+            }
+        }
+    }
+}
+
 fn value_bytes(v: &Value) -> usize {
     match v {
         Value::Text(t) => t.len(),
@@ -131,16 +198,23 @@ pub(crate) struct Sql {
     pub(crate) open: usize,
 }
 
-async fn connect(db: &Database, resolver: &Resolver, timeout: Duration) -> Result<Session, SqlError> {
+async fn connect(
+    db: &Database,
+    resolver: &Resolver,
+    timeout: Duration,
+    opening: &Opening,
+) -> Result<Session, SqlError> {
     let ips = resolver.connectable(&db.grant.location.host).await.map_err(|e| match e {
-        Unreachable::Denied(d) => SqlError::Denied(d.to_string()),
+        Unreachable::Denied(d) => SqlError::Denied(d.for_database()),
         Unreachable::Lookup(m) => SqlError::Transport(m),
     })?;
     let ip = ips[0];
     let connecting = async {
         match db.grant.location.engine {
-            Engine::Postgres => postgres::Session::connect(db, ip).await.map(|s| Session::Postgres(Box::new(s))),
-            Engine::Mysql => mysql::Session::connect(db, ip).await.map(Session::Mysql),
+            Engine::Postgres => {
+                postgres::Session::connect(db, ip, opening).await.map(|s| Session::Postgres(Box::new(s)))
+            }
+            Engine::Mysql => mysql::Session::connect(db, ip, opening).await.map(Session::Mysql),
         }
     };
     tokio::time::timeout(timeout, connecting).await.unwrap_or_else(|_| {
@@ -190,6 +264,21 @@ impl Session {
         }
     }
 
+    /// Ends a read-only grant's transaction with `ROLLBACK`, releasing locks that outlive it.
+    async fn end_readonly(&mut self) -> Result<(), SqlError> {
+        match self {
+            Session::Postgres(s) => s.end_readonly().await,
+            Session::Mysql(s) => s.end_readonly().await,
+        }
+    }
+
+    fn canceller(&self) -> Canceller {
+        match self {
+            Session::Postgres(s) => s.canceller(),
+            Session::Mysql(s) => s.canceller(),
+        }
+    }
+
     fn begin_statement(&self, readonly: bool) -> &'static str {
         match (self, readonly) {
             (Session::Postgres(_), true) => "BEGIN READ ONLY",
@@ -221,6 +310,7 @@ async fn statement(
         conn.session.control(begin).await?;
     }
     let mut budget = Budget::new(limits);
+    let guard = CancelOnDrop(Some(conn.session.canceller()));
     let answer = match tokio::time::timeout(timeout, conn.session.run(statement, params, want, &mut budget)).await {
         Ok(answer) => answer,
         Err(_) => {
@@ -231,8 +321,13 @@ async fn statement(
             )))
         }
     };
+    guard.done();
     if wrap {
-        conn.session.control("ROLLBACK").await?;
+        // The statement's own error says more than the rollback's on a connection it broke.
+        let ended = conn.session.end_readonly().await;
+        if answer.is_ok() {
+            ended?;
+        }
     }
     answer
 }
@@ -328,8 +423,19 @@ impl State {
                 // A value the database holds may be a secret of the run: it never reaches the plugin.
                 for row in &mut rows.rows {
                     for v in row.iter_mut() {
-                        if let Value::Text(t) = v {
-                            *t = redactor.redact(t);
+                        match v {
+                            Value::Text(t) => *t = redactor.redact(t),
+                            // A binary column (bytea, BINARY) holds a secret's bytes as well as text does.
+                            Value::Bytes(b) => {
+                                let replaced = match redactor.redact_bytes(b) {
+                                    std::borrow::Cow::Owned(r) => Some(r),
+                                    std::borrow::Cow::Borrowed(_) => None,
+                                };
+                                if let Some(r) = replaced {
+                                    *b = r;
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -352,8 +458,13 @@ impl State {
             .map_err(|e| SqlError::Invalid(format!("no such connection: {e}")))?;
         conn.transaction = None;
         let name = conn.grant.name.clone();
-        let statement = if commit { "COMMIT" } else { "ROLLBACK" };
-        let done = conn.session.control(statement).await;
+        // A read-only grant's transaction is always rolled back: what a function did inside it
+        // that the read-only mode allows (a large object, a notification) must not persist.
+        let (statement, done) = match (commit, conn.grant.readonly) {
+            (true, false) => ("COMMIT", conn.session.control("COMMIT").await),
+            (false, false) => ("ROLLBACK", conn.session.control("ROLLBACK").await),
+            (_, true) => ("ROLLBACK (read-only grant)", conn.session.end_readonly().await),
+        };
         let redactor = self.outbound.grants.secrets.redactor().clone();
         let done = done.map_err(|e| redacted(&redactor, e));
         let said = match &done {
@@ -383,7 +494,10 @@ impl wit::HostConnection for State {
         let timeout =
             self.sql.limits.statement_timeout.min(self.tracker.deadline.saturating_duration_since(Instant::now()));
         let redactor = self.outbound.grants.secrets.redactor().clone();
-        let session = connect(&db, &self.resolver, timeout).await.map_err(|e| redacted(&redactor, e));
+        let remaining = self.tracker.deadline.saturating_duration_since(Instant::now());
+        let opening =
+            Opening { server_timeout: self.sql.limits.statement_timeout.min(remaining), limits: self.sql.limits };
+        let session = connect(&db, &self.resolver, timeout, &opening).await.map_err(|e| redacted(&redactor, e));
         let session = match session {
             Ok(s) => s,
             Err(e) => {

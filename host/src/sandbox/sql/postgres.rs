@@ -1,20 +1,31 @@
 //! A PostgreSQL session over tokio-postgres: one prepared statement per call
 //! (the extended protocol takes one statement, never a batch), parameters
-//! converted to the types the server inferred, rows streamed against the caps.
+//! converted to the types the server inferred, rows streamed against the caps,
+//! and every message over the cap refused by the stream below the driver.
 
-use super::{Answer, Budget, SqlError, Value, Want};
+use super::capped::{Capped, Refused};
+use super::{Answer, Budget, Opening, SqlError, Value, Want};
 use crate::capability::database::TlsMode;
 use crate::capability::Database;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{CancelToken, Client, NoTls};
-use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// A connection stream: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// An open session and how to cancel its running statement.
 pub(super) struct Session {
     client: Client,
     cancel: CancelToken,
-    tls: Option<MakeRustlsConnect>,
+    /// Where cancel requests go: the address the session was opened to.
+    addr: SocketAddr,
+    /// The size of a message the stream refused, if one was.
+    refused: Refused,
 }
 
 fn server_or_transport(e: tokio_postgres::Error) -> SqlError {
@@ -27,36 +38,109 @@ fn server_or_transport(e: tokio_postgres::Error) -> SqlError {
     }
 }
 
+/// `SSLRequest`: the 8 bytes a client sends to ask for TLS before its startup message.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Roles a read-only grant refuses: each reaches past what a read-only transaction confines.
+const UNCONFINABLE: &[&str] =
+    &["pg_write_server_files", "pg_execute_server_program", "pg_read_server_files", "pg_signal_backend"];
+
 impl Session {
-    /// Connects to `ip`, verifying TLS against the grant's host name.
-    pub(super) async fn connect(db: &Database, ip: IpAddr) -> Result<Self, SqlError> {
+    /// Connects to `ip`, verifying TLS against the grant's host name. The host does TLS itself so
+    /// that the capped stream sits between TLS and the driver; the session starts read-only for a
+    /// read-only grant, with the server's own statement limit set, so a statement whose client was
+    /// killed still ends.
+    pub(super) async fn connect(db: &Database, ip: IpAddr, opening: &Opening) -> Result<Self, SqlError> {
         let g = &db.grant;
+        let addr = SocketAddr::new(ip, g.location.port);
+        let tcp = TcpStream::connect(addr).await.map_err(|e| SqlError::Transport(format!("cannot connect: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Io> = match g.tls {
+            TlsMode::Disable => Box::new(tcp),
+            TlsMode::Require => Box::new(start_tls(tcp, &g.location.host, g.ca_file.as_deref()).await?),
+        };
+        let refused = Refused::default();
+        let capped = Capped::new(stream, opening.message_cap(), refused.clone());
+        // Strings as the host's parser reads them (the server's default, pinned: a server set to
+        // `standard_conforming_strings=off` reads backslashes in a string the parser does not).
+        let mut options = format!(
+            "-c statement_timeout={} -c standard_conforming_strings=on",
+            opening.server_timeout.as_millis().max(1)
+        );
+        if g.readonly {
+            options.push_str(" -c default_transaction_read_only=on");
+        }
         let mut config = tokio_postgres::Config::new();
         config
-            .host(&g.location.host)
-            .hostaddr(ip)
-            .port(g.location.port)
             .dbname(&g.location.database)
             .user(&g.user)
             .password(&db.password)
+            .options(options)
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
             .application_name(concat!("gantry/", env!("CARGO_PKG_VERSION")));
-        let (client, tls) = match g.tls {
-            TlsMode::Disable => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                let (client, connection) = config.connect(NoTls).await.map_err(server_or_transport)?;
-                tokio::spawn(drive(connection));
-                (client, None)
-            }
-            TlsMode::Require => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let tls = MakeRustlsConnect::new(super::tls_config(g.ca_file.as_deref())?);
-                let (client, connection) = config.connect(tls.clone()).await.map_err(server_or_transport)?;
-                tokio::spawn(drive(connection));
-                (client, Some(tls))
-            }
-        };
+        let (client, connection) = config.connect_raw(capped, NoTls).await.map_err(server_or_transport)?;
+        tokio::spawn(drive(connection));
         let cancel = client.cancel_token();
-        Ok(Self { client, cancel, tls })
+        let session = Self { client, cancel, addr, refused };
+        if g.readonly {
+            session.confinable(&g.user, &g.name).await?;
+        }
+        Ok(session)
+    }
+
+    /// Refuses a role that no transaction mode confines: a superuser, a replication role, or a
+    /// member of a role that reaches the server's files, programs or other sessions.
+    async fn confinable(&self, user: &str, grant: &str) -> Result<(), SqlError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT rolsuper, rolreplication, ARRAY(SELECT b.rolname::text FROM pg_roles b \
+                 WHERE b.rolname = ANY($1) AND pg_has_role(current_user, b.oid, 'MEMBER') ORDER BY 1) \
+                 FROM pg_roles WHERE rolname = current_user",
+                &[&UNCONFINABLE],
+            )
+            .await
+            .map_err(server_or_transport)?;
+        let (superuser, replication, members): (bool, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        let mut why: Vec<String> = Vec::new();
+        if superuser {
+            why.push("a superuser".into());
+        }
+        if replication {
+            why.push("a replication role".into());
+        }
+        if !members.is_empty() {
+            why.push(format!("a member of {}", members.join(", ")));
+        }
+        if why.is_empty() {
+            return Ok(());
+        }
+        Err(SqlError::Denied(format!(
+            "database `{grant}` is granted read-only, but `{user}` is {}: no read-only transaction confines such a role \
+             (COPY … TO PROGRAM, server files, replication, signals to other sessions). Sign in as a role without \
+             SUPERUSER and REPLICATION and outside {}, given only what it reads (e.g. GRANT pg_read_all_data)",
+            why.join(" and "),
+            UNCONFINABLE.join(", ")
+        )))
+    }
+
+    /// How to cancel this session's running statement from elsewhere.
+    pub(super) fn canceller(&self) -> super::Canceller {
+        let (token, addr) = (self.cancel.clone(), self.addr);
+        super::Canceller::new(async move {
+            let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            token.cancel_query_raw(stream, NoTls).await.map_err(|e| e.to_string())
+        })
+    }
+
+    /// The error a broken stream means: over the cap, or the transport's own.
+    fn failed(&self, e: tokio_postgres::Error, cap: u64) -> SqlError {
+        match self.refused.load(Ordering::SeqCst) {
+            0 => server_or_transport(e),
+            size => SqlError::Limit(format!(
+                "the server sent a message of {size} bytes, over the {cap} bytes the step's `limits.response_size` allows; the connection is closed"
+            )),
+        }
     }
 
     pub(super) async fn run(
@@ -66,7 +150,8 @@ impl Session {
         want: Want,
         budget: &mut Budget,
     ) -> Result<Answer, SqlError> {
-        let prepared = self.client.prepare(statement).await.map_err(server_or_transport)?;
+        let cap = budget.message_cap();
+        let prepared = self.client.prepare(statement).await.map_err(|e| self.failed(e, cap))?;
         super::arity(prepared.params().len(), params.len())?;
         let typed = params
             .iter()
@@ -75,8 +160,10 @@ impl Session {
             .map(|(i, (v, ty))| param(v, ty).map_err(|why| SqlError::Invalid(format!("parameter ${}: {why}", i + 1))))
             .collect::<Result<Vec<_>, _>>()?;
         let refs = typed.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync));
-        if want == Want::Count && prepared.columns().is_empty() {
-            let n = self.client.execute_raw(&prepared, refs).await.map_err(server_or_transport)?;
+        let cap = budget.message_cap();
+        // execute() returns the count and decodes nothing: a void or record result is no error.
+        if want == Want::Count {
+            let n = self.client.execute_raw(&prepared, refs).await.map_err(|e| self.failed(e, cap))?;
             return Ok(Answer::Count(n));
         }
         let columns: Vec<super::Column> = prepared
@@ -84,19 +171,16 @@ impl Session {
             .iter()
             .map(|c| super::Column { name: c.name().to_string(), type_name: c.type_().name().to_string() })
             .collect();
-        let stream = self.client.query_raw(&prepared, refs).await.map_err(server_or_transport)?;
+        let stream = self.client.query_raw(&prepared, refs).await.map_err(|e| self.failed(e, cap))?;
         let mut stream = std::pin::pin!(stream);
         let mut rows = Vec::new();
         while let Some(row) = futures::StreamExt::next(&mut stream).await {
-            let row = row.map_err(server_or_transport)?;
+            let row = row.map_err(|e| self.failed(e, cap))?;
             let values = (0..row.len()).map(|i| column(&row, i)).collect::<Result<Vec<_>, _>>()?;
             budget.take(&values)?;
             rows.push(values);
         }
-        match want {
-            Want::Rows => Ok(Answer::Rows(super::Rows { columns, rows })),
-            Want::Count => Ok(Answer::Count(stream.rows_affected().unwrap_or(rows.len() as u64))),
-        }
+        Ok(Answer::Rows(super::Rows { columns, rows }))
     }
 
     pub(super) async fn control(&mut self, statement: &str) -> Result<(), SqlError> {
@@ -104,16 +188,40 @@ impl Session {
     }
 
     pub(super) async fn cancel(&mut self) {
-        let sent = match &self.tls {
-            Some(tls) => self.cancel.cancel_query(tls.clone()).await,
-            None => self.cancel.cancel_query(NoTls).await,
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.canceller().run().await {
             tracing::warn!("cannot cancel the statement: {e}");
         }
         // What the cancelled statement left unread is answered by the next one's error, or here.
         let _ = self.client.batch_execute("").await;
     }
+
+    /// Ends a read-only grant's transaction: rolled back, whatever the plugin asked, and any
+    /// session-level advisory lock a function took released, since those outlive a rollback.
+    pub(super) async fn end_readonly(&mut self) -> Result<(), SqlError> {
+        self.client.batch_execute("ROLLBACK; SELECT pg_advisory_unlock_all()").await.map_err(server_or_transport)
+    }
+}
+
+/// Asks the server at the other end of `tcp` for TLS and shakes hands, verifying `host`.
+async fn start_tls(
+    mut tcp: TcpStream,
+    host: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SqlError> {
+    let transport = |e: std::io::Error| SqlError::Transport(format!("cannot start TLS: {e}"));
+    tcp.write_all(&SSL_REQUEST).await.map_err(transport)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(transport)?;
+    if answer[0] != b'S' {
+        return Err(SqlError::Transport(
+            "the server does not offer TLS: set `tls: disable` for a database on this machine, or turn on its ssl"
+                .into(),
+        ));
+    }
+    let config = std::sync::Arc::new(super::tls_config(ca_file)?);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| SqlError::Invalid(format!("`{host}` is not a name TLS can verify: {e}")))?;
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(transport)
 }
 
 /// NULL of whatever type the server expects.
@@ -184,6 +292,8 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<Value, SqlError> {
         Type::FLOAT4 => row.try_get::<_, Option<f32>>(i).map_err(bad)?.map(|f| Value::Float(f.into())),
         Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map_err(bad)?.map(Value::Float),
         Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i).map_err(bad)?.map(Value::Bytes),
+        // A function that returns nothing (`pg_sleep`, `pg_notify`) returns a value of nothing.
+        Type::VOID => None,
         ref t if <String as tokio_postgres::types::FromSql>::accepts(t) => {
             row.try_get::<_, Option<String>>(i).map_err(bad)?.map(Value::Text)
         }
