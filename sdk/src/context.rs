@@ -167,6 +167,23 @@ impl Context {
         Ok(())
     }
 
+    /// Records that what this step is about to do cannot be undone (a migration without a down
+    /// file, a message sent, a key deleted): a rollback after a later failure undoes what ran
+    /// after this step, then stops here and waits for a person (`gantry resume`, `gantry rollback
+    /// --past-barrier`, `gantry settle`) instead of failing. Call it *before* the change, as a
+    /// checkpoint: a crash between the change and the record must not let a rollback walk past it.
+    /// `changed` says what stays changed, for the person who decides.
+    ///
+    /// ```
+    /// let ctx = gantry_sdk::Context::for_test("migrate", serde_json::json!({}));
+    /// ctx.barrier("V2 has no down file", "V2__drop_legacy.sql").unwrap();
+    /// assert!(ctx.checkpointed(gantry_sdk::BARRIER_CHECKPOINT).unwrap().contains("no down file"));
+    /// ```
+    pub fn barrier(&self, reason: &str, changed: &str) -> Result<(), Error> {
+        let value = serde_json::json!({ "reason": reason, "changed": changed }).to_string();
+        self.checkpoint(crate::BARRIER_CHECKPOINT, &value)
+    }
+
     /// A checkpoint this step recorded (in this call, an earlier attempt, or before a crash).
     pub fn checkpointed(&self, key: &str) -> Option<String> {
         self.checkpoints.borrow().get(key).cloned()

@@ -76,6 +76,10 @@ pub use serde_json;
 /// Convenience alias for a step result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The checkpoint key a rollback barrier is recorded under ([`Context::barrier`]): the host stops
+/// a rollback at a step that recorded it.
+pub const BARRIER_CHECKPOINT: &str = "gantry.barrier";
+
 /// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against.
 pub const CONTRACT_VERSION: &str = "0.3.3";
 

@@ -227,15 +227,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Undo the completed steps of a run, newest first. Exit 0, or 3 when a rollback fails.
+    /// Undo the completed steps of a run, newest first, stopping at rollback barriers. Exit 0, 3 when
+    /// a rollback fails, 6 when it stopped at a barrier.
     Rollback {
         /// Run id (see `gantry runs`).
         id: String,
+        /// Undo past the run's rollback barriers too: each barrier's step undoes what it still can,
+        /// then everything older is undone. Asks for confirmation unless `--yes`.
+        #[arg(long)]
+        past_barrier: bool,
+        /// Confirm `--past-barrier` without asking (for scripts and CI).
+        #[arg(long)]
+        yes: bool,
         /// Print newline-delimited JSON events.
         #[arg(long)]
         json: bool,
     },
-    /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 3 rollback failed, 4 paused, 5 awaiting approval, 2 invalid.
+    /// Accept a run's state as it is (a run stopped at a rollback barrier, or one that needs a
+    /// person): recorded with who (`GANTRY_USER`, else the login name) and why; nothing is run or undone.
+    Settle {
+        /// Run id (see `gantry runs`).
+        id: String,
+        /// Why the state is accepted, recorded in the journal.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 2 invalid, 3 rollback failed,
+    /// 4 paused, 5 awaiting approval, 6 the rollback stopped at a barrier (an irreversible change).
     Run {
         #[command(flatten)]
         target: Target,
@@ -318,7 +336,10 @@ pub fn main() -> ExitCode {
                 (None, _) => pipeline::runs(None, json, state).await,
             },
             Command::Resume { id, rerun, jobs, json } => pipeline::resume(id, &rerun, jobs, json, state).await,
-            Command::Rollback { id, json } => pipeline::rollback(id, json, state).await,
+            Command::Rollback { id, past_barrier, yes, json } => {
+                pipeline::rollback(id, past_barrier, yes, json, state).await
+            }
+            Command::Settle { id, reason } => pipeline::settle(id, reason, state).await,
             Command::Approve { id, step, comment, jobs, json } => {
                 pipeline::decide(id, Decision::Approve, step, comment, jobs, json, state).await
             }

@@ -458,7 +458,12 @@ pub(crate) async fn resume(
             request.deadline()
         );
     }
+    let barriers = r.fold.barriers();
     match (&r.finished, &r.paused) {
+        (Some(_), _) if r.fold.phase == Some(RunPhase::AtBarrier) => {
+            let said: Vec<String> = barriers.iter().map(|b| format!("`{}` ({})", b.step, b.reason)).collect();
+            eprintln!("run {id} stopped at the barrier of {}: going forward from it, its change stays", said.join(", "))
+        }
         (Some(_), Some(step)) => {
             eprintln!("run {id} was paused by step `{step}`: undoing it from its checkpoints, then running it again")
         }
@@ -500,9 +505,15 @@ async fn go_on(
     let (tx, printer) = printer(json);
     let (interrupt, signals) = signals(&session);
     // Steps cut off part-way are rolled back from their checkpoints first, then run again; a step
-    // stopped at a gate inside it that is now approved goes on from its checkpoints instead.
-    let partial =
-        r.partial.iter().filter(|id| r.checkpoints.contains_key(*id) && !r.resumable.contains(*id)).cloned().collect();
+    // stopped at a gate inside it that is now approved goes on from its checkpoints instead, and so
+    // does a rollback barrier's step: what it did cannot be undone.
+    let barrier = |id: &String| r.checkpoints.get(id).is_some_and(|c| c.contains_key(crate::run::BARRIER_CHECKPOINT));
+    let partial = r
+        .partial
+        .iter()
+        .filter(|id| r.checkpoints.contains_key(*id) && !r.resumable.contains(*id) && !barrier(id))
+        .cloned()
+        .collect();
     let options = RunOptions {
         jobs,
         file: r.file,
@@ -628,20 +639,85 @@ pub(crate) async fn approvals(json: bool, state: Option<&str>) -> anyhow::Result
     Ok(code)
 }
 
-/// `gantry rollback <id>`: undoes the completed steps of a run, newest first, from its recorded plan.
-pub(crate) async fn rollback(id: String, json: bool, state: Option<&str>) -> anyhow::Result<u8> {
+/// `gantry rollback <id>`: undoes the completed steps of a run, newest first, from its recorded
+/// plan; past its rollback barriers only when asked, and confirmed.
+pub(crate) async fn rollback(
+    id: String,
+    past_barrier: bool,
+    yes: bool,
+    json: bool,
+    state: Option<&str>,
+) -> anyhow::Result<u8> {
     let store = store(state).await?;
     let (session, r) = Session::reopen(store, &id).await?;
-    undo(session, r, json).await
+    let barriers = r.fold.barriers();
+    if past_barrier && !barriers.is_empty() && !yes {
+        let said: Vec<String> =
+            barriers.iter().map(|b| format!("`{}` ({}; stays: {})", b.step, b.reason, b.changed)).collect();
+        let question = format!(
+            "run {id}: undo past the barrier of {}? Each barrier's step undoes what it still can, then everything older is undone",
+            said.join(", ")
+        );
+        if !confirmed(&question)? {
+            anyhow::bail!("not confirmed: nothing was undone (`--yes` confirms without asking)");
+        }
+    }
+    let by = past_barrier.then(current_user);
+    undo_with(session, r, by.as_deref(), json).await
 }
 
-/// Rolls back a reopened run in its session.
+/// Asks `question` on the terminal; without one, the answer is no.
+fn confirmed(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question}: no terminal to confirm on; add `--yes`");
+    }
+    eprint!("{question} [type yes]: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+/// `gantry settle <id>`: a person accepts the run's state as it is.
+pub(crate) async fn settle(id: String, reason: String, state: Option<&str>) -> anyhow::Result<u8> {
+    let store = store(state).await?;
+    let (session, r) = Session::reopen(store, &id).await?;
+    let now = r.fold.status();
+    if ["succeeded", "rolled-back", "settled"].contains(&now.as_str()) {
+        anyhow::bail!("run {id} is {now}: there is nothing to settle");
+    }
+    let by = current_user();
+    crate::run::settle(&session, &by, &reason).await?;
+    let closed = session.close().await;
+    if let Err(e) = closed {
+        anyhow::bail!("run {id}: {e}");
+    }
+    let stays: Vec<String> = r.fold.in_place();
+    eprintln!(
+        "run {id} settled by {by} ({reason}); in place as it is: {}",
+        if stays.is_empty() { "nothing".to_string() } else { stays.join(", ") }
+    );
+    Ok(0)
+}
+
+/// Rolls back a reopened run in its session, stopping at its rollback barriers.
 async fn undo(session: Session, r: crate::run::resume::Reopened, json: bool) -> anyhow::Result<u8> {
+    undo_with(session, r, None, json).await
+}
+
+/// Rolls back a reopened run in its session; past its barriers when `past_barrier` names who chose it.
+async fn undo_with(
+    session: Session,
+    r: crate::run::resume::Reopened,
+    past_barrier: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
     let runtime = super::runtime_for(&r.plan, 1)?;
     let (tx, printer) = printer(json);
     // A rollback is not stopped by the first signal (it is already the way back); a second one abandons it.
     let (_interrupt, signals) = signals(&session);
-    let result = crate::run::rollback(&runtime, &session, &r, Some(tx)).await;
+    let result = crate::run::rollback(&runtime, &session, &r, past_barrier, Some(tx)).await;
     let _ = printer.await;
     signals.abort();
     let closed = session.close().await;

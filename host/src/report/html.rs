@@ -70,6 +70,7 @@ pub fn page(records: &[Record], live: bool) -> String {
         started_by.map(|u| format!(" · started by <b>{}</b>", escape(&u))).unwrap_or_default(),
         duration(t1 - t0)
     );
+    html += &barriers(records);
     html += "<section><h2>Steps</h2>";
     html += &dag(plan.as_ref(), &order, &status_of);
     html += "</section>\n<section><h2>Timeline</h2>";
@@ -90,6 +91,24 @@ pub fn page(records: &[Record], live: bool) -> String {
     html += "</section>\n";
     let _ = write!(html, "<script>{SCRIPT}</script>\n</body></html>\n");
     html
+}
+
+/// The rollback barriers in place, as the fold reads them, with what is still in place: what the
+/// person deciding `resume`, `rollback --past-barrier` or `settle` needs first.
+fn barriers(records: &[Record]) -> String {
+    let folded = crate::run::fold::fold(records);
+    let found = folded.barriers();
+    if found.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> =
+        found.iter().map(|b| vec![b.step.clone(), b.reason.clone(), b.changed.clone()]).collect();
+    format!(
+        "<section><h2>Rollback barrier</h2><p>These steps said their change cannot be undone: a rollback stops at them. \
+         Still in place: <b>{}</b>.</p>{}</section>\n",
+        escape(&folded.in_place().join(", ")),
+        table(&["step", "why it cannot be undone", "what stays changed"], &rows)
+    )
 }
 
 /// Steps in plan order, then any the journal names that the plan does not.

@@ -217,7 +217,9 @@ impl Summary {
                 | Event::Phase { .. }
                 | Event::Opened { .. }
                 | Event::SecretsRead { .. }
-                | Event::Log { .. } => {}
+                | Event::Log { .. }
+                | Event::PastBarrier { .. }
+                | Event::Settled { .. } => {}
                 Event::Abandoned { .. } => summary.status = crate::run::store::NEEDS_A_PERSON.into(),
             }
         }

@@ -2,6 +2,7 @@
 //! `gantry runs show`), JSON lines (`--json`), or a live view with a spinner
 //! per step on a terminal.
 
+use crate::run::fold::RunPhase;
 use crate::run::Event;
 use tokio::sync::mpsc;
 
@@ -46,6 +47,10 @@ pub fn describe(event: &Event) -> String {
         RolledBack { step, .. } => format!("{step}: rolled back"),
         RollbackFailed { step, error, .. } => format!("{step}: ROLLBACK FAILED: {error}"),
         RunFinished { status } => format!("run finished: {status}"),
+        Phase { phase: RunPhase::AtBarrier, reason } => format!(
+            "run STOPPED AT A BARRIER: {reason}. A person decides: `gantry resume <run id>` goes forward once the cause is fixed, \
+             `gantry rollback <run id> --past-barrier` undoes past it, `gantry settle <run id> --reason …` accepts the state"
+        ),
         Phase { phase, reason } => format!("run {}: {reason}", phase.name().replace('_', " ")),
         Opened { command, pid, host } => format!("{command}: pid {pid} on {host} took the run up"),
         SecretsRead { answered } => {
@@ -58,7 +63,12 @@ pub fn describe(event: &Event) -> String {
                 .collect();
             format!("secrets read: {}", each.join(", "))
         }
+        Checkpoint { step, key, value, .. } if key == crate::run::BARRIER_CHECKPOINT => {
+            format!("{step}: ROLLBACK BARRIER: {value} (a rollback stops here and waits for a person)")
+        }
         Checkpoint { step, key, .. } => format!("{step}: checkpoint {key} recorded"),
+        PastBarrier { by } => format!("{by} chose to roll back past the run's barriers"),
+        Settled { by, reason } => format!("settled by {by}: {reason}; the run stays as it is"),
         Log { step, level, message } => format!("{step}: {level:?}: {message}"),
         Interrupted { signal } => {
             format!("{signal}: stopping: no new steps, cancelling running ones, rolling back (a second signal exits at once)")
@@ -231,7 +241,12 @@ impl LiveView {
             | Interrupted { .. }
             | Abandoned { .. }
             | Approved { .. }
-            | Rejected { .. } => {
+            | Rejected { .. }
+            | PastBarrier { .. }
+            | Settled { .. } => {
+                let _ = self.bars.println(describe(event));
+            }
+            Checkpoint { key, .. } if key == crate::run::BARRIER_CHECKPOINT => {
                 let _ = self.bars.println(describe(event));
             }
             Request(r) if !r.allowed => {

@@ -227,6 +227,19 @@ pub enum Event {
         /// Why: `rejected`, or `timed out`.
         reason: String,
     },
+    /// A person chose to roll back past the run's rollback barriers (`gantry rollback --past-barrier`):
+    /// recorded before the first undo, so a rollback taken up again after a crash still goes past them.
+    PastBarrier {
+        /// Who chose it.
+        by: String,
+    },
+    /// A person accepted the run's state as it is (`gantry settle`): nothing more is undone or run.
+    Settled {
+        /// Who accepted it.
+        by: String,
+        /// Why, as they said it.
+        reason: String,
+    },
     /// The run ended.
     RunFinished {
         /// succeeded, failed or rollback-failed.
@@ -287,6 +300,8 @@ impl Event {
                 req.reason.iter_mut().for_each(text);
             }
             Event::RunFinished { status } => text(status),
+            Event::PastBarrier { by } => text(by),
+            Event::Settled { by, reason } => [by, reason].into_iter().for_each(text),
             Event::Interrupted { signal } | Event::Abandoned { signal } => text(signal),
             Event::Checkpoint { step, key, value, .. } => [step, key, value].into_iter().for_each(text),
             Event::Log { step, message, .. } => [step, message].into_iter().for_each(text),
@@ -315,10 +330,14 @@ pub enum Status {
     /// The rollback ended but the journal cannot prove the target is back (a step cut off after a
     /// change it recorded no checkpoint for): a person must look.
     NeedsAPerson,
+    /// The rollback undid what ran after a rollback barrier and stopped there: the barrier's change
+    /// and what it needs stay. A person chooses `resume`, `rollback --past-barrier` or `settle`.
+    StoppedAtBarrier,
 }
 
 impl Status {
-    /// The process exit code: 0, 1, 3 (needs a person), 4 (paused for a decision) or 5 (awaiting approval).
+    /// The process exit code: 0, 1, 3 (needs a person), 4 (paused for a decision), 5 (awaiting
+    /// approval) or 6 (stopped at a rollback barrier).
     pub fn exit_code(self) -> u8 {
         match self {
             Status::Succeeded => 0,
@@ -329,6 +348,7 @@ impl Status {
             Status::Paused => 4,
             Status::AwaitingApproval => 5,
             Status::NeedsAPerson => 3,
+            Status::StoppedAtBarrier => 6,
         }
     }
 
@@ -343,6 +363,7 @@ impl Status {
             Status::Paused => "paused",
             Status::AwaitingApproval => "awaiting-approval",
             Status::NeedsAPerson => store::NEEDS_A_PERSON,
+            Status::StoppedAtBarrier => "stopped-at-barrier",
         }
     }
 }
@@ -487,6 +508,10 @@ pub fn gate_key(step: &str, gate: &str) -> String {
 
 /// The upstream entry under which a step receives its own checkpoints.
 pub const CHECKPOINTS_UPSTREAM: &str = "gantry.checkpoints";
+
+/// The checkpoint key under which a step records a rollback barrier: what it did cannot be undone
+/// (the SDK's `Context::barrier`, `{"reason": …, "changed": …}`).
+pub const BARRIER_CHECKPOINT: &str = "gantry.barrier";
 
 impl Ctx {
     fn new(
@@ -762,6 +787,47 @@ fn render_outputs(value: &serde_json::Value, outputs: &BTreeMap<String, Outputs>
         ["steps", id, "outputs", name] => outputs.get(*id)?.get(*name).cloned(),
         _ => None,
     })
+}
+
+/// What a rollback leaves in place because of rollback barriers: each step that recorded one, and
+/// every step it needs, directly or not. Steps after a barrier and beside it are undone as usual.
+fn behind_barriers(ctx: &Ctx) -> BTreeSet<String> {
+    let barriers: Vec<String> = ctx
+        .checkpoints
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, c)| c.contains_key(BARRIER_CHECKPOINT))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut kept = BTreeSet::new();
+    for id in barriers {
+        kept.extend(upstream_of(ctx, &id));
+        kept.insert(id);
+    }
+    kept
+}
+
+/// Records that the rollback stopped at the barriers of `kept`, naming each barrier's reason.
+async fn stop_at_barriers(ctx: &Ctx, kept: &BTreeSet<String>) -> Result<(), JournalError> {
+    let checkpoints = ctx.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let said: Vec<String> = kept
+        .iter()
+        .filter_map(|id| {
+            let value = checkpoints.get(id)?.get(BARRIER_CHECKPOINT)?;
+            let reason = serde_json::from_str::<serde_json::Value>(value)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+                .unwrap_or_else(|| value.clone());
+            Some(format!("`{id}` ({reason})"))
+        })
+        .collect();
+    let reason = format!(
+        "the rollback stopped at the barrier of {}: it and the steps it needs stay as they are",
+        said.join(", ")
+    );
+    tracing::warn!("{reason}");
+    ctx.enter(fold::RunPhase::AtBarrier, reason).await
 }
 
 fn upstream_of(ctx: &Ctx, id: &str) -> BTreeSet<String> {
@@ -1375,12 +1441,21 @@ pub async fn run(
     if !rollback_failed {
         exec.drive().await;
     }
+    let mut at_barrier = false;
     if exec.failed && !rollback_failed && exec.paused.is_none() {
-        let order = exec.undo_order();
+        // A barrier's step and what it needs stay; the rest is undone, newest first.
+        let kept = behind_barriers(&ctx);
+        let order: Vec<String> = exec.undo_order().into_iter().filter(|id| !kept.contains(id)).collect();
         let (more, failed) = undo(&ctx, &order, &exec.outputs()).await;
         rolled_back.extend(more);
         rollback_failed = !failed.is_empty();
         exec.undone = Some(Undone { rolled_back: rolled_back.clone(), failed });
+        if !kept.is_empty() && !rollback_failed {
+            at_barrier = true;
+            if let Err(e) = stop_at_barriers(&ctx, &kept).await {
+                exec.journal_failed(e);
+            }
+        }
     }
     if !exec.deferred.is_empty() {
         exec.release_deferred = true;
@@ -1390,6 +1465,7 @@ pub async fn run(
         (false, _, _, _) if exec.awaiting.is_some() => Status::AwaitingApproval,
         (false, _, _, _) => Status::Succeeded,
         (true, true, _, _) => Status::RollbackFailed,
+        (true, false, _, None) if at_barrier => Status::StoppedAtBarrier,
         (true, false, Some(_), _) => Status::Interrupted,
         (true, false, None, Some(_)) => Status::Paused,
         (true, false, None, None) => Status::Failed,
@@ -1513,10 +1589,16 @@ async fn undo_step(
 
 /// Undoes an earlier run (`gantry rollback <id>`, or `resume` of a run that was rolling back): steps
 /// stopped part-way that left checkpoints, then completed steps newest first.
+///
+/// The rollback stops at rollback barriers (their steps and what they need stay, and the run ends
+/// [`Status::StoppedAtBarrier`]) unless `past_barrier` is given by `by` (journaled before the first
+/// undo) or was given earlier in the run: then every step is undone, the barriers' own steps undoing
+/// what they still can.
 pub async fn rollback(
     runtime: &Runtime,
     session: &Session,
     reopened: &resume::Reopened,
+    past_barrier: Option<&str>,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let plan = &reopened.plan;
@@ -1525,11 +1607,23 @@ pub async fn rollback(
     let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events).seed_checkpoints(&reopened.checkpoints));
     ctx.record(ctx.opened("rollback"));
     secrets.event().into_iter().for_each(|e| ctx.record(e));
+    if let Some(by) = past_barrier.filter(|_| !reopened.fold.past_barrier) {
+        ctx.emit(Event::PastBarrier { by: by.to_string() }).await?;
+    }
     ctx.enter(fold::RunPhase::RollingBack, "rollback").await?;
-    let order = reopened.fold.undo_order();
+    let past = past_barrier.is_some() || reopened.fold.past_barrier;
+    let kept = if past { BTreeSet::new() } else { behind_barriers(&ctx) };
+    let order: Vec<String> = reopened.fold.undo_order().into_iter().filter(|id| !kept.contains(id)).collect();
     let outputs: BTreeMap<String, Outputs> = reopened.completed.iter().cloned().collect();
     let (rolled_back, failed) = undo(&ctx, &order, &outputs).await;
-    let status = if failed.is_empty() { Status::RolledBack } else { Status::RollbackFailed };
+    let status = match (failed.is_empty(), kept.is_empty()) {
+        (false, _) => Status::RollbackFailed,
+        (true, true) => Status::RolledBack,
+        (true, false) => {
+            stop_at_barriers(&ctx, &kept).await?;
+            Status::StoppedAtBarrier
+        }
+    };
     let status = proven(session, status).await;
     let mut journal_error = session.journal().broken().cloned();
     finish(&ctx, status, &mut journal_error).await;
@@ -1541,6 +1635,14 @@ pub async fn rollback(
         rolled_back,
         journal_error: journal_error.map(|e| e.to_string()),
     })
+}
+
+/// Records that a person (`by`) accepts a run's state as it is: nothing more is run or undone, and
+/// the run ends `settled`.
+pub async fn settle(session: &Session, by: &str, reason: &str) -> Result<(), JournalError> {
+    let journal = session.journal();
+    journal.write(Event::Settled { by: by.to_string(), reason: reason.to_string() }).await?;
+    journal.write(Event::RunFinished { status: "settled".into() }).await
 }
 
 #[cfg(test)]

@@ -266,7 +266,8 @@ impl Db {
     fn undo(&self, m: &Migration, row: &Applied) -> Result<(), Error> {
         let Some(down) = &m.down else {
             return Err(Error::failed(format!(
-                "V{} has no down file (U{}__….sql): it stays applied, and what ran before this step is left as it is",
+                "V{} has no down file (U{}__….sql): it stays applied; the run stopped its rollback at this step \
+                 (a rollback barrier), and what ran before it is left as it is",
                 m.version, m.version
             )));
         };
@@ -378,6 +379,17 @@ impl Step for DbMigrate {
         }
         for m in &todo {
             ctx.checkpoint(&checkpoint_key(m.version), &m.checksum)?;
+            if m.down.is_none() {
+                // Before the change: a crash between applying it and saying so must not let a
+                // rollback walk past a migration nothing can undo.
+                ctx.barrier(
+                    &format!(
+                        "V{} has no down file (U{}__….sql): once applied it cannot be undone",
+                        m.version, m.version
+                    ),
+                    &m.file,
+                )?;
+            }
             db.apply(ctx, m)?;
             gantry_sdk::info!("applied {}", m.file);
         }
@@ -389,11 +401,13 @@ impl Step for DbMigrate {
     /// statements stopped part-way is left for a person, named with the statement.
     fn rollback(ctx: &Context) -> Result<Outputs, Error> {
         let input: Input = ctx.input()?;
-        let started: Vec<(i64, String)> = ctx
+        let mut started: Vec<(i64, String)> = ctx
             .checkpoints()
             .into_iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("migration.")?.parse().ok()?, v)))
             .collect();
+        // By version, not by key: `migration.10` sorts before `migration.9` as text.
+        started.sort_by_key(|(version, _)| *version);
         if started.is_empty() {
             return Ok(Outputs::new().with("undone", ""));
         }
@@ -426,6 +440,14 @@ impl Step for DbMigrate {
                     if row.state == State::Undoing { "undoing" } else { "applying" },
                     db.table
                 )));
+            }
+            if m.down.is_none() && row.state == State::Applied {
+                // Only a rollback past the barrier gets here (the host stops before this step
+                // otherwise): what can be undone was, the rest stays, older migrations with it.
+                gantry_sdk::warn!(
+                    "V{version} has no down file: it stays applied, and so does what this step applied before it"
+                );
+                break;
             }
             let total = split(&m.up).len() as i64;
             match row.state {

@@ -34,6 +34,10 @@ pub enum RunPhase {
     RollingBack,
     /// A step could not decide; nothing is undone until a person chooses `resume` or `rollback`.
     Paused,
+    /// The rollback undid what ran after a rollback barrier and stopped there: the barrier's
+    /// change cannot be undone, and a person chooses `resume` (forward), `rollback --past-barrier`
+    /// or `settle`.
+    AtBarrier,
 }
 
 impl RunPhase {
@@ -43,6 +47,7 @@ impl RunPhase {
             RunPhase::Running => "running",
             RunPhase::RollingBack => "rolling_back",
             RunPhase::Paused => "paused",
+            RunPhase::AtBarrier => "at_barrier",
         }
     }
 }
@@ -119,6 +124,30 @@ impl StepView {
     }
 }
 
+/// A rollback barrier: a step said what it did cannot be undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Barrier {
+    /// The step.
+    pub step: String,
+    /// Why it cannot be undone, as the step said.
+    pub reason: String,
+    /// What stays changed.
+    pub changed: String,
+}
+
+impl Barrier {
+    /// Reads a barrier checkpoint's value (`{"reason": …, "changed": …}`; plain text is the reason).
+    fn read(step: &str, value: &str) -> Self {
+        let json: serde_json::Value = serde_json::from_str(value).unwrap_or_default();
+        let field = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Barrier {
+            step: step.to_string(),
+            reason: field("reason").unwrap_or_else(|| value.to_string()),
+            changed: field("changed").unwrap_or_default(),
+        }
+    }
+}
+
 /// A run as its journal leaves it.
 #[derive(Debug, Clone, Default)]
 pub struct Folded {
@@ -145,6 +174,8 @@ pub struct Folded {
     /// Steps stopped at a gate inside them that has since been approved: they go on from their
     /// checkpoints (never undone first).
     pub resumable: BTreeSet<String>,
+    /// A person chose to roll back past the barriers; cleared when the run goes forward again.
+    pub past_barrier: bool,
     /// The highest session number recorded.
     pub last_session: u32,
     /// The highest sequence number recorded.
@@ -155,6 +186,18 @@ impl Folded {
     /// Whether the run may only go back.
     pub fn rolling_back(&self) -> bool {
         self.phase == Some(RunPhase::RollingBack)
+    }
+
+    /// The rollback barriers in place: steps whose change is in place and that recorded that it
+    /// cannot be undone, oldest first.
+    pub fn barriers(&self) -> Vec<Barrier> {
+        let mut found: Vec<(&String, &StepView)> = self
+            .steps
+            .iter()
+            .filter(|(_, s)| s.changed() && s.checkpoints.contains_key(super::BARRIER_CHECKPOINT))
+            .collect();
+        found.sort_by_key(|(_, s)| s.since);
+        found.into_iter().map(|(id, s)| Barrier::read(id, &s.checkpoints[super::BARRIER_CHECKPOINT])).collect()
     }
 
     /// Steps completed and in place, in completion order, with their outputs.
@@ -267,7 +310,11 @@ pub fn fold(records: &[Record]) -> Folded {
                 if *phase != RunPhase::Paused {
                     f.paused = None;
                 }
+                if *phase == RunPhase::Running {
+                    f.past_barrier = false;
+                }
             }
+            Event::PastBarrier { .. } => f.past_barrier = true,
             Event::Paused { step, .. } if f.phase != Some(RunPhase::RollingBack) => {
                 f.phase = Some(RunPhase::Paused);
                 f.paused = Some(step.clone());

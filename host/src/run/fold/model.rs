@@ -7,8 +7,9 @@
 //! - the fold never misses a change: every step whose change is on the target owes an undo;
 //! - the fold's completed steps are exactly those whose finish is recorded and not undone since;
 //! - its phase is the last phase the journal recorded;
-//! - after the final recovery the target is all changed (succeeded) or all back (anything else),
-//!   and the fold's status agrees.
+//! - after the final recovery the target is all changed (succeeded), all back (failed, rolled
+//!   back), or all back but the barrier step (stopped at a barrier), and the fold's status agrees;
+//! - the fold names the barrier exactly while the barrier step's record of it is in place.
 
 use super::*;
 use crate::run::store::file::parse_journal;
@@ -23,12 +24,18 @@ struct Crash;
 enum Recovery {
     Resume,
     Rollback,
+    /// `gantry rollback --past-barrier`.
+    RollbackPast,
 }
 
 struct Sim {
     n: usize,
     /// The step whose plugin fails after its change.
     fails: Option<usize>,
+    /// The step that records a rollback barrier before its change.
+    barrier: Option<usize>,
+    /// Reference: the barrier step's record of its barrier is durable and not undone since.
+    barrier_recorded: bool,
     jobs: usize,
     rng: u64,
     /// Durable records.
@@ -118,6 +125,9 @@ impl Sim {
         self.target[i] = false;
         self.write(Event::RolledBack { step: Self::id(i), attempt: 1 })?;
         self.done[i] = false;
+        if Some(i) == self.barrier {
+            self.barrier_recorded = false;
+        }
         Ok(())
     }
 
@@ -150,26 +160,51 @@ impl Sim {
             // Killed before its start was recorded: nothing ran.
             return Ok(());
         }
-        if matches!(recovery, Recovery::Resume) && f.finished.is_some() {
-            // `gantry resume` of a finished run refuses.
+        let at_barrier = f.phase == Some(RunPhase::AtBarrier);
+        if matches!(recovery, Recovery::Resume) && f.finished.is_some() && !at_barrier {
+            // `gantry resume` of a finished run refuses, unless it stopped at a barrier.
             return Ok(());
         }
-        if matches!(recovery, Recovery::Rollback) || f.rolling_back() {
+        if matches!(recovery, Recovery::Rollback | Recovery::RollbackPast) || f.rolling_back() {
+            let past = matches!(recovery, Recovery::RollbackPast);
+            if past && !f.past_barrier {
+                self.write(Event::PastBarrier { by: "p".into() })?;
+            }
             self.write(Event::Phase { phase: RunPhase::RollingBack, reason: "rollback".into() })?;
-            for id in f.undo_order() {
+            let kept: BTreeSet<String> = if past || f.past_barrier {
+                BTreeSet::new()
+            } else {
+                f.barriers().into_iter().map(|b| b.step).collect()
+            };
+            for id in f.undo_order().into_iter().filter(|id| !kept.contains(id)) {
                 self.undo(index(&id))?;
             }
-            return self.finish("rolled-back");
+            return self.stop_or_finish(&kept, "rolled-back");
         }
         self.write(Event::Phase { phase: RunPhase::Running, reason: "resumed".into() })?;
-        // Steps cut off part-way are undone from their checkpoints, then run again.
-        let cut: Vec<String> = f.cut_off().into_iter().rev().filter(|id| !f.steps[id].checkpoints.is_empty()).collect();
+        // Steps cut off part-way are undone from their checkpoints, then run again; a barrier's step
+        // goes on from its checkpoints instead.
+        let cut: Vec<String> = f
+            .cut_off()
+            .into_iter()
+            .rev()
+            .filter(|id| !f.steps[id].checkpoints.is_empty() && Some(index(id)) != self.barrier)
+            .collect();
         for id in &cut {
             self.undo(index(id))?;
         }
         let done: BTreeSet<usize> = f.completed().iter().map(|(id, _)| index(id)).collect();
         let order: BTreeMap<usize, u64> = f.completed().iter().map(|(id, _)| (index(id), f.steps[id].since)).collect();
         self.forward(done, order)
+    }
+
+    /// Ends a rollback: at the barrier when a barrier step was kept, else with `status`.
+    fn stop_or_finish(&mut self, kept: &BTreeSet<String>, status: &str) -> Result<(), Crash> {
+        if kept.is_empty() {
+            return self.finish(status);
+        }
+        self.write(Event::Phase { phase: RunPhase::AtBarrier, reason: "barrier".into() })?;
+        self.finish("stopped-at-barrier")
     }
 
     /// Runs the steps not yet done, up to `jobs` at once, interleaved at random; on the failing
@@ -203,6 +238,12 @@ impl Sim {
                         Event::Checkpoint { step: Self::id(i), key: "before".into(), value: "v".into(), attempt: 1 };
                     self.write(cp)?;
                     checkpointed.insert(i);
+                    if Some(i) == self.barrier {
+                        let value = r#"{"reason":"irreversible","changed":"x"}"#.to_string();
+                        let key = crate::run::BARRIER_CHECKPOINT.to_string();
+                        self.write(Event::Checkpoint { step: Self::id(i), key, value, attempt: 1 })?;
+                        self.barrier_recorded = true;
+                    }
                     active[k].1 = Stage::Change;
                 }
                 Stage::Change => {
@@ -239,17 +280,21 @@ impl Sim {
                         self.write(failed(other, "cancelled"))?;
                         partial.push(other);
                     }
+                    // The barrier's step stays, when its barrier is recorded (steps here need none).
+                    let kept: BTreeSet<String> =
+                        self.barrier.filter(|_| self.barrier_recorded).map(Self::id).into_iter().collect();
                     let undo: Vec<usize> = partial
                         .iter()
                         .rev()
                         .filter(|s| checkpointed.contains(*s))
                         .chain(completed.iter().rev())
                         .copied()
+                        .filter(|s| !kept.contains(&Self::id(*s)))
                         .collect();
                     for s in undo {
                         self.undo(s)?;
                     }
-                    return self.finish("failed");
+                    return self.stop_or_finish(&kept, "failed");
                 }
                 Stage::End => {
                     active.remove(k);
@@ -283,6 +328,9 @@ impl Sim {
         let done: BTreeSet<String> = (0..self.n).filter(|&i| self.done[i]).map(Self::id).collect();
         assert_eq!(completed, done, "{when}: completed steps");
         assert_eq!(f.phase, self.phase, "{when}: phase");
+        let barriers: Vec<String> = f.barriers().into_iter().map(|b| b.step).collect();
+        let expected: Vec<String> = self.barrier.filter(|_| self.barrier_recorded).map(Self::id).into_iter().collect();
+        assert_eq!(barriers, expected, "{when}: barriers");
     }
 }
 
@@ -292,10 +340,12 @@ fn index(id: &str) -> usize {
 
 /// Runs one case: a run and up to three crashes, each recovery chosen by `recoveries`, then a
 /// last recovery that is not cut off.
-fn case(n: usize, fails: Option<usize>, jobs: usize, seed: u64, crashes: &[(usize, bool)]) {
+fn case(n: usize, fails: Option<usize>, barrier: Option<usize>, jobs: usize, seed: u64, crashes: &[(usize, u8)]) {
     let mut sim = Sim {
         n,
         fails: fails.filter(|&i| i < n),
+        barrier: barrier.filter(|&i| i < n),
+        barrier_recorded: false,
         jobs,
         rng: seed | 1,
         records: Vec::new(),
@@ -309,7 +359,7 @@ fn case(n: usize, fails: Option<usize>, jobs: usize, seed: u64, crashes: &[(usiz
     };
     let mut first = true;
     let mut recovery = Recovery::Resume;
-    for (k, &(budget, rollback)) in crashes.iter().enumerate() {
+    for (k, &(budget, then)) in crashes.iter().enumerate() {
         sim.budget = Some(budget);
         sim.torn = false;
         let crashed = sim.session(first, recovery).is_err();
@@ -318,7 +368,11 @@ fn case(n: usize, fails: Option<usize>, jobs: usize, seed: u64, crashes: &[(usiz
         if !crashed {
             break;
         }
-        recovery = if rollback { Recovery::Rollback } else { Recovery::Resume };
+        recovery = match then {
+            0 => Recovery::Resume,
+            1 => Recovery::Rollback,
+            _ => Recovery::RollbackPast,
+        };
     }
     sim.budget = None;
     sim.session(first, recovery).expect("no crash");
@@ -329,6 +383,12 @@ fn case(n: usize, fails: Option<usize>, jobs: usize, seed: u64, crashes: &[(usiz
     match status.as_str() {
         "succeeded" => assert!(all(true), "succeeded, yet not every change is in place: {:?}", sim.target),
         "failed" | "rolled-back" => assert!(all(false), "{status}, yet changes remain: {:?}", sim.target),
+        "stopped-at-barrier" => {
+            let b = sim.barrier.expect("a barrier step");
+            let others = (0..sim.n).filter(|&i| i != b).all(|i| !sim.target[i]);
+            assert!(others, "stopped at the barrier of s{b}, yet other changes remain: {:?}", sim.target);
+            assert!(sim.barrier_recorded, "stopped at a barrier the journal no longer holds");
+        }
         other => panic!("unexpected status {other}"),
     }
 }
@@ -340,11 +400,12 @@ proptest! {
     fn the_fold_agrees_with_the_target_after_any_sequence_of_crashes(
         n in 1usize..7,
         fails in proptest::option::of(0usize..7),
+        barrier in proptest::option::of(0usize..7),
         jobs in 1usize..3,
         seed in any::<u64>(),
-        crashes in proptest::collection::vec((0usize..40, any::<bool>()), 0..4),
+        crashes in proptest::collection::vec((0usize..40, 0u8..3), 0..4),
     ) {
-        case(n, fails, jobs, seed, &crashes);
+        case(n, fails, barrier, jobs, seed, &crashes);
     }
 }
 
@@ -355,6 +416,8 @@ fn the_double_crash_of_a_resume_is_folded_as_a_run_going_forward() {
     let mut sim = Sim {
         n: 3,
         fails: Some(2),
+        barrier: None,
+        barrier_recorded: false,
         jobs: 1,
         rng: 7,
         records: Vec::new(),

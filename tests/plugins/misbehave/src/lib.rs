@@ -35,6 +35,9 @@ struct Input {
     /// `guarded` fails after its change.
     #[serde(default)]
     then_fail: bool,
+    /// `guarded` says, before its change, that the change cannot be undone (a rollback barrier).
+    #[serde(default)]
+    barrier: bool,
     /// Secret `http` sends as a bearer token.
     #[serde(default)]
     bearer: Option<String>,
@@ -56,6 +59,59 @@ struct Input {
     /// Where `http` sends the error it saw, as an attacker would exfiltrate it.
     #[serde(default)]
     report: Option<String>,
+    /// What `sql-script` does on database `path`, in order.
+    #[serde(default)]
+    sql: Vec<SqlOp>,
+}
+
+/// One call of `sql-script`: `query`, `execute`, `begin`, `commit` or `rollback`.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct SqlOp {
+    op: String,
+    #[serde(default)]
+    statement: String,
+}
+
+/// A value as the plugin would re-emit it: bytes in hex, so a password read as bytes would show.
+fn shown(v: &gantry_sdk::sql::Value) -> String {
+    match v {
+        gantry_sdk::sql::Value::Bytes(b) => format!("hex:{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        gantry_sdk::sql::Value::Null => "null".into(),
+        other => other.as_text().unwrap_or_default(),
+    }
+}
+
+/// Runs `sql-script`: every call's answer (`ok …` or `err …`), one a line; no call stops the rest.
+fn sql_script(database: &str, ops: &[SqlOp]) -> Result<String, Error> {
+    use gantry_sdk::sql::Connection;
+    let conn = Connection::open(database).map_err(|e| Error::failed(format!("sql: {}", e.message())))?;
+    let mut tx = None;
+    let mut said = Vec::new();
+    for op in ops {
+        let s = op.statement.as_str();
+        let answer = match (op.op.as_str(), &tx) {
+            ("query", Some(t)) => gantry_sdk::sql::Transaction::query(t, s, &[]).map(|r| rows(&r)),
+            ("query", None) => conn.query(s, &[]).map(|r| rows(&r)),
+            ("execute", Some(t)) => gantry_sdk::sql::Transaction::execute(t, s, &[]).map(|n| format!("{n} changed")),
+            ("execute", None) => conn.execute(s, &[]).map(|n| format!("{n} changed")),
+            ("begin", _) => conn.begin().map(|t| {
+                tx = Some(t);
+                "begun".to_string()
+            }),
+            ("commit", _) => tx.take().map_or(Ok(()), |t| t.commit()).map(|()| "committed".to_string()),
+            ("rollback", _) => tx.take().map_or(Ok(()), |t| t.rollback()).map(|()| "rolled back".to_string()),
+            (other, _) => return Err(Error::failed(format!("unknown sql op {other}"))),
+        };
+        said.push(match answer {
+            Ok(text) => format!("ok {text}"),
+            Err(e) => format!("err {}", e.message()),
+        });
+    }
+    Ok(said.join("\n"))
+}
+
+fn rows(r: &gantry_sdk::sql::Rows) -> String {
+    r.rows.iter().map(|row| row.iter().map(shown).collect::<Vec<_>>().join(",")).collect::<Vec<_>>().join(";")
 }
 
 /// Tells the recording server what happened, so tests can count calls and order.
@@ -110,6 +166,9 @@ impl Step for Misbehave {
             // then works for `ms` and fails when asked.
             "guarded" => {
                 ctx.checkpoint("before", &input.message)?;
+                if input.barrier {
+                    ctx.barrier("the guarded change cannot be undone", &input.message)?;
+                }
                 record(ctx, &input, "run")?;
                 if input.ms > 0 {
                     gantry_sdk::sleep_ms(input.ms);
@@ -224,6 +283,8 @@ impl Step for Misbehave {
                     Err(e) => Err(Error::failed(format!("sql: {}", e.message()))),
                 }
             }
+            // Runs `sql` on database `path` and reports every answer as `sql`, one a line.
+            "sql-script" => Ok(Outputs::new().with("sql", sql_script(&input.path, &input.sql)?)),
             // Leaks `message`, or the text of the file at `path` (a secret the plugin found there).
             "leak" => {
                 let mut input = input;
