@@ -113,7 +113,7 @@ pub struct Spec {
 pub fn load_spec(path: &Path, readings: &[StepReading], compared: &[StepComparison]) -> Result<Spec, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.into(), source })?;
     let spec: Spec =
-        serde_yaml::from_str(&text).map_err(|e| SpecError::Parse { path: path.into(), message: e.to_string() })?;
+        serde_yaml::from_str(&text).map_err(|e| SpecError::Parse { path: path.into(), message: located(&text, &e) })?;
     let unknown = |kind: &'static str, named: Vec<&String>, known: Vec<&str>| {
         let known: std::collections::BTreeSet<&str> = known.into_iter().collect();
         let name = named.into_iter().find(|n| !known.contains(n.as_str()))?;
@@ -129,6 +129,23 @@ pub fn load_spec(path: &Path, readings: &[StepReading], compared: &[StepComparis
         return Err(e);
     }
     Ok(spec)
+}
+
+/// serde_yaml's words, with the line of the top-level key they name where they give none (serde_yaml
+/// locates a misspelt key inside a map it is reading, not one at the top of the file).
+fn located(text: &str, e: &serde_yaml::Error) -> String {
+    let message = e.to_string();
+    if e.location().is_some() {
+        return message;
+    }
+    let key = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next());
+    let line = key.and_then(|key| {
+        text.lines().position(|l| l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
+    });
+    match line {
+        Some(i) => format!("{message} at line {} column 1", i + 1),
+        None => message,
+    }
 }
 
 /// The reading at which a metric decided.
@@ -413,6 +430,10 @@ mod tests {
             ("judge:\n  latency: { tolerance: 0.5 }\n", "spec.yaml: comparison `latency` is not in this run (it has: none)"),
             ("rules:\n  error-rate:\n    failure: { op: \">\", value: 0.005 }\n    fro: 1m\n", "unknown field `fro`"),
             ("error-rate:\n  failure: { op: \">\", value: 0.005 }\n", "unknown field `error-rate`, expected one of"),
+            // A misspelt top-level key is located too, not only a nested one.
+            ("# changed rules\nrule:\n  error-rate:\n    failure: { op: \">\", value: 0.005 }\n", "`rule`"),
+            ("# changed rules\nrule:\n  error-rate:\n    failure: { op: \">\", value: 0.005 }\n", "at line 2 column 1"),
+            ("rules:\n  error-rate:\n    failure: { op: \">\", value: 0.005 }\n    fro: 1m\n", "line 4"),
         ];
         for (text, want) in cases {
             std::fs::write(&path, text).unwrap();

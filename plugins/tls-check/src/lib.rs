@@ -106,6 +106,21 @@ pub struct Findings {
 
 const DAY: i64 = 86_400;
 
+/// Days from `now` to `not_after` as a person counts them, to the nearest whole day: a certificate
+/// made for 5 days and read a second later has 5 left, not 4; negative once it has expired.
+fn days_left(not_after: i64, now: i64) -> i64 {
+    let secs = not_after.saturating_sub(now);
+    (secs.saturating_add(secs.signum() * (DAY / 2))) / DAY
+}
+
+/// `n days`, or `a day`.
+fn days(n: i64) -> String {
+    match n {
+        1 => "a day".into(),
+        n => format!("{n} days"),
+    }
+}
+
 /// Judges one target's handshake at `now` (seconds since the Unix epoch).
 pub fn judge(input: &Input, min_version: u8, target: &str, h: &Handshake, now: i64) -> Findings {
     let mut f = Findings::default();
@@ -124,14 +139,20 @@ pub fn judge(input: &Input, min_version: u8, target: &str, h: &Handshake, now: i
         ));
     }
     if let Some(leaf) = h.leaf() {
-        let left = leaf.not_after.saturating_sub(now).div_euclid(DAY);
+        let left = days_left(leaf.not_after, now);
         f.days_left = Some(left);
-        if left < i64::from(input.fail_days) {
+        if leaf.not_after <= now {
+            f.failures.push(match -left {
+                0 => format!("{target}: the certificate expired today"),
+                1 => format!("{target}: the certificate expired a day ago"),
+                ago => format!("{target}: the certificate expired {ago} days ago"),
+            });
+        } else if left < i64::from(input.fail_days) {
             f.failures
-                .push(format!("{target}: the certificate expires in {left} days (fail under {})", input.fail_days));
+                .push(format!("{target}: the certificate expires in {} (fail under {})", days(left), input.fail_days));
         } else if left < i64::from(input.warn_days) {
             f.warnings
-                .push(format!("{target}: the certificate expires in {left} days (warn under {})", input.warn_days));
+                .push(format!("{target}: the certificate expires in {} (warn under {})", days(left), input.warn_days));
         }
     } else {
         f.failures.push(format!("{target}: the server sent no certificate"));
@@ -337,6 +358,27 @@ mod tests {
         assert_eq!(expired.days_left, Some(-1));
         let old = judge(&input(), 13, "a", &handshake(now + 90 * DAY, "TLSv1.2", true), now);
         assert!(old.failures[0].contains("below the minimum TLS 1.3"), "{old:?}");
+    }
+
+    #[test]
+    fn days_are_counted_as_a_person_counts_them_and_an_expired_certificate_says_how_long_ago() {
+        let now = 1_000 * DAY;
+        // Made for 5 days, read a second or half a day later: 5 days left, not 4.
+        let five = judge(&input(), 12, "a", &handshake(now + 5 * DAY - 1, "TLSv1.3", true), now);
+        assert!(five.failures[0].contains("expires in 5 days"), "{five:?}");
+        assert_eq!(five.days_left, Some(5));
+        assert_eq!(days_left(now + 90 * DAY + 1, now), 90, "a clock stepped back by a second");
+        assert_eq!(days_left(now + 90 * DAY - 1, now), 90);
+        assert_eq!(days_left(now + DAY, now), 1);
+        let one = judge(&input(), 12, "a", &handshake(now + DAY, "TLSv1.3", true), now);
+        assert!(one.failures[0].contains("expires in a day"), "{one:?}");
+        // Expired two days ago: said so, and never "expires in -3 days" beside it.
+        let gone = judge(&input(), 12, "a", &handshake(now - 2 * DAY - 60, "TLSv1.3", false), now);
+        assert_eq!(gone.days_left, Some(-2));
+        assert!(gone.failures.iter().any(|m| m.contains("expired 2 days ago")), "{gone:?}");
+        assert!(!gone.failures.iter().any(|m| m.contains("expires in")), "{gone:?}");
+        let today = judge(&input(), 12, "a", &handshake(now - 60, "TLSv1.3", false), now);
+        assert!(today.failures.iter().any(|m| m.contains("expired today")), "{today:?}");
     }
 
     #[test]
