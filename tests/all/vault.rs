@@ -159,6 +159,90 @@ print(json.dumps(c.secrets.kv.v2.read_secret_version(path="prod/api", mount_poin
 }
 
 /// A pipeline whose one step sends `DB` as a bearer token to `server`; `stores` and `from` as given.
+#[test]
+fn the_stand_in_answers_the_metadata_api_as_vault_does() {
+    let vault = Vault::start(&["--token", ROOT, "--policy", "kv/data/prod/"], None);
+    // hvac writes two versions, reads the metadata, lists, soft-deletes and destroys versions.
+    let said = hvac(
+        &vault,
+        &format!(
+            r#"
+import hvac, json, os
+c = hvac.Client(url=os.environ["VAULT_ADDR"], token="{ROOT}")
+kv = c.secrets.kv.v2
+kv.create_or_update_secret(path="prod/db", secret={{"password": "one"}}, mount_point="kv")
+kv.create_or_update_secret(path="prod/db", secret={{"password": "two"}}, mount_point="kv")
+kv.create_or_update_secret(path="prod/web/tls", secret={{"key": "k"}}, mount_point="kv")
+out = {{}}
+m = kv.read_secret_metadata(path="prod/db", mount_point="kv")["data"]
+out["current"] = m["current_version"]
+out["versions"] = sorted(m["versions"])
+out["list"] = kv.list_secrets(path="prod", mount_point="kv")["data"]["keys"]
+kv.delete_secret_versions(path="prod/db", versions=[1], mount_point="kv")
+out["deleted"] = kv.read_secret_metadata(path="prod/db", mount_point="kv")["data"]["versions"]["1"]["deletion_time"] != ""
+try:
+    kv.read_secret_version(path="prod/db", version=1, mount_point="kv", raise_on_deleted_version=True)
+except hvac.exceptions.InvalidPath:
+    out["v1"] = "gone"
+kv.undelete_secret_versions(path="prod/db", versions=[1], mount_point="kv")
+out["undeleted"] = kv.read_secret_version(path="prod/db", version=1, mount_point="kv", raise_on_deleted_version=True)["data"]["data"]
+kv.destroy_secret_versions(path="prod/db", versions=[2], mount_point="kv")
+out["destroyed"] = kv.read_secret_metadata(path="prod/db", mount_point="kv")["data"]["versions"]["2"]["destroyed"]
+try:
+    kv.read_secret_metadata(path="prod/none", mount_point="kv")
+except hvac.exceptions.InvalidPath:
+    out["missing"] = 404
+print(json.dumps(out))
+"#
+        ),
+    );
+    assert_eq!(said["current"], 2, "{said}");
+    assert_eq!(said["versions"], serde_json::json!(["1", "2"]), "{said}");
+    assert_eq!(said["list"], serde_json::json!(["db", "web/"]), "{said}");
+    assert_eq!((said["deleted"].as_bool(), said["v1"].as_str()), (Some(true), Some("gone")), "{said}");
+    assert_eq!(said["undeleted"], serde_json::json!({"password": "one"}), "{said}");
+    assert_eq!(said["destroyed"], true, "{said}");
+    assert_eq!(said["missing"], 404, "{said}");
+
+    // node-vault reads the same metadata and list, then deletes the secret with all its versions,
+    // which hvac sees gone.
+    let said = node_vault(
+        &vault,
+        &format!(
+            r#"
+const vault = require("node-vault");
+(async () => {{
+  const out = {{}};
+  const root = vault({{ apiVersion: "v1", endpoint: process.env.VAULT_ADDR, token: "{ROOT}" }});
+  const m = (await root.read("kv/metadata/prod/db")).data;
+  out.current = m.current_version;
+  out.oldest = m.oldest_version;
+  out.list = (await root.list("kv/metadata/prod")).data.keys;
+  await root.write("kv/delete/prod/web/tls", {{ versions: [1] }});
+  try {{ await root.read("kv/data/prod/web/tls"); }} catch (e) {{ out.soft = e.response.statusCode; }}
+  await root.delete("kv/metadata/prod/db");
+  try {{ await root.read("kv/metadata/prod/db"); }} catch (e) {{ out.gone = e.response.statusCode; }}
+  console.log(JSON.stringify(out));
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#
+        ),
+    );
+    assert_eq!((said["current"].as_i64(), said["oldest"].as_i64()), (Some(2), Some(1)), "{said}");
+    assert_eq!(said["list"], serde_json::json!(["db", "web/"]), "{said}");
+    assert_eq!((said["soft"].as_i64(), said["gone"].as_i64()), (Some(404), Some(404)), "{said}");
+    let check = hvac(
+        &vault,
+        &format!(
+            r#"
+import hvac, json, os
+kv = hvac.Client(url=os.environ["VAULT_ADDR"], token="{ROOT}").secrets.kv.v2
+print(json.dumps(kv.list_secrets(path="prod", mount_point="kv")["data"]["keys"]))
+"#
+        ),
+    );
+    assert_eq!(check, serde_json::json!(["web/"]));
+}
+
 fn pipeline(server: &CountingServer, stores: &str, from: &str) -> String {
     let misbehave = repo().join("tests/plugins/misbehave");
     format!(

@@ -8,6 +8,10 @@ the official clients (PyPI `hvac`, npm `node-vault`) use, as Vault documents it:
   GET  /v1/<mount>/data/<path>[?version=N]    data.data, data.metadata
   POST|PUT /v1/<mount>/data/<path>            {data, options.cas} -> data.version
   DELETE /v1/<mount>/data/<path>              soft-deletes the latest version
+  GET  /v1/<mount>/metadata/<path>            the secret's metadata and every version's
+  LIST /v1/<mount>/metadata/<path>/ (or GET ?list=true)  data.keys: names under it, folders with "/"
+  DELETE /v1/<mount>/metadata/<path>          the secret, every version and its metadata
+  POST /v1/<mount>/delete|undelete|destroy/<path>  {versions: [N]}: soft-delete, restore, destroy
   GET  /_state                                (test only: the request log)
 Errors are {"errors": [...]}: 403 "permission denied" for a missing, unknown or out-of-policy
 token, 404 for a missing secret (with metadata when its version was deleted), 503 "Vault is
@@ -39,7 +43,32 @@ def now():
 def metadata(versions, n):
     v = versions[n - 1]
     return {"created_time": v["created_time"], "custom_metadata": None, "deletion_time": v["deletion_time"],
-            "destroyed": False, "version": n}
+            "destroyed": v.get("destroyed", False), "version": n}
+
+
+def secret_metadata(versions):
+    """The KV v2 metadata of a secret, as `GET <mount>/metadata/<path>` answers it."""
+    live = [n for n, v in enumerate(versions, 1) if not v.get("destroyed")]
+    return {"cas_required": False, "created_time": versions[0]["created_time"],
+            "current_version": len(versions), "custom_metadata": None, "delete_version_after": "0s",
+            "max_versions": 0, "oldest_version": live[0] if live else 0,
+            "updated_time": versions[-1]["created_time"],
+            "versions": {str(n): {"created_time": v["created_time"], "deletion_time": v["deletion_time"],
+                                  "destroyed": v.get("destroyed", False)} for n, v in enumerate(versions, 1)}}
+
+
+def listed(mount, prefix):
+    """Names under `prefix` in `mount`: a secret's name, or a folder's with a trailing `/`."""
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    keys = set()
+    for (m, path), versions in secrets.items():
+        if m == mount and versions and path.startswith(prefix):
+            head, slash, _ = path[len(prefix):].partition("/")
+            keys.add(head + slash)
+    return sorted(keys)
+
+
+VERBS = ("data", "metadata", "delete", "undelete", "destroy")
 
 
 def envelope(data=None, auth=None):
@@ -119,12 +148,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if route == "auth/token/lookup-self":
             return self.reply(200, envelope(data={"id": token, "policies": ["default"], "ttl": 3600,
                                                   "renewable": True, "type": "service"}))
-        mount, sep, rest = route.partition("/data/")
-        if not sep or not mount or not rest:
+        if query.get("list") == ["true"] and method == "GET":
+            method = "LIST"
+        mount, verb, rest = "", "", ""
+        for v in VERBS:
+            m, sep, r = route.partition(f"/{v}/")
+            if sep and m and (r or (v == "metadata" and method == "LIST")):
+                mount, verb, rest = m, v, r
+                break
+        if not verb:
             return self.errors(404, f'no handler for route "{route}". route entry not found.')
         if not any(route.startswith(p) for p in allowed):
             return self.errors(403, "1 error occurred:\n\t* permission denied\n\n")
-        key = (mount, rest)
+        key = (mount, rest.rstrip("/"))
+        if verb != "data":
+            return self.other_verb(method, verb, mount, key)
         with lock:
             versions = secrets.setdefault(key, [])
             if method == "GET":
@@ -134,7 +172,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if n > len(versions):
                     return self.errors(404)
                 v = versions[n - 1]
-                if v["deletion_time"]:
+                if v["deletion_time"] or v.get("destroyed"):
                     return self.reply(404, envelope(data={"data": None, "metadata": metadata(versions, n)}))
                 return self.reply(200, envelope(data={"data": v["data"], "metadata": metadata(versions, n)}))
             if method in ("POST", "PUT"):
@@ -151,6 +189,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     versions[-1]["deletion_time"] = now()
                 return self.reply(204)
         return self.errors(405, "unsupported operation")
+
+    def other_verb(self, method, verb, mount, key):
+        """The metadata API and the version verbs of KV v2."""
+        with lock:
+            versions = secrets.get(key) or []
+            if verb == "metadata" and method == "LIST":
+                keys = listed(mount, key[1])
+                return self.reply(200, envelope(data={"keys": keys})) if keys else self.errors(404)
+            if verb == "metadata" and method == "GET":
+                return self.reply(200, envelope(data=secret_metadata(versions))) if versions else self.errors(404)
+            if verb == "metadata" and method == "DELETE":
+                secrets.pop(key, None)
+                return self.reply(204)
+            if method not in ("POST", "PUT") or verb == "metadata":
+                return self.errors(405, "unsupported operation")
+            wanted = self.body().get("versions")
+            if not isinstance(wanted, list) or not wanted:
+                return self.errors(400, "no version number provided")
+            for n in wanted:
+                if isinstance(n, int) and 1 <= n <= len(versions):
+                    v = versions[n - 1]
+                    if verb == "delete" and not v.get("destroyed"):
+                        v["deletion_time"] = v["deletion_time"] or now()
+                    elif verb == "undelete" and not v.get("destroyed"):
+                        v["deletion_time"] = ""
+                    elif verb == "destroy":
+                        v.update(data=None, destroyed=True)
+            return self.reply(204)
+
+    def do_LIST(self):
+        self.handle_any("LIST")
 
     def do_GET(self):
         self.handle_any("GET")
