@@ -814,12 +814,8 @@ async fn stop_at_barriers(ctx: &Ctx, kept: &BTreeSet<String>) -> Result<(), Jour
     let said: Vec<String> = kept
         .iter()
         .filter_map(|id| {
-            let value = checkpoints.get(id)?.get(BARRIER_CHECKPOINT)?;
-            let reason = serde_json::from_str::<serde_json::Value>(value)
-                .ok()
-                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
-                .unwrap_or_else(|| value.clone());
-            Some(format!("`{id}` ({reason})"))
+            let barrier = fold::Barrier::read(id, checkpoints.get(id)?.get(BARRIER_CHECKPOINT)?);
+            Some(format!("`{id}` ({})", barrier.reason))
         })
         .collect();
     let reason = format!(

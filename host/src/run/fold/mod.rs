@@ -137,7 +137,7 @@ pub struct Barrier {
 
 impl Barrier {
     /// Reads a barrier checkpoint's value (`{"reason": …, "changed": …}`; plain text is the reason).
-    fn read(step: &str, value: &str) -> Self {
+    pub(crate) fn read(step: &str, value: &str) -> Self {
         let json: serde_json::Value = serde_json::from_str(value).unwrap_or_default();
         let field = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
         Barrier {
