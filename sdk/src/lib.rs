@@ -42,6 +42,7 @@
 //! compiles (for docs and unit tests) but calls into the host panic.
 
 pub mod analysis;
+pub mod aws;
 mod context;
 mod describe;
 pub mod dns;

@@ -14,6 +14,13 @@ dns-setup creates (at --route53 when given) hosted zone the7space.example with w
 dns-records prints the names of the zone's record sets.
 dns-state prints the www record's values and every message the queue received.
 put-secret creates a Secrets Manager secret (for aws-sm: secret sources).
+credentials serves temporary credentials as ECS's container endpoint does (GET /creds, JSON
+         AccessKeyId, SecretAccessKey, Token, Expiration) and as IMDSv2 does (PUT
+         /latest/api/token, then GET /latest/meta-data/iam/security-credentials/[ROLE] with the
+         token): each answer is a new role of moto's assumed with STS AssumeRole for --life
+         seconds, and at its expiry the role loses its policy, so moto refuses what it signs from
+         then on, as AWS refuses expired credentials. GET /served prints how many were served.
+roles    creates role `ci` (web identity trust, everything allowed) and prints its ARN.
 put-metrics puts --cpu and --memory percentages into CloudWatch for green, as ECS reports them
          (AWS/ECS CPUUtilization and MemoryUtilization of prod/web-green) and as an EC2 group with
          the CloudWatch agent does (AWS/EC2 CPUUtilization and CWAgent mem_used_percent of
@@ -155,6 +162,91 @@ def weights(endpoint, key, secret, listener):
     return [{"arn": g["TargetGroupArn"], "weight": g.get("Weight", 1)} for g in groups]
 
 
+def roles(a):
+    iam = client("iam", a.endpoint, a.key, a.secret)
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Federated": "token.actions.githubusercontent.com"},
+         "Action": "sts:AssumeRoleWithWebIdentity"},
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+    arn = iam.create_role(RoleName="ci", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    iam.put_role_policy(RoleName="ci", PolicyName="all", PolicyDocument=json.dumps(ALLOW_ALL))
+    print(json.dumps({"role": arn}))
+
+
+ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+def credentials(a):
+    import threading
+    from botocore.config import Config
+    iam = client("iam", a.endpoint, a.key, a.secret)
+    # STS refuses sessions under 900 s; moto takes any length, which a test needs.
+    sts = boto3.client("sts", region_name=REGION, endpoint_url=a.endpoint, aws_access_key_id=a.key,
+                       aws_secret_access_key=a.secret, config=Config(parameter_validation=False))
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+    served = {"n": 0, "revoked": 0}
+    lock = threading.Lock()
+
+    def mint():
+        with lock:
+            served["n"] += 1
+            name = f"served-{served['n']}"
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.put_role_policy(RoleName=name, PolicyName="all", PolicyDocument=json.dumps(ALLOW_ALL))
+        c = sts.assume_role(RoleArn=f"arn:aws:iam::123456789012:role/{name}", RoleSessionName=name,
+                            DurationSeconds=a.life)["Credentials"]
+
+        def revoke():
+            iam.delete_role_policy(RoleName=name, PolicyName="all")
+            with lock:
+                served["revoked"] += 1
+        timer = threading.Timer(a.life, revoke)
+        timer.daemon = True
+        timer.start()
+        return {"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": c["AccessKeyId"],
+                "SecretAccessKey": c["SecretAccessKey"], "Token": c["SessionToken"],
+                "Expiration": c["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def answer(self, status, body, kind="application/json"):
+            body = body.encode()
+            self.send_response(status)
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self):
+            if self.path == "/latest/api/token" and self.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
+                self.answer(200, "imds-session-token", "text/plain")
+            else:
+                self.answer(400, "")
+
+        def do_GET(self):
+            if self.path == "/served":
+                with lock:
+                    return self.answer(200, json.dumps(served))
+            if self.path == "/creds":
+                return self.answer(200, json.dumps(mint()))
+            base = "/latest/meta-data/iam/security-credentials/"
+            if self.path.startswith(base):
+                if self.headers.get("x-aws-ec2-metadata-token") != "imds-session-token":
+                    return self.answer(401, "")
+                if self.path == base:
+                    return self.answer(200, "deploy", "text/plain")
+                return self.answer(200, json.dumps(mint()))
+            if self.path == "/latest/meta-data/iam/info":
+                return self.answer(200, json.dumps({"Code": "Success", "InstanceProfileArn": "arn:aws:iam::123456789012:instance-profile/deploy"}))
+            self.answer(404, "")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
 def serve(a):
     totals = {"ok": 0, "error": 0}
     control = {"health": 200, "checks": 0, "error_permille": 0}
@@ -247,6 +339,14 @@ def main():
         s.add_argument(arg, required=True)
     s.add_argument("--cpu", type=float, required=True)
     s.add_argument("--memory", type=float, required=True)
+    s = sub.add_parser("credentials")
+    for arg in ("--endpoint", "--key", "--secret"):
+        s.add_argument(arg, required=True)
+    s.add_argument("--life", type=int, required=True)
+    s.add_argument("--port", type=int, required=True)
+    s = sub.add_parser("roles")
+    for arg in ("--endpoint", "--key", "--secret"):
+        s.add_argument(arg, required=True)
     s = sub.add_parser("put-secret")
     for arg in ("--endpoint", "--key", "--secret", "--name", "--value"):
         s.add_argument(arg, required=True)
@@ -261,6 +361,10 @@ def main():
         put_metrics(a)
     elif a.cmd == "put-secret":
         put_secret(a)
+    elif a.cmd == "credentials":
+        credentials(a)
+    elif a.cmd == "roles":
+        roles(a)
     elif a.cmd == "ecs-setup":
         ecs_setup(a)
     elif a.cmd == "ecs-state":

@@ -4,6 +4,7 @@
 //! Everything defaults to deny; a step gets only what its grants name.
 
 pub mod address;
+pub mod aws_credentials;
 pub mod database;
 pub mod declared;
 pub mod files;

@@ -3,6 +3,7 @@
 //! an outgoing request at send time, and redacts it from anything it prints.
 
 use super::network::{origin_of, Grant};
+use super::aws_credentials::{AwsCredentials, Keys};
 use super::sigv4;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -42,6 +43,8 @@ impl Secret {
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     by_name: BTreeMap<String, Secret>,
+    /// AWS credential sets (`aws-credentials:`), by name, each with the origins it may sign for.
+    aws: BTreeMap<String, (Arc<AwsCredentials>, Vec<Grant>)>,
     redactor: Redactor,
 }
 
@@ -62,11 +65,15 @@ pub struct Redactor {
     values: Arc<Vec<String>>,
     /// Credentials derived from the values, each its own pattern, applied first.
     derived: Arc<Vec<Redactor>>,
+    /// Values learned while the run goes on (renewed AWS credentials), shared by every clone, so
+    /// each is redacted everywhere from the moment it is known.
+    learned: Arc<std::sync::RwLock<Vec<Redactor>>>,
 }
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} forms)", self.forms + self.derived.iter().map(|d| d.forms).sum::<usize>())
+        let learned = self.learned.read().map_or(0, |l| l.iter().map(|d| d.forms).sum::<usize>());
+        write!(f, "Redactor({} forms)", self.forms + self.derived.iter().map(|d| d.forms).sum::<usize>() + learned)
     }
 }
 
@@ -244,7 +251,23 @@ impl Redactor {
             forms: needles.len(),
             values: Arc::new(values),
             derived: Arc::default(),
+            learned: Arc::default(),
         }
+    }
+
+    /// Adds `value` to this redactor and every clone of it, at once (a credential renewed during
+    /// the run); nothing when it is already known.
+    pub fn learn(&self, value: &str) {
+        let known = |r: &Redactor| r.values.iter().any(|v| v == value);
+        let mut learned = self.learned.write().unwrap_or_else(|e| e.into_inner());
+        if value.is_empty() || known(self) || learned.iter().any(known) {
+            return;
+        }
+        // One pattern for all of them, so a longer value is found before a shorter one inside it
+        // (a secret key that starts with its key id).
+        let mut values: Vec<String> = learned.iter().flat_map(|r| r.values.iter().cloned()).collect();
+        values.push(value.to_string());
+        *learned = vec![Self::new(values.iter().map(String::as_str))];
     }
 
     /// This redactor and `value` too (a credential the host derived from a secret, such as a basic
@@ -284,7 +307,8 @@ impl Redactor {
     pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         use std::borrow::Cow;
         let mut text = Cow::Borrowed(bytes);
-        for derived in self.derived.iter() {
+        let learned = self.learned.read().unwrap_or_else(|e| e.into_inner());
+        for derived in self.derived.iter().chain(learned.iter()) {
             let replaced = match derived.redact_bytes(&text) {
                 Cow::Owned(o) => Some(o),
                 Cow::Borrowed(_) => None,
@@ -315,7 +339,9 @@ impl Redactor {
 
     /// Whether there is nothing to redact.
     pub fn is_empty(&self) -> bool {
-        self.pattern.is_none() && self.derived.is_empty()
+        self.pattern.is_none()
+            && self.derived.is_empty()
+            && self.learned.read().map_or(true, |l| l.is_empty())
     }
 }
 
@@ -493,15 +519,57 @@ impl Secrets {
         Ok((header.to_string(), format!("{prefix}{}", hex::encode(mac.finalize().into_bytes()))))
     }
 
-    /// Signs the request with AWS Signature Version 4; the keys are secrets bound to the request's origin.
-    pub fn aws_sigv4(&self, use_: &SigV4Use<'_>, req: &SignedRequest<'_>) -> Result<Vec<Header>, SecretError> {
-        let token = use_.session_token_secret.map(|name| self.value_for(name, req.url)).transpose()?;
+    /// Grants an AWS credential set under a name, for requests to `bound_to`.
+    pub fn insert_aws(&mut self, credentials: Arc<AwsCredentials>, bound_to: Vec<Grant>) {
+        self.aws.insert(credentials.name().to_string(), (credentials, bound_to));
+    }
+
+    /// The credential set a SigV4 use signs with, if any: the set its access key secret names, or,
+    /// when that name is no secret granted to the step, the one set granted for the request's origin.
+    pub fn aws_set_for(&self, use_: &SigV4Use<'_>, url: &Url) -> Result<Option<Arc<AwsCredentials>>, SecretError> {
+        let bound = |name: &str, (set, grants): &(Arc<AwsCredentials>, Vec<Grant>)| match grants.iter().any(|g| g.allows(url)) {
+            true => Ok(Some(set.clone())),
+            false => Err(SecretError::NotBound { name: name.to_string(), origin: origin_of(url) }),
+        };
+        if let Some(named) = self.aws.get(use_.access_key_id_secret) {
+            return bound(use_.access_key_id_secret, named);
+        }
+        if self.by_name.contains_key(use_.access_key_id_secret) {
+            return Ok(None);
+        }
+        let mut for_origin = self.aws.iter().filter(|(_, (_, grants))| grants.iter().any(|g| g.allows(url)));
+        match (for_origin.next(), for_origin.next()) {
+            (Some((name, set)), None) => bound(name, set),
+            (Some(_), Some(_)) => Err(SecretError::Unsupported(format!(
+                "more than one AWS credential set is granted for {}: name one as the plugin's access key secret",
+                origin_of(url)
+            ))),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// Signs the request with AWS Signature Version 4: with `keys` (a credential set's, current),
+    /// or with the secrets the use names, bound to the request's origin.
+    pub fn aws_sigv4(
+        &self,
+        use_: &SigV4Use<'_>,
+        keys: Option<&Keys>,
+        req: &SignedRequest<'_>,
+    ) -> Result<Vec<Header>, SecretError> {
+        let (access_key_id, secret_access_key, session_token) = match keys {
+            Some(k) => (k.access_key_id.as_str(), k.secret_access_key.as_str(), k.session_token.as_deref()),
+            None => (
+                self.value_for(use_.access_key_id_secret, req.url)?,
+                self.value_for(use_.secret_access_key_secret, req.url)?,
+                use_.session_token_secret.map(|name| self.value_for(name, req.url)).transpose()?,
+            ),
+        };
         let creds = sigv4::Credentials {
             service: use_.service,
             region: use_.region,
-            access_key_id: self.value_for(use_.access_key_id_secret, req.url)?,
-            secret_access_key: self.value_for(use_.secret_access_key_secret, req.url)?,
-            session_token: token,
+            access_key_id,
+            secret_access_key,
+            session_token,
         };
         Ok(sigv4::sign(&creds, req.method, req.url, req.headers, req.body, SystemTime::now()))
     }
@@ -520,6 +588,51 @@ mod tests {
         let mut s = Secrets::default();
         s.insert("TOKEN", Secret::new("s3cr3t", vec![Grant::parse("https://api.notion.com").unwrap()]));
         s
+    }
+
+    #[test]
+    fn a_learned_value_is_redacted_by_every_clone_from_then_on() {
+        let run = Redactor::new(["s3cr3t"]);
+        let step = run.with("derived-token");
+        assert_eq!(step.redact("ASIARENEWED99 s3cr3t"), "ASIARENEWED99 ***");
+        run.learn("ASIARENEWED99");
+        assert_eq!(step.redact("ASIARENEWED99 s3cr3t derived-token"), "*** *** ***");
+        assert_eq!(run.redact("QVNJQVJFTkVXRUQ5OQ=="), "***", "its base64 too");
+        let empty = Redactor::new([]);
+        assert!(empty.is_empty());
+        empty.clone().learn("later-value");
+        assert!(!empty.is_empty());
+        assert_eq!(empty.redact("later-value"), "***");
+    }
+
+    #[test]
+    fn sigv4_signs_with_the_named_set_or_the_one_set_granted_for_the_origin() {
+        use crate::capability::aws_credentials::{AwsCredentials, Keys};
+        let keys = |id: &str| Keys { access_key_id: id.into(), secret_access_key: "k".into(), session_token: None };
+        let elb = Url::parse("https://elasticloadbalancing.us-east-1.amazonaws.com/").unwrap();
+        let other = Url::parse("https://monitoring.us-east-1.amazonaws.com/").unwrap();
+        let grant = |o: &str| vec![Grant::parse(o).unwrap()];
+        let use_ = |access: &'static str| SigV4Use {
+            service: "elasticloadbalancing",
+            region: "us-east-1",
+            access_key_id_secret: access,
+            secret_access_key_secret: "AWS_SECRET_ACCESS_KEY",
+            session_token_secret: None,
+        };
+        let mut s = Secrets::default();
+        s.insert_aws(AwsCredentials::for_test("AWS", keys("ASIA1"), None), grant("https://elasticloadbalancing.us-east-1.amazonaws.com"));
+        // The plugin's default name is no granted secret: the one set for the origin signs.
+        assert_eq!(s.aws_set_for(&use_("AWS_ACCESS_KEY_ID"), &elb).unwrap().unwrap().name(), "AWS");
+        assert_eq!(s.aws_set_for(&use_("AWS"), &elb).unwrap().unwrap().name(), "AWS");
+        assert!(s.aws_set_for(&use_("AWS_ACCESS_KEY_ID"), &other).unwrap().is_none(), "no set for that origin");
+        assert!(matches!(s.aws_set_for(&use_("AWS"), &other), Err(SecretError::NotBound { .. })));
+        // Static keys under the plugin's name win over a set.
+        s.insert("AWS_ACCESS_KEY_ID", Secret::new("AKIASTATIC", grant("https://elasticloadbalancing.us-east-1.amazonaws.com")));
+        assert!(s.aws_set_for(&use_("AWS_ACCESS_KEY_ID"), &elb).unwrap().is_none());
+        // Two sets for one origin: the plugin must name one.
+        s.insert_aws(AwsCredentials::for_test("AWS_PROD", keys("ASIA2"), None), grant("https://elasticloadbalancing.us-east-1.amazonaws.com"));
+        assert!(matches!(s.aws_set_for(&use_("OTHER"), &elb), Err(SecretError::Unsupported(_))));
+        assert_eq!(s.aws_set_for(&use_("AWS_PROD"), &elb).unwrap().unwrap().name(), "AWS_PROD");
     }
 
     #[test]

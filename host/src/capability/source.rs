@@ -4,6 +4,7 @@
 //! reference format is written here only; values are read on the host, once
 //! per run, and never logged.
 
+use super::aws_credentials::{self, AwsCredentialSpec};
 use super::sigv4;
 use super::vault::{self, VaultStore};
 use super::Redactor;
@@ -48,6 +49,9 @@ pub enum SecretSource {
         /// A key of the secret's data.
         key: Option<String>,
     },
+    /// An AWS credential set from the AWS SDK's default chain, renewed before it expires; used only
+    /// to sign AWS requests (SigV4), never as a value.
+    AwsCredentials(AwsCredentialSpec),
 }
 
 /// The secret store a source needs configured in `secret_stores:`.
@@ -104,7 +108,7 @@ impl SecretSource {
     pub fn parse(text: &str) -> Result<Self, String> {
         let invalid = || {
             format!(
-                "secret source `{text}` must be `env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:SECRET_ID[#KEY]` or `vault:MOUNT/data/PATH[#KEY]`"
+                "secret source `{text}` must be `env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:SECRET_ID[#KEY]`, `vault:MOUNT/data/PATH[#KEY]` or `aws-credentials:[OPTIONS]`"
             )
         };
         let id_and_key = |rest: &str| {
@@ -133,6 +137,7 @@ impl SecretSource {
                 vault::check_path(&path)?;
                 Ok(Self::Vault { path, key })
             }
+            Some((aws_credentials::PREFIX, options)) => AwsCredentialSpec::parse(options).map(Self::AwsCredentials),
             _ => Err(invalid()),
         }
     }
@@ -142,7 +147,7 @@ impl SecretSource {
         match self {
             Self::AwsSm { .. } => Some(Store::Aws),
             Self::Vault { .. } => Some(Store::Vault),
-            Self::Env(_) | Self::File(_) | Self::Exec(_) => None,
+            Self::Env(_) | Self::File(_) | Self::Exec(_) | Self::AwsCredentials(_) => None,
         }
     }
 
@@ -172,6 +177,9 @@ impl SecretSource {
                 "{self} is read by runs, with the pipeline's `{}`",
                 self.store().map(Store::field).unwrap_or_default()
             ))),
+            Self::AwsCredentials(_) => {
+                Err(SourceError::refused(format!("{self} holds AWS credentials, which only sign AWS requests")))
+            }
         }
     }
 }
@@ -186,6 +194,7 @@ impl fmt::Display for SecretSource {
             Self::AwsSm { id, key: Some(key) } => write!(f, "aws-sm:{id}#{key}"),
             Self::Vault { path, key: None } => write!(f, "vault:{path}"),
             Self::Vault { path, key: Some(key) } => write!(f, "vault:{path}#{key}"),
+            Self::AwsCredentials(spec) => spec.fmt(f),
         }
     }
 }
@@ -200,9 +209,22 @@ pub struct SecretFrom(Vec<SecretSource>);
 impl SecretFrom {
     /// A chain of these sources; errs on none.
     pub fn chain(sources: Vec<SecretSource>) -> Result<Self, String> {
+        let sets = sources.iter().filter(|s| matches!(s, SecretSource::AwsCredentials(_))).count();
         match sources.is_empty() {
             true => Err("give at least one source".into()),
+            false if sets > 0 && sources.len() > 1 => Err(format!(
+                "`{}:` stands alone: the AWS SDK's chain is itself the fallback, and a credential set does not fall back to a value",
+                aws_credentials::PREFIX
+            )),
             false => Ok(Self(sources)),
+        }
+    }
+
+    /// The credential set it names, when it is `aws-credentials:` (which stands alone).
+    pub fn aws_credentials(&self) -> Option<&AwsCredentialSpec> {
+        match self.0.as_slice() {
+            [SecretSource::AwsCredentials(spec)] => Some(spec),
+            _ => None,
         }
     }
 

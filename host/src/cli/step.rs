@@ -1,6 +1,7 @@
 //! `gantry step run`: one step, outside any pipeline.
 
 use crate::build::{build_crate, BuildOptions};
+use crate::capability::aws_credentials::{AwsCredentialSpec, AwsCredentials};
 use crate::capability::secrets::SecretSource;
 use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Secret};
 use crate::pipeline::ResourceLimits;
@@ -96,13 +97,25 @@ fn input_from(pairs: &[String]) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Parses `NAME=env:VAR@ORIGIN` or `NAME=file:PATH@ORIGIN`.
-fn secret_from(spec: &str) -> anyhow::Result<(String, Secret)> {
+fn secret_from(spec: &str) -> anyhow::Result<(String, Given)> {
     let (name, rest) = spec.split_once('=').ok_or_else(|| anyhow!("--secret {spec:?}: expected NAME=SOURCE@ORIGIN"))?;
     let (source, origin) = rest.rsplit_once('@').ok_or_else(|| {
         anyhow!("--secret {spec:?}: bind it to an origin, e.g. {name}=env:VAR@https://api.example.com")
     })?;
-    let value = SecretSource::parse(source).and_then(|s| s.read()).map_err(|e| anyhow!("--secret {name}: {e}"))?;
-    Ok((name.to_string(), Secret::new(value, vec![Grant::parse(origin)?])))
+    let bound = vec![Grant::parse(origin)?];
+    let source = SecretSource::parse(source).map_err(|e| anyhow!("--secret {name}: {e}"))?;
+    if let SecretSource::AwsCredentials(spec) = source {
+        return Ok((name.to_string(), Given::Credentials(spec, bound)));
+    }
+    let value = source.read().map_err(|e| anyhow!("--secret {name}: {e}"))?;
+    Ok((name.to_string(), Given::Value(Secret::new(value, bound))))
+}
+
+/// What `--secret` grants: a value, or an AWS credential set read when the step starts.
+#[derive(Debug)]
+enum Given {
+    Value(Secret),
+    Credentials(AwsCredentialSpec, Vec<Grant>),
 }
 
 /// A component file as given, or the component built from a crate directory.
@@ -125,10 +138,21 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let files = Files { read, artifacts: args.artifacts.clone() };
     let mut grants = Grants { network, files, ..Default::default() };
+    let mut sets = Vec::new();
     for spec in &args.secrets {
         let (name, secret) = secret_from(spec)?;
-        grants.secrets.insert(name, secret);
+        match secret {
+            Given::Value(secret) => grants.secrets.insert(name, secret),
+            Given::Credentials(spec, bound) => {
+                let set = AwsCredentials::read(&name, &spec).await?;
+                sets.push(set.clone());
+                grants.secrets.insert_aws(set, bound);
+            }
+        }
     }
+    // Renewed credentials are redacted too: the run-wide redactor learns each one.
+    let redactor = grants.secrets.redactor().clone();
+    sets.iter().for_each(|set| set.redact_into(&redactor));
     // The same defaults as a pipeline step's, overridden by what was given.
     let defaults = ResourceLimits::default();
     let limits = ResourceLimits {
@@ -237,11 +261,14 @@ mod tests {
         std::env::set_var("GANTRY_TEST_SECRET_SPEC", "v");
         let (name, secret) = secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC@https://api.notion.com").unwrap();
         assert_eq!(name, "TOKEN");
+        let Given::Value(secret) = secret else { panic!("a value") };
         assert_eq!(secret.bound_to()[0].to_string(), "https://api.notion.com");
+        let (_, set) = secret_from("AWS=aws-credentials:profile=ci@https://ecs.us-east-1.amazonaws.com").unwrap();
+        assert!(matches!(set, Given::Credentials(spec, _) if spec.profile.as_deref() == Some("ci")));
         assert!(secret_from("TOKEN=env:GANTRY_TEST_SECRET_SPEC").unwrap_err().to_string().contains("bind it"));
         assert!(secret_from("TOKEN=keyring:x@https://a")
             .unwrap_err()
             .to_string()
-            .contains("must be `env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:SECRET_ID[#KEY]` or `vault:"));
+            .contains("must be `env:NAME`, `file:PATH`, `exec:COMMAND`, `aws-sm:SECRET_ID[#KEY]`, `vault:"));
     }
 }

@@ -139,8 +139,8 @@ pub enum WaveDef {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretDef {
-    /// `env:NAME`, `file:PATH`, `exec:COMMAND` (run without a shell; its stdout), `aws-sm:SECRET_ID[#JSON_KEY]`
-    /// or `vault:MOUNT/data/PATH[#KEY]`; or a list of them, the first available answering.
+    /// `env:NAME`, `file:PATH`, `exec:COMMAND` (run without a shell; its stdout), `aws-sm:SECRET_ID[#JSON_KEY]`,
+    /// `vault:MOUNT/data/PATH[#KEY]` or `aws-credentials:[OPTIONS]` (an AWS credential set, alone); or a list of them, the first available answering.
     pub from: Loc<FromDef>,
     /// Origins the secret may be sent to.
     pub bind: Vec<Loc<String>>,

@@ -86,6 +86,11 @@ fn undeclared_database(name: &str, known: &[&str]) -> String {
     format!("database `{name}` is not declared: {hint}")
 }
 
+/// A password that names an AWS credential set.
+fn not_a_value(name: &str) -> String {
+    format!("secret `{name}` is an AWS credential set (`aws-credentials:`), which only signs AWS requests: a password needs a secret with a value")
+}
+
 fn undeclared_secret(name: &str, known: &[&str]) -> String {
     let hint = if known.is_empty() {
         "declare it under the pipeline's `secrets:`".to_string()
@@ -384,6 +389,9 @@ impl<'a> Checker<'a> {
             let known: Vec<&str> = self.pipeline.secrets.keys().map(String::as_str).collect();
             self.push(def.password.at, &format!("{field}.password"), undeclared_secret(password, &known));
         }
+        if secret.is_some_and(|s| s.source.aws_credentials().is_some()) {
+            self.push(def.password.at, &format!("{field}.password"), not_a_value(password));
+        }
         let ca_file = def.ca_file.as_ref().and_then(|file| self.ca_file(file, &format!("{field}.ca_file")));
         let (location, tls, secret) = (location?, tls?, secret?);
         let origin = location.origin();
@@ -524,6 +532,10 @@ impl<'a> Checker<'a> {
                 }
                 continue;
             };
+            if secret.source.aws_credentials().is_some() {
+                self.push(def.password.at, &format!("{field}.password"), not_a_value(name));
+                continue;
+            }
             if !secret.bind.iter().any(|g| g.allows(&origin)) {
                 self.push(
                     def.password.at,

@@ -217,6 +217,7 @@ impl Summary {
                 | Event::Phase { .. }
                 | Event::Opened { .. }
                 | Event::SecretsRead { .. }
+                | Event::AwsCredentials { .. }
                 | Event::Log { .. }
                 | Event::PastBarrier { .. }
                 | Event::Settled { .. } => {}

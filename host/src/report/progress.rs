@@ -63,6 +63,13 @@ pub fn describe(event: &Event) -> String {
                 .collect();
             format!("secrets read: {}", each.join(", "))
         }
+        AwsCredentials { secret, provider, expires, step } => {
+            let until = expires.as_ref().map(|e| format!(", valid until {e}")).unwrap_or_else(|| " (long-term keys)".into());
+            match step {
+                Some(step) => format!("{step}: AWS credentials `{secret}` renewed from {provider}{until}"),
+                None => format!("AWS credentials `{secret}` from {provider}{until}"),
+            }
+        }
         Checkpoint { step, key, value, .. } if key == crate::run::BARRIER_CHECKPOINT => {
             format!("{step}: ROLLBACK BARRIER: {value} (a rollback stops here and waits for a person)")
         }
@@ -235,7 +242,7 @@ impl LiveView {
             RollbackFailed { step, error, .. } => {
                 self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}"))
             }
-            Phase { .. } | Opened { .. } | SecretsRead { .. } => {}
+            Phase { .. } | Opened { .. } | SecretsRead { .. } | AwsCredentials { .. } => {}
             RunStarted { .. }
             | RunFinished { .. }
             | Interrupted { .. }

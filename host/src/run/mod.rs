@@ -15,6 +15,7 @@ pub mod resume;
 pub mod session;
 pub mod store;
 
+use crate::capability::aws_credentials::{AwsCredentials, Renewal};
 use crate::capability::{Database, Databases, Files, Grants, Redactor, Secret, Secrets};
 use crate::pipeline::condition::Facts;
 use crate::pipeline::expr;
@@ -178,6 +179,20 @@ pub enum Event {
         /// By secret name.
         answered: BTreeMap<String, SecretAnswered>,
     },
+    /// An AWS credential set read before the first step, or renewed ahead of its expiry when a
+    /// step's request found it due: which provider answered and until when, never a value.
+    AwsCredentials {
+        /// The secret's name in the pipeline.
+        secret: String,
+        /// The provider of the AWS SDK's chain that answered (`WebIdentityToken`, `EcsContainer`, …).
+        provider: String,
+        /// When they expire (RFC 3339); absent for long-term keys.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires: Option<String>,
+        /// The step whose request renewed them; absent when read before the first step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+    },
     /// A step could not decide whether to go on (a gate without data): the run starts nothing more,
     /// rolls nothing back, and waits for a person to `resume` (the step runs again) or `rollback`.
     Paused {
@@ -277,6 +292,9 @@ impl Event {
             Event::StepStarted { step, .. } | Event::RolledBack { step, .. } => text(step),
             Event::Phase { reason, .. } => text(reason),
             Event::Opened { command, host, .. } => [command, host].into_iter().for_each(text),
+            Event::AwsCredentials { secret, provider, step, .. } => {
+                [secret, provider].into_iter().chain(step.as_mut()).for_each(text)
+            }
             Event::SecretsRead { answered } => {
                 for a in answered.values_mut() {
                     text(&mut a.source);
@@ -720,11 +738,17 @@ impl Ctx {
     }
 }
 
-fn grants_for(step: &PlannedStep, artifacts: &Path, values: &BTreeMap<String, String>) -> Grants {
+fn grants_for(step: &PlannedStep, artifacts: &Path, read: &SecretsRead) -> Grants {
     let files = Files { read: step.files.clone(), artifacts: step.artifacts.then(|| artifacts.join(&step.id)) };
+    let values = &read.values;
     let mut secrets = Secrets::default();
     for s in step.secrets.iter().filter(|s| values.contains_key(&s.name)) {
         secrets.insert(s.name.clone(), Secret::new(values[&s.name].clone(), s.bound_to.clone()));
+    }
+    for s in &step.secrets {
+        if let Some(set) = read.aws.get(&s.name) {
+            secrets.insert_aws(set.clone(), s.bound_to.clone());
+        }
     }
     let mut databases = Databases::default();
     for d in step.databases.iter().filter(|d| values.contains_key(&d.password.name)) {
@@ -737,14 +761,42 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, values: &BTreeMap<String, St
 pub struct SecretsRead {
     /// Values by secret name.
     pub values: BTreeMap<String, String>,
+    /// AWS credential sets by secret name, held and renewed by the host.
+    pub aws: BTreeMap<String, Arc<AwsCredentials>>,
     /// The source that answered by secret name, and those passed over first.
     pub answered: BTreeMap<String, SecretAnswered>,
+    /// Which provider gave each credential set, and until when.
+    pub credentials: Vec<Renewal>,
 }
 
 impl SecretsRead {
     /// The journal's record of where the values came from: never the values.
-    fn event(&self) -> Option<Event> {
-        (!self.answered.is_empty()).then(|| Event::SecretsRead { answered: self.answered.clone() })
+    fn events(&self) -> Vec<Event> {
+        let answered = (!self.answered.is_empty()).then(|| Event::SecretsRead { answered: self.answered.clone() });
+        answered.into_iter().chain(self.credentials.iter().map(Event::from)).collect()
+    }
+
+    /// Journals every renewal of a credential set from now on, as it happens.
+    fn journal_renewals(&self, ctx: &Arc<Ctx>) {
+        for set in self.aws.values() {
+            let ctx = Arc::downgrade(ctx);
+            set.observe(Arc::new(move |renewal| {
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.record(Event::from(renewal));
+                }
+            }));
+        }
+    }
+}
+
+impl From<&Renewal> for Event {
+    fn from(r: &Renewal) -> Self {
+        Event::AwsCredentials {
+            secret: r.name.clone(),
+            provider: r.provider.clone(),
+            expires: r.expires.map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+            step: r.step.clone(),
+        }
     }
 }
 
@@ -763,10 +815,25 @@ pub struct SecretAnswered {
 /// available source answers.
 pub async fn read_secrets(plan: &Plan) -> Result<SecretsRead, RunError> {
     let reader = crate::capability::source::Reader::new(&plan.secret_stores);
-    let mut read = SecretsRead { values: BTreeMap::new(), answered: BTreeMap::new() };
+    let mut read =
+        SecretsRead { values: BTreeMap::new(), aws: BTreeMap::new(), answered: BTreeMap::new(), credentials: Vec::new() };
     let passwords = plan.steps.iter().flat_map(|step| step.databases.iter().map(|d| &d.password));
+    let step_secret_names: BTreeSet<&str> =
+        plan.steps.iter().flat_map(|step| &step.secrets).map(|s| s.name.as_str()).collect();
     for s in plan.steps.iter().flat_map(|step| &step.secrets).chain(passwords) {
-        if read.values.contains_key(&s.name) {
+        if read.values.contains_key(&s.name) || read.aws.contains_key(&s.name) {
+            continue;
+        }
+        if let Some(spec) = s.source.aws_credentials() {
+            if !step_secret_names.contains(s.name.as_str()) {
+                let message = "an AWS credential set only signs AWS requests: a password needs a secret with a value";
+                return Err(RunError::Secret { name: s.name.clone(), message: message.into() });
+            }
+            let set = AwsCredentials::read(&s.name, spec)
+                .await
+                .map_err(|e| RunError::Secret { name: s.name.clone(), message: e.to_string() })?;
+            read.credentials.push(set.held().await);
+            read.aws.insert(s.name.clone(), set);
             continue;
         }
         let answer =
@@ -899,7 +966,7 @@ pub fn prepare(
     runtime: &Runtime,
     plan: &Plan,
     artifacts: &Path,
-    values: &BTreeMap<String, String>,
+    secrets: &SecretsRead,
 ) -> Result<Prepared, RunError> {
     let mut plugins = BTreeMap::new();
     let mut grants = BTreeMap::new();
@@ -924,7 +991,7 @@ pub fn prepare(
             });
         }
         plugins.insert(step.id.clone(), plugin);
-        grants.insert(step.id.clone(), grants_for(step, artifacts, values));
+        grants.insert(step.id.clone(), grants_for(step, artifacts, secrets));
     }
     // A plugin may know a value it was not granted: every step redacts every secret of the run.
     let redactor =
@@ -932,6 +999,8 @@ pub fn prepare(
     for g in grants.values_mut() {
         g.secrets.redact_with(redactor.clone());
     }
+    // Credential sets add what they hold now, and every renewal, to the same redactor.
+    secrets.aws.values().for_each(|set| set.redact_into(&redactor));
     Ok(Prepared { plugins, grants, redactor })
 }
 
@@ -1378,7 +1447,7 @@ pub async fn run(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let secrets = read_secrets(plan).await?;
-    let prepared = prepare(runtime, plan, &session.artifacts(), &secrets.values)?;
+    let prepared = prepare(runtime, plan, &session.artifacts(), &secrets)?;
     if !options.resumed {
         secret_free(plan, &prepared.redactor, &secrets.values)?;
     }
@@ -1387,6 +1456,7 @@ pub async fn run(
             .seed_checkpoints(&options.checkpoints)
             .with_approvals(options),
     );
+    secrets.journal_renewals(&ctx);
     let started = Event::RunStarted {
         run_id: ctx.run_id.clone(),
         pipeline: plan.pipeline.clone(),
@@ -1406,13 +1476,13 @@ pub async fn run(
     // (durably, before it undoes a step cut off part-way and runs it again).
     if options.resumed {
         ctx.record(ctx.opened("resume"));
-        secrets.event().into_iter().for_each(|e| ctx.record(e));
+        secrets.events().into_iter().for_each(|e| ctx.record(e));
         ctx.enter(fold::RunPhase::Running, "resumed").await?;
     } else {
         ctx.emit(started).await?;
         // Durable with the first step's start, which waits for it.
         ctx.record(ctx.opened("run"));
-        secrets.event().into_iter().for_each(|e| ctx.record(e));
+        secrets.events().into_iter().for_each(|e| ctx.record(e));
         ctx.record(Event::Phase { phase: fold::RunPhase::Running, reason: "started".into() });
     }
 
@@ -1599,10 +1669,11 @@ pub async fn rollback(
 ) -> Result<RunResult, RunError> {
     let plan = &reopened.plan;
     let secrets = read_secrets(plan).await?;
-    let prepared = prepare(runtime, plan, &session.artifacts(), &secrets.values)?;
+    let prepared = prepare(runtime, plan, &session.artifacts(), &secrets)?;
     let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events).seed_checkpoints(&reopened.checkpoints));
+    secrets.journal_renewals(&ctx);
     ctx.record(ctx.opened("rollback"));
-    secrets.event().into_iter().for_each(|e| ctx.record(e));
+    secrets.events().into_iter().for_each(|e| ctx.record(e));
     if let Some(by) = past_barrier.filter(|_| !reopened.fold.past_barrier) {
         ctx.emit(Event::PastBarrier { by: by.to_string() }).await?;
     }

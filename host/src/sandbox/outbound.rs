@@ -3,9 +3,10 @@
 //! addresses names resolve to), applies named secrets only where they are
 //! bound, caps time, size and count, and records every request.
 
-use super::bindings::gantry::step::types::{HttpError, Request, Response, SecretUse};
+use super::bindings::gantry::step::types::{HttpError, Request, Response, SecretUse, Sigv4Secret};
 use crate::capability::address::AddressDenied;
 use crate::capability::network::origin_of;
+use crate::capability::aws_credentials::Keys;
 use crate::capability::secrets::{SecretError, SigV4Use, SignedRequest, PLACEHOLDER};
 use crate::capability::Grants;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -192,7 +193,8 @@ impl Outbound {
         let (mut body, mut headers) = (req.body, req.headers);
         for _hop in 0..=self.limits.max_redirects {
             let hop = Hop { started: Instant::now(), method: method.clone(), url: url.clone() };
-            let (map, filled) = self.admit(&hop, &url_secrets, &headers, &body, &req.secrets)?;
+            let keys = self.aws_keys(&hop.url, &req.secrets).await;
+            let (map, filled) = self.admit(&hop, &url_secrets, &headers, &body, &req.secrets, &keys)?;
             let response = self.transmit(&hop, map, filled, until).await?;
             let Some(next) = self.redirect(&hop, &response)? else {
                 return self.receive(&hop, response, started).await;
@@ -251,6 +253,7 @@ impl Outbound {
         headers: &[(String, String)],
         body: &[u8],
         uses: &[SecretUse],
+        keys: &[AwsKeys],
     ) -> Result<(HeaderMap, Vec<u8>), HttpError> {
         let (method, url) = (hop.method.as_str(), &hop.url);
         if !self.grants.network.allows(url) {
@@ -272,7 +275,7 @@ impl Outbound {
                 return Err(self.refuse(Refusal::Secret(message)));
             }
         };
-        match self.headers(headers, method, url, &filled, uses) {
+        match self.headers(headers, method, url, &filled, uses, keys) {
             Ok(map) => Ok((map, filled)),
             Err(e) => {
                 self.record(method, url, hop.outcome(false, Some(e.to_string())));
@@ -381,6 +384,7 @@ impl Outbound {
         url: &Url,
         body: &[u8],
         uses: &[SecretUse],
+        keys: &[AwsKeys],
     ) -> Result<HeaderMap, HeaderError> {
         let mut map = HeaderMap::new();
         let parse = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue), HeaderError> {
@@ -394,8 +398,8 @@ impl Outbound {
             let (n, v) = parse(name, value)?;
             map.append(n, v);
         }
-        for use_ in uses {
-            for (name, value) in self.secret_headers(use_, method, url, own, body)? {
+        for (use_, keys) in uses.iter().zip(keys) {
+            for (name, value) in self.secret_headers(use_, keys, method, url, own, body)? {
                 let (n, mut v) = parse(&name, &value)
                     .map_err(|_| HeaderError::Invalid(format!("a secret does not fit header {name:?}")))?;
                 v.set_sensitive(true);
@@ -408,6 +412,7 @@ impl Outbound {
     fn secret_headers(
         &mut self,
         use_: &SecretUse,
+        keys: &AwsKeys,
         method: &str,
         url: &Url,
         headers: &[(String, String)],
@@ -420,18 +425,31 @@ impl Outbound {
             SecretUse::Header(h) => one(secrets.header(&h.header, &h.prefix, &h.secret, url)),
             SecretUse::Basic(b) => one(secrets.basic(&b.username, &b.password_secret, url)),
             SecretUse::HmacSha256(h) => one(secrets.hmac_sha256(&h.header, &h.prefix, &h.secret, url, body)),
-            SecretUse::AwsSigv4(s) => secrets.aws_sigv4(
-                &SigV4Use {
-                    service: &s.service,
-                    region: &s.region,
-                    access_key_id_secret: &s.access_key_id_secret,
-                    secret_access_key_secret: &s.secret_access_key_secret,
-                    session_token_secret: s.session_token_secret.as_deref(),
-                },
-                &SignedRequest { method, url, headers, body },
-            ),
+            SecretUse::AwsSigv4(s) => match keys {
+                Ok(keys) => secrets.aws_sigv4(&sigv4_use(s), keys.as_ref(), &SignedRequest { method, url, headers, body }),
+                Err(message) => Err(SecretError::Unsupported(message.clone())),
+            },
         };
         result.map_err(|e| HeaderError::Secret(format!("step `{}`: {e}", self.step)))
+    }
+
+    /// The current keys of the AWS credential set each SigV4 use signs with (renewed here when due,
+    /// before anything is admitted); `None` for other uses and for static keys.
+    async fn aws_keys(&self, url: &Url, uses: &[SecretUse]) -> Vec<AwsKeys> {
+        let mut keys = Vec::with_capacity(uses.len());
+        for use_ in uses {
+            let SecretUse::AwsSigv4(s) = use_ else {
+                keys.push(Ok(None));
+                continue;
+            };
+            let set = self.grants.secrets.aws_set_for(&sigv4_use(s), url).map_err(|e| e.to_string());
+            keys.push(match set {
+                Ok(Some(set)) => set.current(&self.step).await.map(Some).map_err(|e| e.to_string()),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            });
+        }
+        keys
     }
 
     async fn read_body(&self, mut response: reqwest::Response, url: &Url) -> Result<Vec<u8>, HttpError> {
@@ -547,5 +565,19 @@ mod tests {
         assert_eq!(api_action(&query, &[], b"").as_deref(), Some("DescribeTargetHealth"));
         assert_eq!(api_action(&url, &[], b"Action=Drop%20Table").as_deref(), None, "data is never taken");
         assert_eq!(api_action(&url, &[], b"{\"Action\":\"x\"}"), None);
+    }
+}
+
+/// A SigV4 use's keys: a credential set's current ones, none (static secrets), or why they are missing.
+type AwsKeys = Result<Option<Keys>, String>;
+
+/// The host's view of a plugin's SigV4 use.
+fn sigv4_use(s: &Sigv4Secret) -> SigV4Use<'_> {
+    SigV4Use {
+        service: &s.service,
+        region: &s.region,
+        access_key_id_secret: &s.access_key_id_secret,
+        secret_access_key_secret: &s.secret_access_key_secret,
+        session_token_secret: s.session_token_secret.as_deref(),
     }
 }

@@ -42,13 +42,13 @@ impl Elb<'_> {
             .http()
             .post(&self.endpoint)
             .form(&pairs)
-            .aws_sigv4(Sigv4 {
-                service: "elasticloadbalancing".into(),
-                region: self.region.clone(),
-                access_key_id_secret: self.access_key_secret.clone(),
-                secret_access_key_secret: self.secret_key_secret.clone(),
-                session_token_secret: self.session_token_secret.clone(),
-            })
+            .aws_sigv4(Sigv4::aws(
+                "elasticloadbalancing",
+                &self.region,
+                &self.access_key_secret,
+                &self.secret_key_secret,
+                self.session_token_secret.as_deref(),
+            ))
             .send()
             .map_err(|e| e.during(format_args!("ELBv2 {action}")))?;
         let body = response.text();

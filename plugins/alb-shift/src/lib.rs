@@ -63,10 +63,10 @@ pub struct Input {
     #[serde(default)]
     pub approve_after: Vec<u32>,
     /// Secret with the access key id.
-    #[serde(default = "default_access_key")]
+    #[serde(default = "gantry_sdk::aws::access_key_secret")]
     pub access_key_secret: String,
     /// Secret with the secret access key.
-    #[serde(default = "default_secret_key")]
+    #[serde(default = "gantry_sdk::aws::secret_key_secret")]
     pub secret_key_secret: String,
     /// Secret with a session token, for temporary credentials.
     #[serde(default)]
@@ -98,12 +98,6 @@ fn default_analysis_interval() -> u64 {
 }
 fn yes() -> bool {
     true
-}
-fn default_access_key() -> String {
-    "AWS_ACCESS_KEY_ID".into()
-}
-fn default_secret_key() -> String {
-    "AWS_SECRET_ACCESS_KEY".into()
 }
 
 /// Checks a target group ARN's shape, since ELBv2 emulators accept anything.

@@ -45,10 +45,10 @@ pub struct Input {
     #[serde(default = "default_poll")]
     pub poll_ms: u64,
     /// Secret with the access key id.
-    #[serde(default = "default_access_key")]
+    #[serde(default = "gantry_sdk::aws::access_key_secret")]
     pub access_key_secret: String,
     /// Secret with the secret access key.
-    #[serde(default = "default_secret_key")]
+    #[serde(default = "gantry_sdk::aws::secret_key_secret")]
     pub secret_key_secret: String,
     /// Secret with a session token, for temporary credentials.
     #[serde(default)]
@@ -82,24 +82,18 @@ fn default_poll() -> u64 {
 fn default_analysis_interval() -> u64 {
     10_000
 }
-fn default_access_key() -> String {
-    "AWS_ACCESS_KEY_ID".into()
-}
-fn default_secret_key() -> String {
-    "AWS_SECRET_ACCESS_KEY".into()
-}
 
 /// The checkpoint holding the service as it was before the step changed it.
 const BEFORE: &str = "service_before";
 
 fn ecs<'a>(ctx: &'a Context, input: &Input) -> Ecs<'a> {
-    let sigv4 = gantry_sdk::Sigv4 {
-        service: "ecs".into(),
-        region: input.region.clone(),
-        access_key_id_secret: input.access_key_secret.clone(),
-        secret_access_key_secret: input.secret_key_secret.clone(),
-        session_token_secret: input.session_token_secret.clone(),
-    };
+    let sigv4 = gantry_sdk::Sigv4::aws(
+        "ecs",
+        &input.region,
+        &input.access_key_secret,
+        &input.secret_key_secret,
+        input.session_token_secret.as_deref(),
+    );
     Ecs { ctx, endpoint: input.endpoint.clone(), sigv4 }
 }
 

@@ -28,10 +28,10 @@ pub struct Input {
     /// The values, e.g. `["green-alb.example.com"]`.
     pub values: Vec<String>,
     /// Secret with the access key id.
-    #[serde(default = "default_access_key")]
+    #[serde(default = "gantry_sdk::aws::access_key_secret")]
     pub access_key_secret: String,
     /// Secret with the secret access key.
-    #[serde(default = "default_secret_key")]
+    #[serde(default = "gantry_sdk::aws::secret_key_secret")]
     pub secret_key_secret: String,
     /// Secret with a session token, for temporary credentials.
     #[serde(default)]
@@ -46,12 +46,6 @@ fn default_type() -> String {
 }
 fn default_ttl() -> u64 {
     300
-}
-fn default_access_key() -> String {
-    "AWS_ACCESS_KEY_ID".into()
-}
-fn default_secret_key() -> String {
-    "AWS_SECRET_ACCESS_KEY".into()
 }
 
 /// One record set.
@@ -130,13 +124,13 @@ impl Route53<'_> {
         Route53 {
             ctx,
             base: format!("{}/{API}/hostedzone/{zone}/rrset", input.endpoint.trim_end_matches('/')),
-            sigv4: Sigv4 {
-                service: "route53".into(),
-                region: "us-east-1".into(),
-                access_key_id_secret: input.access_key_secret.clone(),
-                secret_access_key_secret: input.secret_key_secret.clone(),
-                session_token_secret: input.session_token_secret.clone(),
-            },
+            sigv4: Sigv4::aws(
+                "route53",
+                "us-east-1",
+                &input.access_key_secret,
+                &input.secret_key_secret,
+                input.session_token_secret.as_deref(),
+            ),
         }
     }
 

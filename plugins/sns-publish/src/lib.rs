@@ -26,10 +26,10 @@ pub struct Input {
     #[serde(default)]
     pub message: Option<String>,
     /// Secret with the access key id.
-    #[serde(default = "default_access_key")]
+    #[serde(default = "gantry_sdk::aws::access_key_secret")]
     pub access_key_secret: String,
     /// Secret with the secret access key.
-    #[serde(default = "default_secret_key")]
+    #[serde(default = "gantry_sdk::aws::secret_key_secret")]
     pub secret_key_secret: String,
     /// Secret with a session token, for temporary credentials.
     #[serde(default)]
@@ -38,12 +38,6 @@ pub struct Input {
 
 fn default_region() -> String {
     "us-east-1".into()
-}
-fn default_access_key() -> String {
-    "AWS_ACCESS_KEY_ID".into()
-}
-fn default_secret_key() -> String {
-    "AWS_SECRET_ACCESS_KEY".into()
 }
 
 /// The alert: the run's outcome as the host tells it, then the pipeline's message.
@@ -91,13 +85,13 @@ impl Step for SnsPublish {
             gantry_sdk::info!("dry run: would publish to {}: {subject}", input.topic_arn);
             return Ok(Outputs::new().with("published", false));
         }
-        let sigv4 = Sigv4 {
-            service: "sns".into(),
-            region: input.region.clone(),
-            access_key_id_secret: input.access_key_secret.clone(),
-            secret_access_key_secret: input.secret_key_secret.clone(),
-            session_token_secret: input.session_token_secret.clone(),
-        };
+        let sigv4 = Sigv4::aws(
+            "sns",
+            &input.region,
+            &input.access_key_secret,
+            &input.secret_key_secret,
+            input.session_token_secret.as_deref(),
+        );
         let form = [
             ("Action", "Publish"),
             ("Version", "2010-03-31"),

@@ -44,12 +44,16 @@ pub enum Provider {
         /// How far back to read, in seconds (default 300).
         #[serde(default = "five_minutes")]
         window_s: u32,
-        /// Secret holding the access key id (default `AWS_ACCESS_KEY_ID`).
-        #[serde(default = "access_key")]
+        /// Secret holding the access key id (default `AWS_ACCESS_KEY_ID`; with none granted under that
+        /// name, the `aws-credentials:` set granted for the endpoint signs).
+        #[serde(default = "crate::aws::access_key_secret")]
         access_key_id_secret: String,
         /// Secret holding the secret access key (default `AWS_SECRET_ACCESS_KEY`).
-        #[serde(default = "secret_key")]
+        #[serde(default = "crate::aws::secret_key_secret")]
         secret_access_key_secret: String,
+        /// Secret holding a session token, for temporary static keys.
+        #[serde(default)]
+        session_token_secret: Option<String>,
     },
     /// Datadog `GET <address>/api/v1/query` over the last `window_s`: the newest point is the
     /// reading, all of them the samples.
@@ -86,12 +90,6 @@ fn sixty() -> u32 {
 }
 fn five_minutes() -> u32 {
     300
-}
-fn access_key() -> String {
-    "AWS_ACCESS_KEY_ID".into()
-}
-fn secret_key() -> String {
-    "AWS_SECRET_ACCESS_KEY".into()
 }
 fn dd_api_key() -> String {
     "DD_API_KEY".into()
@@ -154,6 +152,7 @@ impl Provider {
                 window_s,
                 access_key_id_secret,
                 secret_access_key_secret,
+                session_token_secret,
             } => {
                 let time = |s: u64| format_time(s);
                 let mut form = vec![
@@ -173,13 +172,13 @@ impl Provider {
                     form.push((format!("{key}.Value"), value.clone()));
                 }
                 let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let request = ctx.http().post(endpoint).form(&pairs).aws_sigv4(Sigv4 {
-                    service: "monitoring".into(),
-                    region: region.clone(),
-                    access_key_id_secret: access_key_id_secret.clone(),
-                    secret_access_key_secret: secret_access_key_secret.clone(),
-                    session_token_secret: None,
-                });
+                let request = ctx.http().post(endpoint).form(&pairs).aws_sigv4(Sigv4::aws(
+                    "monitoring",
+                    region,
+                    access_key_id_secret,
+                    secret_access_key_secret,
+                    session_token_secret.as_deref(),
+                ));
                 cloudwatch_values(&get_text(request)?)
             }
         }
