@@ -7,6 +7,7 @@ mod approvals;
 mod attacks;
 mod audit;
 mod authoring;
+mod aws_credentials;
 mod barriers;
 mod blue_green;
 mod certs;

@@ -112,6 +112,15 @@ impl Aws {
             "/moto-api/data.json",
             |status, body| status == 200 && body.trim_start().starts_with('{'),
         );
+        Self::setup_with(moto, args)
+    }
+
+    /// The setup of [`Aws::start`] made in a moto already running (one that checks no signature).
+    pub fn setup_at(moto: Peer) -> Self {
+        Self::setup_with(moto, &[])
+    }
+
+    fn setup_with(moto: Peer, args: &[&str]) -> Self {
         let mut setup = Command::new(venv("python"));
         setup.arg(aws_py()).args(["setup", "--endpoint", &moto.origin]).args(args);
         let out = setup.output().unwrap();

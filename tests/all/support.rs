@@ -36,6 +36,8 @@ pub fn shared_cache() -> PathBuf {
 pub fn command(cache: &Path) -> Command {
     let mut cmd = Command::new(gantry_bin());
     cmd.env("GANTRY_CACHE_DIR", cache).env("CARGO_TARGET_DIR", plugin_target_dir()).env("GANTRY_LOG", "info");
+    // The AWS SDK's chain would ask the instance metadata address, which nothing here may reach.
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
     cmd
 }
 

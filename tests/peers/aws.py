@@ -220,8 +220,15 @@ def credentials(a):
             self.wfile.write(body)
 
         def do_PUT(self):
-            if self.path == "/latest/api/token" and self.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
-                self.answer(200, "imds-session-token", "text/plain")
+            ttl = self.headers.get("x-aws-ec2-metadata-token-ttl-seconds")
+            if self.path == "/latest/api/token" and ttl:
+                body = b"imds-session-token"
+                self.send_response(200)
+                self.send_header("x-aws-ec2-metadata-token-ttl-seconds", ttl)
+                self.send_header("content-type", "text/plain")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
             else:
                 self.answer(400, "")
 

@@ -303,9 +303,21 @@ impl Chain {
             profile::ProfileFileCredentialsProvider, provider_config::ProviderConfig,
             web_identity_token::WebIdentityTokenCredentialsProvider,
         };
-        let region = RegionProviderChain::default_provider().or_else("us-east-1").region().await;
         let http = Reqwest::new()?;
-        let conf = ProviderConfig::without_region().with_http_client(http.clone()).with_region(region.clone());
+        let conf = ProviderConfig::without_region().with_http_client(http.clone());
+        // The region STS is asked in: the SDK's region chain (environment, profile, IMDS), else us-east-1.
+        let mut profile_region = aws_config::profile::region::ProfileFileRegionProvider::builder().configure(&conf);
+        if let Some(name) = &spec.profile {
+            profile_region = profile_region.profile_name(name);
+        }
+        let imds_region = aws_config::imds::region::ImdsRegionProvider::builder().configure(&conf).build();
+        let region = RegionProviderChain::first_try(aws_config::environment::region::EnvironmentVariableRegionProvider::new())
+            .or_else(profile_region.build())
+            .or_else(imds_region)
+            .or_else("us-east-1")
+            .region()
+            .await;
+        let conf = conf.with_region(region.clone());
         let mut profile = ProfileFileCredentialsProvider::builder().configure(&conf);
         if let Some(name) = &spec.profile {
             profile = profile.profile_name(name);

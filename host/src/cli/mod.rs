@@ -395,12 +395,21 @@ fn chain(e: &anyhow::Error) -> String {
     message
 }
 
+/// The AWS SDK's crates, whose own logs name the credentials they load.
+const AWS_SDK_TARGETS: [&str; 7] =
+    ["aws_config", "aws_credential_types", "aws_runtime", "aws_sdk_sts", "aws_sigv4", "aws_smithy_runtime", "aws_smithy_http"];
+
 /// Logs go to stderr, coloured when `ansi`; `GANTRY_LOG` takes `tracing` filter directives.
 /// `quiet` keeps warnings and the plugin build lines (a first build takes a while).
 fn init_logging(ansi: bool, quiet: bool) {
     let default = if quiet { "warn,gantry::plugin=error,gantry_host::build=info" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The AWS SDK's crates log credentials they load (an access key id at `info`): whatever the
+    // filter asks, they say only warnings.
+    for quiet in AWS_SDK_TARGETS {
+        filter = filter.add_directive(format!("{quiet}=warn").parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

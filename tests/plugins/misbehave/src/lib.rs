@@ -47,6 +47,9 @@ struct Input {
     /// How many requests `http` makes.
     #[serde(default)]
     times: Option<u32>,
+    /// AWS service whose SigV4 signature `http` asks the host for, with the SDK's default secret names.
+    #[serde(default)]
+    aws_service: Option<String>,
     /// File `read` and `write` use.
     #[serde(default)]
     path: String,
@@ -251,6 +254,10 @@ impl Step for Misbehave {
                     }
                     if let Some((user, secret)) = &input.basic {
                         req = req.basic_secret(user, secret);
+                    }
+                    if let Some(service) = &input.aws_service {
+                        let (key, secret) = (gantry_sdk::aws::access_key_secret(), gantry_sdk::aws::secret_key_secret());
+                        req = req.aws_sigv4(gantry_sdk::Sigv4::aws(service, "us-east-1", &key, &secret, None));
                     }
                     match req.send() {
                         Ok(r) => last = Some(r),
