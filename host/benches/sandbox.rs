@@ -1,14 +1,18 @@
 //! Sandbox benchmark: compile vs cache-hit load of a component; one warm `run`
 //! call of http-check against a local server; the same call through a granted
-//! name that the host resolves and checks; and redaction of a response body
-//! with five secrets — each against its baseline in the same run.
+//! name that the host resolves and checks; redaction of a response body
+//! with five secrets; and SigV4 signing with an `aws-credentials:` set (its
+//! held keys looked up at each request) against static keys — each against
+//! its baseline in the same run.
 //! `cargo bench -p gantry-host --bench sandbox`.
 
 mod common;
 use common::time;
 
 use gantry_host::build::{build_crate, BuildOptions};
-use gantry_host::capability::{NetworkPolicy, Redactor};
+use gantry_host::capability::aws_credentials::{AwsCredentialSpec, AwsCredentials};
+use gantry_host::capability::secrets::{SigV4Use, SignedRequest};
+use gantry_host::capability::{Grant, NetworkPolicy, Redactor, Secret, Secrets};
 use gantry_host::sandbox::{Runtime, StepCall};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -35,6 +39,10 @@ fn component() -> PathBuf {
 }
 
 fn main() {
+    // The credential set's chain answers from the environment: set before any thread starts.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDBENCHEXAMPLE");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench-secret-access-key");
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let wasm = component();
     let bytes = std::fs::read(&wasm).unwrap();
     println!("http-check component: {} bytes", bytes.len());
@@ -115,5 +123,36 @@ fn main() {
     println!(
         "redact 16 KiB echoing 5 secrets 10 times each: {redacted:?} vs copy {copy:?} (baseline), {:.0} MB/s",
         echoing.len() as f64 / redacted.as_secs_f64() / 1e6
+    );
+
+    // SigV4 of a 1 KiB ELBv2 call: static keys (before) vs the credential set's held keys (after).
+    let url = url::Url::parse("https://elasticloadbalancing.us-east-1.amazonaws.com/").unwrap();
+    let bound = vec![Grant::parse("https://elasticloadbalancing.us-east-1.amazonaws.com").unwrap()];
+    let sign = SigV4Use {
+        service: "elasticloadbalancing",
+        region: "us-east-1",
+        access_key_id_secret: "AWS_ACCESS_KEY_ID",
+        secret_access_key_secret: "AWS_SECRET_ACCESS_KEY",
+        session_token_secret: None,
+    };
+    let form = "Action=DescribeListeners&Version=2015-12-01&".repeat(24);
+    let headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    let req = SignedRequest { method: "POST", url: &url, headers: &headers, body: form.as_bytes() };
+    let mut with_keys = Secrets::default();
+    with_keys.insert("AWS_ACCESS_KEY_ID", Secret::new("AKIDBENCHEXAMPLE", bound.clone()));
+    with_keys.insert("AWS_SECRET_ACCESS_KEY", Secret::new("bench-secret-access-key", bound.clone()));
+    let spec = AwsCredentialSpec::default();
+    let set = rt.block_on(AwsCredentials::read("AWS", &spec)).expect("the environment has keys");
+    let mut with_set = Secrets::default();
+    with_set.insert_aws(set, bound);
+    let keys_static = time(2000, || with_keys.aws_sigv4(&sign, None, &req).unwrap());
+    let keys_set = time(2000, || {
+        let set = with_set.aws_set_for(&sign, &url).unwrap().unwrap();
+        let keys = rt.block_on(set.current("bench")).unwrap();
+        with_set.aws_sigv4(&sign, Some(&keys), &req).unwrap()
+    });
+    println!(
+        "SigV4 of a 1 KiB request: static keys {keys_static:?} (baseline) vs an aws-credentials: set {keys_set:?}, {:?} more",
+        keys_set.saturating_sub(keys_static)
     );
 }

@@ -245,48 +245,62 @@ fn kill_9_at_every_step_boundary_stage_pause_and_gate_then_resume_or_rollback_le
         points.extend([KillPoint::Pause(p), KillPoint::Gate(p)]);
     }
     points.push(KillPoint::AfterShift);
-    let mut table = Vec::new();
-    for point in points {
-        for then in ["rollback", "resume"] {
-            let aws = Aws::start();
-            let metrics = aws.metrics(false);
-            let dir = tempfile::tempdir().unwrap();
-            let misbehave = repo().join("tests/plugins/misbehave");
-            let with = format!(
-                "pause_ms: 300\n      health_url: \"{}/health\"\n      window: {{ samples: 2, interval_ms: 300 }}\n    needs: [audit]",
-                metrics.origin
-            );
-            let yaml = canary_yaml_with(&aws, &with, &[&metrics.origin]).replace(
-                "steps:\n",
-                &format!(
-                    "steps:\n  - id: audit\n    uses: {}\n    with: {{ action: sleep, ms: 1000 }}\n",
-                    misbehave.display()
-                ),
-            ) + &format!(
-                "  - id: smoke\n    uses: {}\n    needs: [shift]\n    with: {{ action: sleep, ms: 1000 }}\n",
-                misbehave.display()
-            );
-            let file = dir.path().join("canary.yaml");
-            std::fs::write(&file, yaml).unwrap();
-            let mut cmd = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()]);
-            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-            let mut child = spawn_until(&mut cmd, &format!("{point:?}"), || point.reached(&journal(dir.path())));
-            child.kill().unwrap();
-            child.wait().unwrap();
-            let green = point.green();
-            assert_eq!(aws.weights(), weights_of(&aws, 100 - green, green), "killed at {point:?}");
-            let out = gantry_aws(dir.path(), &aws, &[then, &run_id(dir.path())]).output().unwrap();
-            assert_eq!(out.status.code(), Some(0), "{then} after {point:?}: {}", String::from_utf8_lossy(&out.stderr));
-            // Read back by boto3, not through the plugin: exactly the original, or exactly the target.
-            let expected = if then == "rollback" { weights_of(&aws, 100, 0) } else { weights_of(&aws, 0, 100) };
-            assert_eq!(aws.weights(), expected, "{then} after a kill at {point:?}");
-            let last = journal(dir.path()).last().cloned().unwrap();
-            let status = if then == "rollback" { "rolled-back" } else { "succeeded" };
-            assert_eq!(last["status"], status, "the journal says which");
-            table.push(format!("{point:?} + {then}"));
-        }
-    }
+    let cases: Vec<(KillPoint, &str)> =
+        points.into_iter().flat_map(|p| [(p, "rollback"), (p, "resume")]).collect();
+    // Two lanes, each with its own moto and metrics, taking the cases in turn: a case waits on its
+    // pauses, so two overlap well on two cores. Between cases a lane's listener is set back to blue.
+    let lanes: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let lanes: Vec<_> = cases
+            .chunks(cases.len().div_ceil(2))
+            .map(|lane| scope.spawn(move || kill_cases(lane)))
+            .collect();
+        lanes.into_iter().map(|l| l.join().unwrap()).collect()
+    });
+    let table: Vec<String> = lanes.into_iter().flatten().collect();
     assert_eq!(table.len(), 20, "kill points tested: {table:?}");
+}
+
+/// Runs each case against one moto and metrics server: kill -9 at the point, then `resume` or
+/// `rollback`, the weights read back with boto3 after each.
+fn kill_cases(cases: &[(KillPoint, &str)]) -> Vec<String> {
+    let aws = Aws::start();
+    let metrics = aws.metrics(false);
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let mut table = Vec::new();
+    for &(point, then) in cases {
+        aws.set_weights(100, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let with = format!(
+            "pause_ms: 300\n      health_url: \"{}/health\"\n      window: {{ samples: 2, interval_ms: 300 }}\n    needs: [audit]",
+            metrics.origin
+        );
+        let yaml = canary_yaml_with(&aws, &with, &[&metrics.origin]).replace(
+            "steps:\n",
+            &format!("steps:\n  - id: audit\n    uses: {}\n    with: {{ action: sleep, ms: 1000 }}\n", misbehave.display()),
+        ) + &format!(
+            "  - id: smoke\n    uses: {}\n    needs: [shift]\n    with: {{ action: sleep, ms: 1000 }}\n",
+            misbehave.display()
+        );
+        let file = dir.path().join("canary.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let mut cmd = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()]);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut child = spawn_until(&mut cmd, &format!("{point:?}"), || point.reached(&journal(dir.path())));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let green = point.green();
+        assert_eq!(aws.weights(), weights_of(&aws, 100 - green, green), "killed at {point:?}");
+        let out = gantry_aws(dir.path(), &aws, &[then, &run_id(dir.path())]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{then} after {point:?}: {}", String::from_utf8_lossy(&out.stderr));
+        // Read back by boto3, not through the plugin: exactly the original, or exactly the target.
+        let expected = if then == "rollback" { weights_of(&aws, 100, 0) } else { weights_of(&aws, 0, 100) };
+        assert_eq!(aws.weights(), expected, "{then} after a kill at {point:?}");
+        let last = journal(dir.path()).last().cloned().unwrap();
+        let status = if then == "rollback" { "rolled-back" } else { "succeeded" };
+        assert_eq!(last["status"], status, "the journal says which");
+        table.push(format!("{point:?} + {then}"));
+    }
+    table
 }
 
 #[test]

@@ -182,6 +182,19 @@ impl Aws {
             .collect()
     }
 
+    /// Sets the listener's weights with boto3, so one load balancer serves several runs in turn.
+    pub fn set_weights(&self, blue: u64, green: u64) {
+        let out = Command::new(venv("python"))
+            .arg(aws_py())
+            .arg("set-weights")
+            .args(self.auth_args())
+            .args(["--blue", &self.get("blue"), "--green", &self.get("green")])
+            .args(["--blue-weight", &blue.to_string(), "--green-weight", &green.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "aws.py set-weights: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Stops one of green's instances: its target is no longer healthy.
     pub fn stop_green_instance(&self) {
         let id = self.setup["green_instances"][0].as_str().unwrap().to_string();

@@ -20,6 +20,7 @@ credentials serves temporary credentials as ECS's container endpoint does (GET /
          token): each answer is a new role of moto's assumed with STS AssumeRole for --life
          seconds, and at its expiry the role loses its policy, so moto refuses what it signs from
          then on, as AWS refuses expired credentials. GET /served prints how many were served.
+set-weights sets the listener's weights (--blue-weight, --green-weight), as before a test.
 roles    creates role `ci` (web identity trust, everything allowed) and prints its ARN.
 put-metrics puts --cpu and --memory percentages into CloudWatch for green, as ECS reports them
          (AWS/ECS CPUUtilization and MemoryUtilization of prod/web-green) and as an EC2 group with
@@ -160,6 +161,12 @@ def weights(endpoint, key, secret, listener):
     action = elb.describe_listeners(ListenerArns=[listener])["Listeners"][0]["DefaultActions"][0]
     groups = action.get("ForwardConfig", {}).get("TargetGroups") or [{"TargetGroupArn": action["TargetGroupArn"], "Weight": 1}]
     return [{"arn": g["TargetGroupArn"], "weight": g.get("Weight", 1)} for g in groups]
+
+
+def set_weights(a):
+    elb = client("elbv2", a.endpoint, a.key, a.secret)
+    groups = [{"TargetGroupArn": a.blue, "Weight": a.blue_weight}, {"TargetGroupArn": a.green, "Weight": a.green_weight}]
+    elb.modify_listener(ListenerArn=a.listener, DefaultActions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": groups}}])
 
 
 def roles(a):
@@ -351,6 +358,11 @@ def main():
         s.add_argument(arg, required=True)
     s.add_argument("--life", type=int, required=True)
     s.add_argument("--port", type=int, required=True)
+    s = sub.add_parser("set-weights")
+    for arg in ("--endpoint", "--key", "--secret", "--listener", "--blue", "--green"):
+        s.add_argument(arg, required=True)
+    s.add_argument("--blue-weight", type=int, required=True)
+    s.add_argument("--green-weight", type=int, required=True)
     s = sub.add_parser("roles")
     for arg in ("--endpoint", "--key", "--secret"):
         s.add_argument(arg, required=True)
@@ -372,6 +384,8 @@ def main():
         credentials(a)
     elif a.cmd == "roles":
         roles(a)
+    elif a.cmd == "set-weights":
+        set_weights(a)
     elif a.cmd == "ecs-setup":
         ecs_setup(a)
     elif a.cmd == "ecs-state":
