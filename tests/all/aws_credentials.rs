@@ -325,3 +325,30 @@ fn a_renewed_key_echoed_by_a_server_is_redacted_in_output_journal_and_report() {
     assert!(body.contains("Credential=***/") && body.contains("x-amz-security-token: ***"), "{body}");
     assert!(journal_text.contains("\"provider\":\"Profile\""), "the profile's credential_process answered");
 }
+
+#[test]
+fn the_secrets_manager_store_reads_with_the_chains_credentials() {
+    let aws = Aws::start();
+    aws.put_secret("prod/db", r#"{"password":"pw-from-secrets-manager"}"#);
+    let creds = credentials(&aws, 60);
+    let server = CountingServer::start(Reply::text(200, "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: store\nsecret_stores:\n  aws: {{ region: us-east-1, endpoint: \"{moto}\", credentials: \"aws-credentials:\" }}\nsecrets:\n  DB: {{ from: \"aws-sm:prod/db#password\", bind: [\"{o}\"] }}\nsteps:\n  - id: use\n    uses: {m}\n    network: [\"{o}\"]\n    secrets: [DB]\n    with: {{ action: http, url: \"{o}/\", bearer: DB }}\n",
+        moto = aws.moto.origin,
+        o = server.origin(),
+        m = repo().join("tests/plugins/misbehave").display(),
+    );
+    let file = write(dir.path(), &yaml);
+    let env = ecs_env(&creds);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ok(&gantry_chain(dir.path(), &env, &["run", &file]).output().unwrap());
+    assert!(server.headers().join("\n").to_ascii_lowercase().contains("authorization: bearer pw-from-secrets-manager"));
+    assert_eq!(served(&creds).0, 1, "the store signed with credentials from the ECS endpoint");
+    // Keys and a credential set together are refused, with the line.
+    let both = yaml.replace("credentials: \"aws-credentials:\"", "credentials: \"aws-credentials:\", access_key_id: \"env:X\"");
+    let out = gantry_chain(dir.path(), &[], &["validate", &write(dir.path(), &both)]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret_stores.aws.credentials: give `credentials` or the key sources"), "{stderr}");
+}

@@ -467,6 +467,9 @@ pub struct AwsSecretStore {
     /// A session token's source, for temporary credentials.
     #[serde(default)]
     pub session_token: Option<SecretSource>,
+    /// An `aws-credentials:` source instead of the three above: the AWS SDK's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SecretSource>,
 }
 
 impl AwsSecretStore {
@@ -482,9 +485,20 @@ impl AwsSecretStore {
                 .read()
                 .map_err(|e| SourceError::refused(format!("the {what} for AWS Secrets Manager ({source}): {e}")))
         };
-        let access_key_id = credential(&self.access_key_id, "access key id")?;
-        let secret_access_key = credential(&self.secret_access_key, "secret access key")?;
-        let session_token = self.session_token.as_ref().map(|s| credential(s, "session token")).transpose()?;
+        let (access_key_id, secret_access_key, session_token) = match &self.credentials {
+            Some(SecretSource::AwsCredentials(spec)) => {
+                let set = aws_credentials::AwsCredentials::read("secret_stores.aws", spec)
+                    .await
+                    .map_err(|e| SourceError::refused(e.to_string()))?;
+                let keys = set.current("").await.map_err(|e| SourceError::refused(e.to_string()))?;
+                (keys.access_key_id, keys.secret_access_key, keys.session_token)
+            }
+            _ => (
+                credential(&self.access_key_id, "access key id")?,
+                credential(&self.secret_access_key, "secret access key")?,
+                self.session_token.as_ref().map(|s| credential(s, "session token")).transpose()?,
+            ),
+        };
         let url = url::Url::parse(&self.endpoint)
             .map_err(|e| SourceError::refused(format!("endpoint {}: {e}", self.endpoint)))?;
         let body = serde_json::json!({ "SecretId": id }).to_string();

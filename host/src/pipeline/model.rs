@@ -229,6 +229,9 @@ pub struct AwsStoreDef {
     /// Source of a session token, for temporary credentials.
     #[serde(default)]
     pub session_token: Option<Loc<String>>,
+    /// `aws-credentials:[OPTIONS]`: the AWS SDK's credential chain instead of the three sources above.
+    #[serde(default)]
+    pub credentials: Option<Loc<String>>,
 }
 
 /// A SQL database the host connects to for the steps that list it; the password is a declared secret.

@@ -677,12 +677,24 @@ impl<'a> Checker<'a> {
             Some("AWS_SECRET_ACCESS_KEY"),
         );
         let session_token = self.credential(&aws.session_token, &format!("{field}.session_token"), None);
+        let credentials = aws.credentials.as_ref().and_then(|text| {
+            let keys = aws.access_key_id.is_some() || aws.secret_access_key.is_some() || aws.session_token.is_some();
+            let parsed = SecretSource::parse(text).and_then(|s| match s {
+                SecretSource::AwsCredentials(_) if keys => {
+                    Err("give `credentials` or the key sources (`access_key_id`, …), not both".into())
+                }
+                SecretSource::AwsCredentials(_) => Ok(s),
+                _ => Err(format!("`{}` is not an `aws-credentials:` source", text.value)),
+            });
+            self.parsed(parsed, text.at, &format!("{field}.credentials"))
+        });
         Some(AwsSecretStore {
             region,
             endpoint,
             access_key_id: access_key_id?,
             secret_access_key: secret_access_key?,
             session_token,
+            credentials,
         })
     }
 
