@@ -50,8 +50,8 @@ fn gantry_chain(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
 }
 
 /// The ECS container endpoint the chain reads credentials from.
-fn ecs_env(creds: &Peer) -> Vec<(&'static str, String)> {
-    vec![("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("{}/creds", creds.origin))]
+fn ecs_uri(creds: &Peer) -> String {
+    format!("{}/creds", creds.origin)
 }
 
 /// A canary of `stages`, `pause_ms` each, signed with `source`'s credential set, and `after` steps.
@@ -107,8 +107,8 @@ fn a_canary_that_outlives_its_credentials_renews_them_and_completes() {
     let creds = credentials(&aws, LIFE);
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), &canary(&aws, &aws.moto.origin, "aws-credentials:", "[25, 50, 100]", 3000, ""));
-    let env = ecs_env(&creds);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let uri = ecs_uri(&creds);
+    let env = [("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str())];
     let out = gantry_chain(dir.path(), &env, &["run", &file]).output().unwrap();
     ok(&out);
     assert_eq!(aws.weights(), weights(&aws, 0, 100), "read back with boto3: all traffic on green");
@@ -137,8 +137,8 @@ fn a_failure_after_the_credentials_expired_rolls_back_with_fresh_ones() {
         failing_step("smoke", "soak", "post-release check failed")
     );
     let file = write(dir.path(), &canary(&aws, &aws.moto.origin, "aws-credentials:", "[50, 100]", 300, &after));
-    let env = ecs_env(&creds);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let uri = ecs_uri(&creds);
+    let env = [("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str())];
     let out = gantry_chain(dir.path(), &env, &["run", &file, "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(aws.weights(), weights(&aws, 100, 0), "the rollback restored the weights, signed with fresh credentials");
@@ -157,8 +157,8 @@ fn kill_9_mid_canary_then_rollback_after_the_credentials_expired_signs_with_new_
     let creds = credentials(&aws, LIFE);
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), &canary(&aws, &aws.moto.origin, "aws-credentials:", "[25, 100]", 60_000, ""));
-    let env = ecs_env(&creds);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let uri = ecs_uri(&creds);
+    let env = [("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str())];
     let mut cmd = gantry_chain(dir.path(), &env, &["run", &file]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = spawn_until(&mut cmd, "the 25 % stage", || aws.weights() == weights(&aws, 75, 25));
@@ -234,7 +234,7 @@ fn web_identity_then_a_short_role_session_renews_and_imds_and_ecs_answer_step_ru
         cmd.args(["--secret", &format!("AWS=aws-credentials:@{}", checked.moto.origin), "--allow-net", &checked.moto.origin]);
         cmd.output().unwrap()
     };
-    let ecs = format!("{}/creds", creds.origin);
+    let ecs = ecs_uri(&creds);
     ok(&step(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", &ecs)], false));
     assert_eq!(checked.weights(), weights(&checked, 0, 100));
     let before = served(&creds).0;
@@ -340,8 +340,8 @@ fn the_secrets_manager_store_reads_with_the_chains_credentials() {
         m = repo().join("tests/plugins/misbehave").display(),
     );
     let file = write(dir.path(), &yaml);
-    let env = ecs_env(&creds);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let uri = ecs_uri(&creds);
+    let env = [("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str())];
     ok(&gantry_chain(dir.path(), &env, &["run", &file]).output().unwrap());
     assert!(server.headers().join("\n").to_ascii_lowercase().contains("authorization: bearer pw-from-secrets-manager"));
     assert_eq!(served(&creds).0, 1, "the store signed with credentials from the ECS endpoint");

@@ -218,9 +218,11 @@ def credentials(a):
         def log_message(self, *args):
             pass
 
-        def answer(self, status, body, kind="application/json"):
+        def answer(self, status, body, kind="application/json", headers=()):
             body = body.encode()
             self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("content-type", kind)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -229,13 +231,7 @@ def credentials(a):
         def do_PUT(self):
             ttl = self.headers.get("x-aws-ec2-metadata-token-ttl-seconds")
             if self.path == "/latest/api/token" and ttl:
-                body = b"imds-session-token"
-                self.send_response(200)
-                self.send_header("x-aws-ec2-metadata-token-ttl-seconds", ttl)
-                self.send_header("content-type", "text/plain")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(200, "imds-session-token", "text/plain", [("x-aws-ec2-metadata-token-ttl-seconds", ttl)])
             else:
                 self.answer(400, "")
 
