@@ -172,7 +172,8 @@ impl Context {
     /// after this step, then stops here and waits for a person (`gantry resume`, `gantry rollback
     /// --past-barrier`, `gantry settle`) instead of failing. Call it *before* the change, as a
     /// checkpoint: a crash between the change and the record must not let a rollback walk past it.
-    /// `changed` says what stays changed, for the person who decides.
+    /// `changed` says what stays changed, for the person who decides. In a dry run, call it where
+    /// the real run would: the host shows the step as a barrier ahead and records no barrier.
     ///
     /// ```
     /// let ctx = gantry_sdk::Context::for_test("migrate", serde_json::json!({}));

@@ -91,6 +91,31 @@ fn count(seen: &[String], line: &str) -> usize {
     seen.iter().filter(|l| *l == line).count()
 }
 
+#[test]
+fn a_dry_run_names_the_step_that_would_become_a_barrier_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = setup(dir.path());
+    let server = CountingServer::start(Reply::text(200, "ok"));
+    let report = dir.path().join("report.json");
+    let extra = ["--dry-run", "--report", &format!("json={}", report.display())];
+    let out = run_pipeline(dir.path(), &pipeline(&pg, &server, 0, 0), &[("DB_PASSWORD", PASSWORD)], &extra);
+    let id = run_id(dir.path());
+    let shown = printed(&gantry_env(dir.path(), &["runs", "show", &id]));
+    assert!(
+        shown.contains("migrate: dry run: WOULD BECOME A ROLLBACK BARRIER: V2 has no down file"),
+        "{}\n{shown}",
+        printed(&out)
+    );
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let ahead = &report["barriers_ahead"];
+    assert_eq!(ahead[0]["step"], "migrate", "{report}");
+    assert_eq!(ahead[0]["changed"], "V2__drop_legacy.sql", "{report}");
+    // Nothing was applied, and no barrier is recorded that a later rollback would stop at.
+    assert_eq!(tables(&pg), [""]);
+    let journal = std::fs::read_to_string(dir.path().join(".gantry/runs").join(&id).join("journal.jsonl")).unwrap();
+    assert!(!journal.contains("gantry.barrier") && !journal.contains("at_barrier"), "{journal}");
+}
+
 /// The first run: `gate` fails, the rollback undoes `after` and `beside`, then stops at `migrate`.
 fn stopped_at_barrier(dir: &Path, pg: &Postgres, server: &CountingServer, yaml: &str) -> String {
     let out = run(dir, yaml);
@@ -183,7 +208,13 @@ fn settle_records_who_accepted_the_state_and_why() {
     assert!(journal.contains("\"settled\"") && journal.contains("ops-jane") && journal.contains("compatible"));
     assert_eq!(history(&pg), ["1,2,3"]);
     // Settled is final: neither resume nor a second settle acts on it.
+    let before = seen(&server);
+    let resumed = gantry_env(dir.path(), &["resume", &id]);
+    assert_ne!(resumed.status.code(), Some(0), "{}", printed(&resumed));
+    assert!(printed(&resumed).contains("was settled"), "{}", printed(&resumed));
+    assert_eq!(seen(&server), before, "a resume of a settled run called a plugin");
     assert_ne!(gantry_env(dir.path(), &["settle", &id, "--reason", "again"]).status.code(), Some(0));
+    assert_eq!(history(&pg), ["1,2,3"]);
 }
 
 /// Starts `gantry <args>` in `dir` and kills it with SIGKILL once the server has seen `line` once more.

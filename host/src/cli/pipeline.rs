@@ -460,6 +460,9 @@ pub(crate) async fn resume(
     }
     let barriers = r.fold.barriers();
     match (&r.finished, &r.paused) {
+        (Some(status), _) if status == crate::run::Status::Settled.name() => {
+            anyhow::bail!("run {id} was settled: a person accepted its state as it is; nothing to resume")
+        }
         (Some(_), _) if r.fold.phase == Some(RunPhase::AtBarrier) => {
             let said: Vec<String> = barriers.iter().map(|b| format!("`{}` ({})", b.step, b.reason)).collect();
             eprintln!("run {id} stopped at the barrier of {}: going forward from it, its change stays", said.join(", "))
@@ -684,7 +687,8 @@ pub(crate) async fn settle(id: String, reason: String, state: Option<&str>) -> a
     let store = store(state).await?;
     let (session, r) = Session::reopen(store, &id).await?;
     let now = r.fold.status();
-    if ["succeeded", "rolled-back", "settled"].contains(&now.as_str()) {
+    use crate::run::Status;
+    if [Status::Succeeded, Status::RolledBack, Status::Settled].map(Status::name).contains(&now.as_str()) {
         anyhow::bail!("run {id} is {now}: there is nothing to settle");
     }
     let by = current_user();

@@ -44,7 +44,7 @@ pub fn page(records: &[Record], live: bool) -> String {
     });
     let t0 = records.first().map(|r| r.ts_ms).unwrap_or_default();
     let t1 = records.last().map(|r| r.ts_ms).unwrap_or(t0);
-    let finished = records.iter().any(|r| matches!(r.event, Event::RunFinished { .. }));
+    let finished = records.iter().any(|r| matches!(r.event, Event::RunFinished { .. } | Event::Settled { .. }));
     let order = step_order(plan.as_ref(), &summary);
     let status_of = |id: &str| {
         summary.steps.iter().find(|s| s.id == id).map(|s| s.status.clone()).unwrap_or_else(|| "pending".into())
@@ -71,6 +71,7 @@ pub fn page(records: &[Record], live: bool) -> String {
         duration(t1 - t0)
     );
     html += &barriers(records);
+    html += &barriers_ahead(&summary.barriers_ahead);
     html += "<section><h2>Steps</h2>";
     html += &dag(plan.as_ref(), &order, &status_of);
     html += "</section>\n<section><h2>Timeline</h2>";
@@ -108,6 +109,20 @@ fn barriers(records: &[Record]) -> String {
          Still in place: <b>{}</b>.</p>{}</section>\n",
         escape(&folded.in_place().join(", ")),
         table(&["step", "why it cannot be undone", "what stays changed"], &rows)
+    )
+}
+
+/// A dry run's steps whose real run would record a rollback barrier: what to plan for before it.
+fn barriers_ahead(ahead: &[crate::run::fold::Barrier]) -> String {
+    if ahead.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> =
+        ahead.iter().map(|b| vec![b.step.clone(), b.reason.clone(), b.changed.clone()]).collect();
+    format!(
+        "<section><h2>Rollback barriers ahead</h2><p>In the real run, these steps would make a change that cannot be \
+         undone: a rollback after them stops there and waits for a person.</p>{}</section>\n",
+        table(&["step", "why it could not be undone", "what would stay changed"], &rows)
     )
 }
 

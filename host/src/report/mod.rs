@@ -114,6 +114,9 @@ pub struct Summary {
     pub status: String,
     /// Steps in the order they first appear in the journal.
     pub steps: Vec<StepSummary>,
+    /// In a dry run: the steps whose real run would record a rollback barrier.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub barriers_ahead: Vec<crate::run::fold::Barrier>,
 }
 
 impl Summary {
@@ -126,6 +129,7 @@ impl Summary {
             entity: String::new(),
             status: "incomplete".into(),
             steps: Vec::new(),
+            barriers_ahead: Vec::new(),
         };
         let mut started: BTreeMap<String, f64> = BTreeMap::new();
         for record in records {
@@ -219,8 +223,15 @@ impl Summary {
                 | Event::SecretsRead { .. }
                 | Event::AwsCredentials { .. }
                 | Event::Log { .. }
-                | Event::PastBarrier { .. }
-                | Event::Settled { .. } => {}
+                | Event::PastBarrier { .. } => {}
+                Event::BarrierAhead { step, reason, changed } => {
+                    summary.barriers_ahead.push(crate::run::fold::Barrier {
+                        step: step.clone(),
+                        reason: reason.clone(),
+                        changed: changed.clone(),
+                    })
+                }
+                Event::Settled { .. } => summary.status = crate::run::Status::Settled.name().into(),
                 Event::Abandoned { .. } => summary.status = crate::run::store::NEEDS_A_PERSON.into(),
             }
         }

@@ -75,6 +75,10 @@ pub fn describe(event: &Event) -> String {
         }
         Checkpoint { step, key, .. } => format!("{step}: checkpoint {key} recorded"),
         PastBarrier { by } => format!("{by} chose to roll back past the run's barriers"),
+        BarrierAhead { step, reason, changed } => format!(
+            "{step}: dry run: WOULD BECOME A ROLLBACK BARRIER: {reason} (stays changed: {changed}); \
+             a rollback of the real run stops here and waits for a person"
+        ),
         Settled { by, reason } => format!("settled by {by}: {reason}; the run stays as it is"),
         Log { step, level, message } => format!("{step}: {level:?}: {message}"),
         Interrupted { signal } => {
@@ -127,6 +131,8 @@ fn said_quietly(event: &Event) -> bool {
             | Abandoned { .. }
             | ApprovalRequested(_)
             | Rejected { .. }
+            | BarrierAhead { .. }
+            | Settled { .. }
             | RunFinished { .. }
     )
 }
@@ -250,6 +256,7 @@ impl LiveView {
             | Approved { .. }
             | Rejected { .. }
             | PastBarrier { .. }
+            | BarrierAhead { .. }
             | Settled { .. } => {
                 let _ = self.bars.println(describe(event));
             }

@@ -255,6 +255,16 @@ pub enum Event {
         /// Why, as they said it.
         reason: String,
     },
+    /// In a dry run, a step said its real run would record a rollback barrier here (the SDK's
+    /// `Context::barrier`): shown before anything irreversible happens, never folded as a change.
+    BarrierAhead {
+        /// Step id.
+        step: String,
+        /// Why its change could not be undone, as the step said.
+        reason: String,
+        /// What would stay changed.
+        changed: String,
+    },
     /// The run ended.
     RunFinished {
         /// succeeded, failed or rollback-failed.
@@ -320,6 +330,7 @@ impl Event {
             Event::RunFinished { status } => text(status),
             Event::PastBarrier { by } => text(by),
             Event::Settled { by, reason } => [by, reason].into_iter().for_each(text),
+            Event::BarrierAhead { step, reason, changed } => [step, reason, changed].into_iter().for_each(text),
             Event::Interrupted { signal } | Event::Abandoned { signal } => text(signal),
             Event::Checkpoint { step, key, value, .. } => [step, key, value].into_iter().for_each(text),
             Event::Log { step, message, .. } => [step, message].into_iter().for_each(text),
@@ -351,6 +362,8 @@ pub enum Status {
     /// The rollback undid what ran after a rollback barrier and stopped there: the barrier's change
     /// and what it needs stay. A person chooses `resume`, `rollback --past-barrier` or `settle`.
     StoppedAtBarrier,
+    /// A person accepted the run's state as it is (`gantry settle`): nothing more is run or undone.
+    Settled,
 }
 
 impl Status {
@@ -367,6 +380,7 @@ impl Status {
             Status::AwaitingApproval => 5,
             Status::NeedsAPerson => 3,
             Status::StoppedAtBarrier => 6,
+            Status::Settled => 0,
         }
     }
 
@@ -382,6 +396,7 @@ impl Status {
             Status::AwaitingApproval => "awaiting-approval",
             Status::NeedsAPerson => store::NEEDS_A_PERSON,
             Status::StoppedAtBarrier => "stopped-at-barrier",
+            Status::Settled => "settled",
         }
     }
 }
@@ -611,10 +626,15 @@ impl Ctx {
         upstream
     }
 
-    /// Records a checkpoint of attempt `attempt` durably; a key keeps its first value.
+    /// Records a checkpoint of attempt `attempt` durably; a key keeps its first value. In a dry run
+    /// a rollback barrier is recorded as one ahead: nothing was changed, so nothing stops a rollback.
     async fn checkpoint(&self, step: &str, key: String, value: String, attempt: u32) -> Result<(), String> {
         if self.checkpoints_of(step).contains_key(&key) {
             return Ok(());
+        }
+        if self.dry_run && key == BARRIER_CHECKPOINT {
+            let fold::Barrier { step, reason, changed } = fold::Barrier::read(step, &value);
+            return self.emit(Event::BarrierAhead { step, reason, changed }).await.map_err(|e| e.to_string());
         }
         let event = Event::Checkpoint { step: step.to_string(), key: key.clone(), value: value.clone(), attempt };
         self.emit(event).await.map_err(|e| e.to_string())?;
@@ -815,8 +835,12 @@ pub struct SecretAnswered {
 /// available source answers.
 pub async fn read_secrets(plan: &Plan) -> Result<SecretsRead, RunError> {
     let reader = crate::capability::source::Reader::new(&plan.secret_stores);
-    let mut read =
-        SecretsRead { values: BTreeMap::new(), aws: BTreeMap::new(), answered: BTreeMap::new(), credentials: Vec::new() };
+    let mut read = SecretsRead {
+        values: BTreeMap::new(),
+        aws: BTreeMap::new(),
+        answered: BTreeMap::new(),
+        credentials: Vec::new(),
+    };
     let passwords = plan.steps.iter().flat_map(|step| step.databases.iter().map(|d| &d.password));
     let step_secret_names: BTreeSet<&str> =
         plan.steps.iter().flat_map(|step| &step.secrets).map(|s| s.name.as_str()).collect();
@@ -962,12 +986,7 @@ pub struct Prepared {
 
 /// Loads every plugin of the plan and resolves every grant with the secret values read for the run
 /// ([`read_secrets`]), before any step runs.
-pub fn prepare(
-    runtime: &Runtime,
-    plan: &Plan,
-    artifacts: &Path,
-    secrets: &SecretsRead,
-) -> Result<Prepared, RunError> {
+pub fn prepare(runtime: &Runtime, plan: &Plan, artifacts: &Path, secrets: &SecretsRead) -> Result<Prepared, RunError> {
     let mut plugins = BTreeMap::new();
     let mut grants = BTreeMap::new();
     let mut by_path = std::collections::HashMap::new();
@@ -1705,11 +1724,9 @@ pub async fn rollback(
 }
 
 /// Records that a person (`by`) accepts a run's state as it is: nothing more is run or undone, and
-/// the run ends `settled`.
+/// the run ends `settled`. One record, so no crash can leave a settle half-written.
 pub async fn settle(session: &Session, by: &str, reason: &str) -> Result<(), JournalError> {
-    let journal = session.journal();
-    journal.write(Event::Settled { by: by.to_string(), reason: reason.to_string() }).await?;
-    journal.write(Event::RunFinished { status: "settled".into() }).await
+    session.journal().write(Event::Settled { by: by.to_string(), reason: reason.to_string() }).await
 }
 
 #[cfg(test)]

@@ -340,6 +340,15 @@ fn list(ms: &[&Migration]) -> String {
     ms.iter().map(|m| m.version.to_string()).collect::<Vec<_>>().join(",")
 }
 
+/// Records a rollback barrier for `m` when it has no down file: once applied it cannot be undone.
+fn barrier_if_irreversible(ctx: &Context, m: &Migration) -> Result<(), Error> {
+    if m.down.is_some() {
+        return Ok(());
+    }
+    let reason = format!("V{} has no down file (U{}__….sql): once applied it cannot be undone", m.version, m.version);
+    ctx.barrier(&reason, &m.file)
+}
+
 /// The plugin.
 pub struct DbMigrate;
 
@@ -365,6 +374,8 @@ impl Step for DbMigrate {
         if ctx.dry_run() || todo.is_empty() {
             for m in &todo {
                 gantry_sdk::info!("dry run: would apply {} ({} statements)", m.file, split(&m.up).len());
+                // The host shows it as a barrier ahead: an operator learns it before the real run.
+                barrier_if_irreversible(ctx, m)?;
             }
             if todo.is_empty() {
                 gantry_sdk::info!("{} is at version {current}: nothing to apply", input.database);
@@ -379,17 +390,9 @@ impl Step for DbMigrate {
         }
         for m in &todo {
             ctx.checkpoint(&checkpoint_key(m.version), &m.checksum)?;
-            if m.down.is_none() {
-                // Before the change: a crash between applying it and saying so must not let a
-                // rollback walk past a migration nothing can undo.
-                ctx.barrier(
-                    &format!(
-                        "V{} has no down file (U{}__….sql): once applied it cannot be undone",
-                        m.version, m.version
-                    ),
-                    &m.file,
-                )?;
-            }
+            // Before the change: a crash between applying it and saying so must not let a
+            // rollback walk past a migration nothing can undo.
+            barrier_if_irreversible(ctx, m)?;
             db.apply(ctx, m)?;
             gantry_sdk::info!("applied {}", m.file);
         }

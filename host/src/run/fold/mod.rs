@@ -279,7 +279,7 @@ pub fn fold(records: &[Record]) -> Folded {
     for record in records {
         f.last_session = f.last_session.max(record.session);
         f.last_seq = f.last_seq.max(record.seq);
-        if !matches!(record.event, Event::RunFinished { .. }) && f.finished.is_some() {
+        if !matches!(record.event, Event::RunFinished { .. } | Event::Settled { .. }) && f.finished.is_some() {
             // A later session took the run up again.
             f.finished = None;
             if !explicit && f.phase == Some(RunPhase::Paused) {
@@ -388,6 +388,8 @@ pub fn fold(records: &[Record]) -> Folded {
             }
             Event::Abandoned { .. } => f.abandoned = true,
             Event::RunFinished { status } => f.finished = Some(status.clone()),
+            // A person's settle is the run's end in one record: a crash right after it cannot undo it.
+            Event::Settled { .. } => f.finished = Some(super::Status::Settled.name().into()),
             _ => {}
         }
     }

@@ -1,6 +1,6 @@
 //! Property test of the fold: a simulated executor writes the events a real one writes (steps
 //! interleaved up to `jobs`, a failing step, cancellation, undo, resume and rollback sessions that
-//! decide from the fold as the CLI does), crashing at random moments up to three times, a torn
+//! decide from the fold as the CLI does, and a person's settle), crashing at random moments up to three times, a torn
 //! last line included; beside it, a reference model of the target tracks what is changed.
 //!
 //! Properties, after every crash and at the end:
@@ -13,6 +13,7 @@
 
 use super::*;
 use crate::run::store::file::parse_journal;
+use crate::run::Status;
 use proptest::prelude::*;
 
 /// The process died: nothing after this moment happened.
@@ -26,6 +27,8 @@ enum Recovery {
     Rollback,
     /// `gantry rollback --past-barrier`.
     RollbackPast,
+    /// `gantry settle`: a person accepts the state as it is.
+    Settle,
 }
 
 struct Sim {
@@ -160,9 +163,18 @@ impl Sim {
             // Killed before its start was recorded: nothing ran.
             return Ok(());
         }
+        let settled = f.status() == Status::Settled.name();
+        if matches!(recovery, Recovery::Settle) {
+            // `gantry settle` refuses a run that is back, done or settled; else it is one record.
+            let refused = [Status::Succeeded, Status::RolledBack, Status::Settled].map(Status::name);
+            if !refused.contains(&f.status().as_str()) {
+                self.write(Event::Settled { by: "p".into(), reason: "accepted".into() })?;
+            }
+            return Ok(());
+        }
         let at_barrier = f.phase == Some(RunPhase::AtBarrier);
-        if matches!(recovery, Recovery::Resume) && f.finished.is_some() && !at_barrier {
-            // `gantry resume` of a finished run refuses, unless it stopped at a barrier.
+        if matches!(recovery, Recovery::Resume) && f.finished.is_some() && (!at_barrier || settled) {
+            // `gantry resume` of a finished run refuses, unless it stopped at a barrier and nobody settled it.
             return Ok(());
         }
         if matches!(recovery, Recovery::Rollback | Recovery::RollbackPast) || f.rolling_back() {
@@ -371,7 +383,8 @@ fn case(n: usize, fails: Option<usize>, barrier: Option<usize>, jobs: usize, see
         recovery = match then {
             0 => Recovery::Resume,
             1 => Recovery::Rollback,
-            _ => Recovery::RollbackPast,
+            2 => Recovery::RollbackPast,
+            _ => Recovery::Settle,
         };
     }
     sim.budget = None;
@@ -389,6 +402,8 @@ fn case(n: usize, fails: Option<usize>, barrier: Option<usize>, jobs: usize, see
             assert!(others, "stopped at the barrier of s{b}, yet other changes remain: {:?}", sim.target);
             assert!(sim.barrier_recorded, "stopped at a barrier the journal no longer holds");
         }
+        // Whatever is in place stays, and the fold still names all of it (checked above).
+        "settled" => assert!(matches!(recovery, Recovery::Settle), "settled without a settle"),
         other => panic!("unexpected status {other}"),
     }
 }
@@ -403,7 +418,7 @@ proptest! {
         barrier in proptest::option::of(0usize..7),
         jobs in 1usize..3,
         seed in any::<u64>(),
-        crashes in proptest::collection::vec((0usize..40, 0u8..3), 0..4),
+        crashes in proptest::collection::vec((0usize..40, 0u8..4), 0..4),
     ) {
         case(n, fails, barrier, jobs, seed, &crashes);
     }

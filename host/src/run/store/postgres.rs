@@ -15,7 +15,7 @@
 
 use super::{Holder, LockKey, RunInfo, RunLock, RunStore, StoreError, StoredJournal};
 use crate::run::journal::Record;
-use crate::run::Event;
+use crate::run::{Event, Status};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -168,6 +168,10 @@ impl RunStore for PostgresStore {
                     .map_err(err)?,
                 Event::RunFinished { status } => tx
                     .execute("update gantry_runs set status = $2 where id = $1", &[&run_id, status])
+                    .await
+                    .map_err(err)?,
+                Event::Settled { .. } => tx
+                    .execute("update gantry_runs set status = $2 where id = $1", &[&run_id, &Status::Settled.name()])
                     .await
                     .map_err(err)?,
                 Event::Abandoned { .. } => tx
