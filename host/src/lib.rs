@@ -78,6 +78,10 @@ pub mod lock;
 pub mod pipeline;
 pub mod plan;
 pub mod registry;
+pub mod units;
+
+#[cfg(test)]
+mod layers;
 pub mod report;
 pub mod review;
 pub mod rollout;

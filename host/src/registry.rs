@@ -7,8 +7,7 @@
 //! from a file or a registry; `oci://host/repo@sha256:<digest>` fetches that blob directly, and a
 //! pinned component already in the store is used without asking the registry.
 
-use crate::pipeline::source::OCI_SCHEME;
-use crate::pipeline::Digest;
+use crate::sandbox::cache::Digest;
 use crate::sandbox::{PluginInfo, CONTRACT_VERSION};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::OciDistributionError;
@@ -200,6 +199,9 @@ pub fn origin(host: &str) -> Result<url::Url, RegistryError> {
         reason: "a registry is `host[:port]`, such as registry.example or 127.0.0.1:5000".into(),
     })
 }
+
+/// The scheme that marks an OCI registry reference in `uses:`.
+pub const OCI_SCHEME: &str = "oci://";
 
 /// A component in the store.
 #[derive(Debug, Clone)]

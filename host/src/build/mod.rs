@@ -128,7 +128,7 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
         return Err(BuildError::Cargo { dir: dir.to_path_buf(), log, errors });
     }
     if compiling {
-        tracing::info!("built {name} in {}", crate::report::units::duration(started.elapsed()));
+        tracing::info!("built {name} in {}", crate::units::duration(started.elapsed()));
     }
     let core = core_artifact(&messages, &manifest).ok_or_else(|| BuildError::NoArtifact(dir.to_path_buf()))?;
     let bytes = std::fs::read(&core).map_err(|source| BuildError::Io { path: core.clone(), source })?;

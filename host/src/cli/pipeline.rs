@@ -2,7 +2,7 @@
 
 use crate::pipeline;
 use crate::report::progress::{describe, printer, printer_for};
-use crate::report::units::bytes;
+use crate::units::bytes;
 use crate::report::ReportSpec;
 use crate::run::approval::{current_user, Decision};
 use crate::run::fold::RunPhase;

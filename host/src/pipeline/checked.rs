@@ -79,11 +79,8 @@ pub struct ResourceLimits {
     pub rows: usize,
 }
 
-/// Most rows one SQL query returns when the pipeline does not say.
-pub const DEFAULT_ROWS: usize = 10_000;
-
 fn default_rows() -> usize {
-    DEFAULT_ROWS
+    crate::sandbox::SqlLimits::default().rows
 }
 
 fn default_artifacts_bytes() -> usize {
@@ -106,7 +103,7 @@ impl Default for ResourceLimits {
             request_timeout: h.request_timeout,
             artifacts_bytes: l.artifacts_bytes,
             artifact_files: l.artifact_files,
-            rows: DEFAULT_ROWS,
+            rows: default_rows(),
         }
     }
 }

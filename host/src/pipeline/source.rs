@@ -3,47 +3,13 @@
 //! [`PluginRef::parse`], so the reference format is written down here only.
 
 use serde::{Deserialize, Serialize};
+pub use crate::registry::OCI_SCHEME;
+pub use crate::sandbox::cache::Digest;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The scheme that marks an OCI registry reference.
-pub const OCI_SCHEME: &str = "oci://";
 /// What separates a reference from its pinned digest.
 pub const PIN_SEPARATOR: &str = "@sha256:";
-
-/// A sha256 digest, kept as 64 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Digest(String);
-
-impl Digest {
-    /// Parses 64 hex digits, with or without a `sha256:` prefix.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let hex = text.strip_prefix("sha256:").unwrap_or(text);
-        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("`@sha256:` needs 64 hex digits, got `{hex}`"));
-        }
-        Ok(Self(hex.to_ascii_lowercase()))
-    }
-
-    /// The digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(crate::sandbox::cache::sha256_hex(bytes))
-    }
-
-    /// The 64 hex digits.
-    pub fn hex(&self) -> &str {
-        &self.0
-    }
-}
-
-serde_as_text!(Digest, String);
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.0)
-    }
-}
 
 /// Where a plugin comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,6 @@
 pub mod html;
 pub mod out;
 pub mod progress;
-pub mod units;
 
 use crate::run::journal::Record;
 use crate::run::Event;

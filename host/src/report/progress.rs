@@ -97,8 +97,8 @@ pub fn describe(event: &Event) -> String {
                 "{}: {} -> {status} ({}, {})",
                 r.step,
                 r.shown(),
-                super::units::bytes(r.bytes),
-                super::units::millis(r.duration_ms)
+                crate::units::bytes(r.bytes),
+                crate::units::millis(r.duration_ms)
             ),
             (reason, None) => {
                 format!("{}: {} failed: {}", r.step, r.shown(), reason.as_deref().unwrap_or(""))

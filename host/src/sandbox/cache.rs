@@ -9,7 +9,7 @@
 //! write the cache directory can write a matching sidecar whatever its
 //! algorithm, so sha256 bought nothing there and cost a millisecond per load.
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -237,6 +237,41 @@ fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+/// A sha256 digest, kept as 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    /// Parses 64 hex digits, with or without a `sha256:` prefix.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let hex = text.strip_prefix("sha256:").unwrap_or(text);
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("`@sha256:` needs 64 hex digits, got `{hex}`"));
+        }
+        Ok(Self(hex.to_ascii_lowercase()))
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(sha256_hex(bytes))
+    }
+
+    /// The 64 hex digits.
+    pub fn hex(&self) -> &str {
+        &self.0
+    }
+}
+
+serde_as_text!(Digest, String);
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -705,7 +705,7 @@ impl Runtime {
             None => (Component::new(engine, bytes).map_err(invalid)?, CacheStatus::Disabled),
         };
         let load_time = started.elapsed();
-        tracing::debug!(plugin = %path.display(), %sha256, cache = ?cache_status, time = %crate::report::units::duration(load_time), "plugin loaded");
+        tracing::debug!(plugin = %path.display(), %sha256, cache = ?cache_status, time = %crate::units::duration(load_time), "plugin loaded");
         contract::check(engine, &component).map_err(|m| match m {
             contract::Mismatch::NotAStep(exports) => LoadError::NotAStep {
                 path: path.to_path_buf(),

@@ -36,10 +36,13 @@ pub struct SqlLimits {
     pub statement_timeout: Duration,
 }
 
+/// Most rows one SQL query returns when the pipeline does not say.
+pub const DEFAULT_ROWS: usize = 10_000;
+
 impl Default for SqlLimits {
     fn default() -> Self {
         Self {
-            rows: crate::pipeline::checked::DEFAULT_ROWS,
+            rows: DEFAULT_ROWS,
             bytes: super::HttpLimits::default().max_response_bytes,
             statement_timeout: super::HttpLimits::default().request_timeout,
         }
