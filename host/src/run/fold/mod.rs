@@ -390,7 +390,20 @@ pub fn fold(records: &[Record]) -> Folded {
             Event::RunFinished { status } => f.finished = Some(status.clone()),
             // A person's settle is the run's end in one record: a crash right after it cannot undo it.
             Event::Settled { .. } => f.finished = Some(super::Status::Settled.name().into()),
-            _ => {}
+            // Decided explicitly, so a new event is a compile error here until the fold decides it.
+            // A second start (a resume's) and a pause recorded while rolling back change nothing;
+            // reads and denied requests change nothing on the target.
+            Event::RunStarted { .. } | Event::Paused { .. } | Event::Request(_) => {}
+            // What happened around the steps, not to the target: retries are followed by their
+            // attempt's own events, skips ran nothing.
+            Event::StepRetrying { .. }
+            | Event::StepSkipped { .. }
+            | Event::Log { .. }
+            | Event::Opened { .. }
+            | Event::SecretsRead { .. }
+            | Event::AwsCredentials { .. }
+            | Event::Interrupted { .. }
+            | Event::BarrierAhead { .. } => {}
         }
     }
     f
