@@ -33,18 +33,13 @@ type Weight = (f64, u32, String);
 
 /// The page for one run's journal; `live` adds the reload for a run still going.
 pub fn page(records: &[Record], live: bool) -> String {
-    let summary = Summary::from_records(records);
-    let plan: Option<Plan> = records.iter().find_map(|r| match &r.event {
-        Event::RunStarted { plan, .. } => serde_json::from_value(plan.clone()).ok(),
-        _ => None,
-    });
-    let started_by = records.iter().find_map(|r| match &r.event {
-        Event::RunStarted { started_by, .. } => started_by.clone(),
-        _ => None,
-    });
+    let folded = crate::run::fold::fold(records);
+    let summary = Summary::of(&folded);
+    let plan: Option<Plan> = folded.start.as_ref().and_then(|(_, plan)| serde_json::from_value(plan.clone()).ok());
+    let started_by = Some(folded.started_by.clone()).filter(|by| !by.is_empty());
     let t0 = records.first().map(|r| r.ts_ms).unwrap_or_default();
     let t1 = records.last().map(|r| r.ts_ms).unwrap_or(t0);
-    let finished = records.iter().any(|r| matches!(r.event, Event::RunFinished { .. } | Event::Settled { .. }));
+    let finished = folded.finished.is_some();
     let order = step_order(plan.as_ref(), &summary);
     let status_of = |id: &str| {
         summary.steps.iter().find(|s| s.id == id).map(|s| s.status.clone()).unwrap_or_else(|| "pending".into())
@@ -70,7 +65,7 @@ pub fn page(records: &[Record], live: bool) -> String {
         started_by.map(|u| format!(" · started by <b>{}</b>", escape(&u))).unwrap_or_default(),
         duration(t1 - t0)
     );
-    html += &barriers(records);
+    html += &barriers(&folded);
     html += &barriers_ahead(&summary.barriers_ahead);
     html += "<section><h2>Steps</h2>";
     html += &dag(plan.as_ref(), &order, &status_of);
@@ -96,8 +91,7 @@ pub fn page(records: &[Record], live: bool) -> String {
 
 /// The rollback barriers in place, as the fold reads them, with what is still in place: what the
 /// person deciding `resume`, `rollback --past-barrier` or `settle` needs first.
-fn barriers(records: &[Record]) -> String {
-    let folded = crate::run::fold::fold(records);
+fn barriers(folded: &crate::run::fold::Folded) -> String {
     let found = folded.barriers();
     if found.is_empty() {
         return String::new();

@@ -7,7 +7,6 @@ pub mod out;
 pub mod progress;
 
 use crate::run::journal::Record;
-use crate::run::Event;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -119,122 +118,36 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Builds the summary from journal records.
+    /// The summary of a journal: the fold's answer, as reports print it.
     pub fn from_records(records: &[Record]) -> Self {
-        let mut summary = Summary {
-            run_id: String::new(),
-            pipeline: String::new(),
-            environment: String::new(),
-            entity: String::new(),
-            status: "incomplete".into(),
-            steps: Vec::new(),
-            barriers_ahead: Vec::new(),
-        };
-        let mut started: BTreeMap<String, f64> = BTreeMap::new();
-        for record in records {
-            let step = |id: &str, summary: &mut Summary| -> usize {
-                match summary.steps.iter().position(|s| s.id == id) {
-                    Some(i) => i,
-                    None => {
-                        summary.steps.push(StepSummary {
-                            id: id.to_string(),
-                            status: "running".into(),
-                            attempts: 0,
-                            seconds: 0.0,
-                            message: None,
-                            outputs: BTreeMap::new(),
-                            requests: 0,
-                            denied: 0,
-                        });
-                        summary.steps.len() - 1
-                    }
-                }
-            };
-            let elapsed = |id: &str| started.get(id).map(|t| (record.ts_ms - t) / 1e3).unwrap_or_default();
-            match &record.event {
-                Event::RunStarted { run_id, pipeline, environment, entity, .. } => {
-                    summary.run_id = run_id.clone();
-                    summary.pipeline = pipeline.clone();
-                    summary.environment = environment.clone();
-                    summary.entity = entity.clone();
-                }
-                Event::StepStarted { step: id, attempt, .. } => {
-                    started.entry(id.clone()).or_insert(record.ts_ms);
-                    let i = step(id, &mut summary);
-                    summary.steps[i].attempts = *attempt;
-                }
-                Event::StepFinished { step: id, outputs, .. } => {
-                    let seconds = elapsed(id);
-                    let i = step(id, &mut summary);
-                    let s = &mut summary.steps[i];
-                    (s.status, s.seconds, s.outputs) = ("succeeded".into(), seconds, outputs.clone());
-                }
-                Event::StepFailed { step: id, kind, error, .. } => {
-                    let seconds = elapsed(id);
-                    let i = step(id, &mut summary);
-                    let s = &mut summary.steps[i];
-                    let status = if kind == "cancelled" { "cancelled" } else { "failed" };
-                    (s.status, s.seconds, s.message) = (status.into(), seconds, Some(error.clone()));
-                }
-                Event::StepSkipped { step: id, reason } => {
-                    let i = step(id, &mut summary);
-                    (summary.steps[i].status, summary.steps[i].message) = ("skipped".into(), Some(reason.clone()));
-                }
-                Event::Paused { step: id, reason } => {
-                    let seconds = elapsed(id);
-                    let i = step(id, &mut summary);
-                    let s = &mut summary.steps[i];
-                    (s.status, s.seconds, s.message) = ("paused".into(), seconds, Some(reason.clone()));
-                }
-                Event::Request(r) => {
-                    let i = step(&r.step, &mut summary);
-                    if r.allowed {
-                        summary.steps[i].requests += 1;
-                    } else {
-                        summary.steps[i].denied += 1;
-                    }
-                }
-                Event::RolledBack { step: id, .. } => {
-                    let i = step(id, &mut summary);
-                    summary.steps[i].status = "rolled-back".into();
-                }
-                Event::RollbackFailed { step: id, error, .. } => {
-                    let i = step(id, &mut summary);
-                    let s = &mut summary.steps[i];
-                    (s.status, s.message) = ("rollback-failed".into(), Some(error.clone()));
-                }
-                Event::RunFinished { status } => summary.status = status.clone(),
-                Event::ApprovalRequested(r) => {
-                    let i = step(&r.step, &mut summary);
-                    let (s, by) = (&mut summary.steps[i], r.approvers.join(", "));
-                    (s.status, s.message) = ("awaiting-approval".into(), Some(format!("approvers: {by}")));
-                }
-                Event::Rejected { step: id, reason, .. } => {
-                    let i = step(id, &mut summary);
-                    (summary.steps[i].status, summary.steps[i].message) = ("rejected".into(), Some(reason.clone()));
-                }
-                Event::Approved { .. }
-                | Event::StepRetrying { .. }
-                | Event::Interrupted { .. }
-                | Event::Checkpoint { .. }
-                | Event::Phase { .. }
-                | Event::Opened { .. }
-                | Event::SecretsRead { .. }
-                | Event::AwsCredentials { .. }
-                | Event::Log { .. }
-                | Event::PastBarrier { .. } => {}
-                Event::BarrierAhead { step, reason, changed } => {
-                    summary.barriers_ahead.push(crate::run::fold::Barrier {
-                        step: step.clone(),
-                        reason: reason.clone(),
-                        changed: changed.clone(),
-                    })
-                }
-                Event::Settled { .. } => summary.status = crate::run::Status::Settled.name().into(),
-                Event::Abandoned { .. } => summary.status = crate::run::store::NEEDS_A_PERSON.into(),
-            }
+        Self::of(&crate::run::fold::fold(records))
+    }
+
+    /// The summary of a folded journal.
+    pub fn of(folded: &crate::run::fold::Folded) -> Self {
+        let shown = &folded.shown;
+        Summary {
+            run_id: shown.identity.run_id.clone(),
+            pipeline: shown.identity.pipeline.clone(),
+            environment: shown.identity.environment.clone(),
+            entity: shown.identity.entity.clone(),
+            status: folded.status(),
+            steps: shown
+                .steps
+                .iter()
+                .map(|s| StepSummary {
+                    id: s.id.clone(),
+                    status: s.outcome.name().into(),
+                    attempts: s.attempts,
+                    seconds: s.seconds,
+                    message: s.message.clone(),
+                    outputs: s.outputs.clone(),
+                    requests: s.requests,
+                    denied: s.denied,
+                })
+                .collect(),
+            barriers_ahead: shown.barriers_ahead.clone(),
         }
-        summary
     }
 
     /// JUnit XML: one test suite for the run, one test case per step.
@@ -304,6 +217,7 @@ fn annotation(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::Event;
 
     fn record(ts_ms: f64, event: Event) -> Record {
         Record { seq: 0, ts_ms, session: 1, event }

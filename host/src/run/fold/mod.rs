@@ -24,6 +24,9 @@ use crate::sandbox::Outputs;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod shown;
+pub use shown::{Identity, Outcome, Shown, StepShown};
+
 /// What a run may do from here on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,6 +183,8 @@ pub struct Folded {
     pub last_session: u32,
     /// The highest sequence number recorded.
     pub last_seq: u64,
+    /// The run's name and each step as reports show it.
+    pub shown: Shown,
 }
 
 impl Folded {
@@ -279,6 +284,7 @@ pub fn fold(records: &[Record]) -> Folded {
     for record in records {
         f.last_session = f.last_session.max(record.session);
         f.last_seq = f.last_seq.max(record.seq);
+        f.shown.apply(record);
         if !matches!(record.event, Event::RunFinished { .. } | Event::Settled { .. }) && f.finished.is_some() {
             // A later session took the run up again.
             f.finished = None;
