@@ -8,7 +8,6 @@ use crate::run::approval::{current_user, Decision};
 use crate::run::fold::RunPhase;
 use crate::run::store::now_ms;
 use crate::run::store::RunStore;
-use crate::run::Event;
 use crate::run::{RunOptions, Session, Status};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -364,9 +363,7 @@ fn signals(session: &Session) -> (watch::Receiver<Option<String>>, tokio::task::
         eprintln!("{first}: run {run_id} stops starting steps and rolls back; a second signal exits at once");
         let _ = tx.send(Some(first.to_string()));
         let second = next(&mut int, &mut term).await;
-        let phase = Event::Phase { phase: RunPhase::RollingBack, reason: format!("{first}, then {second}") };
-        let _ = journal.write(phase).await;
-        let _ = journal.write(Event::Abandoned { signal: second.to_string() }).await;
+        let _ = crate::run::abandon(&journal, first, second).await;
         eprintln!(
             "{second} again: exiting now. Run {run_id} NEEDS A PERSON: check the target systems, then `gantry rollback {run_id}`"
         );
@@ -569,23 +566,7 @@ pub(crate) async fn decide(
     }
     let user = current_user();
     request.check(&user, decision)?;
-    let event = match decision {
-        Decision::Approve => {
-            Event::Approved { step: request.step.clone(), gate: request.gate.clone(), by: user.clone(), comment }
-        }
-        Decision::Reject => Event::Rejected {
-            step: request.step.clone(),
-            gate: request.gate.clone(),
-            by: user.clone(),
-            comment,
-            reason: "rejected".into(),
-        },
-    };
-    session.journal().write(event).await?;
-    if decision == Decision::Reject {
-        let reason = format!("step `{}` rejected by {user}", request.step);
-        session.journal().write(Event::Phase { phase: RunPhase::RollingBack, reason }).await?;
-    }
+    crate::run::approval::decide(session.journal(), &request, decision, &user, comment).await?;
     // Read back what was just recorded: the decision is in the journal before anything acts on it.
     let r = crate::run::resume::Reopened::from_journal(&id, session.store().read(&id).await?)?;
     eprintln!("run {id}: step `{}` {}d by {user}", request.step, decision);
@@ -594,17 +575,9 @@ pub(crate) async fn decide(
 
 /// A lapsed request counts as rejected: recorded as such, then the run is rolled back.
 async fn lapse(session: Session, r: crate::run::resume::Reopened, json: bool) -> anyhow::Result<u8> {
-    let Some(request) = &r.awaiting else { return undo(session, r, json).await };
-    let reason = format!("timed out: no decision by {}", request.deadline());
-    let event = Event::Rejected {
-        step: request.step.clone(),
-        gate: request.gate.clone(),
-        by: "gantry".into(),
-        comment: None,
-        reason: reason.clone(),
-    };
-    session.journal().write(event).await?;
-    session.journal().write(Event::Phase { phase: RunPhase::RollingBack, reason }).await?;
+    if let Some(request) = &r.awaiting {
+        crate::run::approval::lapse(session.journal(), request).await?;
+    }
     undo(session, r, json).await
 }
 

@@ -3,6 +3,9 @@
 //! starting steps; `gantry approve` and `gantry reject` decide from the
 //! journal, in another process, on any runner that shares the run store.
 
+use super::fold::RunPhase;
+use super::journal::{Journal, JournalError};
+use super::Event;
 use crate::pipeline::ApprovalPolicy;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -131,6 +134,47 @@ impl Request {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(self.deadline_ms.max(0.0) / 1e3);
         humantime::format_rfc3339_seconds(at).to_string()
     }
+}
+
+/// Records `by`'s decision on `request`, durably, before anything acts on it: an approval, or a
+/// rejection and the rollback it starts.
+pub async fn decide(
+    journal: &Journal,
+    request: &Request,
+    decision: Decision,
+    by: &str,
+    comment: Option<String>,
+) -> Result<(), JournalError> {
+    match decision {
+        Decision::Approve => {
+            let (step, gate) = (request.step.clone(), request.gate.clone());
+            journal.write(Event::Approved { step, gate, by: by.to_string(), comment }).await
+        }
+        Decision::Reject => {
+            let then = format!("step `{}` rejected by {by}", request.step);
+            reject(journal, request, by, comment, "rejected".into(), then).await
+        }
+    }
+}
+
+/// Records that `request` lapsed: rejected by gantry at its deadline, and the rollback it starts.
+pub async fn lapse(journal: &Journal, request: &Request) -> Result<(), JournalError> {
+    let reason = format!("timed out: no decision by {}", request.deadline());
+    reject(journal, request, "gantry", None, reason.clone(), reason).await
+}
+
+/// A rejection, then the rolling-back phase it starts (`then` says why).
+async fn reject(
+    journal: &Journal,
+    request: &Request,
+    by: &str,
+    comment: Option<String>,
+    reason: String,
+    then: String,
+) -> Result<(), JournalError> {
+    let (step, gate) = (request.step.clone(), request.gate.clone());
+    journal.write(Event::Rejected { step, gate, by: by.to_string(), comment, reason }).await?;
+    journal.write(Event::Phase { phase: RunPhase::RollingBack, reason: then }).await
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@
 //! journal is broken for good and every later write says so: a run never
 //! carries on with a gap in its record.
 
+mod event;
+
 use super::store::{now_ms, RunStore};
-use super::Event;
+pub use event::{Event, SecretAnswered};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
