@@ -10,7 +10,8 @@
 //! 4. HTTP: 10,000 requests from a plugin through the capability layer vs the same requests made
 //!    with reqwest from native code, to one local keep-alive server.
 //!
-//! `cargo bench -p gantry-host --bench steps`. Run without `--bench` (as `cargo test --benches`
+//! `cargo bench -p gantry-host --bench steps`. With `GANTRY_BENCH_BASELINE=<another gantry binary>`
+//! (main's, built the same way) the pipelines run alternately beside that binary instead. Run without `--bench` (as `cargo test --benches`
 //! does) it measures each figure once with small counts: a check that the bench works, not a figure.
 
 mod common;
@@ -161,7 +162,9 @@ fn main() {
         spawn.as_secs_f64() / pooled_step.as_secs_f64()
     );
 
-    // 2. Per pipeline, through the binary.
+    // 2. Per pipeline, through the binary; beside another build of gantry (`GANTRY_BENCH_BASELINE`,
+    // e.g. main's) when one is given, instead of beside /bin/true.
+    let baseline = std::env::var_os("GANTRY_BENCH_BASELINE").map(PathBuf::from);
     let work = tempfile::tempdir().unwrap();
     for steps in if full { vec![1, 200, 1000] } else { vec![1, 20] } {
         let file = no_op_pipeline(work.path(), &misbehave, steps);
@@ -173,21 +176,39 @@ fn main() {
             started.elapsed()
         };
         for jobs in ["2", "64"] {
-            let run =
-                || {
-                    let mut cmd = Command::new(&gantry);
-                    cmd.current_dir(work.path())
-                        .env("GANTRY_CACHE_DIR", cache.path())
-                        .env("GANTRY_LOG", "warn")
-                        .args(["run", file.to_str().unwrap(), "--jobs", jobs]);
-                    measured(&mut cmd)
-                };
-            run();
-            let (wall, rss) = (0..n(3, 1)).map(|_| run()).min().unwrap();
+            let run = |binary: &Path| {
+                let mut cmd = Command::new(binary);
+                cmd.current_dir(work.path())
+                    .env("GANTRY_CACHE_DIR", cache.path())
+                    .env("GANTRY_LOG", "warn")
+                    .args(["run", file.to_str().unwrap(), "--jobs", jobs]);
+                measured(&mut cmd)
+            };
+            run(&gantry);
+            let Some(before) = &baseline else {
+                let (wall, rss) = (0..n(3, 1)).map(|_| run(&gantry)).min().unwrap();
+                println!(
+                    "pipeline of {steps} no-op steps, --jobs {jobs}: {wall:?}, peak RSS {} MiB vs {steps} spawns of /bin/true {spawns:?} (baseline, {:.2}x)",
+                    rss / 1024,
+                    wall.as_secs_f64() / spawns.as_secs_f64()
+                );
+                continue;
+            };
+            // Alternating, so both binaries see the same machine load.
+            run(before);
+            let (mut now, mut then) = (Vec::new(), Vec::new());
+            for _ in 0..n(9, 1) {
+                now.push(run(&gantry));
+                then.push(run(before));
+            }
+            let (now, then) = (now.into_iter().min().unwrap(), then.into_iter().min().unwrap());
             println!(
-                "pipeline of {steps} no-op steps, --jobs {jobs}: {wall:?}, peak RSS {} MiB vs {steps} spawns of /bin/true {spawns:?} (baseline, {:.2}x)",
-                rss / 1024,
-                wall.as_secs_f64() / spawns.as_secs_f64()
+                "pipeline of {steps} no-op steps, --jobs {jobs}: {:?}, peak RSS {} MiB vs the baseline binary {:?}, {} MiB ({:.2}x)",
+                now.0,
+                now.1 / 1024,
+                then.0,
+                then.1 / 1024,
+                now.0.as_secs_f64() / then.0.as_secs_f64()
             );
         }
     }
