@@ -59,10 +59,12 @@ fn a_diamond_runs_its_middle_steps_in_parallel() {
     calls.sort();
     assert_eq!(calls, ["POST run a", "POST run b", "POST run c", "POST run d"]);
     assert_eq!(j.last().unwrap()["status"], "succeeded");
-    // The run starts by recording the resolved plan and every plugin's hash.
-    assert_eq!(j[0]["event"], "run_started");
-    assert_eq!(j[0]["plan"]["groups"], serde_json::json!([["a"], ["b", "c"], ["d"]]));
-    assert_eq!(j[0]["plugins"]["a"].as_str().unwrap().len(), 64);
+    // The run starts by naming itself (before any secret is read), then records the resolved plan
+    // and every plugin's hash.
+    assert_eq!(j[0]["event"], "reading_secrets");
+    assert_eq!(j[1]["event"], "run_started");
+    assert_eq!(j[1]["plan"]["groups"], serde_json::json!([["a"], ["b", "c"], ["d"]]));
+    assert_eq!(j[1]["plugins"]["a"].as_str().unwrap().len(), 64);
 }
 
 #[test]

@@ -297,8 +297,8 @@ async fn a_journal_that_fails_mid_run_stops_the_run_rolls_back_and_asks_for_a_pe
         .iter()
         .map(|r| serde_json::to_value(&r.event).unwrap()["event"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(events, ["run_started", "opened", "phase", "step_started", "request", "step_finished"]);
+    assert_eq!(events, ["reading_secrets", "run_started", "opened", "phase", "step_started", "request", "step_finished"]);
     let seqs: Vec<u64> = kept.records.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "events carry their sequence numbers");
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7], "events carry their sequence numbers");
     assert!(kept.records.iter().all(|r| r.session == 1), "and the session that wrote them");
 }

@@ -313,7 +313,12 @@ pub fn journal(dir: &Path) -> Vec<serde_json::Value> {
     let Some(Ok(run)) = std::fs::read_dir(dir.join(".gantry/runs")).ok().and_then(|mut d| d.next()) else {
         return Vec::new();
     };
-    let text = std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default();
+    journal_of(dir, &run.file_name().to_string_lossy())
+}
+
+/// The events of run `id` under `dir/.gantry/runs`, as JSON; empty until it has a journal.
+pub fn journal_of(dir: &Path, id: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(".gantry/runs").join(id).join("journal.jsonl")).unwrap_or_default();
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 

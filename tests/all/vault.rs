@@ -406,7 +406,7 @@ fn a_chain_falls_back_to_vault_when_secrets_manager_is_unreachable_and_says_so()
     assert_eq!(answered["source"], "vault:kv/data/prod/db#password", "{answered}");
     let passed = answered["passed_over"][0].as_str().unwrap();
     assert!(
-        passed.starts_with("aws-sm:prod/db#password: GetSecretValue: ") && passed.ends_with("(3 attempts)"),
+        passed.starts_with("aws-sm:prod/db#password: GetSecretValue: ") && passed.ends_with("(3 attempts of up to 10s)"),
         "{passed}"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -441,7 +441,7 @@ fn a_chain_falls_back_to_vault_when_secrets_manager_is_unreachable_and_says_so()
         stderr.contains("secret `DB`: its sources, asked in order:\n  aws-sm:prod/db#password: GetSecretValue: "),
         "{stderr}"
     );
-    assert!(stderr.contains("(3 attempts)\n  vault:kv/data/prod/db#password: Vault: "), "{stderr}");
+    assert!(stderr.contains("(3 attempts of up to 10s)\n  vault:kv/data/prod/db#password: Vault: "), "{stderr}");
     assert_eq!(server.hits(), hits, "no step ran");
 }
 
@@ -476,4 +476,83 @@ fn vault_sources_are_checked_with_their_line_before_anything_runs() {
     );
     assert!(stderr.contains("secret_stores.vault.token: give `token` or `approle`, not both"), "{stderr}");
     assert_eq!(server.hits(), 0);
+}
+
+/// A Vault that takes connections and never answers: the run is listed while it waits, says so every
+/// few seconds, gives up after the pipeline's `timeout` × `attempts`, and records why it did not start.
+#[test]
+fn a_hung_secret_store_is_named_while_the_run_waits_and_gives_up_after_its_timeouts() {
+    // Bound and never accepted: the kernel completes the handshake, nothing ever answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://127.0.0.1:{}", hung.local_addr().unwrap().port());
+    let server = CountingServer::start(Reply::text(200, "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let stores = format!("  vault:\n    address: \"{address}\"\n    token: \"env:VT\"\n    timeout: 3s\n    attempts: 2\n");
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(&file, pipeline(&server, &stores, "\"vault:kv/data/prod/db#password\"")).unwrap();
+    let started = std::time::Instant::now();
+    let child = command(&shared_cache())
+        .current_dir(dir.path())
+        .env("VT", ROOT)
+        .args(["run", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the store hangs, the run is listed with what it waits for.
+    let mut listed = String::new();
+    while started.elapsed() < std::time::Duration::from_secs(5) && !listed.contains("reading-secrets") {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        listed = String::from_utf8_lossy(&gantry_in(dir.path(), &["runs"]).stdout).to_string();
+    }
+    assert!(listed.contains("reading-secrets") && listed.contains("vaulted"), "{listed}");
+    let out = child.wait_with_output().unwrap();
+    let waited = started.elapsed();
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    expect_code(&out, 2);
+    // Two attempts of 3 s and the pause between them; the default (3 × 10 s) would take 30 s.
+    assert!(waited > std::time::Duration::from_secs(6) && waited < std::time::Duration::from_secs(20), "{waited:?}");
+    assert!(
+        printed.contains("reading secrets: `DB` from vault:kv/data/prod/db#password: no answer yet after 5"),
+        "{printed}"
+    );
+    assert!(printed.contains("(2 attempts of up to 3s)"), "{printed}");
+    assert_eq!(server.hits(), 0, "no step ran");
+    let events: Vec<String> = journal(dir.path()).iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(events.first().map(String::as_str), Some("reading_secrets"), "{events:?}");
+    assert!(events.iter().any(|e| e == "secret_slow"), "{events:?}");
+    assert_eq!(events[events.len() - 2..], ["start_failed", "run_finished"], "{events:?}");
+    let listed = String::from_utf8_lossy(&gantry_in(dir.path(), &["runs"]).stdout).to_string();
+    assert!(listed.contains("failed") && !listed.contains("reading-secrets"), "{listed}");
+
+    // Killed while it waits: nothing ran, and a resume says so instead of guessing a plan.
+    let first = run_id(dir.path());
+    let mut child = command(&shared_cache()).current_dir(dir.path()).env("VT", ROOT).args(["run", file.to_str().unwrap()]).spawn().unwrap();
+    let killed = loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut ids: Vec<String> = std::fs::read_dir(dir.path().join(".gantry/runs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|id| *id != first)
+            .collect();
+        if let Some(id) = ids.pop().filter(|id| !journal_of(dir.path(), id).is_empty()) {
+            break id;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = gantry_in(dir.path(), &["resume", &killed]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped while reading its secrets, before anything ran"), "{out:?}");
+    assert_eq!(server.hits(), 0, "no step ran");
+
+    // A timeout that is not a duration, and too many attempts, are found by validate with their lines.
+    let stores = stores.replace("timeout: 3s", "timeout: soon").replace("attempts: 2", "attempts: 40");
+    std::fs::write(&file, pipeline(&server, &stores, "\"vault:kv/data/prod/db#password\"")).unwrap();
+    let out = gantry_in(dir.path(), &["validate", file.to_str().unwrap()]);
+    expect_code(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pipeline.yaml:6:") && stderr.contains("secret_stores.vault.timeout"), "{stderr}");
+    assert!(stderr.contains("pipeline.yaml:7:") && stderr.contains("40 is outside 1..=10"), "{stderr}");
+    drop(hung);
 }

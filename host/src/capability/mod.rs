@@ -22,7 +22,7 @@ pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
 pub use probe::Probes;
 pub use secrets::{Redactor, Secret, Secrets};
-pub use source::{AwsSecretStore, SecretFrom, SecretSource, SecretStores, Store};
+pub use source::{AwsSecretStore, Patience, SecretFrom, SecretSource, SecretStores, Store};
 pub use vault::{VaultAuth, VaultStore};
 
 /// Everything a step call is allowed to reach.

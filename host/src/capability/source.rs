@@ -17,10 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long an `exec:` command may take.
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one request to a secret store may take.
-pub(super) const STORE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts of a request to a secret store that is unreachable or answers 5xx.
-const STORE_ATTEMPTS: u32 = 3;
+/// How often a run says it still waits for a secret, while a source is slow to answer.
+pub const SLOW_NOTICE: Duration = Duration::from_secs(5);
 /// Most bytes kept of a command's output.
 const OUTPUT_CAP: u64 = 1 << 20;
 
@@ -294,6 +292,43 @@ impl<'de> Deserialize<'de> for SecretFrom {
     }
 }
 
+/// How long the host waits for a secret store, and how often it asks: `secret_stores.<store>.timeout`
+/// and `.attempts` in a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Patience {
+    /// Longest one request may take, in milliseconds (default 10 s: a store that has not answered
+    /// by then is hung, and the next attempt or the next source in the chain is asked).
+    #[serde(default = "Patience::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests made while the store is unreachable, times out or answers 5xx or 429 (default 3).
+    #[serde(default = "Patience::default_attempts")]
+    pub attempts: u32,
+}
+
+impl Patience {
+    fn default_timeout_ms() -> u64 {
+        10_000
+    }
+
+    fn default_attempts() -> u32 {
+        3
+    }
+
+    /// Most attempts a pipeline may ask for.
+    pub const MAX_ATTEMPTS: u32 = 10;
+
+    /// One request's timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Self { timeout_ms: Self::default_timeout_ms(), attempts: Self::default_attempts() }
+    }
+}
+
 /// The value of a secret, and which of its sources gave it.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -388,14 +423,16 @@ fn asked(answers: &[String]) -> String {
 /// the call in errors; a 5xx or transport failure on the last attempt is `unavailable`.
 pub(super) async fn send(
     what: &str,
+    patience: Patience,
     request: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<(reqwest::StatusCode, String), SourceError> {
     let mut last = String::new();
-    for attempt in 0..STORE_ATTEMPTS {
+    let attempts = patience.attempts.max(1);
+    for attempt in 0..attempts {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
         }
-        let response = match request().timeout(STORE_TIMEOUT).send().await {
+        let response = match request().timeout(patience.timeout()).send().await {
             Ok(r) => r,
             Err(e) => {
                 // The caller's `what` names the store; the URL would say it twice.
@@ -411,7 +448,8 @@ pub(super) async fn send(
         }
         return Ok((status, text));
     }
-    Err(SourceError::unavailable(format!("{last} ({STORE_ATTEMPTS} attempts)")))
+    let each = humantime::format_duration(patience.timeout());
+    Err(SourceError::unavailable(format!("{last} ({attempts} attempts of up to {each})")))
 }
 
 /// What a store's error body says, shortly: AWS's `__type`/`message`, Vault's `errors`.
@@ -470,6 +508,9 @@ pub struct AwsSecretStore {
     /// An `aws-credentials:` source instead of the three above: the AWS SDK's chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<SecretSource>,
+    /// How long it is waited for, and how often asked.
+    #[serde(default)]
+    pub patience: Patience,
 }
 
 impl AwsSecretStore {
@@ -513,7 +554,7 @@ impl AwsSecretStore {
             secret_access_key: &secret_access_key,
             session_token: session_token.as_deref(),
         };
-        let (status, text) = send("GetSecretValue", || {
+        let (status, text) = send("GetSecretValue", self.patience, || {
             let signed = sigv4::sign(&creds, "POST", &url, &headers, body.as_bytes(), SystemTime::now());
             let mut request = http.post(url.clone()).body(body.clone());
             for (name, value) in headers.iter().chain(&signed) {

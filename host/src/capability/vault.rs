@@ -2,7 +2,7 @@
 //! a token or an AppRole whose ids come from other sources, in a namespace, over TLS with the
 //! system roots or a granted CA bundle. The token never leaves the host and is never logged.
 
-use super::source::{send, store_said, SecretSource, SourceError};
+use super::source::{send, store_said, Patience, SecretSource, SourceError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -19,6 +19,9 @@ pub struct VaultStore {
     /// PEM certificates to trust besides the system roots, for a Vault behind a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// How long it is waited for, and how often asked.
+    #[serde(default)]
+    pub patience: Patience,
 }
 
 /// How the host signs in to Vault; the credentials themselves come from other sources.
@@ -78,7 +81,8 @@ impl Session {
         let (http, token) = self.signed_in.get_or_try_init(|| sign_in(store)).await?;
         let url = format!("{}/v1/{path}", store.address);
         let (status, text) =
-            send("Vault", || with_namespace(store, http.get(&url)).header("x-vault-token", token)).await?;
+            send("Vault", store.patience, || with_namespace(store, http.get(&url)).header("x-vault-token", token))
+                .await?;
         let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let version = answer.pointer("/data/metadata/version").and_then(|v| v.as_u64()).unwrap_or_default();
         let deleted = match answer.pointer("/data/metadata/deletion_time") {
@@ -151,7 +155,7 @@ async fn sign_in(store: &VaultStore) -> Result<(reqwest::Client, String), Source
             });
             let url = format!("{}/v1/auth/{mount}/login", store.address);
             let what = format!("the AppRole login at auth/{mount}");
-            let (status, text) = send(&what, || {
+            let (status, text) = send(&what, store.patience, || {
                 with_namespace(store, http.post(&url)).header("content-type", "application/json").body(body.to_string())
             })
             .await?;

@@ -196,6 +196,12 @@ pub struct VaultStoreDef {
     /// PEM file of CA certificates to trust besides the system roots; relative to the pipeline file.
     #[serde(default)]
     pub ca_file: Option<Loc<String>>,
+    /// Longest one request to it may take, e.g. `5s` (default 10s).
+    #[serde(default)]
+    pub timeout: Option<Loc<String>>,
+    /// Requests made while it is unreachable, times out or answers 5xx (default 3, at most 10).
+    #[serde(default)]
+    pub attempts: Option<Loc<u32>>,
 }
 
 /// AppRole sign-in: the ids' sources and the method's mount.
@@ -232,6 +238,12 @@ pub struct AwsStoreDef {
     /// `aws-credentials:[OPTIONS]`: the AWS SDK's credential chain instead of the three sources above.
     #[serde(default)]
     pub credentials: Option<Loc<String>>,
+    /// Longest one request to it may take, e.g. `5s` (default 10s).
+    #[serde(default)]
+    pub timeout: Option<Loc<String>>,
+    /// Requests made while it is unreachable, times out or answers 5xx (default 3, at most 10).
+    #[serde(default)]
+    pub attempts: Option<Loc<u32>>,
 }
 
 /// A SQL database the host connects to for the steps that list it; the password is a declared secret.

@@ -16,8 +16,8 @@ use crate::capability::database::{Location, TlsMode};
 use crate::capability::network::origin_of;
 use crate::capability::probe::{self, Probes};
 use crate::capability::{
-    address, AwsSecretStore, DatabaseGrant, FileGrant, Grant, SecretFrom, SecretSource, SecretStores, Store, VaultAuth,
-    VaultStore,
+    address, AwsSecretStore, DatabaseGrant, FileGrant, Grant, Patience, SecretFrom, SecretSource, SecretStores, Store,
+    VaultAuth, VaultStore,
 };
 use crate::rollout::{Rollout, Wave};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -658,6 +658,28 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A store's patience: `timeout` and `attempts`, each checked with its line, else the defaults.
+    fn patience(&mut self, timeout: &Option<Loc<String>>, attempts: &Option<Loc<u32>>, field: &str) -> Patience {
+        let mut patience = Patience::default();
+        if let Some(text) = timeout {
+            let field = format!("{field}.timeout");
+            match self.duration(text, &field) {
+                Some(t) if t < Duration::from_millis(100) || t > Duration::from_secs(600) => {
+                    self.push(text.at, &field, format!("`{}` is outside 100ms..10m", text.value))
+                }
+                Some(t) => patience.timeout_ms = t.as_millis() as u64,
+                None => {}
+            }
+        }
+        if let Some(n) = attempts {
+            match n.value {
+                1..=Patience::MAX_ATTEMPTS => patience.attempts = n.value,
+                _ => self.push(n.at, &format!("{field}.attempts"), format!("{} is outside 1..={}", n.value, Patience::MAX_ATTEMPTS)),
+            }
+        }
+        patience
+    }
+
     fn aws_store(&mut self) -> Option<AwsSecretStore> {
         let aws = self.pipeline.secret_stores.aws.as_ref()?;
         let field = "secret_stores.aws";
@@ -695,6 +717,7 @@ impl<'a> Checker<'a> {
             secret_access_key: secret_access_key?,
             session_token,
             credentials,
+            patience: self.patience(&aws.timeout, &aws.attempts, field),
         })
     }
 
@@ -725,7 +748,8 @@ impl<'a> Checker<'a> {
         if vault.ca_file.is_some() && ca_file.is_none() {
             return None;
         }
-        Some(VaultStore { address, namespace, auth: auth?, ca_file })
+        let patience = self.patience(&vault.timeout, &vault.attempts, field);
+        Some(VaultStore { address, namespace, auth: auth?, ca_file, patience })
     }
 
     fn uses(&mut self, uses: &Loc<String>, field: &str) -> Option<PluginRef> {

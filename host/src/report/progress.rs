@@ -53,6 +53,15 @@ pub fn describe(event: &Event) -> String {
         ),
         Phase { phase, reason } => format!("run {}: {reason}", phase.name().replace('_', " ")),
         Opened { command, pid, host } => format!("{command}: pid {pid} on {host} took the run up"),
+        ReadingSecrets { run_id, pipeline, environment, entity, .. } => {
+            format!("run {run_id} reading secrets: {pipeline} environment={environment} entity={entity}")
+        }
+        SecretSlow { secret, from, waited_ms } => format!(
+            "reading secrets: `{secret}` from {from}: no answer yet after {} (each store request waits up to its \
+             `secret_stores.<store>.timeout`)",
+            crate::units::millis(*waited_ms as f64)
+        ),
+        StartFailed { error } => format!("the run could not start: {error}; nothing ran"),
         SecretsRead { answered } => {
             let each: Vec<String> = answered
                 .iter()
@@ -131,6 +140,7 @@ fn said_quietly(event: &Event) -> bool {
             | Abandoned { .. }
             | ApprovalRequested(_)
             | Rejected { .. }
+            | SecretSlow { .. }
             | BarrierAhead { .. }
             | Settled { .. }
             | RunFinished { .. }
@@ -174,8 +184,9 @@ pub fn printer_for(json: bool, label: Option<String>) -> (mpsc::UnboundedSender<
                     object.insert("entity".into(), label.clone().into());
                 }
                 super::out::line(format_args!("{value}"));
-            } else if matches!(event, Event::Log { .. }) || (quiet && !said_quietly(&event)) {
-                // A plugin's log already went to stderr as the plugin wrote it.
+            } else if matches!(event, Event::Log { .. } | Event::StartFailed { .. }) || (quiet && !said_quietly(&event)) {
+                // A plugin's log already went to stderr as the plugin wrote it; a failed start is the
+                // command's error.
             } else if let Some(show) = view.as_mut() {
                 show(&event);
             } else {
@@ -248,7 +259,15 @@ impl LiveView {
             RollbackFailed { step, error, .. } => {
                 self.bar(step).finish_with_message(format!("ROLLBACK FAILED: {error}"))
             }
-            Phase { .. } | Opened { .. } | SecretsRead { .. } | AwsCredentials { .. } => {}
+            Phase { .. }
+            | Opened { .. }
+            | SecretsRead { .. }
+            | AwsCredentials { .. }
+            | ReadingSecrets { .. }
+            | StartFailed { .. } => {}
+            SecretSlow { .. } => {
+                let _ = self.bars.println(describe(event));
+            }
             RunStarted { .. }
             | RunFinished { .. }
             | Interrupted { .. }

@@ -16,7 +16,8 @@ pub mod session;
 pub mod store;
 
 use crate::capability::aws_credentials::{AwsCredentials, Renewal};
-use crate::capability::{Database, Databases, Files, Grants, Redactor, Secret, Secrets};
+use crate::capability::source::SLOW_NOTICE;
+use crate::capability::{Database, Databases, Files, Grants, Redactor, Secret, SecretFrom, Secrets};
 use crate::pipeline::condition::Facts;
 use crate::pipeline::expr;
 use crate::plan::{Plan, PlannedStep};
@@ -28,6 +29,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use journal::{Event, SecretAnswered};
@@ -518,7 +520,8 @@ impl From<&Renewal> for Event {
 /// Reads every secret the plan's steps use, each once, before any step runs: a source that fails
 /// stops the run before anything changes, naming the secret and its source; in a chain, the first
 /// available source answers.
-pub async fn read_secrets(plan: &Plan) -> Result<SecretsRead, RunError> {
+/// `slow` hears, every [`SLOW_NOTICE`], of a secret whose sources have not answered yet.
+pub async fn read_secrets(plan: &Plan, slow: &(dyn Fn(&str, &SecretFrom, Duration) + Sync)) -> Result<SecretsRead, RunError> {
     let reader = crate::capability::source::Reader::new(&plan.secret_stores);
     let mut read = SecretsRead {
         values: BTreeMap::new(),
@@ -538,15 +541,16 @@ pub async fn read_secrets(plan: &Plan) -> Result<SecretsRead, RunError> {
                 let message = "an AWS credential set only signs AWS requests: a password needs a secret with a value";
                 return Err(RunError::Secret { name: s.name.clone(), message: message.into() });
             }
-            let set = AwsCredentials::read(&s.name, spec)
+            let set = patiently(AwsCredentials::read(&s.name, spec), |waited| slow(&s.name, &s.source, waited))
                 .await
                 .map_err(|e| RunError::Secret { name: s.name.clone(), message: e.to_string() })?;
             read.credentials.push(set.held().await);
             read.aws.insert(s.name.clone(), set);
             continue;
         }
-        let answer =
-            reader.read(&s.source).await.map_err(|message| RunError::Secret { name: s.name.clone(), message })?;
+        let answer = patiently(reader.read(&s.source), |waited| slow(&s.name, &s.source, waited))
+            .await
+            .map_err(|message| RunError::Secret { name: s.name.clone(), message })?;
         for passed in &answer.passed_over {
             tracing::warn!("secret `{}`: {passed}: read from {} instead", s.name, answer.source);
         }
@@ -555,6 +559,18 @@ pub async fn read_secrets(plan: &Plan) -> Result<SecretsRead, RunError> {
         read.values.insert(s.name.clone(), answer.value);
     }
     Ok(read)
+}
+
+/// Awaits `reading`, telling `slow` how long it has waited every [`SLOW_NOTICE`] until it is done.
+async fn patiently<T>(reading: impl std::future::Future<Output = T>, slow: impl Fn(Duration)) -> T {
+    tokio::pin!(reading);
+    let started = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            done = &mut reading => return done,
+            _ = tokio::time::sleep(SLOW_NOTICE) => slow(started.elapsed()),
+        }
+    }
 }
 
 /// Replaces `${{ steps.<id>.outputs.<name> }}` in every string of an input.
@@ -1150,11 +1166,41 @@ pub async fn run(
     options: &RunOptions,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
-    let secrets = read_secrets(plan).await?;
-    let prepared = prepare(runtime, plan, &session.artifacts(), &secrets)?;
-    if !options.resumed {
-        secret_free(plan, &prepared.redactor, &secrets.values)?;
+    let fresh = !options.resumed;
+    if fresh {
+        // Durable before any store is asked: `gantry runs` lists the run while a store is slow.
+        let identity = Event::ReadingSecrets {
+            run_id: session.run_id().to_string(),
+            pipeline: plan.pipeline.clone(),
+            environment: plan.environment.clone(),
+            entity: plan.entity.clone(),
+            rollout: options.rollout.clone(),
+        };
+        session.journal().write(identity.clone()).await?;
+        show(&events, identity);
     }
+    let slow = slow_secrets(session, fresh, events.clone());
+    let started = async {
+        let secrets = read_secrets(plan, &slow).await?;
+        let prepared = prepare(runtime, plan, &session.artifacts(), &secrets)?;
+        if fresh {
+            secret_free(plan, &prepared.redactor, &secrets.values)?;
+        }
+        Ok::<_, RunError>((secrets, prepared))
+    };
+    let (secrets, prepared) = match started.await {
+        Ok(started) => started,
+        Err(e) if fresh => {
+            // A run that could not start says so and ends: nothing ran, nothing is left to resume.
+            let journal = session.journal();
+            let failed = Event::StartFailed { error: e.to_string() };
+            journal.write(failed.clone()).await?;
+            show(&events, failed);
+            journal.write(Event::RunFinished { status: Status::Failed.name().into() }).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let ctx = Arc::new(
         Ctx::new(prepared, plan, session, options.dry_run, events)
             .seed_checkpoints(&options.checkpoints)
@@ -1372,7 +1418,7 @@ pub async fn rollback(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<RunResult, RunError> {
     let plan = &reopened.plan;
-    let secrets = read_secrets(plan).await?;
+    let secrets = read_secrets(plan, &slow_secrets(session, false, events.clone())).await?;
     let prepared = prepare(runtime, plan, &session.artifacts(), &secrets)?;
     let ctx = Arc::new(Ctx::new(prepared, plan, session, false, events).seed_checkpoints(&reopened.checkpoints));
     secrets.journal_renewals(&ctx);
@@ -1406,6 +1452,30 @@ pub async fn rollback(
         rolled_back,
         journal_error: journal_error.map(|e| e.to_string()),
     })
+}
+
+/// What a run does with a slow secret: shows it, and journals it when the run is new (a resume or a
+/// rollback writes nothing before its secrets are read, so a failed read leaves its journal as it was).
+fn slow_secrets<'a>(
+    session: &'a Session,
+    journaled: bool,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> impl Fn(&str, &SecretFrom, Duration) + Sync + 'a {
+    move |secret, from, waited| {
+        let event =
+            Event::SecretSlow { secret: secret.to_string(), from: from.to_string(), waited_ms: waited.as_millis() as u64 };
+        if journaled {
+            session.journal().record(event.clone());
+        }
+        show(&events, event);
+    }
+}
+
+/// Sends `event` to the run's printer, if it has one.
+fn show(events: &Option<mpsc::UnboundedSender<Event>>, event: Event) {
+    if let Some(tx) = events {
+        let _ = tx.send(event);
+    }
 }
 
 /// Records that a second signal (`second`, after `first`) abandons the run at once: it may only go

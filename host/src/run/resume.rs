@@ -68,7 +68,12 @@ impl Reopened {
     pub fn from_journal(id: &str, journal: StoredJournal) -> Result<Self, ReopenError> {
         let incomplete = |what: String| ReopenError::Incomplete { id: id.to_string(), what };
         let folded = fold(&journal.records);
-        let (file, plan) = folded.start.clone().ok_or_else(|| incomplete("the journal has no start".into()))?;
+        let unstarted = match folded.reading_secrets {
+            // Stopped while it read its secrets: no plan was recorded and nothing ran.
+            true => "it stopped while reading its secrets, before anything ran: run the pipeline again",
+            false => "the journal has no start",
+        };
+        let (file, plan) = folded.start.clone().ok_or_else(|| incomplete(unstarted.into()))?;
         let plan: Plan = serde_json::from_value(plan).map_err(|e| {
             incomplete(format!(
                 "the plan recorded at its start cannot be read ({e}); it was written by another gantry version"

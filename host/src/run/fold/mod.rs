@@ -185,6 +185,8 @@ pub struct Folded {
     pub last_seq: u64,
     /// The run's name and each step as reports show it.
     pub shown: Shown,
+    /// A new run is reading its secrets: nothing has run, its plan is not recorded yet.
+    pub reading_secrets: bool,
 }
 
 impl Folded {
@@ -267,10 +269,14 @@ impl Folded {
             }
             Some(status) => status.clone(),
             None if self.abandoned => super::store::NEEDS_A_PERSON.into(),
+            None if self.reading_secrets => READING_SECRETS.into(),
             None => "incomplete".into(),
         }
     }
 }
+
+/// What `gantry runs` says of a new run while it reads its secrets.
+pub const READING_SECRETS: &str = "reading-secrets";
 
 /// `step_failed` kinds by which a plugin reported its own failure (see `CallError::kind`); any
 /// other kind, a future one included, counts as cut off by the host.
@@ -302,6 +308,7 @@ pub fn fold(records: &[Record]) -> Folded {
         let at = |attempt: u32| AttemptId { session: record.session, attempt };
         match &record.event {
             Event::RunStarted { file, plan, started_by, .. } if f.start.is_none() => {
+                f.reading_secrets = false;
                 f.start = Some((file.clone(), plan.clone()));
                 if let Ok(plan) = serde_json::from_value::<crate::plan::Plan>(plan.clone()) {
                     f.kept = plan.steps.into_iter().filter(|s| !s.rollback).map(|s| s.id).collect();
@@ -396,6 +403,7 @@ pub fn fold(records: &[Record]) -> Folded {
             Event::RunFinished { status } => f.finished = Some(status.clone()),
             // A person's settle is the run's end in one record: a crash right after it cannot undo it.
             Event::Settled { .. } => f.finished = Some(super::Status::Settled.name().into()),
+            Event::ReadingSecrets { .. } => f.reading_secrets = f.start.is_none(),
             // Decided explicitly, so a new event is a compile error here until the fold decides it.
             // A second start (a resume's) and a pause recorded while rolling back change nothing;
             // reads and denied requests change nothing on the target.
@@ -409,7 +417,9 @@ pub fn fold(records: &[Record]) -> Folded {
             | Event::SecretsRead { .. }
             | Event::AwsCredentials { .. }
             | Event::Interrupted { .. }
-            | Event::BarrierAhead { .. } => {}
+            | Event::BarrierAhead { .. }
+            | Event::SecretSlow { .. }
+            | Event::StartFailed { .. } => {}
         }
     }
     f

@@ -81,6 +81,8 @@ pub struct Identity {
     pub environment: String,
     /// Entity.
     pub entity: String,
+    /// The rollout the run is part of.
+    pub rollout: Option<String>,
 }
 
 /// The people's view of a journal, built by [`super::fold`].
@@ -128,12 +130,14 @@ impl Shown {
     pub(super) fn apply(&mut self, record: &Record) {
         let ts = record.ts_ms;
         match &record.event {
-            Event::RunStarted { run_id, pipeline, environment, entity, .. } => {
+            Event::RunStarted { run_id, pipeline, environment, entity, rollout, .. }
+            | Event::ReadingSecrets { run_id, pipeline, environment, entity, rollout } => {
                 self.identity = Identity {
                     run_id: run_id.clone(),
                     pipeline: pipeline.clone(),
                     environment: environment.clone(),
                     entity: entity.clone(),
+                    rollout: rollout.clone(),
                 };
             }
             Event::StepStarted { step, attempt, .. } => {
@@ -191,6 +195,8 @@ impl Shown {
             | Event::PastBarrier { .. }
             | Event::Settled { .. }
             | Event::Abandoned { .. }
+            | Event::SecretSlow { .. }
+            | Event::StartFailed { .. }
             | Event::RunFinished { .. } => {}
         }
     }

@@ -150,6 +150,37 @@ pub enum Event {
         /// The machine it runs on.
         host: String,
     },
+    /// A new run is reading its secrets: recorded first, so `gantry runs` lists the run while a
+    /// store is slow. Its plan follows in `run_started`, once every secret is read and the plan is
+    /// checked to carry none of their values.
+    ReadingSecrets {
+        /// Run id.
+        run_id: String,
+        /// Pipeline name.
+        pipeline: String,
+        /// Environment.
+        environment: String,
+        /// Entity.
+        entity: String,
+        /// The rollout this run is part of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<String>,
+    },
+    /// A secret's sources have not answered yet: said every few seconds while a store is slow.
+    SecretSlow {
+        /// The secret's name in the pipeline.
+        secret: String,
+        /// Its sources, as written.
+        from: String,
+        /// How long the run has waited for it.
+        waited_ms: u64,
+    },
+    /// A new run could not start (a secret unreadable, a plugin not loaded, the plan carrying a
+    /// secret's value): nothing ran, and `run_finished: failed` follows.
+    StartFailed {
+        /// Why, as `gantry run` prints it.
+        error: String,
+    },
     /// Where this session's secret values came from (which source of a chain answered), never a value.
     SecretsRead {
         /// By secret name.
@@ -281,6 +312,11 @@ impl Event {
             Event::AwsCredentials { secret, provider, step, .. } => {
                 [secret, provider].into_iter().chain(step.as_mut()).for_each(text)
             }
+            Event::ReadingSecrets { run_id, pipeline, environment, entity, rollout } => {
+                [run_id, pipeline, environment, entity].into_iter().chain(rollout.as_mut()).for_each(text)
+            }
+            Event::SecretSlow { secret, from, .. } => [secret, from].into_iter().for_each(text),
+            Event::StartFailed { error } => text(error),
             Event::SecretsRead { answered } => {
                 for a in answered.values_mut() {
                     text(&mut a.source);

@@ -10,7 +10,6 @@ pub mod file;
 pub mod postgres;
 
 use super::journal::Record;
-use super::Event;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -112,24 +111,20 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    /// Summarises a run from its records; its status is the journal fold's.
+    /// Summarises a run from its records: the journal fold's answer.
     pub fn from_records(id: &str, records: &[Record]) -> Self {
-        let mut info = RunInfo {
+        let folded = super::fold::fold(records);
+        let known = |text: &String| if text.is_empty() { "?".to_string() } else { text.clone() };
+        let identity = &folded.shown.identity;
+        RunInfo {
             id: id.to_string(),
-            pipeline: "?".into(),
-            environment: "?".into(),
-            entity: "?".into(),
-            status: super::fold::fold(records).status(),
+            pipeline: known(&identity.pipeline),
+            environment: known(&identity.environment),
+            entity: known(&identity.entity),
+            status: folded.status(),
             events: records.len(),
-            rollout: None,
-        };
-        if let Some(Event::RunStarted { pipeline, environment, entity, rollout, .. }) =
-            records.iter().map(|r| &r.event).find(|e| matches!(e, Event::RunStarted { .. }))
-        {
-            (info.pipeline, info.environment, info.entity) = (pipeline.clone(), environment.clone(), entity.clone());
-            info.rollout = rollout.clone();
+            rollout: identity.rollout.clone(),
         }
-        info
     }
 }
 

@@ -159,7 +159,8 @@ impl RunStore for PostgresStore {
             .await
             .map_err(err)?;
             match &record.event {
-                Event::RunStarted { pipeline, environment, entity, rollout, .. } => tx
+                Event::RunStarted { pipeline, environment, entity, rollout, .. }
+                | Event::ReadingSecrets { pipeline, environment, entity, rollout, .. } => tx
                     .execute(
                         "update gantry_runs set pipeline = $2, environment = $3, entity = $4, rollout = $5 where id = $1",
                         &[&run_id, pipeline, environment, entity, rollout],
