@@ -34,7 +34,7 @@ fn serve() -> String {
 
 fn component() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let options = BuildOptions { target_dir: Some(repo.join("target/plugins")), ..BuildOptions::default() };
+    let options = BuildOptions { target_dir: Some(common::plugin_target_dir()), ..BuildOptions::default() };
     build_crate(&repo.join("plugins/http-check"), &options).expect("http-check builds").path
 }
 

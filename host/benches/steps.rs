@@ -31,7 +31,7 @@ fn repo() -> &'static Path {
 }
 
 fn component(crate_dir: &str) -> PathBuf {
-    let options = BuildOptions { target_dir: Some(repo().join("target/plugins")), ..BuildOptions::default() };
+    let options = BuildOptions { target_dir: Some(common::plugin_target_dir()), ..BuildOptions::default() };
     build_crate(&repo().join(crate_dir), &options).unwrap_or_else(|e| panic!("{crate_dir} builds: {e}")).path
 }
 
@@ -226,7 +226,7 @@ fn main() {
     let plan = |cache: &Path, pipeline: &Path| {
         let mut cmd = Command::new(&gantry);
         cmd.env("GANTRY_CACHE_DIR", cache)
-            .env("CARGO_TARGET_DIR", repo().join("target/plugins"))
+            .env("CARGO_TARGET_DIR", common::plugin_target_dir())
             .env("GANTRY_LOG", "warn")
             .args(["plan", pipeline.to_str().unwrap(), "--entity", "am_consulting"]);
         measured(&mut cmd).0

@@ -69,10 +69,14 @@ pub fn stdout_json(out: &Output) -> serde_json::Value {
     })
 }
 
-/// One target dir for all plugin builds, so std is built for wasm only once.
+/// One target dir for all plugin builds, so std is built for wasm only once: `target/plugins`, or
+/// `GANTRY_PLUGIN_TARGET_DIR` (the test command keeps it under the user's cache directory).
 pub fn plugin_target_dir() -> PathBuf {
-    repo().join("target").join("plugins")
+    std::env::var_os(PLUGIN_TARGET_ENV).map(PathBuf::from).unwrap_or_else(|| repo().join("target").join("plugins"))
 }
+
+/// Where the test command puts plugin builds when not in `target/plugins`.
+pub const PLUGIN_TARGET_ENV: &str = "GANTRY_PLUGIN_TARGET_DIR";
 
 /// Builds a plugin crate (relative to the repo) once per test run; returns the component path.
 pub fn plugin(crate_dir: &str) -> PathBuf {
