@@ -238,8 +238,9 @@ pub fn prometheus(target: &Peer, dir: &std::path::Path) -> Peer {
     .unwrap();
     let make = |port: u16| {
         let mut cmd = Command::new("prometheus");
+        // A data dir per attempt: an attempt given up on must not leave its TSDB lock to the next.
         cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join(format!("data-{port}")).display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--storage.tsdb.retention.time=1h");
         cmd
@@ -297,11 +298,18 @@ impl WordPress {
             origin: format!("http://127.0.0.1:{port}"),
             app_password: String::from_utf8_lossy(&out.stdout).trim().to_string(),
         };
-        assert!(
-            out.status.success() && !wp.app_password.is_empty(),
-            "wordpress.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() || wp.app_password.is_empty() {
+            // The script sends each program's output to a log in its directory: show their ends.
+            let logs: Vec<String> = ["install.log", "mysqld.log", "php-install.log", "php.log"]
+                .iter()
+                .map(|log| {
+                    let text = std::fs::read_to_string(wp.dir.path().join("wp").join(log)).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                    format!("--- {log}:\n{}", tail.join("\n"))
+                })
+                .collect();
+            panic!("wordpress.sh exited {:?}: {}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr), logs.join("\n"));
+        }
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
             if get(&wp.origin, "/wp-json/").is_some_and(|(s, _)| s == 200) {

@@ -541,9 +541,17 @@ fn a_hung_secret_store_is_named_while_the_run_waits_and_gives_up_after_its_timeo
     };
     child.kill().unwrap();
     child.wait().unwrap();
+    let listed = String::from_utf8_lossy(&gantry_in(dir.path(), &["runs"]).stdout).to_string();
+    assert!(listed.contains("reading-secrets"), "until a recovery closes it: {listed}");
     let out = gantry_in(dir.path(), &["resume", &killed]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped while reading its secrets, before anything ran"), "{out:?}");
+    expect_code(&out, 1);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("stopped while reading its secrets, before anything ran: recorded as failed"), "{said}");
+    let listed = String::from_utf8_lossy(&gantry_in(dir.path(), &["runs"]).stdout).to_string();
+    assert!(!listed.contains("reading-secrets"), "{listed}");
+    let events: Vec<String> = journal_of(dir.path(), &killed).iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(events, ["reading_secrets", "start_failed", "run_finished"]);
+    assert_ne!(gantry_in(dir.path(), &["rollback", &killed]).status.code(), Some(0), "closed: nothing to undo");
     assert_eq!(server.hits(), 0, "no step ran");
 
     // A timeout that is not a duration, and too many attempts, are found by validate with their lines.

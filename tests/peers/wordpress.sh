@@ -14,7 +14,8 @@ mariadb-install-db --no-defaults --user=root --datadir="$R/db" --auth-root-authe
 setsid mariadbd --no-defaults --user=root --datadir="$R/db" --socket="$R/mysqld.sock" --skip-networking \
   --pid-file="$R/mysqld.pid" >"$R/mysqld.log" 2>&1 < /dev/null &
 echo $! >> "$R/pgids"
-for _ in $(seq 100); do [ -S "$R/mysqld.sock" ] && break; sleep 0.1; done
+# Up to 60 s: a loaded two-core runner can take longer than 10 s to start MariaDB.
+for _ in $(seq 600); do [ -S "$R/mysqld.sock" ] && break; sleep 0.1; done
 mariadb --no-defaults -uroot --socket="$R/mysqld.sock" -e \
   "CREATE DATABASE wp; CREATE USER 'wp'@'localhost' IDENTIFIED BY 'wp'; GRANT ALL ON wp.* TO 'wp'@'localhost';"
 

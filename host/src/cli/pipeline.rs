@@ -444,6 +444,9 @@ pub(crate) async fn resume(
     state: Option<&str>,
 ) -> anyhow::Result<u8> {
     let store = store(state).await?;
+    if Session::close_unstarted(store.clone(), &id).await? {
+        return Ok(unstarted(&id));
+    }
     let (session, r) = Session::reopen(store, &id).await?;
     if let Some(request) = &r.awaiting {
         if request.expired(now_ms()) {
@@ -625,6 +628,9 @@ pub(crate) async fn rollback(
     state: Option<&str>,
 ) -> anyhow::Result<u8> {
     let store = store(state).await?;
+    if Session::close_unstarted(store.clone(), &id).await? {
+        return Ok(unstarted(&id));
+    }
     let (session, r) = Session::reopen(store, &id).await?;
     let barriers = r.fold.barriers();
     if past_barrier && !barriers.is_empty() && !yes {
@@ -640,6 +646,12 @@ pub(crate) async fn rollback(
     }
     let by = past_barrier.then(current_user);
     undo_with(session, r, by.as_deref(), json).await
+}
+
+/// Says that run `id` never started and was closed as failed; the exit code of a failed run.
+fn unstarted(id: &str) -> u8 {
+    eprintln!("run {id} stopped while reading its secrets, before anything ran: recorded as failed; run the pipeline again");
+    super::EXIT_STEP_FAILED
 }
 
 /// Asks `question` on the terminal; without one, the answer is no.

@@ -53,6 +53,35 @@ impl Session {
         Ok(Self::with(store, run_id, lock, (1, 1)))
     }
 
+    /// Ends a run whose process stopped while it read its secrets (no plan recorded, nothing ran)
+    /// as `failed`, under its run lock, for `resume` and `rollback` to close; false for any other
+    /// run. Its plan was never recorded, so there is nothing to go forward with or to undo.
+    pub async fn close_unstarted(store: Arc<dyn RunStore>, run_id: &str) -> Result<bool, SessionError> {
+        let unstarted = |records: &[super::journal::Record]| {
+            let folded = super::fold::fold(records);
+            (folded.reading_secrets && folded.finished.is_none()).then_some(folded)
+        };
+        let Some(folded) = unstarted(&store.read(run_id).await?.records) else { return Ok(false) };
+        let name = &folded.shown.identity;
+        let key = LockKey { pipeline: name.pipeline.clone(), environment: name.environment.clone(), entity: name.entity.clone() };
+        let lock = store.lock(&key, &Holder::this_process(run_id)).await?;
+        // Read again under the lock: the run's own process may have gone on meanwhile.
+        let Some(folded) = unstarted(&store.read(run_id).await?.records) else {
+            lock.release().await?;
+            return Ok(false);
+        };
+        let session = Self::with(store, run_id.to_string(), lock, (folded.last_seq + 1, folded.last_session + 1));
+        let error = "its process ended while it read its secrets, before anything ran".to_string();
+        let written = async {
+            session.journal().write(super::Event::StartFailed { error }).await?;
+            session.journal().write(super::Event::RunFinished { status: super::Status::Failed.name().into() }).await
+        };
+        let written = written.await;
+        session.close().await?;
+        written.map_err(|e| StoreError::Io { what: "closing the run".into(), source: std::io::Error::other(e) })?;
+        Ok(true)
+    }
+
     /// Takes the run lock of a recorded run and reads its journal, for `resume` and `rollback`.
     pub async fn reopen(store: Arc<dyn RunStore>, run_id: &str) -> Result<(Self, Reopened), SessionError> {
         let first = Reopened::from_journal(run_id, store.read(run_id).await?)?;
