@@ -144,10 +144,10 @@ impl CountingServer {
                 }
                 let Ok(stream) = stream else { continue };
                 h.fetch_add(1, Ordering::SeqCst);
-                if let Ok(Some((line, head))) = answer(stream, &reply) {
+                let _ = answer(stream, &reply, |line, head| {
                     r.lock().unwrap().push(line);
                     hd.lock().unwrap().push(head);
-                }
+                });
             }
         });
         Self { addr, hits, requests, headers, stop, thread: Some(thread) }
@@ -207,15 +207,17 @@ pub fn read_request(stream: &TcpStream) -> std::io::Result<Option<RawRequest>> {
     Ok(Some(RawRequest { line, headers, body }))
 }
 
-/// Answers one request; returns it as `METHOD body`, and its header lines. A connection closed
-/// before its request line (a client killed between connecting and sending) made no request.
-fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<Option<(String, String)>> {
+/// Answers one request, recording it first as `METHOD body` with its header lines: a client that
+/// has its answer finds its request recorded. A connection closed before its request line (a
+/// client killed between connecting and sending) made no request.
+fn answer(stream: TcpStream, reply: &Reply, record: impl FnOnce(String, String)) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let Some(RawRequest { line, headers, body }) = read_request(&stream)? else {
-        return Ok(None);
+        return Ok(());
     };
     let method = line.split(' ').next().unwrap_or_default().to_string();
     let headers = headers.concat();
+    record(format!("{method} {}", String::from_utf8_lossy(&body)).trim_end().to_string(), headers.clone());
     let mut stream = stream;
     let encoded = reply.echo_encoded.map(|encode| encode(&headers));
     let answer = match (&encoded, reply.echo_headers) {
@@ -231,8 +233,7 @@ fn answer(stream: TcpStream, reply: &Reply) -> std::io::Result<Option<(String, S
         answer.len(),
         answer
     )?;
-    stream.flush()?;
-    Ok(Some((format!("{method} {}", String::from_utf8_lossy(&body)).trim_end().to_string(), headers)))
+    stream.flush()
 }
 
 impl Drop for CountingServer {
