@@ -308,7 +308,9 @@ fn sigint_and_sigterm_during_the_canary_restore_the_original_weights() {
     for sig in ["INT", "TERM"] {
         let aws = Aws::start();
         let dir = tempfile::tempdir().unwrap();
-        let file = canary(dir.path(), &aws, 1500);
+        // The pause outlasts the poll and boto3's read of the weights below on a loaded runner
+        // (at 1.5 s the canary once moved on to 50 % in between).
+        let file = canary(dir.path(), &aws, 4000);
         let mut cmd = gantry_aws(dir.path(), &aws, &["run", file.to_str().unwrap()]);
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         let child = spawn_until(&mut cmd, "25 %", || modifies_after_checkpoint(&journal(dir.path())) >= 2);
