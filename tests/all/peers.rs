@@ -561,9 +561,14 @@ impl MariaDb {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("db");
         let socket = dir.path().join("mysqld.sock");
+        // Its own temporary directory: a temporary table in the shared /tmp was once gone before
+        // the bootstrap deleted it ("Error on delete of '/tmp/#sql-temptable-…'").
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
         let out = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .expect("MariaDB is installed (scripts/peers-setup)");
         assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
@@ -573,6 +578,7 @@ impl MariaDb {
             .arg(format!("--port={port}"))
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

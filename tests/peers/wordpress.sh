@@ -7,11 +7,12 @@
 # Prints the admin's application password; process group ids go to DIR/pgids.
 set -euo pipefail
 R=$1 PORT=$2 HOOK=$3
-mkdir -p "$R"
+mkdir -p "$R/tmp"
 : > "$R/pgids"
 
-mariadb-install-db --no-defaults --user=root --datadir="$R/db" --auth-root-authentication-method=socket --skip-test-db >"$R/install.log" 2>&1
-setsid mariadbd --no-defaults --user=root --datadir="$R/db" --socket="$R/mysqld.sock" --skip-networking \
+# MariaDB's temporary files in DIR, not the shared /tmp other servers and cleaners use.
+mariadb-install-db --no-defaults --user=root --datadir="$R/db" --tmpdir="$R/tmp" --auth-root-authentication-method=socket --skip-test-db >"$R/install.log" 2>&1
+setsid mariadbd --no-defaults --user=root --datadir="$R/db" --tmpdir="$R/tmp" --socket="$R/mysqld.sock" --skip-networking \
   --pid-file="$R/mysqld.pid" >"$R/mysqld.log" 2>&1 < /dev/null &
 echo $! >> "$R/pgids"
 # Up to 60 s: a loaded two-core runner can take longer than 10 s to start MariaDB.
