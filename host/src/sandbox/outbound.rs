@@ -72,6 +72,35 @@ impl RequestRecord {
         let action = self.action.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
         format!("{} {}{}{action}", self.method, self.origin, self.path)
     }
+
+    /// A `POST` the host let out and answered 200, for tests of what reads the journal.
+    #[cfg(test)]
+    pub fn allowed_post(step: &str, action: Option<&str>) -> Self {
+        RequestRecord {
+            step: step.into(),
+            method: "POST".into(),
+            origin: "http://127.0.0.1:1".into(),
+            path: "/".into(),
+            status: Some(200),
+            bytes: 0,
+            duration_ms: 1.0,
+            allowed: true,
+            reason: None,
+            action: action.map(String::from),
+        }
+    }
+
+    /// Whether the request may have changed something: any method but GET, HEAD and OPTIONS,
+    /// unless it names an API action that by its provider's convention only reads (AWS APIs read
+    /// through `POST` with `Describe…`, `Get…`, `List…`), so a step cut off after reading counts
+    /// as having changed nothing.
+    pub fn may_change(&self) -> bool {
+        const READS: [&str; 4] = ["Describe", "Get", "List", "BatchGet"];
+        let read_action = |a: &str| {
+            READS.iter().any(|r| a.strip_prefix(r).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())))
+        };
+        !matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS") && !self.action.as_deref().is_some_and(read_action)
+    }
 }
 
 /// The API action a request names: AWS JSON protocols in `X-Amz-Target`, AWS query protocols in
@@ -565,6 +594,19 @@ mod tests {
         assert_eq!(api_action(&query, &[], b"").as_deref(), Some("DescribeTargetHealth"));
         assert_eq!(api_action(&url, &[], b"Action=Drop%20Table").as_deref(), None, "data is never taken");
         assert_eq!(api_action(&url, &[], b"{\"Action\":\"x\"}"), None);
+    }
+
+    #[test]
+    fn a_post_that_names_a_read_action_changes_nothing_and_any_other_post_may() {
+        let post = |action: Option<&str>| RequestRecord::allowed_post("s", action);
+        for read in ["DescribeListeners", "GetMetricData", "ListTagsForResource", "BatchGetItem"] {
+            assert!(!post(Some(read)).may_change(), "{read}");
+        }
+        for write in ["ModifyListener", "UpdateService", "Getaway", "Listen", "DescribeX".trim_end_matches('X')] {
+            assert!(post(Some(write)).may_change(), "{write}");
+        }
+        assert!(post(None).may_change());
+        assert!(!RequestRecord { method: "GET".into(), ..post(Some("ModifyListener")) }.may_change());
     }
 }
 

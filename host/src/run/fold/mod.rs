@@ -365,7 +365,7 @@ pub fn fold(records: &[Record]) -> Folded {
                     view.checkpoints.entry(key.clone()).or_insert_with(|| value.clone());
                 }
             }
-            Event::Request(r) if r.allowed && !matches!(r.method.as_str(), "GET" | "HEAD" | "OPTIONS") => {
+            Event::Request(r) if r.allowed && r.may_change() => {
                 if let Some(view) = f.steps.get_mut(&r.step).filter(|v| v.state == StepState::Started) {
                     view.change.get_or_insert_with(|| format!("{} {}{}", r.method, r.origin, r.path));
                 }
