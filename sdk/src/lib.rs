@@ -50,6 +50,7 @@ mod error;
 mod http;
 mod log;
 mod outputs;
+mod preflight;
 pub mod sql;
 pub mod tls;
 
@@ -64,6 +65,7 @@ pub use error::{Error, Failure};
 pub use http::{percent_encode, Client, HttpError, RequestBuilder, Response, Sigv4};
 pub use log::{log, Level};
 pub use outputs::Outputs;
+pub use preflight::Check;
 
 /// A placeholder the host replaces with a secret's value at send time, in a request's URL or body:
 /// for webhooks whose URL is the secret, or APIs that take a key in the body. The host fills it in
@@ -82,7 +84,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub const BARRIER_CHECKPOINT: &str = "gantry.barrier";
 
 /// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against.
-pub const CONTRACT_VERSION: &str = "0.3.3";
+pub const CONTRACT_VERSION: &str = "0.3.4";
 
 /// A deployment step: what a plugin author implements.
 pub trait Step {
@@ -98,6 +100,19 @@ pub trait Step {
     fn rollback(ctx: &Context) -> Result<Outputs> {
         let _ = ctx;
         Ok(Outputs::new())
+    }
+
+    /// Reads what [`Step::run`] will depend on, before the run changes anything, and says what
+    /// it found: the host calls it for every step of a run first, with the step's own grants, and
+    /// refuses every request and statement that could change something (AWS `Describe…`,
+    /// `Get…` and `List…` actions read). A failed check, or an error, stops the run before its
+    /// first change. The input is the step's `with:`; a step whose input needs an earlier step's
+    /// outputs is not asked.
+    ///
+    /// The default checks nothing.
+    fn preflight(ctx: &Context) -> Result<Vec<Check>> {
+        let _ = ctx;
+        Ok(Vec::new())
     }
 }
 
@@ -201,6 +216,15 @@ pub mod __private {
         fn rollback(ctx: wit::Context) -> Result<wit::Outcome, wit::StepError> {
             let ctx = Context::from_wit(ctx);
             T::rollback(&ctx).map(|outputs| outputs.into_wit()).map_err(|e| e.into_wit())
+        }
+    }
+
+    impl<T: Step> bindings::exports::gantry::step::preflight::Guest for Adapter<T> {
+        fn preflight(
+            ctx: wit::Context,
+        ) -> Result<Vec<bindings::exports::gantry::step::preflight::Check>, wit::StepError> {
+            let ctx = Context::from_wit(ctx);
+            T::preflight(&ctx).map(|checks| checks.into_iter().map(|c| c.into_wit()).collect()).map_err(|e| e.into_wit())
         }
     }
 }

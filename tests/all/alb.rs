@@ -713,3 +713,101 @@ fn a_replay_with_a_stricter_threshold_names_the_stage_it_would_have_stopped_at_a
     let dom = String::from_utf8_lossy(&loaded.stdout);
     assert!(dom.contains("data-ready=\"true\"") && dom.contains("data-metric=\"error-rate\""), "{dom}");
 }
+
+/// The pre-flight against moto and Prometheus: a background metric that cannot be read stops the
+/// run with exit 7 before any `ModifyListener` (weights read back with boto3); a run killed while
+/// a metric hangs reads again when resumed; with Prometheus up it passes and the canary runs;
+/// `--skip-preflight` is journaled with who asked.
+#[test]
+fn a_metric_that_cannot_be_read_stops_the_canary_in_its_preflight_before_any_weight_changes() {
+    use serde_json::Value;
+    let aws = Aws::start();
+    let original = weights_of(&aws, 100, 0);
+    assert_eq!(aws.weights(), original);
+    let modifies = |j: &[Value]| j.iter().filter(|e| e["event"] == "request" && e["action"] == "ModifyListener").count();
+    let write = |dir: &std::path::Path, metrics_at: &str| {
+        let with = format!(
+            "pause_ms: 0\n      target_health: false\n      analysis: [{{ name: error-rate, background: true, \
+             source: {{ provider: prometheus, address: \"{metrics_at}\", query: canary_error_ratio }} }}]"
+        );
+        let file = dir.join("canary.yaml");
+        std::fs::write(&file, canary_yaml_with(&aws, &with, &[metrics_at])).unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    let checks = |j: &[Value]| -> Vec<Value> {
+        j.iter().filter(|e| e["event"] == "preflight_checked").flat_map(|e| e["checks"].as_array().cloned().unwrap()).collect()
+    };
+
+    // Prometheus down: nothing listens on its port.
+    let down = format!("http://127.0.0.1:{}", crate::peers::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), &down);
+    let out = gantry_aws(dir.path(), &aws, &["run", &file]).output().unwrap();
+    expect_code(&out, 7);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the pre-flight found") && stderr.contains("shift: background metric error-rate: "), "{stderr}");
+    assert_eq!(aws.weights(), original, "no weight changed");
+    let j = journal(dir.path());
+    assert_eq!(modifies(&j), 0);
+    assert!(!j.iter().any(|e| e["event"] == "step_started"), "no step ran");
+    assert!(j.iter().any(|e| e["event"] == "phase" && e["phase"] == "preflight"));
+    let found = checks(&j);
+    let named = |name: &str| found.iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| panic!("{name}: {found:?}"));
+    assert_eq!(named("listener")["passed"], true, "DescribeListeners read through POST in the pre-flight");
+    assert_eq!(named("green target group")["passed"], true);
+    assert_eq!(named("background metric error-rate")["passed"], false);
+    assert_eq!(j.last().unwrap()["status"], "preflight-failed");
+    let id = run_id(dir.path());
+    let listed = String::from_utf8_lossy(&gantry_in(dir.path(), &["runs"]).stdout).to_string();
+    assert!(listed.contains("preflight-failed"), "{listed}");
+    let out = gantry_aws(dir.path(), &aws, &["resume", &id]).output().unwrap();
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped at its pre-flight and changed nothing"));
+
+    // Prometheus hung (takes connections, never answers): killed while the pre-flight waits, the
+    // run is resumed once Prometheus is gone, reads again, and still changes nothing.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_at = format!("http://127.0.0.1:{}", hung.local_addr().unwrap().port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), &hung_at);
+    let mut cmd = gantry_aws(dir.path(), &aws, &["run", &file]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let reading = || journal(dir.path()).iter().any(|e| e["event"] == "phase" && e["phase"] == "preflight");
+    let mut child = spawn_until(&mut cmd, "the pre-flight", reading);
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(hung);
+    let id = run_id(dir.path());
+    let out = gantry_aws(dir.path(), &aws, &["resume", &id]).output().unwrap();
+    expect_code(&out, 7);
+    let j = journal(dir.path());
+    assert!(j.iter().any(|e| e["event"] == "preflight_checked" && e["session"] == 2), "the resume read again");
+    assert_eq!(modifies(&j), 0);
+    assert_eq!(aws.weights(), original);
+
+    // Prometheus up: every read answers, the pre-flight passes and the canary runs to 100 %.
+    let metrics = aws.metrics(false);
+    let dir = tempfile::tempdir().unwrap();
+    let prom = prometheus(&metrics, dir.path());
+    wait_for_data(&prom.origin, "canary_error_ratio");
+    let file = write(dir.path(), &prom.origin);
+    let out = gantry_aws(dir.path(), &aws, &["run", &file]).output().unwrap();
+    expect_code(&out, 0);
+    let j = journal(dir.path());
+    let found = checks(&j);
+    assert!(found.iter().all(|c| c["passed"] == true) && found.len() == 4, "{found:?}");
+    assert!(found.iter().any(|c| c["name"] == "background metric error-rate" && c["answer"].as_str().unwrap().starts_with("reads ")));
+    assert_eq!(modifies(&j), 4, "one per stage, none in the pre-flight");
+    assert_eq!(aws.weights(), weights_of(&aws, 0, 100));
+
+    // --skip-preflight, Prometheus down again: nothing is read first, and the journal says who chose it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), &down);
+    let out = gantry_aws(dir.path(), &aws, &["run", &file, "--skip-preflight"]).env("GANTRY_USER", "ana").output().unwrap();
+    expect_code(&out, 0);
+    let j = journal(dir.path());
+    let skipped = j.iter().find(|e| e["event"] == "preflight_skipped").expect("journaled");
+    assert_eq!(skipped["reason"], "--skip-preflight by ana");
+    assert!(checks(&j).is_empty() && !j.iter().any(|e| e["phase"] == "preflight"));
+}

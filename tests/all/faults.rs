@@ -164,10 +164,11 @@ fn every_kind(at: [usize; 6]) -> BTreeMap<usize, Fault> {
 
 #[test]
 fn the_canary_goes_through_every_fault_kind_in_front_of_moto_and_a_long_outage_rolls_back() {
-    // The ELBv2 calls of a 4-stage canary with target health: describe, then per stage a modify
-    // and a health read, then a final describe (10); faults land on modifies and reads alike.
+    // The ELBv2 calls of a 4-stage canary with target health: the pre-flight's three reads (the
+    // listener, both target groups), describe, then per stage a modify and a health read, then a
+    // final describe (13); faults land on modifies and reads alike.
     let aws = Aws::start();
-    let proxy = FaultProxy::start(&aws.moto.origin, every_kind([2, 3, 5, 8, 10, 12]));
+    let proxy = FaultProxy::start(&aws.moto.origin, every_kind([5, 6, 8, 11, 13, 15]));
     let dir = tempfile::tempdir().unwrap();
     let out = canary_through(&aws, &proxy, dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -178,7 +179,7 @@ fn the_canary_goes_through_every_fault_kind_in_front_of_moto_and_a_long_outage_r
     // second stage's modify on, 503 for 10 requests. The step fails cleanly and the rollback, once
     // the outage is over, restores the original weights.
     let aws = Aws::start();
-    let outage: BTreeMap<usize, Fault> = (4..14).map(|n| (n, Fault::Status(503))).collect();
+    let outage: BTreeMap<usize, Fault> = (7..17).map(|n| (n, Fault::Status(503))).collect();
     let proxy = FaultProxy::start(&aws.moto.origin, outage);
     let dir = tempfile::tempdir().unwrap();
     let out = canary_through(&aws, &proxy, dir.path());

@@ -91,14 +91,44 @@ fn postgres_migrations_apply_once_drift_is_refused_and_a_later_failure_runs_the_
         ["0"]
     );
 
-    // V1's file changed after it was applied: refused before anything runs, V2 stays unapplied.
+    // Another runner holds the migration lock: the pre-flight names its session, nothing runs.
+    let mut holder = std::process::Command::new(pg_psql(&pg))
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "gantry", "-d", "app", "-q"])
+        .env("PGAPPNAME", "the other runner")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let take = "SELECT pg_advisory_lock(1734438516, hashtext('gantry:gantry_schema_history'));\n";
+    holder.stdin.as_mut().unwrap().write_all(take.as_bytes()).unwrap();
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted";
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app(held) != ["1"] {
+        assert!(std::time::Instant::now() < until, "psql never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = run_pipeline(dir.path(), &yaml, &env, &[]);
+    expect_code(&out, 7);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("migrate: lock: held by session") && stderr.contains("(the other runner from"), "{stderr}");
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+
+    // V1's file changed after it was applied: the pre-flight finds it before anything runs, V2
+    // stays unapplied.
     migrations(dir.path(), &[("V1__bookings.sql", "CREATE TABLE bookings (id BIGINT PRIMARY KEY);\n")]);
     let out = run_pipeline(dir.path(), &yaml, &env, &[]);
-    expect_code(&out, 1);
+    expect_code(&out, 7);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("V1__bookings.sql changed after it was applied"), "{stdout}");
+    assert!(!stdout.contains(r#""event":"step_started""#), "{stdout}");
     assert_eq!(app("SELECT version FROM gantry_schema_history ORDER BY version"), ["1"]);
     assert_eq!(app("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rooms'"), ["0"]);
+    // With the pre-flight skipped, the step itself still refuses the drift.
+    let out = run_pipeline(dir.path(), &yaml, &env, &["--skip-preflight"]);
+    expect_code(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("V1__bookings.sql changed after it was applied"));
 }
 
 #[test]
@@ -177,7 +207,7 @@ fn mariadb_migrations_run_statement_by_statement_with_the_password_only_the_host
         &[("DB_PASSWORD", "wrong-pw-123")],
         &[],
     );
-    expect_code(&out, 1);
+    expect_code(&out, 7);
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(printed.contains("Access denied"), "{printed}");
     assert!(!printed.contains("wrong-pw-123"));

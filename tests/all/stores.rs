@@ -297,8 +297,11 @@ async fn a_journal_that_fails_mid_run_stops_the_run_rolls_back_and_asks_for_a_pe
         .iter()
         .map(|r| serde_json::to_value(&r.event).unwrap()["event"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(events, ["reading_secrets", "run_started", "opened", "phase", "step_started", "request", "step_finished"]);
+    let preflight = ["phase", "preflight_checked", "preflight_checked", "preflight_checked"];
+    let started = ["reading_secrets", "run_started", "opened"].into_iter().chain(preflight);
+    let ran = ["phase", "step_started", "request", "step_finished"];
+    assert_eq!(events, started.chain(ran).collect::<Vec<_>>());
     let seqs: Vec<u64> = kept.records.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7], "events carry their sequence numbers");
+    assert_eq!(seqs, (1..=11).collect::<Vec<u64>>(), "events carry their sequence numbers");
     assert!(kept.records.iter().all(|r| r.session == 1), "and the session that wrote them");
 }

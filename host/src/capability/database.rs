@@ -190,6 +190,10 @@ pub struct Database {
     pub grant: DatabaseGrant,
     /// The password: used by the host, never handed to the plugin.
     pub password: String,
+    /// A pre-flight's read-only view of a writable grant: its statements run in read-only
+    /// transactions, but its role's powers are not refused, since the same plugin is given the
+    /// writable grant next (the read-only mode keeps a pre-flight from writing by mistake).
+    pub preflight_of_writable: bool,
 }
 
 impl fmt::Debug for Database {
@@ -208,6 +212,16 @@ impl Databases {
     /// Grants a database under its grant's name.
     pub fn insert(&mut self, database: Database) {
         self.by_name.insert(database.grant.name.clone(), database);
+    }
+
+    /// The same databases, each to be opened read-only.
+    pub fn read_only(&self) -> Databases {
+        let mut by_name = self.by_name.clone();
+        for d in by_name.values_mut() {
+            d.preflight_of_writable = !d.grant.readonly;
+            d.grant.readonly = true;
+        }
+        Databases { by_name }
     }
 
     /// The database granted as `name`.

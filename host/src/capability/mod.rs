@@ -38,4 +38,38 @@ pub struct Grants {
     pub databases: Databases,
     /// TLS targets the step may shake hands with and names it may look up.
     pub probes: Probes,
+    /// Only what reads goes out: requests that [`network::may_change`] nothing and statements of
+    /// read-only transactions (a pre-flight).
+    pub reads_only: bool,
+}
+
+impl Grants {
+    /// The same reach for reading only: what a step's pre-flight is given.
+    pub fn for_preflight(&self) -> Grants {
+        let mut grants = self.clone();
+        grants.reads_only = true;
+        grants.databases = self.databases.read_only();
+        grants.files.artifacts = None;
+        grants
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preflight_reads_through_the_same_grants_with_databases_read_only() {
+        let mut grants = Grants::default();
+        grants.databases.insert(Database {
+            grant: DatabaseGrant::for_test("postgres://127.0.0.1:5432/app", false),
+            password: "pw".into(),
+            preflight_of_writable: false,
+        });
+        let read = grants.for_preflight();
+        assert!(read.reads_only && !grants.reads_only);
+        let app = read.databases.get("app").unwrap();
+        assert!(app.grant.readonly && app.preflight_of_writable, "read-only, its role not refused");
+        assert!(!grants.databases.get("app").unwrap().grant.readonly, "the run's own grants stay");
+    }
 }

@@ -188,6 +188,17 @@ impl NetworkPolicy {
     }
 }
 
+/// Whether a request may change something: any method but GET, HEAD and OPTIONS, unless it names an
+/// API action that by its provider's convention only reads (AWS APIs read through `POST` with
+/// `Describe…`, `Get…`, `List…`, `BatchGet…`).
+pub fn may_change(method: &str, action: Option<&str>) -> bool {
+    const READS: [&str; 4] = ["Describe", "Get", "List", "BatchGet"];
+    let read_action = |a: &str| {
+        READS.iter().any(|r| a.strip_prefix(r).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())))
+    };
+    !matches!(method, "GET" | "HEAD" | "OPTIONS") && !action.is_some_and(read_action)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,3 +411,4 @@ mod tests {
         }
     }
 }
+

@@ -3,7 +3,8 @@
 //! Exit codes: 0 success, 1 a step failed (and was rolled back), 2 bad usage,
 //! an invalid pipeline or an unusable plugin, 3 a rollback failed (needs a
 //! person), 4 paused: a step was inconclusive and a person decides, 5 a step
-//! awaits approval.
+//! awaits approval, 6 the rollback stopped at a barrier, 7 a step's pre-flight
+//! failed and nothing ran.
 
 // Every command prints through `report::out`: a closed pipe stops the printing, not the command.
 macro_rules! println {
@@ -253,13 +254,18 @@ enum Command {
         reason: String,
     },
     /// Run a pipeline. Exit 0 success, 1 a step failed (rolled back), 2 invalid, 3 rollback failed,
-    /// 4 paused, 5 awaiting approval, 6 the rollback stopped at a barrier (an irreversible change).
+    /// 4 paused, 5 awaiting approval, 6 the rollback stopped at a barrier (an irreversible change),
+    /// 7 a step's pre-flight found it cannot go ahead (nothing ran).
     Run {
         #[command(flatten)]
         target: Target,
         /// Steps report what they would change without changing it.
         #[arg(long)]
         dry_run: bool,
+        /// In an emergency: start changing things without each step first reading what it depends
+        /// on (the pre-flight). Journaled with who asked.
+        #[arg(long)]
+        skip_preflight: bool,
         /// Refuse unless a successful run of the same pipeline file, plugin digests and grants
         /// (origins, secrets by name, files, limits) for this entity is recorded in this environment.
         #[arg(long, value_name = "ENV")]
@@ -350,7 +356,7 @@ pub fn main() -> ExitCode {
             Command::Analysis(cmd) => cmd.execute(state).await,
             Command::Report { id, html } => ui::report(id, html, state).await,
             Command::Ui { port } => ui::serve(port, state).await,
-            Command::Run { target, dry_run, promoted_from, jobs, json, reports } => {
+            Command::Run { target, dry_run, skip_preflight, promoted_from, jobs, json, reports } => {
                 let Target { file, environment, entity, locked } = target;
                 let state = state.map(String::from);
                 let args = pipeline::RunArgs {
@@ -360,6 +366,7 @@ pub fn main() -> ExitCode {
                     locked,
                     promoted_from,
                     dry_run,
+                    skip_preflight,
                     jobs,
                     json,
                     reports,

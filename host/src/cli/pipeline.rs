@@ -187,6 +187,7 @@ pub(crate) struct RunArgs {
     pub locked: bool,
     pub promoted_from: Option<String>,
     pub dry_run: bool,
+    pub skip_preflight: bool,
     pub jobs: usize,
     pub json: bool,
     pub reports: Vec<ReportSpec>,
@@ -253,7 +254,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
 /// How one entity's run ended: its exit code and, once it started, its id.
 pub(crate) struct EntityRun {
-    /// Exit code: 0, 1 (failed, rolled back), 2 (did not start), 3 (needs a person), 4 (paused), 5 (awaiting approval).
+    /// Exit code: 0, 1 (failed, rolled back), 2 (did not start), 3 (needs a person), 4 (paused), 5 (awaiting
+    /// approval), 6 (stopped at a barrier), 7 (a pre-flight failed).
     pub code: u8,
     /// The run, when one was recorded.
     pub run_id: Option<String>,
@@ -292,6 +294,10 @@ pub(crate) async fn run_entity(
         file: Some(args.file.canonicalize()?),
         interrupt: Some(interrupt),
         rollout: rollout.map(str::to_string),
+        preflight: match args.skip_preflight {
+            true => crate::run::Preflight::Skipped(format!("--skip-preflight by {}", crate::run::approval::current_user())),
+            false => crate::run::Preflight::Read,
+        },
         ..RunOptions::default()
     };
     let result = crate::run::run(&runtime, &plan, &session, &options, Some(tx)).await;
@@ -309,6 +315,13 @@ pub(crate) async fn run_entity(
         println!("run {run_id}: {:?}; recorded in {}", result.status, store.location());
     }
     report_journal_error(&result, closed);
+    if !result.preflight_failures.is_empty() {
+        eprintln!(
+            "error: run {run_id}: the pre-flight found what a step needs missing, so nothing ran: {}; fix it and run \
+             the pipeline again (`--skip-preflight` starts without it, in an emergency)",
+            result.preflight_failures.join("; ")
+        );
+    }
     let reports: Vec<ReportSpec> = match rollout {
         None => args.reports.clone(),
         Some(_) => args.reports.iter().map(|r| r.for_entity(entity)).collect(),
@@ -470,6 +483,9 @@ pub(crate) async fn resume(
         (Some(_), Some(step)) => {
             eprintln!("run {id} was paused by step `{step}`: undoing it from its checkpoints, then running it again")
         }
+        (Some(status), _) if status == crate::run::Status::PreflightFailed.name() => {
+            anyhow::bail!("run {id} stopped at its pre-flight and changed nothing: run the pipeline again")
+        }
         (Some(status), None) => anyhow::bail!("run {id} already finished ({status}); nothing to resume"),
         (None, _) => {}
     }
@@ -527,6 +543,11 @@ async fn go_on(
         partial,
         approved: r.approved,
         started_by: r.started_by,
+        // A run stopped during its pre-flight changed nothing yet: it reads again first.
+        preflight: match r.fold.phase {
+            Some(RunPhase::Preflight) => crate::run::Preflight::Read,
+            _ => crate::run::Preflight::Past,
+        },
         ..RunOptions::default()
     };
     let result = crate::run::run(&runtime, &r.plan, &session, &options, Some(tx)).await;

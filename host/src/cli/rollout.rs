@@ -21,7 +21,7 @@ struct Outcome {
 }
 
 /// Exit codes from most to least severe: a rollout exits with the worst of its runs.
-const SEVERITY: [u8; 5] = [3, 1, 2, 4, 5];
+const SEVERITY: [u8; 7] = [3, 6, 1, 7, 2, 4, 5];
 
 /// Runs the pipeline for each selected entity, wave by wave; exit 0 when every run succeeded.
 pub(crate) async fn run(loaded: &Loaded, args: &RunArgs, store: Arc<dyn RunStore>) -> anyhow::Result<u8> {
@@ -53,7 +53,7 @@ pub(crate) async fn run(loaded: &Loaded, args: &RunArgs, store: Arc<dyn RunStore
                 eprintln!("error: [{entity}] {e:#}");
                 EntityRun { code: super::EXIT_USAGE, run_id: None }
             });
-            if matches!(code, 1..=3) {
+            if matches!(code, 1..=3 | 6 | 7) {
                 failed += 1;
             }
             outcomes.push(Outcome { entity: entity.clone(), wave: i + 1, exit: Some(code), run_id });

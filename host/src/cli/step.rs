@@ -69,6 +69,10 @@ pub(crate) struct RunArgs {
     /// Call `rollback` instead of `run`.
     #[arg(long)]
     rollback: bool,
+    /// Call only the step's pre-flight (reads, with every grant read-only) and print its checks;
+    /// exit 7 when one fails.
+    #[arg(long, conflicts_with = "rollback")]
+    preflight: bool,
     /// Ask the step to report changes without making them.
     #[arg(long)]
     dry_run: bool,
@@ -195,6 +199,10 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let file = tokio::task::spawn_blocking(move || resolve_plugin(&source)).await??;
     let runtime = super::runtime()?;
     let plugin = runtime.load(&file)?;
+    if args.preflight {
+        call.grants = call.grants.for_preflight();
+        return preflight(&args, &plugin, &call).await;
+    }
     let started = Instant::now();
     let result = if args.rollback { plugin.rollback(&call).await } else { plugin.run(&call).await };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -224,6 +232,34 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             Ok(super::EXIT_STEP_FAILED)
         }
     }
+}
+
+/// `gantry step run --preflight`: the checks, one line each (or JSON); 7 when one failed.
+async fn preflight(args: &RunArgs, plugin: &crate::sandbox::Plugin, call: &StepCall) -> anyhow::Result<u8> {
+    let failed_exit = crate::run::Status::PreflightFailed.exit_code();
+    let checks = match plugin.preflight(call).await {
+        Ok(Some(checks)) => checks,
+        Ok(None) => {
+            eprintln!("step `{}`: its plugin has no pre-flight (built for a contract before 0.3.4)", args.id);
+            return Ok(0);
+        }
+        Err(e) => {
+            report_failure(args, &e, serde_json::json!({"sha256": plugin.sha256()}), 0.0, serde_json::json!([]));
+            return Ok(failed_exit);
+        }
+    };
+    let passed = checks.iter().all(|c| c.passed);
+    if args.json {
+        println!("{}", serde_json::json!({"ok": passed, "step": args.id, "checks": checks}));
+    } else {
+        for c in &checks {
+            println!("{} {}: {}", if c.passed { "ok    " } else { "FAILED" }, c.name, c.answer);
+        }
+        if checks.is_empty() {
+            println!("step `{}`: no pre-flight checks", args.id);
+        }
+    }
+    Ok(if passed { 0 } else { failed_exit })
 }
 
 fn report_failure(

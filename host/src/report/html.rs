@@ -67,6 +67,7 @@ pub fn page(records: &[Record], live: bool) -> String {
     );
     html += &barriers(&folded);
     html += &barriers_ahead(&summary.barriers_ahead);
+    html += &preflight(&summary.preflight);
     html += "<section><h2>Steps</h2>";
     html += &dag(plan.as_ref(), &order, &status_of);
     html += "</section>\n<section><h2>Timeline</h2>";
@@ -117,6 +118,27 @@ fn barriers_ahead(ahead: &[crate::run::fold::Barrier]) -> String {
         "<section><h2>Rollback barriers ahead</h2><p>In the real run, these steps would make a change that cannot be \
          undone: a rollback after them stops there and waits for a person.</p>{}</section>\n",
         table(&["step", "why it could not be undone", "what would stay changed"], &rows)
+    )
+}
+
+/// What each step read before the run's first change.
+fn preflight(read: &[crate::run::fold::PreflightShown]) -> String {
+    if read.is_empty() {
+        return String::new();
+    }
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for p in read {
+        if let Some(error) = &p.error {
+            rows.push(vec![p.step.clone(), "(the pre-flight itself)".into(), error.clone(), "FAILED".into()]);
+        }
+        for c in &p.checks {
+            let passed = if c.passed { "ok" } else { "FAILED" };
+            rows.push(vec![p.step.clone(), c.name.clone(), c.answer.clone(), passed.into()]);
+        }
+    }
+    format!(
+        "<section><h2>Pre-flight</h2><p>What each step read before the run changed anything.</p>{}</section>\n",
+        table(&["step", "check", "what it read", ""], &rows)
     )
 }
 

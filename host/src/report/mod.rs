@@ -115,6 +115,9 @@ pub struct Summary {
     /// In a dry run: the steps whose real run would record a rollback barrier.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub barriers_ahead: Vec<crate::run::fold::Barrier>,
+    /// What each step read before the run's first change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preflight: Vec<crate::run::fold::PreflightShown>,
 }
 
 impl Summary {
@@ -147,27 +150,48 @@ impl Summary {
                 })
                 .collect(),
             barriers_ahead: shown.barriers_ahead.clone(),
+            preflight: shown.preflight.clone(),
         }
+    }
+
+    /// Each failed pre-flight, as `(step, what it found)`: the reason a run changed nothing.
+    pub fn preflight_failures(&self) -> Vec<(String, String)> {
+        let said = |p: &crate::run::fold::PreflightShown| match &p.error {
+            Some(e) => e.clone(),
+            None => {
+                let failed = p.checks.iter().filter(|c| !c.passed);
+                failed.map(|c| format!("{}: {}", c.name, c.answer)).collect::<Vec<_>>().join("; ")
+            }
+        };
+        self.preflight.iter().filter(|p| !p.passed()).map(|p| (p.step.clone(), said(p))).collect()
     }
 
     /// JUnit XML: one test suite for the run, one test case per step.
     pub fn junit(&self) -> String {
         let failed =
             |s: &StepSummary| matches!(s.status.as_str(), "failed" | "cancelled" | "rollback-failed" | "paused");
-        let failures = self.steps.iter().filter(|s| failed(s)).count();
+        let preflight = self.preflight_failures();
+        let failures = self.steps.iter().filter(|s| failed(s)).count() + preflight.len();
         let skipped = self.steps.iter().filter(|s| s.status == "skipped").count();
         let total: f64 = self.steps.iter().map(|s| s.seconds).sum();
+        let tests = self.steps.len() + preflight.len();
         let suite = format!("{} ({} / {})", self.pipeline, self.environment, self.entity);
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         xml += &format!(
-            "<testsuites name=\"gantry\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n",
-            self.steps.len()
+            "<testsuites name=\"gantry\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n"
         );
         xml += &format!(
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n",
-            escape(&suite),
-            self.steps.len()
+            "  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n",
+            escape(&suite)
         );
+        // A failed pre-flight is a failure of its own: the run changed nothing, so no step ran.
+        for (step, found) in &preflight {
+            let (name, message) = (escape(&format!("{step} (pre-flight)")), escape(found));
+            xml += &format!(
+                "    <testcase name=\"{name}\" classname=\"{}\" time=\"0.000\">\n      <failure message=\"{message}\" type=\"preflight-failed\">{message}</failure>\n    </testcase>\n",
+                escape(&self.pipeline)
+            );
+        }
         for s in &self.steps {
             xml += &format!(
                 "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\"",
@@ -191,16 +215,16 @@ impl Summary {
         xml
     }
 
-    /// GitHub Actions annotations for the steps that failed.
+    /// GitHub Actions annotations for the steps that failed, and the pre-flights that did.
     pub fn github_annotations(&self) -> Vec<String> {
-        self.steps
-            .iter()
-            .filter(|s| matches!(s.status.as_str(), "failed" | "rollback-failed"))
-            .map(|s| {
-                let message = s.message.as_deref().unwrap_or(&s.status);
-                format!("::error title=gantry step {}::{}", annotation(&s.id), annotation(message))
-            })
-            .collect()
+        let preflight = self.preflight_failures().into_iter().map(|(step, found)| {
+            format!("::error title=gantry pre-flight of step {}::{}", annotation(&step), annotation(&found))
+        });
+        let steps = self.steps.iter().filter(|s| matches!(s.status.as_str(), "failed" | "rollback-failed")).map(|s| {
+            let message = s.message.as_deref().unwrap_or(&s.status);
+            format!("::error title=gantry step {}::{}", annotation(&s.id), annotation(message))
+        });
+        preflight.chain(steps).collect()
     }
 }
 
@@ -265,5 +289,25 @@ mod tests {
             "{xml}"
         );
         assert_eq!(summary.github_annotations(), ["::error title=gantry step b::got <503> & \"gave up\""]);
+    }
+
+    #[test]
+    fn a_failed_preflight_is_a_failure_in_junit_and_an_annotation_though_no_step_ran() {
+        use crate::run::fold::RunPhase;
+        use crate::sandbox::{Check, RequestRecord};
+        let check = |name: &str, passed| Check { name: name.into(), answer: format!("{name} read"), passed };
+        let records = vec![
+            record(0.0, Event::Phase { phase: RunPhase::Preflight, reason: String::new() }),
+            record(1.0, Event::Request(RequestRecord::allowed_post("shift", Some("DescribeListeners")))),
+            record(2.0, Event::PreflightChecked { step: "shift".into(), checks: vec![check("listener", true), check("metric", false)], error: None }),
+            record(3.0, Event::PreflightChecked { step: "smoke".into(), checks: Vec::new(), error: None }),
+            record(4.0, Event::RunFinished { status: "preflight-failed".into() }),
+        ];
+        let summary = Summary::from_records(&records);
+        assert!(summary.steps.is_empty(), "a pre-flight's requests make no step row: {:?}", summary.steps);
+        assert_eq!(summary.preflight_failures(), [("shift".to_string(), "metric: metric read".to_string())]);
+        let xml = summary.junit();
+        assert!(xml.contains(r#"tests="1" failures="1""#) && xml.contains(r#"<testcase name="shift (pre-flight)""#), "{xml}");
+        assert_eq!(summary.github_annotations(), ["::error title=gantry pre-flight of step shift::metric%3A metric read"]);
     }
 }

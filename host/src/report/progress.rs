@@ -62,6 +62,20 @@ pub fn describe(event: &Event) -> String {
             crate::units::millis(*waited_ms as f64)
         ),
         StartFailed { error } => format!("the run could not start: {error}; nothing ran"),
+        PreflightChecked { step, checks, error } => {
+            let each: Vec<String> = checks
+                .iter()
+                .map(|c| format!("{} {}: {}", if c.passed { "ok" } else { "FAILED" }, c.name, c.answer))
+                .collect();
+            let said = match (error, each.is_empty()) {
+                (Some(e), _) => format!("PRE-FLIGHT FAILED: {e}"),
+                (None, true) => "no checks".into(),
+                (None, false) => each.join("; "),
+            };
+            format!("{step}: pre-flight: {said}")
+        }
+        PreflightSkipped { step: Some(step), reason } => format!("{step}: pre-flight skipped: {reason}"),
+        PreflightSkipped { step: None, reason } => format!("pre-flight skipped for the whole run: {reason}"),
         SecretsRead { answered } => {
             let each: Vec<String> = answered
                 .iter()
@@ -141,6 +155,7 @@ fn said_quietly(event: &Event) -> bool {
             | ApprovalRequested(_)
             | Rejected { .. }
             | SecretSlow { .. }
+            | PreflightSkipped { step: None, .. }
             | BarrierAhead { .. }
             | Settled { .. }
             | RunFinished { .. }
@@ -265,7 +280,7 @@ impl LiveView {
             | AwsCredentials { .. }
             | ReadingSecrets { .. }
             | StartFailed { .. } => {}
-            SecretSlow { .. } => {
+            SecretSlow { .. } | PreflightChecked { .. } | PreflightSkipped { .. } => {
                 let _ = self.bars.println(describe(event));
             }
             RunStarted { .. }

@@ -11,6 +11,7 @@
 pub mod approval;
 pub mod fold;
 pub mod journal;
+mod preflight;
 pub mod resume;
 pub mod session;
 pub mod store;
@@ -61,11 +62,13 @@ pub enum Status {
     StoppedAtBarrier,
     /// A person accepted the run's state as it is (`gantry settle`): nothing more is run or undone.
     Settled,
+    /// A step's pre-flight found it cannot go ahead: the run stopped before any step ran.
+    PreflightFailed,
 }
 
 impl Status {
     /// The process exit code: 0, 1, 3 (needs a person), 4 (paused for a decision), 5 (awaiting
-    /// approval) or 6 (stopped at a rollback barrier).
+    /// approval), 6 (stopped at a rollback barrier) or 7 (a pre-flight failed: nothing ran).
     pub fn exit_code(self) -> u8 {
         match self {
             Status::Succeeded => 0,
@@ -78,6 +81,7 @@ impl Status {
             Status::NeedsAPerson => 3,
             Status::StoppedAtBarrier => 6,
             Status::Settled => 0,
+            Status::PreflightFailed => 7,
         }
     }
 
@@ -94,6 +98,7 @@ impl Status {
             Status::NeedsAPerson => store::NEEDS_A_PERSON,
             Status::StoppedAtBarrier => "stopped-at-barrier",
             Status::Settled => "settled",
+            Status::PreflightFailed => "preflight-failed",
         }
     }
 }
@@ -166,6 +171,20 @@ pub struct RunOptions {
     pub started_by: String,
     /// The rollout this run is part of, recorded at its start.
     pub rollout: Option<String>,
+    /// Whether each step reads what it depends on before the run's first change.
+    pub preflight: Preflight,
+}
+
+/// Whether a run reads what each step depends on before its first change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Preflight {
+    /// Read first: a new run, or a resume of one stopped during its pre-flight.
+    #[default]
+    Read,
+    /// Not read, on a person's word (`--skip-preflight`): the journal keeps who and why.
+    Skipped(String),
+    /// Not read: the run went past its pre-flight before it stopped.
+    Past,
 }
 
 /// The result of a run.
@@ -184,6 +203,8 @@ pub struct RunResult {
     /// Set when the journal stopped accepting events mid-run: the run stopped, rolled back
     /// what it could, and its record is incomplete.
     pub journal_error: Option<String>,
+    /// What the pre-flight found in the way, as `step: check: answer`; empty when it passed.
+    pub preflight_failures: Vec<String>,
 }
 
 impl RunResult {
@@ -469,9 +490,10 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, read: &SecretsRead) -> Grant
     }
     let mut databases = Databases::default();
     for d in step.databases.iter().filter(|d| values.contains_key(&d.password.name)) {
-        databases.insert(Database { grant: d.grant.clone(), password: values[&d.password.name].clone() });
+        let password = values[&d.password.name].clone();
+        databases.insert(Database { grant: d.grant.clone(), password, preflight_of_writable: false });
     }
-    Grants { network: step.network.clone(), secrets, files, databases, probes: step.probes.clone() }
+    Grants { network: step.network.clone(), secrets, files, databases, probes: step.probes.clone(), reads_only: false }
 }
 
 /// The secrets of a run: values by name (never journaled), and which source answered each.
@@ -1222,17 +1244,41 @@ pub async fn run(
         }),
         rollout: options.rollout.clone(),
     };
-    // Resuming keeps the start the journal already has, and says the run goes forward again
-    // (durably, before it undoes a step cut off part-way and runs it again).
+    // Resuming keeps the start the journal already has.
     if options.resumed {
         ctx.record(ctx.opened("resume"));
-        secrets.events().into_iter().for_each(|e| ctx.record(e));
+    } else {
+        ctx.record(started);
+        ctx.record(ctx.opened("run"));
+    }
+    secrets.events().into_iter().for_each(|e| ctx.record(e));
+    match &options.preflight {
+        Preflight::Read => {
+            // Durable before the first read: a run stopped from here on reads again when resumed.
+            ctx.enter(fold::RunPhase::Preflight, "each step reads what it depends on").await?;
+            let found = preflight::run(&ctx).await;
+            if !found.failures.is_empty() {
+                let mut journal_error = None;
+                finish(&ctx, Status::PreflightFailed, &mut journal_error).await;
+                return Ok(RunResult {
+                    status: Status::PreflightFailed,
+                    outputs: BTreeMap::new(),
+                    failed: Vec::new(),
+                    skipped: plan.steps.iter().map(|s| s.id.clone()).collect(),
+                    rolled_back: Vec::new(),
+                    journal_error: journal_error.map(|e| e.to_string()),
+                    preflight_failures: found.failures,
+                });
+            }
+        }
+        Preflight::Skipped(why) => ctx.emit(Event::PreflightSkipped { step: None, reason: why.clone() }).await?,
+        Preflight::Past => {}
+    }
+    if options.resumed {
+        // Durable before a step cut off part-way is undone and run again.
         ctx.enter(fold::RunPhase::Running, "resumed").await?;
     } else {
-        ctx.emit(started).await?;
         // Durable with the first step's start, which waits for it.
-        ctx.record(ctx.opened("run"));
-        secrets.events().into_iter().for_each(|e| ctx.record(e));
         ctx.record(Event::Phase { phase: fold::RunPhase::Running, reason: "started".into() });
     }
 
@@ -1295,6 +1341,7 @@ pub async fn run(
         skipped: exec.ids_in(&State::Skipped),
         rolled_back,
         journal_error: exec.journal_error.map(|e| e.to_string()),
+        preflight_failures: Vec::new(),
     })
 }
 
@@ -1451,6 +1498,7 @@ pub async fn rollback(
         skipped: Vec::new(),
         rolled_back,
         journal_error: journal_error.map(|e| e.to_string()),
+        preflight_failures: Vec::new(),
     })
 }
 

@@ -5,7 +5,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 /// The contract version this host implements.
-pub const CONTRACT_VERSION: &str = "0.3.3";
+pub const CONTRACT_VERSION: &str = "0.3.4";
 
 const PLUGIN_EXPORT: &str = "gantry:step/plugin";
 const HOST_IMPORT: &str = "gantry:step/host";
@@ -88,10 +88,11 @@ mod tests {
 
     #[test]
     fn versions_compare_by_semver() {
-        assert!(compatible("0.3.0"), "0.3.0 plugins import a subset of 0.3.3's host");
+        assert!(compatible("0.3.0"), "0.3.0 plugins import a subset of 0.3.4's host");
         assert!(compatible("0.3.1"), "0.3.1 plugins import no sql");
         assert!(compatible("0.3.2"), "0.3.2 plugins import no tls or dns");
-        assert!(compatible("0.3.3"));
+        assert!(compatible("0.3.3"), "0.3.3 plugins export no preflight");
+        assert!(compatible("0.3.4"));
         assert!(compatible("0.3.7"));
         assert!(!compatible("0.1.0"), "0.1 plugins lack the checkpoint import's contract");
         assert!(!compatible("0.2.0"), "0.2 plugins report failures as a retryable flag");

@@ -16,6 +16,7 @@ mod dns;
 pub mod imports;
 pub mod limits;
 mod outbound;
+mod pre;
 pub mod sql;
 mod tls;
 
@@ -28,7 +29,8 @@ pub use sql::SqlLimits;
 use crate::capability::files::ARTIFACTS_GUEST_PATH;
 use crate::capability::{Grants, Resolver};
 use bindings::gantry::step::types as wit;
-use bindings::{Step, StepPre};
+use bindings::Step;
+use pre::Pre;
 use outbound::Refusal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -207,6 +209,17 @@ pub struct PluginInfo {
     pub input_schema: serde_json::Value,
     /// Capabilities it expects.
     pub capabilities: Vec<String>,
+}
+
+/// One thing a step read in its pre-flight, and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Check {
+    /// What was read, e.g. `metric error_rate`.
+    pub name: String,
+    /// What the read found.
+    pub answer: String,
+    /// Whether the step can go ahead, as far as this check knows.
+    pub passed: bool,
 }
 
 /// Where a step call happens and what it is given.
@@ -499,7 +512,7 @@ struct Inner {
     clients: Mutex<Vec<(Vec<ipnet::IpNet>, reqwest::Client)>>,
     /// Pre-instantiated components by sha256: every step, entity and environment running one
     /// component shares its compiled code (a load takes milliseconds, an instantiation microseconds).
-    loaded: Mutex<BTreeMap<String, StepPre<State>>>,
+    loaded: Mutex<BTreeMap<String, Pre<State>>>,
     _ticker: Ticker,
 }
 
@@ -714,7 +727,7 @@ impl Runtime {
             contract::Mismatch::Version(found) => LoadError::IncompatibleContract { path: path.to_path_buf(), found },
         })?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = StepPre::new(pre).map_err(invalid)?;
+        let pre = Pre::new(pre).map_err(invalid)?;
         let mut loaded = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // Kept for the runtime's life; an embedder loading ever new components bounds it here.
         if loaded.len() >= 256 {
@@ -730,7 +743,7 @@ impl Runtime {
 #[derive(Clone)]
 pub struct Plugin {
     runtime: Runtime,
-    pre: StepPre<State>,
+    pre: Pre<State>,
     sha256: String,
     cache_status: CacheStatus,
     load_time: Duration,
@@ -747,6 +760,14 @@ impl std::fmt::Debug for Plugin {
 enum Entry {
     Run,
     Rollback,
+    Preflight,
+}
+
+/// What an entry point returned.
+enum Answer {
+    Outcome(wit::Outcome),
+    /// A pre-flight's checks; `None` when the component has no pre-flight.
+    Checks(Option<Vec<bindings::exports::gantry::step::preflight::Check>>),
 }
 
 impl Plugin {
@@ -798,8 +819,7 @@ impl Plugin {
         };
         let (mut store, stdout, stderr) = self.store(&call)?;
         let result = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.gantry_step_plugin().call_describe(&mut store).await
+            self.pre.instantiate(&mut store).await?.plugin.call_describe(&mut store).await
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
         let captured = forward_output(&call, &stdout, &stderr);
@@ -823,7 +843,35 @@ impl Plugin {
         self.call(call, Entry::Rollback).await
     }
 
+    /// Asks the step what it depends on, before anything changes; `None` when the component
+    /// has no pre-flight (built for a contract before 0.3.4). Give it [`Grants::for_preflight`].
+    pub async fn preflight(&self, call: &StepCall) -> Result<Option<Vec<Check>>, CallError> {
+        if !self.pre.has_preflight() {
+            return Ok(None);
+        }
+        let checks = match self.answer(call, Entry::Preflight).await? {
+            Answer::Checks(checks) => checks,
+            Answer::Outcome(_) => None,
+        };
+        let redact = |text: &str| call.grants.secrets.redact(text);
+        Ok(checks.map(|checks| {
+            let check = |c: bindings::exports::gantry::step::preflight::Check| Check {
+                name: redact(&c.name),
+                answer: redact(&c.answer),
+                passed: c.passed,
+            };
+            checks.into_iter().map(check).collect()
+        }))
+    }
+
     async fn call(&self, call: &StepCall, entry: Entry) -> Result<Outputs, CallError> {
+        match self.answer(call, entry).await? {
+            Answer::Outcome(outcome) => Ok(outcome.outputs.into_iter().collect()),
+            Answer::Checks(_) => Ok(Outputs::new()),
+        }
+    }
+
+    async fn answer(&self, call: &StepCall, entry: Entry) -> Result<Answer, CallError> {
         let ctx = wit::Context {
             step_id: call.context.step_id.clone(),
             pipeline: call.context.pipeline.clone(),
@@ -849,12 +897,13 @@ impl Plugin {
             artifacts::watch(dir.clone(), call.limits.artifacts_bytes as u64, call.limits.artifact_files, over)
         });
         let result = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            let plugin = instance.gantry_step_plugin();
-            match entry {
-                Entry::Run => plugin.call_run(&mut store, &ctx).await,
-                Entry::Rollback => plugin.call_rollback(&mut store, &ctx).await,
-            }
+            let loaded = self.pre.instantiate(&mut store).await?;
+            Ok(match (entry, loaded.preflight) {
+                (Entry::Run, _) => loaded.plugin.call_run(&mut store, &ctx).await?.map(Answer::Outcome),
+                (Entry::Rollback, _) => loaded.plugin.call_rollback(&mut store, &ctx).await?.map(Answer::Outcome),
+                (Entry::Preflight, Some(p)) => p.call_preflight(&mut store, &ctx).await?.map(|c| Answer::Checks(Some(c))),
+                (Entry::Preflight, None) => Ok(Answer::Checks(None)),
+            })
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
         watcher.inspect(tokio::task::JoinHandle::abort);
@@ -879,7 +928,7 @@ impl Plugin {
             return Err(CallError::OutputLimit { step, limit: call.limits.output_bytes, what: "stdout/stderr".into() });
         }
         match settled? {
-            Ok(outcome) => {
+            Ok(Answer::Outcome(outcome)) => {
                 let size: usize = outcome.outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
                 if size > call.limits.output_bytes {
                     return Err(CallError::OutputLimit {
@@ -888,8 +937,10 @@ impl Plugin {
                         what: format!("outputs of {size} bytes"),
                     });
                 }
-                Ok(outcome.outputs.into_iter().map(|(k, v)| (k, secrets.redact(&v))).collect())
+                let outputs = outcome.outputs.into_iter().map(|(k, v)| (k, secrets.redact(&v))).collect();
+                Ok(Answer::Outcome(wit::Outcome { outputs }))
             }
+            Ok(checks) => Ok(checks),
             Err(e) => Err(match store.data().outbound.refusal.clone() {
                 Some(refusal) => {
                     let (kind, host) = match refusal {

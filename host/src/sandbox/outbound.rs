@@ -90,16 +90,10 @@ impl RequestRecord {
         }
     }
 
-    /// Whether the request may have changed something: any method but GET, HEAD and OPTIONS,
-    /// unless it names an API action that by its provider's convention only reads (AWS APIs read
-    /// through `POST` with `Describe…`, `Get…`, `List…`), so a step cut off after reading counts
-    /// as having changed nothing.
+    /// Whether the request may have changed something ([`crate::capability::network::may_change`]):
+    /// a step cut off after reading counts as having changed nothing.
     pub fn may_change(&self) -> bool {
-        const READS: [&str; 4] = ["Describe", "Get", "List", "BatchGet"];
-        let read_action = |a: &str| {
-            READS.iter().any(|r| a.strip_prefix(r).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())))
-        };
-        !matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS") && !self.action.as_deref().is_some_and(read_action)
+        crate::capability::network::may_change(&self.method, self.action.as_deref())
     }
 }
 
@@ -288,6 +282,16 @@ impl Outbound {
         if !self.grants.network.allows(url) {
             tracing::warn!(step = %self.step, origin = %origin_of(url), "network access denied");
             let message = denied(&self.step, url);
+            self.record(method, url, hop.outcome(false, Some(message.clone())));
+            return Err(self.refuse(Refusal::Network(message)));
+        }
+        if self.grants.reads_only && crate::capability::network::may_change(method, self.action.as_deref()) {
+            let action = self.action.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+            let message = format!(
+                "step `{}`: its pre-flight may only read, and {method} {}{action} could change something",
+                self.step,
+                origin_of(url)
+            );
             self.record(method, url, hop.outcome(false, Some(message.clone())));
             return Err(self.refuse(Refusal::Network(message)));
         }

@@ -111,6 +111,22 @@ impl PrometheusGate {
         }
     }
 
+    /// Runs the query once and says what it answers now, unjudged: a pre-flight's read, where only
+    /// an unreachable or unreadable Prometheus is in the way.
+    pub fn answer(&self, ctx: &Context) -> Result<String, Error> {
+        let url = format!(
+            "{}/api/v1/query?query={}",
+            self.url.trim_end_matches('/'),
+            gantry_sdk::percent_encode(&self.query)
+        );
+        let response = ctx.http().get(&url).send().map_err(|e| Error::failed(format!("prometheus gate: {e}")))?;
+        match prometheus_value(&response.text()) {
+            Ok(Some(value)) => Ok(format!("`{}` = {value}", self.query)),
+            Ok(None) => Ok(format!("`{}` returns no data yet", self.query)),
+            Err(e) => Err(Error::failed(format!("`{}`: {e} (HTTP {})", self.query, response.status()))),
+        }
+    }
+
     /// Runs the query and judges it; an unreadable answer fails the gate, as it would a person's check.
     pub fn measure(&self, ctx: &Context) -> Result<(String, Verdict), Error> {
         let url = format!(

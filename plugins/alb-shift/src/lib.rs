@@ -11,7 +11,7 @@ pub mod gates;
 
 use elb::{Elb, Weighted};
 use gantry_sdk::analysis::{watch_for, Metric, Phase, Reading, Watch};
-use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+use gantry_sdk::{Check, Context, Describe, Error, Outputs, Step};
 use gates::{Measurement, Verdict};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -284,6 +284,27 @@ impl Step for AlbShift {
             .input::<Input>()
             .capability("network")
             .capability("secrets:aws-sigv4")
+    }
+
+    /// Reads the listener, both target groups' health, the Prometheus gate and every analysis
+    /// metric (gates and background) once: before the first weight changes, an unreachable
+    /// dependency fails the run, not a rollout at 25 %. Values are not judged: traffic has not moved.
+    fn preflight(ctx: &Context) -> Result<Vec<Check>, Error> {
+        let input = input_of(ctx)?;
+        let elb = elb(ctx, &input);
+        let mut checks = vec![Check::of(
+            "listener",
+            elb.weights(&input.listener_arn).map(|w| format!("forwards {}", format_weights(&w))),
+        )];
+        for (name, arn) in [("blue target group", &input.blue_target_group_arn), ("green target group", &input.green_target_group_arn)] {
+            let states = elb.target_states(arn).map(|s| format!("{} targets registered", s.len()));
+            checks.push(Check::of(name, states));
+        }
+        if let Some(gate) = &input.prometheus {
+            checks.push(Check::of("prometheus gate", gate.answer(ctx)));
+        }
+        checks.extend(input.analysis.iter().map(|metric| metric.preflight(ctx)));
+        Ok(checks)
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

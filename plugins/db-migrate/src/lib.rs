@@ -9,7 +9,7 @@
 pub mod migrations;
 
 use gantry_sdk::sql::{split, Connection, Engine, SqlError, Value};
-use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+use gantry_sdk::{Check, Context, Describe, Error, Outputs, Step};
 use migrations::{Applied, Migration, State};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -54,7 +54,15 @@ struct Db {
 }
 
 impl Db {
+    /// Connects and takes the migration lock.
     fn open(ctx: &Context, input: &Input) -> Result<Self, Error> {
+        let db = Db::connect(input)?;
+        db.lock(ctx, input)?;
+        Ok(db)
+    }
+
+    /// Connects, taking no lock: what a pre-flight may do.
+    fn connect(input: &Input) -> Result<Self, Error> {
         let valid = input.table.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
             && input.table.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
@@ -62,9 +70,26 @@ impl Db {
         }
         let conn = Connection::open(&input.database).map_err(|e| sql(&input.database, e))?;
         let engine = conn.engine();
-        let db = Db { conn, engine, table: input.table.clone() };
-        db.lock(ctx, input)?;
-        Ok(db)
+        Ok(Db { conn, engine, table: input.table.clone() })
+    }
+
+    /// Whether another session holds the migration lock now: its holder, or `None`. Reads only.
+    fn lock_holder(&self) -> Result<Option<String>, Error> {
+        let name = format!("gantry:{}", self.table);
+        let (statement, params): (&str, Vec<Value>) = match self.engine {
+            Engine::Postgres => (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid::bigint = 1734438516 \
+                 AND objid::bigint = (hashtext($1)::bigint & 4294967295)",
+                vec![name.as_str().into()],
+            ),
+            Engine::Mysql => ("SELECT IS_USED_LOCK(?) IS NOT NULL", vec![name.as_str().into()]),
+        };
+        let rows = self.conn.query(statement, &params)?;
+        let held = rows.rows.first().and_then(|r| r.first()).and_then(Value::as_integer).unwrap_or(0) > 0;
+        if !held {
+            return Ok(None);
+        }
+        self.holder(&name).map(Some)
     }
 
     /// The `n`th placeholder in this dialect.
@@ -361,6 +386,37 @@ impl Step for DbMigrate {
             .input::<Input>()
             .capability("databases")
             .capability("files")
+    }
+
+    /// Reads the migration files, connects (read-only, as the host opens every database in a
+    /// pre-flight), asks who holds the migration lock and reads the history table: drift, a gap or
+    /// an unfinished migration found here stops the run before any step changes anything.
+    fn preflight(ctx: &Context) -> Result<Vec<Check>, Error> {
+        let input: Input = ctx.input()?;
+        let all = match read(&input.migrations) {
+            Ok(all) => all,
+            Err(e) => return Ok(vec![Check::failed("migrations", e.message())]),
+        };
+        let mut checks = vec![Check::passed("migrations", format!("{} files in {}", all.len(), input.migrations))];
+        let db = match Db::connect(&input) {
+            Ok(db) => db,
+            Err(e) => return Ok([checks, vec![Check::failed("database", e.message())]].concat()),
+        };
+        checks.push(match db.lock_holder() {
+            Ok(None) => Check::passed("lock", "free"),
+            Ok(Some(holder)) => Check::failed("lock", format!("held by {holder}: another migration is under way")),
+            Err(e) => Check::failed("lock", e.message()),
+        });
+        let history = db.history().and_then(|history| {
+            let todo = migrations::pending(&all, &history, input.target).map_err(Error::failed)?;
+            let current = history.iter().map(|r| r.version).max().unwrap_or(0);
+            Ok(match todo.is_empty() {
+                true => format!("{}: at version {current}, nothing to apply", input.table),
+                false => format!("{}: at version {current}, to apply: {}", input.table, list(&todo)),
+            })
+        });
+        checks.push(Check::of("history", history));
+        Ok(checks)
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

@@ -13,7 +13,7 @@ pub mod ecs;
 
 use ecs::{Ecs, ServiceState};
 use gantry_sdk::analysis::{watch_for, Metric, Phase, Watch};
-use gantry_sdk::{Context, Describe, Error, Outputs, Step};
+use gantry_sdk::{Check, Context, Describe, Error, Outputs, Step};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -169,6 +169,28 @@ impl Step for EcsDeploy {
             .input::<Input>()
             .capability("network")
             .capability("secrets:aws-sigv4")
+    }
+
+    /// Describes the service and its task definition (the container to change must be in it)
+    /// and reads every analysis metric once, before anything changes.
+    fn preflight(ctx: &Context) -> Result<Vec<Check>, Error> {
+        let input: Input = ctx.input()?;
+        let api = ecs(ctx, &input);
+        let service = api.service(&input.cluster, &input.service);
+        let mut checks = vec![Check::of(
+            "service",
+            service.as_ref().map(|(s, _)| format!("{} runs {} × {}", input.service, s.task_definition, s.desired_count)).map_err(Clone::clone),
+        )];
+        if let Ok((state, _)) = &service {
+            let container = api.task_definition(&state.task_definition).and_then(|definition| {
+                ecs::image_of(&definition, &input.container)
+                    .map(|image| format!("container `{}` runs {image}", input.container))
+                    .ok_or_else(|| Error::failed(format!("{} has no container `{}`", state.task_definition, input.container)))
+            });
+            checks.push(Check::of("task definition", container));
+        }
+        checks.extend(input.analysis.iter().map(|metric| metric.preflight(ctx)));
+        Ok(checks)
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

@@ -32,6 +32,20 @@ pub struct Metric {
     pub background: bool,
 }
 
+impl Metric {
+    /// Reads the metric once, unjudged and unjournaled, for [`crate::Step::preflight`]: before
+    /// anything moves, only an unreadable source is in the way, and no data yet is no failure.
+    /// Named `metric NAME`, or `background metric NAME`.
+    pub fn preflight(&self, ctx: &crate::Context) -> crate::Check {
+        let name = format!("{}metric {}", if self.background { "background " } else { "" }, self.name);
+        match self.source.read(ctx) {
+            Reading::Value { value } => crate::Check::passed(name, format!("reads {value} now")),
+            Reading::Nodata => crate::Check::passed(name, "no data yet"),
+            Reading::Error { message } => crate::Check::failed(name, message),
+        }
+    }
+}
+
 /// A metric being watched: its tracker, and a journal line for every reading.
 #[derive(Debug, Clone)]
 pub struct Watch {

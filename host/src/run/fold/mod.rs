@@ -25,12 +25,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod shown;
-pub use shown::{Identity, Outcome, Shown, StepShown};
+pub use shown::{Identity, Outcome, PreflightShown, Shown, StepShown};
 
 /// What a run may do from here on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunPhase {
+    /// Each step reads what it depends on; nothing has changed yet. A resume reads again.
+    Preflight,
     /// Steps may start: the run goes forward.
     Running,
     /// It failed, was interrupted, rejected or asked to roll back: it may only go back.
@@ -47,6 +49,7 @@ impl RunPhase {
     /// The name the journal uses.
     pub fn name(self) -> &'static str {
         match self {
+            RunPhase::Preflight => "preflight",
             RunPhase::Running => "running",
             RunPhase::RollingBack => "rolling_back",
             RunPhase::Paused => "paused",
@@ -420,6 +423,8 @@ pub fn fold(records: &[Record]) -> Folded {
             | Event::BarrierAhead { .. }
             | Event::SecretSlow { .. }
             | Event::StartFailed { .. } => {}
+            // A pre-flight reads; its requests come with no step start, so they are no change.
+            Event::PreflightChecked { .. } | Event::PreflightSkipped { .. } => {}
         }
     }
     f

@@ -94,6 +94,29 @@ pub struct Shown {
     pub steps: Vec<StepShown>,
     /// In a dry run: the steps whose real run would record a rollback barrier.
     pub barriers_ahead: Vec<Barrier>,
+    /// What each step's pre-flight read, in the order they answered.
+    pub preflight: Vec<PreflightShown>,
+    /// In the pre-flight phase: requests then are reads, not a step's work.
+    preflighting: bool,
+}
+
+/// One step's pre-flight as reports show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PreflightShown {
+    /// Step id.
+    pub step: String,
+    /// What it read and found.
+    pub checks: Vec<crate::sandbox::Check>,
+    /// Why the pre-flight failed itself, or why it was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PreflightShown {
+    /// Whether it found nothing in the way.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.checks.iter().all(|c| c.passed)
+    }
 }
 
 impl Shown {
@@ -159,6 +182,7 @@ impl Shown {
             Event::Paused { step, reason } => {
                 self.ended(step, ts, Outcome::Paused, Some(reason.clone()));
             }
+            Event::Request(_) if self.preflighting => {}
             Event::Request(r) => {
                 let step = self.step(&r.step);
                 *(if r.allowed { &mut step.requests } else { &mut step.denied }) += 1;
@@ -181,13 +205,19 @@ impl Shown {
                 reason: reason.clone(),
                 changed: changed.clone(),
             }),
+            Event::Phase { phase, .. } => self.preflighting = *phase == super::RunPhase::Preflight,
+            Event::PreflightChecked { step, checks, error } => {
+                let (step, checks, error) = (step.clone(), checks.clone(), error.clone());
+                self.preflight.push(PreflightShown { step, checks, error });
+            }
+            // A skipped pre-flight passed nothing and failed nothing: its line in the journal says why.
+            Event::PreflightSkipped { .. } => {}
             // The run's end and phases are the fold's own answer (`Folded::status`); the rest says
             // nothing a step's row shows.
             Event::Approved { .. }
             | Event::StepRetrying { .. }
             | Event::Interrupted { .. }
             | Event::Checkpoint { .. }
-            | Event::Phase { .. }
             | Event::Opened { .. }
             | Event::SecretsRead { .. }
             | Event::AwsCredentials { .. }

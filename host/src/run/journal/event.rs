@@ -4,7 +4,7 @@
 
 use crate::capability::Redactor;
 use crate::run::{approval, fold};
-use crate::sandbox::{Level, Outputs, RequestRecord};
+use crate::sandbox::{Check, Level, Outputs, RequestRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -175,6 +175,26 @@ pub enum Event {
         /// How long the run has waited for it.
         waited_ms: u64,
     },
+    /// A step's pre-flight answered: what it read before the run changed anything. Its requests
+    /// precede it in the journal, under the step's id, with no `step_started`: never a change.
+    PreflightChecked {
+        /// Step id.
+        step: String,
+        /// What it read and found.
+        checks: Vec<Check>,
+        /// Why the pre-flight itself failed (a refused request, an error, a timeout), if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A pre-flight was not made: for the whole run (`--skip-preflight`, no `step`), or for one
+    /// step (its plugin has none, or its input needs an earlier step's outputs).
+    PreflightSkipped {
+        /// The step, or none for the whole run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        /// Why, e.g. `--skip-preflight by ana`.
+        reason: String,
+    },
     /// A new run could not start (a secret unreadable, a plugin not loaded, the plan carrying a
     /// secret's value): nothing ran, and `run_finished: failed` follows.
     StartFailed {
@@ -308,6 +328,15 @@ impl Event {
             }
             Event::StepStarted { step, .. } | Event::RolledBack { step, .. } => text(step),
             Event::Phase { reason, .. } => text(reason),
+            Event::PreflightChecked { step, checks, error } => {
+                text(step);
+                checks.iter_mut().for_each(|c| [&mut c.name, &mut c.answer].into_iter().for_each(text));
+                error.iter_mut().for_each(text);
+            }
+            Event::PreflightSkipped { step, reason } => {
+                step.iter_mut().for_each(text);
+                text(reason);
+            }
             Event::Opened { command, host, .. } => [command, host].into_iter().for_each(text),
             Event::AwsCredentials { secret, provider, step, .. } => {
                 [secret, provider].into_iter().chain(step.as_mut()).for_each(text)

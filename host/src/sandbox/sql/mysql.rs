@@ -68,7 +68,9 @@ impl Session {
         }
         if g.readonly {
             session.control("SET SESSION TRANSACTION READ ONLY").await?;
-            session.confinable(&g.user, &g.name).await?;
+            if !db.preflight_of_writable {
+                session.confinable(&g.user, &g.name).await?;
+            }
         }
         Ok(session)
     }

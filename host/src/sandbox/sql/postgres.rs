@@ -82,7 +82,7 @@ impl Session {
         tokio::spawn(drive(connection));
         let cancel = client.cancel_token();
         let session = Self { client, cancel, addr, refused };
-        if g.readonly {
+        if g.readonly && !db.preflight_of_writable {
             session.confinable(&g.user, &g.name).await?;
         }
         Ok(session)
