@@ -126,6 +126,9 @@ enum Command {
         /// Print the problems as JSON.
         #[arg(long)]
         json: bool,
+        /// Check the file alone: build, pull and describe no plugin, so plugin inputs go unchecked.
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the JSON Schema of pipeline files, for editors.
     Schema,
@@ -326,7 +329,7 @@ pub fn main() -> ExitCode {
             Command::Plugin(cmd) => cmd.execute().await,
             Command::Step(cmd) => cmd.execute().await,
             Command::Cache { action, json } => plugin::cache(&action, json),
-            Command::Validate { file, json } => Ok(pipeline::validate(file, json)),
+            Command::Validate { file, json, offline } => pipeline::validate(file, json, offline).await,
             Command::Schema => Ok(pipeline::schema()),
             Command::Lock { file, check } => pipeline::lock(file, check),
             Command::Plan { target, json, diff } => {

@@ -13,35 +13,86 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Checks a pipeline file and prints every problem; exit 2 when there is any.
-pub(crate) fn validate(file: PathBuf, json: bool) -> u8 {
-    match pipeline::load(&file) {
-        Ok(loaded) => {
-            if json {
-                println!("{}", serde_json::json!({"ok": true, "file": file, "steps": loaded.pipeline.steps.len()}));
-            } else {
-                println!("{}: ok ({} steps)", file.display(), loaded.pipeline.steps.len());
-            }
-            0
+/// Checks a pipeline file and prints every problem; exit 2 when there is any. Unless `offline`,
+/// every plugin of every environment and entity is built or pulled and described, and each step's
+/// input is checked against its plugin's schema.
+pub(crate) async fn validate(file: PathBuf, json: bool, offline: bool) -> anyhow::Result<u8> {
+    let (steps, problems, skipped) = match pipeline::load(&file) {
+        Ok(loaded) if offline => (loaded.pipeline.steps.len(), Vec::new(), Some("--offline: plugin inputs not checked")),
+        Ok(loaded) => (loaded.pipeline.steps.len(), inputs_of_every_target(&loaded).await?, None),
+        Err(problems) => (0, problems.0, None),
+    };
+    if problems.is_empty() {
+        if json {
+            println!("{}", serde_json::json!({"ok": true, "file": file, "steps": steps, "skipped": skipped}));
+        } else {
+            let skipped = skipped.map(|s| format!("; {s}")).unwrap_or_default();
+            println!("{}: ok ({steps} steps{skipped})", file.display());
         }
-        Err(problems) => {
-            if json {
-                let list: Vec<_> = problems
-                    .0
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({"file": p.file, "line": p.at.line, "column": p.at.column, "field": p.field, "message": p.message})
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({"ok": false, "problems": list}));
-            } else {
-                eprintln!("{problems}");
-                let n = problems.0.len();
-                eprintln!("{n} problem{} in {}", if n == 1 { "" } else { "s" }, file.display());
+        return Ok(0);
+    }
+    if json {
+        let list: Vec<_> = problems
+            .iter()
+            .map(|p| serde_json::json!({"file": p.file, "line": p.at.line, "column": p.at.column, "field": p.field, "message": p.message}))
+            .collect();
+        println!("{}", serde_json::json!({"ok": false, "problems": list}));
+    } else {
+        let n = problems.len();
+        eprintln!("{}", pipeline::Problems(problems));
+        eprintln!("{n} problem{} in {}", if n == 1 { "" } else { "s" }, file.display());
+    }
+    Ok(super::EXIT_USAGE)
+}
+
+/// The input problems of every environment and entity the pipeline names, each once.
+async fn inputs_of_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<Vec<pipeline::Problem>> {
+    let runtime = super::runtime()?;
+    let mut described = Described::new();
+    let mut problems: Vec<pipeline::Problem> = Vec::new();
+    for (environment, entity) in crate::lock::targets(loaded) {
+        let mut plan = crate::plan::plan(loaded, &environment, &entity, &crate::build::BuildOptions::default())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot describe the plugins of environment {environment}, entity {entity}: {e} \
+                     (`gantry validate --offline` checks the file alone)"
+                )
+            })?;
+        describe_plugins(&runtime, &plan, &mut described).await;
+        let schemas = schemas(&plan, &described);
+        for problem in crate::inputs::check(loaded, &mut plan, &schemas) {
+            if !problems.iter().any(|p| p.to_string() == problem.to_string()) {
+                problems.push(problem);
             }
-            super::EXIT_USAGE
         }
     }
+    problems.sort_by_key(|p| (p.at.line, p.at.column));
+    Ok(problems)
+}
+
+/// What each plugin says of itself, by digest; `None` for one that cannot be described.
+type Described = std::collections::HashMap<String, Option<crate::sandbox::PluginInfo>>;
+
+/// Describes every plugin of `plan` not yet in `described`. A plugin that cannot be described is
+/// left to the run, which reports why in the journal.
+async fn describe_plugins(runtime: &crate::sandbox::Runtime, plan: &crate::plan::Plan, described: &mut Described) {
+    for step in &plan.steps {
+        if !described.contains_key(&step.sha256) {
+            let info = match runtime.load(&step.plugin) {
+                Ok(plugin) => plugin.describe().await.ok(),
+                Err(_) => None,
+            };
+            described.insert(step.sha256.clone(), info);
+        }
+    }
+}
+
+/// Each described step's plugin name and input schema.
+fn schemas(plan: &crate::plan::Plan, described: &Described) -> crate::inputs::Schemas {
+    plan.steps
+        .iter()
+        .filter_map(|s| described.get(&s.sha256)?.as_ref().map(|i| (s.id.clone(), (i.name.clone(), i.input_schema.clone()))))
+        .collect()
 }
 
 /// The pipeline at `file`, or `None` after printing every problem in it.
@@ -91,9 +142,9 @@ pub(crate) async fn plan(
     since: Option<(String, Arc<dyn RunStore>)>,
 ) -> anyhow::Result<u8> {
     let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
-    let plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
+    let mut plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
     crate::lock::verify(&loaded, &plan, locked)?;
-    if !declared_capabilities(&super::runtime()?, &plan).await {
+    if !described_fits(&super::runtime()?, &loaded, &mut plan).await {
         return Ok(super::EXIT_USAGE);
     }
     if let Some((id, store)) = since {
@@ -272,6 +323,10 @@ pub(crate) async fn run_entity(
     let not_started = EntityRun { code: super::EXIT_USAGE, run_id: None };
     let mut plan = crate::plan::plan(loaded, &args.environment, entity, &crate::build::BuildOptions::default())?;
     crate::lock::verify(loaded, &plan, args.locked)?;
+    let runtime = super::runtime_for(&plan, args.jobs)?;
+    if !described_fits(&runtime, loaded, &mut plan).await {
+        return Ok(not_started);
+    }
     if let Some(from) = &args.promoted_from {
         let promotion = promotion(store.as_ref(), &plan, from).await?;
         eprintln!(
@@ -279,10 +334,6 @@ pub(crate) async fn run_entity(
             promotion.environment, promotion.run_id
         );
         plan.promoted_from = Some(promotion);
-    }
-    let runtime = super::runtime_for(&plan, args.jobs)?;
-    if !declared_capabilities(&runtime, &plan).await {
-        return Ok(not_started);
     }
     let session = Session::start(store.clone(), &plan).await?;
     let run_id = session.run_id().to_string();
@@ -330,26 +381,26 @@ pub(crate) async fn run_entity(
     Ok(EntityRun { code: result.exit_code(), run_id: Some(run_id) })
 }
 
-/// Compares what each step's plugin declares (`describe`) with the step's grants and prints every
-/// mismatch; false when a plugin lacks what it needs. A plugin that cannot be described is left to
-/// the run, which reports why in the journal.
-async fn declared_capabilities(runtime: &crate::sandbox::Runtime, plan: &crate::plan::Plan) -> bool {
+/// Compares what each step's plugin describes with the step: its declared capabilities with the
+/// step's grants, its input schema with the step's input (converting rendered numbers and booleans
+/// in the plan). Prints every mismatch and problem; false when the step cannot run as written.
+async fn described_fits(runtime: &crate::sandbox::Runtime, loaded: &pipeline::Loaded, plan: &mut crate::plan::Plan) -> bool {
     use crate::capability::declared::{check, Severity};
-    let mut described = std::collections::HashMap::new();
+    let mut described = Described::new();
+    describe_plugins(runtime, plan, &mut described).await;
     let mut ok = true;
     for step in &plan.steps {
-        if !described.contains_key(&step.sha256) {
-            let info = match runtime.load(&step.plugin) {
-                Ok(plugin) => plugin.describe().await.ok(),
-                Err(_) => None,
-            };
-            described.insert(step.sha256.clone(), info);
-        }
-        let Some(info) = &described[&step.sha256] else { continue };
+        let Some(Some(info)) = described.get(&step.sha256) else { continue };
         for mismatch in check(&info.name, &info.capabilities, step.granted()) {
             ok &= mismatch.severity != Severity::Error;
             eprintln!("step `{}`: {mismatch}", step.id);
         }
+    }
+    let schemas = schemas(plan, &described);
+    let problems = crate::inputs::check(loaded, plan, &schemas);
+    if !problems.is_empty() {
+        eprintln!("{}", pipeline::Problems(problems));
+        ok = false;
     }
     ok
 }

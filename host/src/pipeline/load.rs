@@ -18,6 +18,10 @@ pub struct Loaded {
     pub inputs: Vec<serde_json::Value>,
     /// Each step's `with:` strings with their positions, for expression checks.
     pub(crate) input_strings: Vec<Vec<Located>>,
+    /// Where each key and value of every `with:` is written, by field path (`steps[0].with.url`,
+    /// `environments.production.with.shift.pause_ms`): checks of an input against its plugin's
+    /// schema name the line.
+    pub input_positions: BTreeMap<String, Position>,
     /// Overlay inputs as JSON: `environments.<name>` or `entities.<name>` → step id → input.
     pub overlay_inputs: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     /// The typed facts the meaning pass parsed: plugins, conditions, limits, grants, secret sources.
@@ -78,11 +82,17 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
     let steps = node.as_mapping().and_then(|m| m.get_node("steps")).and_then(Node::as_sequence);
     let mut inputs = Vec::new();
     let mut input_strings = Vec::new();
+    let mut positions = BTreeMap::new();
     for i in 0..pipeline.steps.len() {
-        let with = steps.and_then(|s| s.get(i)).and_then(Node::as_mapping).and_then(|m| m.get_node("with"));
+        let step = steps.and_then(|s| s.get(i)).and_then(Node::as_mapping);
+        let with = step.and_then(|m| m.get_node("with"));
+        // A problem of the input as a whole (a missing required key) is shown at `with:` itself.
+        if let Some((key, _)) = step.and_then(|m| m.iter().find(|(k, _)| k.as_str() == "with")) {
+            positions.insert(format!("steps[{i}].with"), Position::of(key.span()));
+        }
         let mut strings = Vec::new();
         let json = match with {
-            Some(node) => to_json(node, &format!("steps[{i}].with"), &mut strings),
+            Some(node) => to_json(node, &format!("steps[{i}].with"), &mut strings, &mut positions),
             None => serde_json::Value::Object(Default::default()),
         };
         let json = if json.is_null() { serde_json::Value::Object(Default::default()) } else { json };
@@ -100,7 +110,8 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
             for (step, input) in with.iter() {
                 let field = format!("{kind}.{}.with.{}", name.as_str(), step.as_str());
                 let mut strings = Vec::new();
-                let json = to_json(input, &field, &mut strings);
+                positions.insert(field.clone(), Position::of(step.span()));
+                let json = to_json(input, &field, &mut strings, &mut positions);
                 // Expressions in an overlay's input are checked as the step's own.
                 if let Some(i) = pipeline.steps.iter().position(|s| s.id.value == step.as_str()) {
                     input_strings[i].extend(strings);
@@ -117,6 +128,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
         pipeline,
         inputs,
         input_strings,
+        input_positions: positions,
         overlay_inputs,
         checked: Checked::default(),
     };
@@ -162,15 +174,28 @@ fn syntax_problem(path: &Path, e: &marked_yaml::LoadError) -> Problem {
 }
 
 /// YAML node → JSON, typing plain scalars as YAML 1.2's core schema does.
-fn to_json(node: &Node, field: &str, strings: &mut Vec<Located>) -> serde_json::Value {
+/// Every key's position (else its value's) goes to `positions` under its field path.
+fn to_json(
+    node: &Node,
+    field: &str,
+    strings: &mut Vec<Located>,
+    positions: &mut BTreeMap<String, Position>,
+) -> serde_json::Value {
     use serde_json::Value;
+    positions.entry(field.to_string()).or_insert_with(|| Position::of(node.span()));
     match node {
         Node::Mapping(map) => Value::Object(
-            map.iter().map(|(k, v)| (k.to_string(), to_json(v, &format!("{field}.{}", k.as_str()), strings))).collect(),
+            map.iter()
+                .map(|(k, v)| {
+                    let child = format!("{field}.{}", k.as_str());
+                    positions.insert(child.clone(), Position::of(k.span()));
+                    (k.to_string(), to_json(v, &child, strings, positions))
+                })
+                .collect(),
         ),
-        Node::Sequence(seq) => {
-            Value::Array(seq.iter().enumerate().map(|(i, v)| to_json(v, &format!("{field}[{i}]"), strings)).collect())
-        }
+        Node::Sequence(seq) => Value::Array(
+            seq.iter().enumerate().map(|(i, v)| to_json(v, &format!("{field}[{i}]"), strings, positions)).collect(),
+        ),
         Node::Scalar(s) => {
             let text = s.as_str();
             if s.may_coerce() {

@@ -21,6 +21,7 @@ pub use checked::{ApprovalPolicy, Checked, ResourceLimits, RetryPolicy};
 pub use condition::Condition;
 pub use load::{load, load_str, Loaded};
 pub use model::{Loc, Pipeline, Position, StepDef};
+pub use schema_walk::unknown;
 pub use source::{Digest, PluginRef, PluginSource};
 
 use std::fmt;

@@ -188,6 +188,11 @@ fn shown(key: &str) -> String {
 }
 
 pub(crate) fn unknown_field(name: &str, known: &[&str]) -> String {
+    unknown("field", name, known)
+}
+
+/// "unknown `noun` `name`; did you mean …" with the closest of `known`, else the list of them.
+pub fn unknown(noun: &str, name: &str, known: &[&str]) -> String {
     // Close enough to be a typo, but not so loose that short names match anything.
     let best = known
         .iter()
@@ -198,8 +203,8 @@ pub(crate) fn unknown_field(name: &str, known: &[&str]) -> String {
     known.sort_unstable();
     known.dedup();
     match best {
-        Some((_, k)) => format!("unknown field `{name}`; did you mean `{k}`?"),
-        None => format!("unknown field `{name}`; expected one of: {}", known.join(", ")),
+        Some((_, k)) => format!("unknown {noun} `{name}`; did you mean `{k}`?"),
+        None => format!("unknown {noun} `{name}`; expected one of: {}", known.join(", ")),
     }
 }
 
