@@ -20,25 +20,42 @@ pub fn check(loaded: &Loaded, plan: &mut Plan, schemas: &Schemas) -> Vec<Problem
     let mut problems = Vec::new();
     for step in &mut plan.steps {
         let Some((plugin, schema)) = schemas.get(&step.id) else { continue };
-        let Some(i) = loaded.pipeline.steps.iter().position(|s| s.id.value == step.id) else { continue };
-        // The entity's replacement input wins over the environment's, which wins over the step's own.
-        let source = [format!("entities.{}", plan.entity), format!("environments.{}", plan.environment)]
-            .into_iter()
-            .find(|key| loaded.overlay_inputs.get(key).is_some_and(|m| m.contains_key(&step.id)))
-            .map(|key| format!("{key}.with.{}", step.id))
-            .unwrap_or_else(|| format!("steps[{i}].with"));
-        let at = |field: &str| position(&loaded.input_positions, field, &source, loaded.pipeline.steps[i].id.at);
-        for (field, message) in judge(schema, &mut step.input) {
-            let field = format!("{source}{field}");
+        for (suffix, message) in judge(schema, &mut step.input) {
+            let Some((field, at)) = locate(loaded, &plan.environment, &plan.entity, &step.id, &suffix) else { continue };
             problems.push(Problem {
                 file: loaded.path.clone(),
-                at: at(&field),
+                at,
                 message: format!("{message} (input of plugin `{plugin}`)"),
                 field,
             });
         }
     }
     problems
+}
+
+/// Where a field of `step`'s input (`suffix`: `.probes`) is written for `environment` and
+/// `entity`: its field path and position. The entity's replacement input wins over the
+/// environment's, which wins over the step's own.
+pub fn locate(loaded: &Loaded, environment: &str, entity: &str, step: &str, suffix: &str) -> Option<(String, Position)> {
+    let i = loaded.pipeline.steps.iter().position(|s| s.id.value == step)?;
+    let source = [format!("entities.{entity}"), format!("environments.{environment}")]
+        .into_iter()
+        .find(|key| loaded.overlay_inputs.get(key).is_some_and(|m| m.contains_key(step)))
+        .map(|key| format!("{key}.with.{step}"))
+        .unwrap_or_else(|| format!("steps[{i}].with"));
+    let field = format!("{source}{suffix}");
+    let at = position(&loaded.input_positions, &field, &source, loaded.pipeline.steps[i].id.at);
+    Some((field, at))
+}
+
+/// Whether an input still holds an expression to render at run time (an earlier step's output).
+pub fn holds_expression(input: &Value) -> bool {
+    match input {
+        Value::String(text) => text.contains("${{"),
+        Value::Array(items) => items.iter().any(holds_expression),
+        Value::Object(map) => map.values().any(holds_expression),
+        _ => false,
+    }
 }
 
 /// The problems of `input` under `schema`, as `(field suffix, message)`: `.expect_statuz`,

@@ -82,6 +82,37 @@ fn a_mistyped_input_stops_plan_and_run_before_any_step_and_a_rendered_number_rea
 }
 
 #[test]
+fn an_earlier_steps_output_is_converted_to_the_type_an_input_wants_or_fails_the_step_at_its_line_before_it_runs() {
+    let server = CountingServer::start(Reply::text(200, "ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |field: &str, output: &str| {
+        format!(
+            "name: outputs\nsteps:\n  - id: first\n    uses: {p}\n    with: {{ url: \"{o}/\" }}\n    network: [\"{o}\"]\n  \
+             - id: second\n    uses: {p}\n    needs: [first]\n    with:\n      url: \"{o}/\"\n      \
+             {field}: ${{{{ steps.first.outputs.{output} }}}}\n    network: [\"{o}\"]\n",
+            p = repo().join("plugins/http-check").display(),
+            o = server.origin(),
+        )
+    };
+    // `status` is the text "200": the integer `expect_status` wants.
+    let out = run_pipeline(dir.path(), &yaml("expect_status", "status"), &[], &[]);
+    expect_code(&out, 0);
+    assert_eq!(server.hits(), 2);
+
+    // "0.042" is no whole number of probes: the second step fails at its line, before its plugin sends anything.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_pipeline(dir.path(), &yaml("probes", "latency_ms_p50"), &[], &[]);
+    expect_code(&out, 1);
+    assert_eq!(server.hits(), 2 + 1, "only the first step probed");
+    let failed = journal(dir.path()).into_iter().find(|e| e["event"] == "step_failed").expect("a step failed");
+    assert_eq!(failed["step"], "second");
+    let error = failed["error"].as_str().unwrap();
+    let file = dir.path().join("pipeline.yaml").canonicalize().unwrap();
+    assert!(error.contains(&format!("{}:12:7: steps[1].with.probes: \"", file.display())), "{error}");
+    assert!(error.contains("is not of type \"integer\"") && error.contains("plugin `http-check`"), "{error}");
+}
+
+#[test]
 fn a_valid_pipeline_passes_and_problems_print_as_file_line_column() {
     let out = gantry(&["validate", repo().join("pipelines/health.yaml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

@@ -250,6 +250,8 @@ struct Ctx {
     requested: std::sync::Mutex<BTreeMap<String, String>>,
     /// Each step's latest attempt in this session, named by the events that follow its start.
     attempts: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// The pipeline file, where known: a step input that does not fit is named at its line.
+    file: Option<PathBuf>,
 }
 
 /// The key under which a gate inside a step is approved.
@@ -288,10 +290,13 @@ impl Ctx {
             started_by: approval::current_user(),
             requested: Default::default(),
             attempts: Default::default(),
+            file: None,
         }
     }
 
-    fn with_approvals(mut self, options: &RunOptions) -> Self {
+    /// The run's approvals, who started it and its pipeline file, from its options.
+    fn with_options(mut self, options: &RunOptions) -> Self {
+        self.file = options.file.clone();
         self.approved = options.approved.clone();
         if !options.started_by.is_empty() {
             self.started_by = options.started_by.clone();
@@ -672,11 +677,17 @@ async fn attempt_step(
 ) -> Result<Outputs, Failure> {
     let step = ctx.step(&id).clone();
     let plugin = ctx.plugins[&id].clone();
+    let mut input = input;
     let mut backoff = step.retry.backoff;
     let mut attempt = 1;
     loop {
         ctx.emit(Event::StepStarted { step: id.clone(), attempt, notifier }).await.map_err(Failure::Journal)?;
         ctx.attempts.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), attempt);
+        if attempt == 1 && crate::inputs::holds_expression(&step.input) {
+            if let Err(message) = fit_rendered(&ctx, &plugin, &step, &mut input).await {
+                return Err(Failure::Call(CallError::Failed { step: id, message, retryable: false }));
+            }
+        }
         let call = ctx.call(&step, ctx.context(&id, attempt, input.clone(), ctx.with_checkpoints(&id, &upstream)));
         match plugin.run(&call).await {
             Ok(outputs) => return Ok(outputs),
@@ -695,6 +706,33 @@ async fn attempt_step(
             Err(e) => return Err(Failure::Call(e)),
         }
     }
+}
+
+/// An input rendered with earlier steps' outputs, judged against its plugin's schema as `plan`
+/// judged the rest: what reads as the wanted number or boolean is converted; what does not fit
+/// fails the step before the plugin runs, naming the pipeline's file and line where it is known.
+async fn fit_rendered(ctx: &Ctx, plugin: &Plugin, step: &PlannedStep, input: &mut serde_json::Value) -> Result<(), String> {
+    let Ok(info) = plugin.describe().await else { return Ok(()) };
+    let found = crate::inputs::judge(&info.input_schema, input);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let loaded = ctx.file.as_deref().and_then(|f| crate::pipeline::load(f).ok());
+    let plan = &ctx.plan;
+    let lines: Vec<String> = found
+        .into_iter()
+        .map(|(suffix, message)| {
+            match loaded.as_ref().and_then(|l| Some((l, crate::inputs::locate(l, &plan.environment, &plan.entity, &step.id, &suffix)?))) {
+                Some((l, (field, at))) => format!("{}:{}:{}: {field}: {message}", l.path.display(), at.line, at.column),
+                None => format!("steps.{}.with{suffix}: {message}", step.id),
+            }
+        })
+        .collect();
+    Err(format!(
+        "its input does not fit plugin `{}` once earlier steps' outputs are in: {}",
+        info.name,
+        lines.join("; ")
+    ))
 }
 
 /// Loaded plugins and resolved grants by step id.
@@ -1226,7 +1264,7 @@ pub async fn run(
     let ctx = Arc::new(
         Ctx::new(prepared, plan, session, options.dry_run, events)
             .seed_checkpoints(&options.checkpoints)
-            .with_approvals(options),
+            .with_options(options),
     );
     secrets.journal_renewals(&ctx);
     let started = Event::RunStarted {
