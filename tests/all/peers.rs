@@ -54,7 +54,9 @@ pub fn venv(bin: &str) -> PathBuf {
 
 /// Starts the peer `make` builds for a free port, and waits until `ready_path` answers as `ours` says
 /// this peer answers. Another test's server can take a port between `free_port` and the peer binding
-/// it: the peer then exits, or the answer is not its own, and it is started again on another port.
+/// it: the peer then exits, and it is started again on another port. An answer that is not yet the
+/// peer's own while the peer still runs is waited out: Prometheus answers `/-/ready` with 503 while it
+/// opens its storage, which on a loaded runner took long enough for five attempts to give up on it.
 pub fn spawn(make: impl Fn(u16) -> Command, ready_path: &str, ours: fn(u16, &str) -> bool) -> Peer {
     for _ in 0..5 {
         let port = free_port();
@@ -64,8 +66,7 @@ pub fn spawn(make: impl Fn(u16) -> Command, ready_path: &str, ours: fn(u16, &str
         while Instant::now() < until && peer.child.try_wait().ok().flatten().is_none() {
             match get(&peer.origin, ready_path) {
                 Some((status, body)) if ours(status, &body) => return peer,
-                Some(_) => break, // someone else's server on this port
-                None => std::thread::sleep(Duration::from_millis(100)),
+                _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
     }
