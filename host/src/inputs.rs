@@ -48,6 +48,52 @@ pub fn locate(loaded: &Loaded, environment: &str, entity: &str, step: &str, suff
     Some((field, at))
 }
 
+/// The outputs each step's plugin declares, by step id: the plugin's name and the output names.
+/// A step whose plugin declares none is absent, and references to it are not checked.
+pub type Declared = BTreeMap<String, (String, Vec<String>)>;
+
+/// Every `${{ steps.X.outputs.Y }}` in an input or `if:` of this plan's environment and entity
+/// that names an output X's plugin does not declare, at its line with the closest declared name.
+pub fn unknown_outputs(loaded: &Loaded, plan: &Plan, declared: &Declared) -> Vec<Problem> {
+    let overlays = [format!("entities.{}.", plan.entity), format!("environments.{}.", plan.environment)];
+    let inputs = loaded.input_strings.iter().flatten().filter(|s| {
+        s.field.starts_with("steps[") || overlays.iter().any(|o| s.field.starts_with(o.as_str()))
+    });
+    let written = inputs.filter_map(|s| {
+        let exprs = crate::pipeline::expr::template(&s.text).ok()?.into_iter().map(|(_, e)| e).collect();
+        Some((s.field.clone(), s.at, exprs))
+    });
+    let conditions = loaded.pipeline.steps.iter().enumerate().filter_map(|(i, step)| {
+        let condition = step.condition.as_ref()?;
+        let parsed = crate::pipeline::Condition::parse(&condition.value).ok()?;
+        Some((format!("steps[{i}].if"), condition.at, vec![parsed.expr().clone()]))
+    });
+    let mut problems = Vec::new();
+    for (field, at, exprs) in written.chain(conditions) {
+        for expr in &exprs {
+            for path in crate::pipeline::expr::refs(expr) {
+                let [steps, step, outputs, name] = path else { continue };
+                if steps != "steps" || outputs != "outputs" {
+                    continue;
+                }
+                let Some((plugin, names)) = declared.get(step) else { continue };
+                if names.contains(name) {
+                    continue;
+                }
+                let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                let message = crate::pipeline::unknown("output", name, &known);
+                problems.push(Problem {
+                    file: loaded.path.clone(),
+                    at,
+                    field: field.clone(),
+                    message: format!("{message} (step `{step}` runs plugin `{plugin}`)"),
+                });
+            }
+        }
+    }
+    problems
+}
+
 /// Whether an input still holds an expression to render at run time (an earlier step's output).
 pub fn holds_expression(input: &Value) -> bool {
     match input {

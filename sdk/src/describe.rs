@@ -11,6 +11,8 @@ pub struct Describe {
     description: String,
     input_schema: serde_json::Value,
     capabilities: Vec<String>,
+    /// `None` until the first [`Describe::output`]: a plugin that declares none is not checked.
+    outputs: Option<Vec<(String, String)>>,
 }
 
 impl Describe {
@@ -22,6 +24,7 @@ impl Describe {
             description: String::new(),
             input_schema: serde_json::json!({"type": "object"}),
             capabilities: Vec::new(),
+            outputs: None,
         }
     }
 
@@ -48,6 +51,24 @@ impl Describe {
     pub fn capability(mut self, name: impl Into<String>) -> Self {
         self.capabilities.push(name.into());
         self
+    }
+
+    /// Declares an output the step returns, read in a pipeline as `steps.<id>.outputs.<name>`.
+    /// Once a plugin declares one, a pipeline naming an output it does not declare is refused at
+    /// `validate` and `plan`, with the line and the closest declared name.
+    ///
+    /// ```
+    /// let d = gantry_sdk::Describe::new("deploy", "1.0.0").output("revision", "the deployed revision");
+    /// assert_eq!(d.declared_outputs(), Some(&[("revision".to_string(), "the deployed revision".to_string())][..]));
+    /// ```
+    pub fn output(mut self, name: impl Into<String>, description: impl Into<String>) -> Self {
+        self.outputs.get_or_insert_with(Vec::new).push((name.into(), description.into()));
+        self
+    }
+
+    /// The declared outputs, by name and description; `None` when the plugin declares none.
+    pub fn declared_outputs(&self) -> Option<&[(String, String)]> {
+        self.outputs.as_deref()
     }
 
     /// The JSON Schema of the input.

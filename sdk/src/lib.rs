@@ -219,6 +219,18 @@ pub mod __private {
         }
     }
 
+    impl<T: Step> bindings::exports::gantry::step::outputs::Guest for Adapter<T> {
+        fn outputs() -> Option<Vec<bindings::exports::gantry::step::outputs::Output>> {
+            let declared = T::describe().declared_outputs()?.to_vec();
+            Some(
+                declared
+                    .into_iter()
+                    .map(|(name, description)| bindings::exports::gantry::step::outputs::Output { name, description })
+                    .collect(),
+            )
+        }
+    }
+
     impl<T: Step> bindings::exports::gantry::step::preflight::Guest for Adapter<T> {
         fn preflight(
             ctx: wit::Context,

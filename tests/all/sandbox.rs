@@ -90,6 +90,9 @@ fn plugin_inspect_prints_describe_contract_and_sha256() {
     assert_eq!(schema["required"], serde_json::json!(["url"]));
     assert!(schema["properties"]["probes"].is_object());
     assert_eq!(info["plugin"]["capabilities"], serde_json::json!(["network"]));
+    let outputs: Vec<&str> =
+        info["plugin"]["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(outputs, ["status", "latency_ms_p50", "latency_ms_max"]);
 }
 
 fn call(action: &str, limits: Limits) -> StepCall {

@@ -60,7 +60,9 @@ async fn inputs_of_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<Vec
             })?;
         describe_plugins(&runtime, &plan, &mut described).await;
         let schemas = schemas(&plan, &described);
-        for problem in crate::inputs::check(loaded, &mut plan, &schemas) {
+        let mut found = crate::inputs::check(loaded, &mut plan, &schemas);
+        found.extend(crate::inputs::unknown_outputs(loaded, &plan, &declared(&plan, &described)));
+        for problem in found {
             if !problems.iter().any(|p| p.to_string() == problem.to_string()) {
                 problems.push(problem);
             }
@@ -381,6 +383,18 @@ pub(crate) async fn run_entity(
     Ok(EntityRun { code: result.exit_code(), run_id: Some(run_id) })
 }
 
+/// The outputs each described step's plugin declares, for steps whose plugin declares any.
+fn declared(plan: &crate::plan::Plan, described: &Described) -> crate::inputs::Declared {
+    plan.steps
+        .iter()
+        .filter_map(|s| {
+            let info = described.get(&s.sha256)?.as_ref()?;
+            let names = info.outputs.as_ref()?.iter().map(|o| o.name.clone()).collect();
+            Some((s.id.clone(), (info.name.clone(), names)))
+        })
+        .collect()
+}
+
 /// Compares what each step's plugin describes with the step: its declared capabilities with the
 /// step's grants, its input schema with the step's input (converting rendered numbers and booleans
 /// in the plan). Prints every mismatch and problem; false when the step cannot run as written.
@@ -397,7 +411,8 @@ async fn described_fits(runtime: &crate::sandbox::Runtime, loaded: &pipeline::Lo
         }
     }
     let schemas = schemas(plan, &described);
-    let problems = crate::inputs::check(loaded, plan, &schemas);
+    let mut problems = crate::inputs::check(loaded, plan, &schemas);
+    problems.extend(crate::inputs::unknown_outputs(loaded, plan, &declared(plan, &described)));
     if !problems.is_empty() {
         eprintln!("{}", pipeline::Problems(problems));
         ok = false;

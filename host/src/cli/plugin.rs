@@ -245,6 +245,13 @@ impl PluginCommand {
                     println!("sha256:       {}", plugin.sha256());
                     println!("size:         {} bytes", std::fs::metadata(&file)?.len());
                     println!("capabilities: {}", info.capabilities.join(", "));
+                    match &info.outputs {
+                        Some(outputs) => {
+                            println!("outputs:");
+                            outputs.iter().for_each(|o| println!("  {:<22} {}", o.name, o.description));
+                        }
+                        None => println!("outputs:      not declared"),
+                    }
                     println!("input schema:\n{}", serde_json::to_string_pretty(&info.input_schema)?);
                 }
                 Ok(0)

@@ -209,6 +209,17 @@ pub struct PluginInfo {
     pub input_schema: serde_json::Value,
     /// Capabilities it expects.
     pub capabilities: Vec<String>,
+    /// The outputs it returns, when it declares them (contract 0.3.4).
+    pub outputs: Option<Vec<DeclaredOutput>>,
+}
+
+/// An output a plugin declares it returns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeclaredOutput {
+    /// Read in a pipeline as `steps.<id>.outputs.<name>`.
+    pub name: String,
+    /// One line: what it holds.
+    pub description: String,
 }
 
 /// One thing a step read in its pre-flight, and what it found.
@@ -819,17 +830,24 @@ impl Plugin {
         };
         let (mut store, stdout, stderr) = self.store(&call)?;
         let result = async {
-            self.pre.instantiate(&mut store).await?.plugin.call_describe(&mut store).await
+            let loaded = self.pre.instantiate(&mut store).await?;
+            let info = loaded.plugin.call_describe(&mut store).await?;
+            let outputs = match &loaded.outputs {
+                Some(outputs) => outputs.call_outputs(&mut store).await?,
+                None => None,
+            };
+            wasmtime::Result::Ok((info, outputs))
         };
         let result = tokio::time::timeout(call.limits.timeout, result).await;
         let captured = forward_output(&call, &stdout, &stderr);
-        let info = self.settle(&call, &mut store, result, &captured.stderr)?;
+        let (info, outputs) = self.settle(&call, &mut store, result, &captured.stderr)?;
         Ok(PluginInfo {
             name: info.name,
             version: info.version,
             description: info.description,
             input_schema: serde_json::from_str(&info.input_schema).unwrap_or(serde_json::Value::Null),
             capabilities: info.capabilities,
+            outputs: outputs.map(|list| list.into_iter().map(|o| DeclaredOutput { name: o.name, description: o.description }).collect()),
         })
     }
 

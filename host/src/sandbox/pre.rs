@@ -1,7 +1,7 @@
-//! A component ready to instantiate, with where its exports are: `plugin` always, `preflight`
-//! when it has one (0.3.4), so steps built for an earlier 0.3 contract still load.
+//! A component ready to instantiate, with where its exports are: `plugin` always, `preflight` and
+//! `outputs` when it has them (0.3.4), so steps built for an earlier 0.3 contract still load.
 
-use super::bindings::exports::gantry::step::{plugin, preflight};
+use super::bindings::exports::gantry::step::{outputs, plugin, preflight};
 use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
@@ -10,11 +10,17 @@ pub(crate) struct Pre<T: 'static> {
     pre: InstancePre<T>,
     plugin: plugin::GuestIndices,
     preflight: Option<preflight::GuestIndices>,
+    outputs: Option<outputs::GuestIndices>,
 }
 
 impl<T: 'static> Clone for Pre<T> {
     fn clone(&self) -> Self {
-        Pre { pre: self.pre.clone(), plugin: self.plugin.clone(), preflight: self.preflight.clone() }
+        Pre {
+            pre: self.pre.clone(),
+            plugin: self.plugin.clone(),
+            preflight: self.preflight.clone(),
+            outputs: self.outputs.clone(),
+        }
     }
 }
 
@@ -24,6 +30,8 @@ pub(crate) struct Loaded {
     pub plugin: plugin::Guest,
     /// `preflight`, when the component exports it.
     pub preflight: Option<preflight::Guest>,
+    /// `outputs`, when the component exports it.
+    pub outputs: Option<outputs::Guest>,
 }
 
 impl<T: Send + 'static> Pre<T> {
@@ -31,7 +39,8 @@ impl<T: Send + 'static> Pre<T> {
     pub fn new(pre: InstancePre<T>) -> wasmtime::Result<Self> {
         let plugin = plugin::GuestIndices::new(&pre)?;
         let preflight = preflight::GuestIndices::new(&pre).ok();
-        Ok(Pre { pre, plugin, preflight })
+        let outputs = outputs::GuestIndices::new(&pre).ok();
+        Ok(Pre { pre, plugin, preflight, outputs })
     }
 
     /// Whether the component exports a pre-flight.
@@ -47,6 +56,10 @@ impl<T: Send + 'static> Pre<T> {
             Some(indices) => Some(indices.load(&mut *store, &instance)?),
             None => None,
         };
-        Ok(Loaded { plugin, preflight })
+        let outputs = match &self.outputs {
+            Some(indices) => Some(indices.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(Loaded { plugin, preflight, outputs })
     }
 }

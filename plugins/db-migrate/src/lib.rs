@@ -386,6 +386,11 @@ impl Step for DbMigrate {
             .input::<Input>()
             .capability("databases")
             .capability("files")
+            .output("version", "the schema version after the step")
+            .output("previous_version", "the schema version before it")
+            .output("applied", "the migrations it applied, comma-separated")
+            .output("pending", "the migrations that were pending, comma-separated")
+            .output("undone", "the migrations its rollback undid, comma-separated")
     }
 
     /// Reads the migration files, connects (read-only, as the host opens every database in a

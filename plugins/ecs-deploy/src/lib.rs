@@ -169,6 +169,13 @@ impl Step for EcsDeploy {
             .input::<Input>()
             .capability("network")
             .capability("secrets:aws-sigv4")
+            .output("service", "the service it deployed")
+            .output("task_definition", "the task definition the service runs after the step")
+            .output("previous_task_definition", "the one it ran before")
+            .output("desired_count", "the desired count after the step")
+            .output("previous_desired_count", "the desired count before it")
+            .output("changed", "whether the step changed the service")
+            .output("restored", "whether its rollback restored the service")
     }
 
     /// Describes the service and its task definition (the container to change must be in it)

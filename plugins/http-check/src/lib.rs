@@ -98,6 +98,9 @@ impl Step for HttpCheck {
             .description("Probes a URL; fails unless status, body and latency are as expected")
             .input::<Input>()
             .capability("network")
+            .output("status", "the status every probe answered with")
+            .output("latency_ms_p50", "the median probe's latency, in milliseconds")
+            .output("latency_ms_max", "the slowest probe's latency, in milliseconds")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {
