@@ -59,10 +59,7 @@ async fn inputs_of_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<Vec
                 )
             })?;
         describe_plugins(&runtime, &plan, &mut described).await;
-        let schemas = schemas(&plan, &described);
-        let mut found = crate::inputs::check(loaded, &mut plan, &schemas);
-        found.extend(crate::inputs::unknown_outputs(loaded, &plan, &declared(&plan, &described)));
-        for problem in found {
+        for problem in described_problems(loaded, &mut plan, &described) {
             if !problems.iter().any(|p| p.to_string() == problem.to_string()) {
                 problems.push(problem);
             }
@@ -383,6 +380,14 @@ pub(crate) async fn run_entity(
     Ok(EntityRun { code: result.exit_code(), run_id: Some(run_id) })
 }
 
+/// Every step input that does not fit its plugin's schema and every output reference its plugin does
+/// not declare, converting rendered numbers and booleans in the plan.
+fn described_problems(loaded: &pipeline::Loaded, plan: &mut crate::plan::Plan, described: &Described) -> Vec<pipeline::Problem> {
+    let mut problems = crate::inputs::check(loaded, plan, &schemas(plan, described));
+    problems.extend(crate::inputs::unknown_outputs(loaded, plan, &declared(plan, described)));
+    problems
+}
+
 /// The outputs each described step's plugin declares, for steps whose plugin declares any.
 fn declared(plan: &crate::plan::Plan, described: &Described) -> crate::inputs::Declared {
     plan.steps
@@ -410,9 +415,7 @@ async fn described_fits(runtime: &crate::sandbox::Runtime, loaded: &pipeline::Lo
             eprintln!("step `{}`: {mismatch}", step.id);
         }
     }
-    let schemas = schemas(plan, &described);
-    let mut problems = crate::inputs::check(loaded, plan, &schemas);
-    problems.extend(crate::inputs::unknown_outputs(loaded, plan, &declared(plan, &described)));
+    let problems = described_problems(loaded, plan, &described);
     if !problems.is_empty() {
         eprintln!("{}", pipeline::Problems(problems));
         ok = false;
