@@ -72,6 +72,7 @@ macro_rules! serde_as_text {
 pub mod analysis;
 pub mod build;
 pub mod capability;
+pub mod editor;
 pub mod inputs;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -13,6 +13,7 @@ mod blue_green;
 mod certs;
 mod crashes;
 mod ecs;
+mod editor;
 mod faults;
 mod guide;
 mod judge;

@@ -6,9 +6,11 @@ mod toolchain;
 
 pub use toolchain::Toolchain;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
 };
@@ -84,6 +86,25 @@ pub struct BuildOptions {
     pub toolchain: Option<Toolchain>,
     /// Where plugins from registries are pulled to, and how; the default store when unset.
     pub registry: Option<crate::registry::RegistryOptions>,
+    /// Crates already built with these options (and their clones).
+    pub once: BuiltOnce,
+}
+
+/// The crates built with one [`BuildOptions`] and its clones, by manifest: a command that plans
+/// many environments and entities runs cargo and componentizes once per crate, not once per plan.
+/// Sources that change while it runs are caught where they always are: a run checks every
+/// component against the digest its plan recorded.
+#[derive(Debug, Clone, Default)]
+pub struct BuiltOnce(Arc<Mutex<HashMap<PathBuf, Built>>>);
+
+impl BuiltOnce {
+    fn get(&self, manifest: &Path) -> Option<Built> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(manifest).cloned()
+    }
+
+    fn keep(&self, manifest: PathBuf, built: &Built) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(manifest, built.clone());
+    }
 }
 
 /// Builds the crate in `dir` and writes `<name>.component.wasm` beside its core module.
@@ -93,6 +114,9 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
         return Err(BuildError::NotACrate(dir.to_path_buf()));
     }
     let manifest = manifest.canonicalize().map_err(|source| BuildError::Io { path: manifest.clone(), source })?;
+    if let Some(built) = options.once.get(&manifest) {
+        return Ok(built);
+    }
     let toolchain = match &options.toolchain {
         Some(t) => t.clone(),
         None => Toolchain::detect()?,
@@ -139,7 +163,9 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     let tmp = core.with_extension(format!("component.wasm.{}.tmp", std::process::id()));
     std::fs::write(&tmp, &component).map_err(|source| BuildError::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, &path).map_err(|source| BuildError::Io { path: path.clone(), source })?;
-    Ok(Built { sha256: crate::sandbox::cache::sha256_hex(&component), size: component.len() as u64, path })
+    let built = Built { sha256: crate::sandbox::cache::sha256_hex(&component), size: component.len() as u64, path };
+    options.once.keep(manifest, &built);
+    Ok(built)
 }
 
 /// Where cargo's output for the crate at `manifest` goes: one file per crate, overwritten by

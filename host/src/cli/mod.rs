@@ -94,6 +94,13 @@ pub(crate) fn runtime_for(plan: &crate::plan::Plan, jobs: usize) -> anyhow::Resu
     builder().pooled(calls, max_memory).build().map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
+/// Build options shared by everything one command plans: each plugin crate is built once per
+/// command, however many environments and entities it plans.
+pub(crate) fn build_options() -> crate::build::BuildOptions {
+    static ONE: std::sync::OnceLock<crate::build::BuildOptions> = std::sync::OnceLock::new();
+    ONE.get_or_init(crate::build::BuildOptions::default).clone()
+}
+
 fn builder() -> crate::sandbox::RuntimeBuilder {
     let mut builder = crate::sandbox::Runtime::builder();
     for (name, addrs) in RESOLVE.get().into_iter().flatten() {
@@ -130,8 +137,13 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Print the JSON Schema of pipeline files, for editors.
-    Schema,
+    /// Print the JSON Schema of pipeline files, for editors; with `--pipeline`, one pipeline's, in
+    /// which each step's `with:` is held to its plugin's input schema (draft-07, for yaml-language-server).
+    Schema {
+        /// The pipeline whose plugins are built or pulled and described.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<std::path::PathBuf>,
+    },
     /// Write gantry.lock beside a pipeline: every plugin of every environment and entity, by digest.
     Lock {
         /// The pipeline file.
@@ -330,7 +342,8 @@ pub fn main() -> ExitCode {
             Command::Step(cmd) => cmd.execute().await,
             Command::Cache { action, json } => plugin::cache(&action, json),
             Command::Validate { file, json, offline } => pipeline::validate(file, json, offline).await,
-            Command::Schema => Ok(pipeline::schema()),
+            Command::Schema { pipeline: None } => Ok(pipeline::schema()),
+            Command::Schema { pipeline: Some(file) } => pipeline::editor_schema(file).await,
             Command::Lock { file, check } => pipeline::lock(file, check),
             Command::Plan { target, json, diff } => {
                 let since = match diff {

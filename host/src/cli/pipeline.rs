@@ -47,19 +47,10 @@ pub(crate) async fn validate(file: PathBuf, json: bool, offline: bool) -> anyhow
 
 /// The input problems of every environment and entity the pipeline names, each once.
 async fn inputs_of_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<Vec<pipeline::Problem>> {
-    let runtime = super::runtime()?;
-    let mut described = Described::new();
+    let (mut plans, described) = plan_every_target(loaded).await?;
     let mut problems: Vec<pipeline::Problem> = Vec::new();
-    for (environment, entity) in crate::lock::targets(loaded) {
-        let mut plan = crate::plan::plan(loaded, &environment, &entity, &crate::build::BuildOptions::default())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot describe the plugins of environment {environment}, entity {entity}: {e} \
-                     (`gantry validate --offline` checks the file alone)"
-                )
-            })?;
-        describe_plugins(&runtime, &plan, &mut described).await;
-        for problem in described_problems(loaded, &mut plan, &described) {
+    for plan in &mut plans {
+        for problem in described_problems(loaded, plan, &described) {
             if !problems.iter().any(|p| p.to_string() == problem.to_string()) {
                 problems.push(problem);
             }
@@ -67,6 +58,61 @@ async fn inputs_of_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<Vec
     }
     problems.sort_by_key(|p| (p.at.line, p.at.column));
     Ok(problems)
+}
+
+/// The plan of every environment and entity the pipeline names, and what their plugins say of themselves.
+async fn plan_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<(Vec<crate::plan::Plan>, Described)> {
+    let runtime = super::runtime()?;
+    let mut described = Described::new();
+    let mut plans = Vec::new();
+    for (environment, entity) in crate::lock::targets(loaded) {
+        let plan = crate::plan::plan(loaded, &environment, &entity, &super::build_options())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot describe the plugins of environment {environment}, entity {entity}: {e} \
+                     (`gantry validate --offline` checks the file alone)"
+                )
+            })?;
+        describe_plugins(&runtime, &plan, &mut described).await;
+        plans.push(plan);
+    }
+    Ok((plans, described))
+}
+
+/// Prints one pipeline's JSON Schema for editors: each step's `with:` held to the plugin it feeds
+/// in the first environment and entity that keep it, each overlay's replacement input to the plugin
+/// it feeds there.
+pub(crate) async fn editor_schema(file: PathBuf) -> anyhow::Result<u8> {
+    let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
+    let (plans, described) = plan_every_target(&loaded).await?;
+    let fed_by = |plan: &crate::plan::Plan, id: &str| {
+        plan.steps.iter().find(|s| s.id == id).and_then(|s| described.get(&s.sha256)?.as_ref())
+    };
+    let p = &loaded.pipeline;
+    // A step's own input feeds the plugin of the first target whose overlays do not replace it.
+    let replaced = |plan: &crate::plan::Plan, id: &str| {
+        [p.entities.get(&plan.entity), p.environments.get(&plan.environment)]
+            .into_iter()
+            .flatten()
+            .any(|overlay| overlay.with.contains_key(id))
+    };
+    let own = |id: &str| plans.iter().find(|plan| !replaced(plan, id)).or(plans.first());
+    let mut fed = crate::editor::Fed {
+        steps: p.steps.iter().map(|s| own(&s.id).and_then(|plan| fed_by(plan, &s.id))).collect(),
+        ..Default::default()
+    };
+    for (overlays, fed_overlays, of_plan) in [
+        (&p.entities, &mut fed.entities, (|plan: &crate::plan::Plan| plan.entity.clone()) as fn(&crate::plan::Plan) -> String),
+        (&p.environments, &mut fed.environments, |plan: &crate::plan::Plan| plan.environment.clone()),
+    ] {
+        for (name, overlay) in overlays {
+            let Some(plan) = plans.iter().find(|plan| of_plan(plan) == *name) else { continue };
+            let by_step = overlay.with.keys().filter_map(|id| Some((id.clone(), fed_by(plan, id)?))).collect();
+            fed_overlays.insert(name.clone(), by_step);
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&crate::editor::schema(&fed))?);
+    Ok(0)
 }
 
 /// What each plugin says of itself, by digest; `None` for one that cannot be described.
@@ -77,11 +123,7 @@ type Described = std::collections::HashMap<String, Option<crate::sandbox::Plugin
 async fn describe_plugins(runtime: &crate::sandbox::Runtime, plan: &crate::plan::Plan, described: &mut Described) {
     for step in &plan.steps {
         if !described.contains_key(&step.sha256) {
-            let info = match runtime.load(&step.plugin) {
-                Ok(plugin) => plugin.describe().await.ok(),
-                Err(_) => None,
-            };
-            described.insert(step.sha256.clone(), info);
+            described.insert(step.sha256.clone(), runtime.describe_file(&step.plugin, &step.sha256).await);
         }
     }
 }
@@ -103,7 +145,7 @@ fn load_or_report(file: &std::path::Path) -> Option<pipeline::Loaded> {
 pub(crate) fn lock(file: PathBuf, check: bool) -> anyhow::Result<u8> {
     let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
     let path = crate::lock::path_beside(&file);
-    let now = crate::lock::Lock::resolve(&loaded, &crate::build::BuildOptions::default())?;
+    let now = crate::lock::Lock::resolve(&loaded, &super::build_options())?;
     if !check {
         now.write(&path)?;
         println!("{}: {} plugins locked", path.display(), now.plugins.len());
@@ -141,7 +183,7 @@ pub(crate) async fn plan(
     since: Option<(String, Arc<dyn RunStore>)>,
 ) -> anyhow::Result<u8> {
     let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
-    let mut plan = crate::plan::plan(&loaded, &environment, &entity, &crate::build::BuildOptions::default())?;
+    let mut plan = crate::plan::plan(&loaded, &environment, &entity, &super::build_options())?;
     crate::lock::verify(&loaded, &plan, locked)?;
     if !described_fits(&super::runtime()?, &loaded, &mut plan).await {
         return Ok(super::EXIT_USAGE);
@@ -320,7 +362,7 @@ pub(crate) async fn run_entity(
     rollout: Option<&str>,
 ) -> anyhow::Result<EntityRun> {
     let not_started = EntityRun { code: super::EXIT_USAGE, run_id: None };
-    let mut plan = crate::plan::plan(loaded, &args.environment, entity, &crate::build::BuildOptions::default())?;
+    let mut plan = crate::plan::plan(loaded, &args.environment, entity, &super::build_options())?;
     crate::lock::verify(loaded, &plan, args.locked)?;
     let runtime = super::runtime_for(&plan, args.jobs)?;
     if !described_fits(&runtime, loaded, &mut plan).await {

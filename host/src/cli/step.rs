@@ -1,6 +1,6 @@
 //! `gantry step run`: one step, outside any pipeline.
 
-use crate::build::{build_crate, BuildOptions};
+use crate::build::build_crate;
 use crate::capability::aws_credentials::{AwsCredentialSpec, AwsCredentials};
 use crate::capability::secrets::SecretSource;
 use crate::capability::{FileGrant, Files, Grant, Grants, NetworkPolicy, Secret};
@@ -125,7 +125,7 @@ enum Given {
 /// A component file as given, or the component built from a crate directory.
 pub(crate) fn resolve_plugin(path: &Path) -> anyhow::Result<PathBuf> {
     if path.is_dir() {
-        let built = build_crate(path, &BuildOptions::default())?;
+        let built = build_crate(path, &super::build_options())?;
         Ok(built.path)
     } else {
         Ok(path.to_path_buf())

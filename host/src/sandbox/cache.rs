@@ -95,6 +95,13 @@ impl Cache {
             files += 1;
             bytes += entry.size;
         }
+        if let Ok(read) = std::fs::read_dir(self.dir.join("descriptions")) {
+            for entry in read.flatten() {
+                bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(entry.path())?;
+                files += 1;
+            }
+        }
         for (path, size) in self.leftovers() {
             std::fs::remove_file(&path)?;
             files += 1;
@@ -115,6 +122,26 @@ impl Cache {
             .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")))
             .filter_map(|e| e.metadata().ok().filter(old).map(|m| (e.path(), m.len())))
             .collect()
+    }
+
+    /// What the component with this sha256 said of itself when last described, if kept.
+    pub fn description(&self, component_sha256: &str) -> Option<super::PluginInfo> {
+        let text = std::fs::read(self.description_path(component_sha256)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Keeps what a component says of itself: a description depends on the component alone, so
+    /// validate and plan describe each digest once, without loading it again.
+    pub fn store_description(&self, component_sha256: &str, info: &super::PluginInfo) {
+        let path = self.description_path(component_sha256);
+        let written = serde_json::to_vec(info).map_err(std::io::Error::other).and_then(|bytes| write_whole(&path, &bytes));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "could not keep the plugin's description");
+        }
+    }
+
+    fn description_path(&self, component_sha256: &str) -> PathBuf {
+        self.dir.join("descriptions").join(format!("{component_sha256}.json"))
     }
 
     /// Loads the compiled form of a component, compiling and storing it on a miss.
@@ -218,16 +245,22 @@ fn verified(path: &Path) -> bool {
     check_text(len, crc.finalize()) == expected.trim()
 }
 
-fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` by way of a temporary file and a rename, so a concurrent reader never
+/// sees half of it.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("cache entries live in a directory");
     std::fs::create_dir_all(dir)?;
-    // Write-then-rename so a concurrent reader never sees half an entry; the
-    // sidecar goes last, so an entry without it is simply a miss.
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // The sidecar goes last, so an entry without it is simply a miss.
+    write_whole(path, bytes)?;
+    let dir = path.parent().expect("cache entries live in a directory");
     let tmp_check = dir.join(format!(".{}.check.tmp", std::process::id()));
     std::fs::write(&tmp_check, check_of(bytes))?;
     std::fs::rename(&tmp_check, sidecar(path))
@@ -301,5 +334,28 @@ mod tests {
         assert!(cache.entries().is_empty());
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.path().is_file()).collect();
         assert!(left.is_empty(), "sidecars go too: {left:?}");
+    }
+
+    #[test]
+    fn a_description_is_kept_by_digest_and_cleaned_with_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let (hex, other) = ("cd".repeat(32), "ef".repeat(32));
+        assert_eq!(cache.description(&hex), None);
+        let info = super::super::PluginInfo {
+            name: "http-check".into(),
+            version: "0.1.0".into(),
+            description: "checks a URL".into(),
+            input_schema: serde_json::json!({"type": "object", "required": ["url"]}),
+            capabilities: vec!["network".into()],
+            outputs: Some(vec![super::super::DeclaredOutput { name: "status".into(), description: "the status".into() }]),
+        };
+        cache.store_description(&hex, &info);
+        assert_eq!(cache.description(&hex), Some(info));
+        assert_eq!(cache.description(&other), None, "another digest is another plugin");
+        std::fs::write(cache.description_path(&other), b"{not json").unwrap();
+        assert_eq!(cache.description(&other), None, "a damaged description is described again");
+        assert_eq!(cache.clean().unwrap().0, 2);
+        assert_eq!(cache.description(&hex), None);
     }
 }

@@ -197,7 +197,7 @@ impl CallError {
 }
 
 /// What the plugin says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PluginInfo {
     /// Short name.
     pub name: String,
@@ -214,7 +214,7 @@ pub struct PluginInfo {
 }
 
 /// An output a plugin declares it returns.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeclaredOutput {
     /// Read in a pipeline as `steps.<id>.outputs.<name>`.
     pub name: String,
@@ -707,6 +707,20 @@ impl Runtime {
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
         self.load_bytes(&bytes, path)
+    }
+
+    /// What the component at `path`, whose sha256 is `sha256`, says of itself: kept in the cache by
+    /// digest, so describing it again neither loads nor instantiates it. `None` when it cannot be
+    /// loaded or described; a run of it says why.
+    pub async fn describe_file(&self, path: &Path, sha256: &str) -> Option<PluginInfo> {
+        if let Some(info) = self.inner.cache.as_ref().and_then(|c| c.description(sha256)) {
+            return Some(info);
+        }
+        let info = self.load(path).ok()?.describe().await.ok()?;
+        if let Some(cache) = &self.inner.cache {
+            cache.store_description(sha256, &info);
+        }
+        Some(info)
     }
 
     /// Loads a component from bytes; `path` names it in errors.
