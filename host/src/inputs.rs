@@ -72,16 +72,16 @@ pub fn unknown_outputs(loaded: &Loaded, plan: &Plan, declared: &Declared) -> Vec
     for (field, at, exprs) in written.chain(conditions) {
         for expr in &exprs {
             for path in crate::pipeline::expr::refs(expr) {
-                let [steps, step, outputs, name] = path else { continue };
-                if steps != "steps" || outputs != "outputs" {
+                let [steps, step, outputs, name @ ..] = path else { continue };
+                if steps != "steps" || outputs != "outputs" || name.is_empty() {
                     continue;
                 }
                 let Some((plugin, names)) = declared.get(step) else { continue };
-                if names.contains(name) {
+                if names.iter().any(|declared| output_matches(declared, name)) {
                     continue;
                 }
                 let known: Vec<&str> = names.iter().map(String::as_str).collect();
-                let message = crate::pipeline::unknown("output", name, &known);
+                let message = crate::pipeline::unknown("output", &name.join("."), &known);
                 problems.push(Problem {
                     file: loaded.path.clone(),
                     at,
@@ -92,6 +92,14 @@ pub fn unknown_outputs(loaded: &Loaded, plan: &Plan, declared: &Declared) -> Vec
         }
     }
     problems
+}
+
+/// Whether a declared output name covers the path read: each dot-separated part equal, or a
+/// `<placeholder>` part standing for any one name the input chooses (`<metric>.phase`).
+fn output_matches(declared: &str, read: &[String]) -> bool {
+    let parts: Vec<&str> = declared.split('.').collect();
+    parts.len() == read.len()
+        && parts.iter().zip(read).all(|(part, name)| *part == name || (part.starts_with('<') && part.ends_with('>')))
 }
 
 /// Whether an input still holds an expression to render at run time (an earlier step's output).
@@ -286,6 +294,18 @@ mod tests {
                 "strict": {"type": "boolean"}
             }
         })
+    }
+
+    #[test]
+    fn a_placeholder_part_of_a_declared_output_covers_any_one_name() {
+        let read = |text: &str| text.split('.').map(String::from).collect::<Vec<_>>();
+        assert!(output_matches("status", &read("status")));
+        assert!(output_matches("<metric>.phase", &read("error-rate.phase")));
+        assert!(output_matches("segment.<name>", &read("segment.vip")));
+        assert!(!output_matches("<metric>.phase", &read("error-rate.phaze")));
+        assert!(!output_matches("<metric>.phase", &read("phase")));
+        assert!(!output_matches("segment.<name>", &read("segment.a.b")));
+        assert!(!output_matches("status", &read("statuz")));
     }
 
     #[test]

@@ -55,7 +55,9 @@ impl Describe {
 
     /// Declares an output the step returns, read in a pipeline as `steps.<id>.outputs.<name>`.
     /// Once a plugin declares one, a pipeline naming an output it does not declare is refused at
-    /// `validate` and `plan`, with the line and the closest declared name.
+    /// `validate` and `plan`, with the line and the closest declared name. A part written
+    /// `<placeholder>` stands for a name the input chooses: `<metric>.phase` covers
+    /// `outputs.error-rate.phase`.
     ///
     /// ```
     /// let d = gantry_sdk::Describe::new("deploy", "1.0.0").output("revision", "the deployed revision");

@@ -284,6 +284,14 @@ impl Step for AlbShift {
             .input::<Input>()
             .capability("network")
             .capability("secrets:aws-sigv4")
+            .output("listener_arn", "the listener whose weights were shifted")
+            .output("original_weights", "blue and green weights before the shift")
+            .output("final_weights", "blue and green weights the run left")
+            .output("stages_completed", "how many stages passed their gates")
+            .output("changed", "whether the listener was changed")
+            .output("gates", "every gate reading, as JSON")
+            .output("restored", "whether the rollback restored the original weights")
+            .output("weights", "the weights the rollback restored")
     }
 
     /// Reads the listener, both target groups' health, the Prometheus gate and every analysis

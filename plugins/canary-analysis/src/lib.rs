@@ -91,6 +91,11 @@ impl Step for CanaryAnalysis {
             .capability("network")
             .capability("secrets:header")
             .capability("secrets:aws-sigv4")
+            .output("score", "the share of metrics that passed, 0 to 100")
+            .output("verdict", "passed, failed or inconclusive")
+            .output("result", "passed, when the analysis passed")
+            .output("<metric>.phase", "one metric's phase: successful, failed, inconclusive or error")
+            .output("<judge>.judgement", "one baseline-against-canary judgement, as JSON")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

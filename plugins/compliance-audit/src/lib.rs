@@ -124,6 +124,15 @@ impl Step for ComplianceAudit {
             .input::<Input>()
             .capability("files")
             .capability("artifacts")
+            .output("summary", "one line: files read and findings by severity")
+            .output("files", "how many files were audited")
+            .output("findings", "how many findings in all")
+            .output("critical", "critical findings")
+            .output("high", "high findings")
+            .output("medium", "medium findings")
+            .output("low", "low findings")
+            .output("sarif", "the SARIF report's path under /artifacts")
+            .output("junit", "the JUnit report's path under /artifacts")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

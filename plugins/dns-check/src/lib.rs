@@ -87,6 +87,9 @@ impl Step for DnsCheck {
             )
             .input::<Input>()
             .capability("dns")
+            .output("values", "the answer's values, comma-separated")
+            .output("ttl", "the answer's TTL, in seconds")
+            .output("attempts", "how many lookups it took")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

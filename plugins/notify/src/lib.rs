@@ -186,6 +186,10 @@ impl Step for Notify {
             .capability("network")
             .capability("secrets:url")
             .capability("secrets:body")
+            .output("title", "the notification's title")
+            .output("webhook_status", "the webhook's HTTP status")
+            .output("pagerduty_action", "the PagerDuty event action sent")
+            .output("pagerduty_dedup_key", "the PagerDuty incident's dedup key")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

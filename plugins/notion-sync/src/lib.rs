@@ -218,6 +218,16 @@ impl Step for NotionSync {
             .input::<Input>()
             .capability("network")
             .capability("secrets:bearer")
+            .output("contacts", "contacts read")
+            .output("valid", "contacts that passed validation")
+            .output("invalid", "contacts that failed it")
+            .output("duplicates", "duplicate contacts found")
+            .output("changes", "changes planned")
+            .output("updated", "changes applied")
+            .output("dry_run", "whether it was a dry run")
+            .output("changed", "the changes applied, as JSON")
+            .output("segment.<name>", "contacts in one segment")
+            .output("restored", "changes the rollback undid")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

@@ -178,6 +178,10 @@ impl Step for Route53Record {
             .input::<Input>()
             .capability("network")
             .capability("secrets:aws-sigv4")
+            .output("record", "the record, as name and type")
+            .output("previous", "the record before the change, as JSON")
+            .output("changed", "whether the record was changed")
+            .output("restored", "whether the rollback restored the previous record")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

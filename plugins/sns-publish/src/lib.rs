@@ -75,6 +75,9 @@ impl Step for SnsPublish {
             .input::<Input>()
             .capability("network")
             .capability("secrets:aws-sigv4")
+            .output("published", "whether the message was published")
+            .output("message_id", "the published message's id")
+            .output("restored", "false: a published message cannot be unpublished")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

@@ -224,6 +224,13 @@ impl Step for TlsCheck {
             )
             .input::<Input>()
             .capability("tls")
+            .output("subject", "the leaf certificate's subject")
+            .output("issuer", "the leaf certificate's issuer")
+            .output("not_after", "when the leaf certificate expires")
+            .output("sha256", "the leaf certificate's SHA-256 fingerprint")
+            .output("days_left", "days until the leaf certificate expires")
+            .output("protocol", "the negotiated TLS version")
+            .output("checked", "how many targets were checked")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {

@@ -106,6 +106,12 @@ impl Step for WordpressCheck {
             .capability("network")
             .capability("secrets:basic")
             .capability("secrets:hmac-sha256")
+            .output("site_name", "the site's name")
+            .output("wp_version", "the WordPress version, or hidden")
+            .output("user", "the authenticated user")
+            .output("webhook_status", "the webhook's HTTP status")
+            .output("latency_ms_p50", "the median request's latency, in milliseconds")
+            .output("latency_ms_p95", "the 95th percentile latency, in milliseconds")
     }
 
     fn run(ctx: &Context) -> Result<Outputs, Error> {
