@@ -122,11 +122,8 @@ impl Aws {
     }
 
     fn setup_with(moto: Peer, args: &[&str]) -> Self {
-        let mut setup = Command::new(venv("python"));
-        setup.arg(aws_py()).args(["setup", "--endpoint", &moto.origin]).args(args);
-        let out = setup.output().unwrap();
-        assert!(out.status.success(), "aws.py setup: {}", String::from_utf8_lossy(&out.stderr));
-        Self { moto, setup: serde_json::from_slice(&out.stdout).unwrap() }
+        let out = aws_py(["setup", "--endpoint", moto.origin.as_str()].into_iter().chain(args.iter().copied()));
+        Self { moto, setup: serde_json::from_str(&out).unwrap() }
     }
 
     /// A field of the setup.
@@ -149,33 +146,21 @@ impl Aws {
 
     /// `aws.py <command> <extra>` with the setup's key; its JSON output.
     pub fn boto3_with(&self, command: &str, extra: &[&str]) -> Value {
-        let out = Command::new(venv("python"))
-            .arg(aws_py())
-            .args([command, "--endpoint", &self.moto.origin, "--key", &self.get("access_key")])
-            .args(["--secret", &self.get("secret_key")])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws.py {command}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        let (key, secret) = (self.get("access_key"), self.get("secret_key"));
+        let args = [command, "--endpoint", &self.moto.origin, "--key", &key, "--secret", &secret];
+        serde_json::from_str(&aws_py(args.into_iter().chain(extra.iter().copied()))).unwrap()
     }
 
     /// Creates a Secrets Manager secret with boto3, signed with the setup's key.
     pub fn put_secret(&self, name: &str, value: &str) {
-        let out = Command::new(venv("python"))
-            .arg(aws_py())
-            .args(["put-secret", "--endpoint", &self.moto.origin, "--key", &self.get("access_key")])
-            .args(["--secret", &self.get("secret_key"), "--name", name, "--value", value])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws.py put-secret: {}", String::from_utf8_lossy(&out.stderr));
+        let (key, secret) = (self.get("access_key"), self.get("secret_key"));
+        aws_py(["put-secret", "--endpoint", &self.moto.origin, "--key", &key, "--secret", &secret, "--name", name, "--value", value]);
     }
 
     /// The listener's weights as `[(arn, weight)]`, read with boto3.
     pub fn weights(&self) -> Vec<(String, u64)> {
-        let out = Command::new(venv("python")).arg(aws_py()).arg("weights").args(self.auth_args()).output().unwrap();
-        assert!(out.status.success(), "aws.py weights: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let auth = self.auth_args();
+        let v: Value = serde_json::from_str(&aws_py(["weights"].into_iter().chain(auth.iter().map(String::as_str)))).unwrap();
         v.as_array()
             .unwrap()
             .iter()
@@ -185,35 +170,24 @@ impl Aws {
 
     /// Sets the listener's weights with boto3, so one load balancer serves several runs in turn.
     pub fn set_weights(&self, blue: u64, green: u64) {
-        let out = Command::new(venv("python"))
-            .arg(aws_py())
-            .arg("set-weights")
-            .args(self.auth_args())
-            .args(["--blue", &self.get("blue"), "--green", &self.get("green")])
-            .args(["--blue-weight", &blue.to_string(), "--green-weight", &green.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws.py set-weights: {}", String::from_utf8_lossy(&out.stderr));
+        let (auth, groups) = (self.auth_args(), [self.get("blue"), self.get("green")]);
+        let (blue, green) = (blue.to_string(), green.to_string());
+        let weights = ["--blue", &groups[0], "--green", &groups[1], "--blue-weight", &blue, "--green-weight", &green];
+        aws_py(["set-weights"].into_iter().chain(auth.iter().map(String::as_str)).chain(weights));
     }
 
     /// Stops one of green's instances: its target is no longer healthy.
     pub fn stop_green_instance(&self) {
         let id = self.setup["green_instances"][0].as_str().unwrap().to_string();
-        let out = Command::new(venv("python"))
-            .arg(aws_py())
-            .arg("stop")
-            .args(self.auth_args())
-            .args(["--instance", &id])
-            .output();
-        let out = out.unwrap();
-        assert!(out.status.success(), "aws.py stop: {}", String::from_utf8_lossy(&out.stderr));
+        let auth = self.auth_args();
+        aws_py(["stop"].into_iter().chain(auth.iter().map(String::as_str)).chain(["--instance", id.as_str()]));
     }
 
     /// The canary's `/metrics` and `/health`; with `broken_green`, errors follow green's share of traffic.
     pub fn metrics(&self, broken_green: bool) -> Peer {
         let make = |port: u16| {
             let mut cmd = Command::new(venv("python"));
-            cmd.arg(aws_py()).arg("serve").args(self.auth_args()).args(["--green", &self.get("green")]);
+            cmd.arg(aws_py_file()).arg("serve").args(self.auth_args()).args(["--green", &self.get("green")]);
             cmd.args(["--port", &port.to_string()]);
             if broken_green {
                 cmd.arg("--broken-green");
@@ -224,8 +198,48 @@ impl Aws {
     }
 }
 
-fn aws_py() -> PathBuf {
+fn aws_py_file() -> PathBuf {
     repo().join("tests/peers/aws.py")
+}
+
+/// An `aws.py worker`: one Python with boto3 imported, running short commands sent on its stdin.
+struct Boto3Worker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// Idle workers. Each command takes one (or starts one), so tests never wait on each other's
+/// commands; they exit when the test binary does, as their stdin closes.
+static BOTO3_WORKERS: std::sync::Mutex<Vec<Boto3Worker>> = std::sync::Mutex::new(Vec::new());
+
+/// `aws.py <args>`, run by a worker; its stdout. Fails the test with its errors when it fails.
+fn aws_py<'a>(args: impl IntoIterator<Item = &'a str>) -> String {
+    use std::io::BufRead;
+    let args: Vec<&str> = args.into_iter().collect();
+    let idle = BOTO3_WORKERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut worker = idle.unwrap_or_else(|| {
+        let mut child = Command::new(venv("python"))
+            .arg(aws_py_file())
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("aws.py worker starts");
+        let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        Boto3Worker { child, stdin, stdout: std::io::BufReader::new(stdout) }
+    });
+    writeln!(worker.stdin, "{}", serde_json::to_string(&args).unwrap()).unwrap();
+    worker.stdin.flush().unwrap();
+    let mut line = String::new();
+    worker.stdout.read_line(&mut line).unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        let _ = worker.child.kill();
+        panic!("aws.py worker gave no answer to {args:?} ({e}): {line}")
+    });
+    assert_eq!(answer["code"], 0, "aws.py {}: {}", args.join(" "), answer["stderr"].as_str().unwrap_or_default());
+    BOTO3_WORKERS.lock().unwrap_or_else(|e| e.into_inner()).push(worker);
+    answer["stdout"].as_str().unwrap_or_default().to_string()
 }
 
 /// Prometheus scraping `target` every 500 ms, with its data in `dir`.

@@ -28,6 +28,8 @@ put-metrics puts --cpu and --memory percentages into CloudWatch for green, as EC
          AutoScalingGroupName web-green).
 stop     stops an instance: moto then reports its target `unused`
          (Target.InvalidState), not healthy.
+worker   runs the short commands above read from stdin, one JSON argument list per line, and
+         answers each with a JSON line (code, stdout, stderr): the tests keep a few of these.
 serve    serves /metrics for Prometheus and /health: every scrape counts 100
          requests, and with --broken-green as many errors as green's weight,
          so the error rate follows the canary's share of traffic. POST
@@ -322,7 +324,27 @@ def serve(a):
     server.serve_forever()
 
 
-def main():
+def worker(_a):
+    """Runs commands read from stdin, one JSON list of arguments per line, answering each with one
+    JSON line of its exit code, output and errors: one Python and one boto3 import serve every
+    short command of a test binary (each cost half a second of CPU as its own process)."""
+    import contextlib
+    import io
+    import traceback
+    for line in sys.stdin:
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main(json.loads(line))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Exception:
+            traceback.print_exc(file=err)
+            code = 1
+        print(json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}), flush=True)
+
+
+def main(argv=None):
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup")
@@ -365,8 +387,11 @@ def main():
     s = sub.add_parser("put-secret")
     for arg in ("--endpoint", "--key", "--secret", "--name", "--value"):
         s.add_argument(arg, required=True)
-    a = p.parse_args()
-    if a.cmd == "setup":
+    sub.add_parser("worker")
+    a = p.parse_args(argv)
+    if a.cmd == "worker":
+        worker(a)
+    elif a.cmd == "setup":
         setup(a)
     elif a.cmd == "weights":
         print(json.dumps(weights(a.endpoint, a.key, a.secret, a.listener)))
