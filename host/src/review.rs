@@ -73,9 +73,7 @@ impl fmt::Display for Change {
             Sign::Removed => '-',
             Sign::Changed => '~',
         };
-        let aspect =
-            serde_json::to_value(self.aspect).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        write!(f, "{sign} {}: {aspect} {}", self.step, self.detail)
+        write!(f, "{sign} {}: {} {}", self.step, self.aspect, self.detail)
     }
 }
 
@@ -86,6 +84,20 @@ enum Scope {
     Review,
     /// What must match for a promotion: plugins, grants (secrets by name), limits; not inputs.
     Promotion,
+}
+
+/// What a step is granted, one line per grant with its aspect, as a reviewer reads it (secrets by
+/// name, source and binding, never value; databases by where and as whom): the run report's grants
+/// table shows the lines `plan --diff` compares, so a grant shown in one is shown in the other.
+pub fn grants(step: &PlannedStep) -> Vec<(Aspect, String)> {
+    facets(step, Scope::Review).into_iter().filter(|(aspect, _)| *aspect != Aspect::Plugin).collect()
+}
+
+impl fmt::Display for Aspect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        f.write_str(&name)
+    }
 }
 
 /// Everything a step is granted or runs, as comparable lines per aspect.

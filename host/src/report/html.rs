@@ -420,38 +420,24 @@ fn requests(records: &[Record], order: &[String]) -> String {
     table(&["time", "step", "request", "result"], &rows)
 }
 
-/// What each step was granted, from the plan the run recorded.
+/// What each step was granted, from the plan the run recorded: every grant of every capability,
+/// one line each, as `plan --diff` compares them.
 fn grants(plan: Option<&Plan>) -> String {
     let Some(plan) = plan else { return "<p>The journal has no plan.</p>".into() };
     let rows: Vec<Vec<String>> = plan
         .steps
         .iter()
         .map(|s| {
-            let list = |v: Vec<String>| if v.is_empty() { "—".to_string() } else { v.join(", ") };
+            let lines: Vec<String> =
+                crate::review::grants(s).iter().map(|(aspect, detail)| format!("{aspect} {detail}")).collect();
             vec![
                 s.id.clone(),
                 format!("{} (sha256:{}…)", s.uses, &s.sha256[..s.sha256.len().min(12)]),
-                list(s.network.grants().iter().map(ToString::to_string).collect()),
-                list(
-                    s.secrets
-                        .iter()
-                        .map(|x| {
-                            let bound: Vec<String> = x.bound_to.iter().map(ToString::to_string).collect();
-                            format!("{} → {}", x.name, bound.join(" "))
-                        })
-                        .collect(),
-                ),
-                list(
-                    s.files
-                        .iter()
-                        .map(|f| f.guest.to_string())
-                        .chain(s.artifacts.then(|| "/artifacts".to_string()))
-                        .collect(),
-                ),
+                if lines.is_empty() { "—".to_string() } else { lines.join("\n") },
             ]
         })
         .collect();
-    table(&["step", "plugin", "network", "secrets (used, never seen)", "files"], &rows)
+    table(&["step", "plugin", "grants (secrets by name: used, never seen)"], &rows)
 }
 
 fn table(head: &[&str], rows: &[Vec<String>]) -> String {
@@ -503,7 +489,7 @@ polyline.series{fill:none;stroke:#7aa7e0;stroke-width:1.5}circle.reading{fill:#4
 circle.o-inconclusive,circle.o-error{fill:#9aa3ad}line.threshold{stroke-dasharray:5 4;stroke-width:1.2}line.failure{stroke:#d9534f}line.success{stroke:#4caf6a}\
 svg text.failure{fill:#d9534f}svg text.success{fill:#2e7d4f}line.decided{stroke:#1d2330;stroke-width:1.5}line.stage{stroke:#cfd5dc;stroke-dasharray:2 3}svg text.decided{fill:#1d2330;font-weight:600}\
 polyline.weight{fill:none;stroke:#2e7d4f;stroke-width:2}circle.weight{fill:#2e7d4f}\
-table{border-collapse:collapse;background:#fff;font-size:12px}th,td{border:1px solid #e3e6ea;padding:3px 8px;text-align:left;vertical-align:top}\
+table{border-collapse:collapse;background:#fff;font-size:12px}th,td{border:1px solid #e3e6ea;padding:3px 8px;text-align:left;vertical-align:top;white-space:pre-line}\
 tr.denied td{background:#fdecea}.highlight rect{stroke:#1d2330;stroke-width:2}";
 
 /// Highlights a step's row and node together on hover; reloads a page whose run is still going.
@@ -523,6 +509,41 @@ mod tests {
 
     fn record(ts_ms: f64, event: Event) -> Record {
         Record { seq: 0, ts_ms, session: 1, event }
+    }
+
+    #[test]
+    fn the_grants_table_shows_every_capability_a_step_was_granted() {
+        use crate::capability::probe::{NamePattern, TlsTarget};
+        let mut plan: Plan = serde_json::from_value(serde_json::json!({
+            "pipeline": "p", "environment": "production", "entity": "e", "groups": [],
+            "steps": [{
+                "id": "release", "name": null,
+                "uses": {"source": {"kind": "registry", "reference": "r.example/a/b:1"}, "pin": null},
+                "plugin": "/x.wasm", "sha256": "1".repeat(64), "needs": [], "condition": "success()",
+                "network": crate::capability::NetworkPolicy::parse(&["https://a.example"]).unwrap(),
+                "secrets": [{"name": "TOKEN", "source": "env:TOKEN", "bound_to": ["https://a.example"]}],
+                "files": [], "artifacts": true,
+                "limits": crate::pipeline::ResourceLimits::default(), "retry": crate::pipeline::RetryPolicy::default(),
+                "continue_on_error": false, "rollback": false, "input": {}
+            }]
+        }))
+        .unwrap();
+        let password = serde_json::from_value(serde_json::json!({"name": "DB_PASSWORD", "source": "env:DB_PASSWORD", "bound_to": []}));
+        let grant = crate::capability::DatabaseGrant::for_test("postgres://db.prod:5432/app", true);
+        plan.steps[0].databases.push(crate::plan::PlannedDatabase { grant, password: password.unwrap() });
+        plan.steps[0].probes.tls.push(TlsTarget::parse("the7space.example").unwrap());
+        plan.steps[0].probes.dns.push(NamePattern::parse("*.the7space.example").unwrap());
+        let html = grants(Some(&plan));
+        for shown in [
+            "origin https://a.example",
+            "secret TOKEN from env:TOKEN bound to [https://a.example]",
+            "database app = postgres://db.prod:5432/app as deploy, read-only, tls, password DB_PASSWORD from env:DB_PASSWORD",
+            "tls the7space.example:443",
+            "dns *.the7space.example",
+            "artifacts /artifacts",
+        ] {
+            assert!(html.contains(shown), "{shown} missing from {html}");
+        }
     }
 
     #[test]
