@@ -99,7 +99,10 @@ impl Toolchain {
         };
         cmd.args(["build", "--release", "--target", TARGET]);
         if *self == Toolchain::Debian {
-            cmd.arg("-Zbuild-std=std,panic_abort");
+            // Freshness by content, not by modification time: a fresh clone (a CI checkout) gives
+            // every source a new mtime, and by mtime cargo rebuilt every plugin and the SDK in a
+            // target dir that already held them. The same RUSTC_BOOTSTRAP allows it.
+            cmd.args(["-Zbuild-std=std,panic_abort", "-Zchecksum-freshness"]);
         }
         // Variables cargo sets for the process running us would point the
         // inner build at the outer one's crate and toolchain.
