@@ -99,10 +99,7 @@ impl Toolchain {
         };
         cmd.args(["build", "--release", "--target", TARGET]);
         if *self == Toolchain::Debian {
-            // Freshness by content, not by modification time: a fresh clone (a CI checkout) gives
-            // every source a new mtime, and by mtime cargo rebuilt every plugin and the SDK in a
-            // target dir that already held them. The same RUSTC_BOOTSTRAP allows it.
-            cmd.args(["-Zbuild-std=std,panic_abort", "-Zchecksum-freshness"]);
+            cmd.arg("-Zbuild-std=std,panic_abort");
         }
         // Variables cargo sets for the process running us would point the
         // inner build at the outer one's crate and toolchain.
