@@ -17,6 +17,8 @@ pub struct Fed<'a> {
     pub entities: BTreeMap<String, BTreeMap<String, &'a PluginInfo>>,
     /// Each environment's replacement inputs: environment → step id → plugin.
     pub environments: BTreeMap<String, BTreeMap<String, &'a PluginInfo>>,
+    /// The capabilities whose fields the grammar has.
+    pub capabilities: crate::capability::Capabilities,
 }
 
 /// What a string holding an expression looks like: such a value is rendered before it is checked
@@ -27,6 +29,7 @@ const EXPRESSION: &str = r"\$\{\{";
 pub fn schema(fed: &Fed) -> Value {
     let generator = schemars::generate::SchemaSettings::draft07().into_generator();
     let mut root = serde_json::to_value(generator.into_root_schema_for::<Pipeline>()).unwrap_or_default();
+    crate::pipeline::units::extend_schema(&mut root, "definitions", &fed.capabilities);
     let mut moved = Map::new();
     let step = json!({"$ref": "#/definitions/StepDef"});
     let items: Vec<Value> = fed
@@ -215,6 +218,7 @@ mod tests {
             steps: vec![Some(&info)],
             entities: BTreeMap::from([("the_7_space".into(), BTreeMap::from([("h".into(), &info)]))]),
             environments: BTreeMap::from([("production".into(), BTreeMap::from([("h".into(), &info)]))]),
+            ..Fed::default()
         };
         let v = validator(&schema(&fed));
         let base = json!({"id": "h", "uses": "./plugins/http-check", "with": {"url": "https://a.example"}});

@@ -3,6 +3,7 @@
 //! gets, its limits and inputs, and the groups of steps that run in parallel.
 
 use crate::build::{build_crate, BuildError, BuildOptions};
+use crate::capability::unit::GrantLine;
 use crate::capability::{DatabaseGrant, FileGrant, Grant, NetworkPolicy, Probes, SecretFrom, SecretStores};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
@@ -46,6 +47,14 @@ pub enum PlanError {
         /// The build error.
         source: BuildError,
     },
+    /// A capability's grant does not hold for this environment and entity.
+    #[error("step `{step}`: {message}")]
+    Grant {
+        /// Step id.
+        step: String,
+        /// Every problem, one per line, each with its field.
+        message: String,
+    },
     /// A plugin file could not be read or does not match its pin.
     #[error("step `{step}`: {message}")]
     Plugin {
@@ -76,6 +85,21 @@ pub struct PlannedDatabase {
     pub password: PlannedSecret,
 }
 
+/// A registered capability's grant as a step receives it: the capability's own typed value (as
+/// JSON, read back by the capability) and the secrets the host signs in with (never the values).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlannedGrant {
+    /// The grant, as the capability serialises it.
+    pub grant: serde_json::Value,
+    /// The secrets it needs, after environment and entity swaps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<PlannedSecret>,
+    /// What it lets the step reach, as the capability describes it: kept with the plan, so a
+    /// journal's review and report read the same lines without the capability registered.
+    #[serde(default)]
+    pub lines: Vec<GrantLine>,
+}
+
 /// One step, resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
@@ -103,6 +127,9 @@ pub struct PlannedStep {
     /// TLS targets and DNS names it may probe, with the CA file and resolver they use.
     #[serde(default, skip_serializing_if = "Probes::is_empty")]
     pub probes: Probes,
+    /// Grants of registered capabilities, by capability name (absent in plans recorded before them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capabilities: BTreeMap<String, PlannedGrant>,
     /// Read-only directories: host path and sandbox path.
     pub files: Vec<FileGrant>,
     /// Whether the step gets a writable `/artifacts` directory.
@@ -167,6 +194,7 @@ impl PlannedStep {
             dns: !self.probes.dns.is_empty(),
             files: !self.files.is_empty(),
             artifacts: self.artifacts,
+            units: self.capabilities.keys().cloned().collect(),
         }
     }
 }
@@ -234,6 +262,13 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
         })
         .collect();
 
+    let unit_layers = [format!("environments.{environment}"), format!("entities.{entity}")];
+    let binds = loaded.secret_binds();
+    let planned_secret = |name: &str| {
+        let d = checked.secrets.get(name)?;
+        let source = layers.iter().rev().find_map(|l| l.secrets.get(name)).unwrap_or(&d.source).clone();
+        Some(PlannedSecret { name: name.to_string(), source, bound_to: d.bind.clone() })
+    };
     let mut steps = Vec::new();
     // A plugin used by many steps is built, pulled and hashed once.
     let mut resolved: Vec<(PluginRef, (PathBuf, String))> = Vec::new();
@@ -282,6 +317,18 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
                 Some(PlannedDatabase { grant: grant.clone(), password })
             })
             .collect();
+        let granted = loaded.units.grants(&loaded.capabilities, i, &unit_layers, &binds).map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+            PlanError::Grant { step: id.clone(), message: lines.join("\n") }
+        })?;
+        let capabilities = granted
+            .into_iter()
+            .map(|(name, g)| {
+                let secrets = g.secrets.iter().filter_map(|s| planned_secret(s)).collect();
+                let lines = loaded.capabilities.get(&name).map(|unit| unit.describe(&g.grant)).unwrap_or_default();
+                (name, PlannedGrant { grant: g.grant, secrets, lines })
+            })
+            .collect();
         let mut step_vars = vars.clone();
         step_vars.extend(def.env.iter().map(|(k, v)| (k.clone(), v.value.clone())));
         // The entity's input wins over the environment's, which wins over the step's own.
@@ -302,6 +349,7 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             secrets,
             databases,
             probes: facts.probes.clone(),
+            capabilities,
             files: facts.files.clone(),
             artifacts: def.artifacts,
             limits: facts.limits,

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// What part of a step changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aspect {
     /// The pipeline file, by digest.
@@ -39,6 +39,9 @@ pub enum Aspect {
     Retry,
     /// The `with:` input.
     Input,
+    /// A grant of a registered capability, by its name (`redis`).
+    #[serde(untagged)]
+    Unit(String),
 }
 
 /// Whether it appeared, went, or is different.
@@ -95,6 +98,9 @@ pub fn grants(step: &PlannedStep) -> Vec<(Aspect, String)> {
 
 impl fmt::Display for Aspect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Aspect::Unit(name) = self {
+            return f.write_str(name);
+        }
         let name = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         f.write_str(&name)
     }
@@ -134,6 +140,22 @@ fn facets(step: &PlannedStep, scope: Scope) -> Vec<(Aspect, String)> {
     out.extend(probes.ca.iter().map(|ca| (Aspect::Tls, format!("trusting {}", ca.display()))));
     out.extend(probes.dns.iter().map(|n| (Aspect::Dns, n.to_string())));
     out.extend(probes.resolver.iter().map(|r| (Aspect::Dns, format!("asking {r}"))));
+    for (name, granted) in &step.capabilities {
+        out.extend(granted.lines.iter().map(|line| {
+            let text = match scope {
+                Scope::Review => &line.review,
+                Scope::Promotion => &line.promotion,
+            };
+            (Aspect::Unit(name.clone()), text.clone())
+        }));
+        out.extend(granted.secrets.iter().map(|secret| {
+            let detail = match scope {
+                Scope::Review => format!("signs in with {} from {}", secret.name, secret.source),
+                Scope::Promotion => format!("signs in with {}", secret.name),
+            };
+            (Aspect::Unit(name.clone()), detail)
+        }));
+    }
     out.extend(step.files.iter().map(|g| (Aspect::File, format!("{} as {}", g.host.display(), g.guest))));
     if step.artifacts {
         out.push((Aspect::Artifacts, "/artifacts".into()));
@@ -176,8 +198,8 @@ fn compare(before: &Plan, after: &Plan, scope: Scope) -> Vec<Change> {
             changes.push(change(&new.id, Aspect::Plugin, Sign::Changed, detail));
         }
         let plugin = |(a, _): &&(Aspect, String)| *a != Aspect::Plugin;
-        changes.extend(was.difference(&now).filter(plugin).map(|(a, d)| change(&new.id, *a, Sign::Removed, d.clone())));
-        changes.extend(now.difference(&was).filter(plugin).map(|(a, d)| change(&new.id, *a, Sign::Added, d.clone())));
+        changes.extend(was.difference(&now).filter(plugin).map(|(a, d)| change(&new.id, a.clone(), Sign::Removed, d.clone())));
+        changes.extend(now.difference(&was).filter(plugin).map(|(a, d)| change(&new.id, a.clone(), Sign::Added, d.clone())));
         let json = |v: Result<String, serde_json::Error>| v.unwrap_or_default();
         for (aspect, old_value, new_value) in [
             (Aspect::Limits, json(serde_json::to_string(&old.limits)), json(serde_json::to_string(&new.limits))),

@@ -83,8 +83,33 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// a rollback at a step that recorded it.
 pub const BARRIER_CHECKPOINT: &str = "gantry.barrier";
 
-/// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against.
-pub const CONTRACT_VERSION: &str = "0.3.4";
+/// The version of the WIT contract (`gantry:step@VERSION`) this SDK builds against: read from
+/// the package line of `wit/step.wit`, where it is written once.
+pub const CONTRACT_VERSION: &str = {
+    const WIT: &[u8] = include_bytes!("../wit/step.wit");
+    const START: usize = at(WIT, b"package gantry:step@", 0) + b"package gantry:step@".len();
+    let (head, _) = WIT.split_at(at(WIT, b";", START));
+    match std::str::from_utf8(head.split_at(START).1) {
+        Ok(version) => version,
+        Err(_) => panic!("the WIT package version is not UTF-8"),
+    }
+};
+
+/// Where `needle` first occurs in `hay` from `from`, at compile time.
+const fn at(hay: &[u8], needle: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i + needle.len() <= hay.len() {
+        let mut j = 0;
+        while j < needle.len() && hay[i + j] == needle[j] {
+            j += 1;
+        }
+        if j == needle.len() {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not found in the WIT file")
+}
 
 /// A deployment step: what a plugin author implements.
 pub trait Step {

@@ -47,7 +47,7 @@ impl Declared {
 }
 
 /// Which kinds of grant a step holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Granted {
     /// At least one origin.
     pub network: bool,
@@ -63,6 +63,8 @@ pub struct Granted {
     pub files: bool,
     /// A writable `/artifacts`.
     pub artifacts: bool,
+    /// Registered capabilities granted, by name.
+    pub units: std::collections::BTreeSet<String>,
 }
 
 /// How much a mismatch matters.
@@ -94,8 +96,9 @@ impl fmt::Display for Mismatch {
     }
 }
 
-/// Compares plugin `name`'s declared capabilities with a step's grants.
-pub fn check(name: &str, declared: &[String], granted: Granted) -> Vec<Mismatch> {
+/// Compares plugin `name`'s declared capabilities with a step's grants; `units` are the names of
+/// the registered capabilities, each declared by its name.
+pub fn check(name: &str, declared: &[String], granted: Granted, units: &[&str]) -> Vec<Mismatch> {
     let declared: Vec<Declared> = declared.iter().map(|d| Declared::parse(d)).collect();
     let has = |d: &Declared| declared.contains(d);
     let secrets = declared.iter().any(|d| matches!(d, Declared::Secrets(_)));
@@ -127,13 +130,29 @@ pub fn check(name: &str, declared: &[String], granted: Granted) -> Vec<Mismatch>
             format!("the step grants `secrets:` that plugin `{name}` does not declare: remove them, or declare `secrets:<use>` in the plugin's describe()"),
         );
     }
+    for unit in units {
+        let declares = declared.iter().any(|d| matches!(d, Declared::Unknown(text) if text == unit));
+        match (declares, granted.units.contains(*unit)) {
+            (true, false) => push(
+                Severity::Error,
+                format!("plugin `{name}` needs {unit} and the step grants none: give the step `{unit}:`"),
+            ),
+            (false, true) => push(
+                Severity::Warning,
+                format!("the step grants `{unit}:` that plugin `{name}` does not declare: remove the grant, or declare `{unit}` in the plugin's describe()"),
+            ),
+            _ => {}
+        }
+    }
     for unknown in declared.iter().filter_map(|d| match d {
-        Declared::Unknown(text) => Some(text),
+        Declared::Unknown(text) if !units.contains(&text.as_str()) => Some(text),
         _ => None,
     }) {
+        let mut known = vec!["network", "databases", "tls", "dns", "secrets:<use>", "files", "artifacts"];
+        known.extend(units);
         push(
             Severity::Warning,
-            format!("plugin `{name}` declares `{unknown}`, which is not a capability (network, databases, tls, dns, secrets:<use>, files, artifacts)"),
+            format!("plugin `{name}` declares `{unknown}`, which is not a capability ({})", known.join(", ")),
         );
     }
     found
@@ -150,7 +169,7 @@ mod tests {
     #[test]
     fn a_need_without_its_grant_is_an_error_and_a_grant_without_a_declaration_a_warning() {
         let none = Granted::default();
-        let found = check("http-check", &declared(&["network"]), none);
+        let found = check("http-check", &declared(&["network"]), none, &[]);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].severity, Severity::Error);
         assert!(found[0].message.contains("needs network"), "{}", found[0]);
@@ -163,8 +182,9 @@ mod tests {
             dns: true,
             files: true,
             artifacts: true,
+            units: Default::default(),
         };
-        let found = check("misbehave", &[], all);
+        let found = check("misbehave", &[], all, &[]);
         assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 7, "{found:?}");
         assert!(found.iter().all(|m| m.severity == Severity::Warning));
     }
@@ -172,15 +192,25 @@ mod tests {
     #[test]
     fn matching_declarations_and_grants_say_nothing_and_secrets_are_optional() {
         let granted = Granted { network: true, ..Granted::default() };
-        assert_eq!(check("notify", &declared(&["network", "secrets:url", "secrets:body"]), granted), vec![]);
+        assert_eq!(check("notify", &declared(&["network", "secrets:url", "secrets:body"]), granted, &[]), vec![]);
         let granted = Granted { files: true, artifacts: true, ..Granted::default() };
-        assert_eq!(check("compliance-audit", &declared(&["files", "artifacts"]), granted), vec![]);
+        assert_eq!(check("compliance-audit", &declared(&["files", "artifacts"]), granted, &[]), vec![]);
     }
 
     #[test]
     fn an_unknown_capability_is_named() {
-        let found = check("x", &declared(&["netwrok"]), Granted::default());
+        let found = check("x", &declared(&["netwrok"]), Granted::default(), &[]);
         assert_eq!(found.len(), 1);
         assert!(found[0].message.contains("`netwrok`"), "{}", found[0]);
+    }
+
+    #[test]
+    fn a_registered_capability_is_declared_and_granted_by_its_name() {
+        let redis = Granted { units: ["redis".to_string()].into(), ..Granted::default() };
+        assert_eq!(check("cache-purge", &declared(&["redis"]), redis.clone(), &["redis"]), vec![]);
+        let found = check("cache-purge", &declared(&["redis"]), Granted::default(), &["redis"]);
+        assert!(found[0].severity == Severity::Error && found[0].message.contains("needs redis"), "{found:?}");
+        let found = check("http-check", &[], redis, &["redis"]);
+        assert!(found[0].severity == Severity::Warning && found[0].message.contains("`redis:`"), "{found:?}");
     }
 }

@@ -2,6 +2,9 @@
 //! origins, SQL databases, TLS targets and DNS names to probe, read-only
 //! directories and an artifacts directory.
 //! Everything defaults to deny; a step gets only what its grants name.
+//!
+//! A capability registered through [`unit::Capability`] lives in a folder of its own here and
+//! joins [`builtin`] with one line; see `docs/architecture.md`.
 
 pub mod address;
 pub mod aws_credentials;
@@ -14,6 +17,7 @@ pub mod secrets;
 pub mod sigv4;
 pub mod source;
 pub mod statement;
+pub mod unit;
 pub mod vault;
 
 pub use address::Resolver;
@@ -23,7 +27,23 @@ pub use network::{Grant, GrantError, NetworkPolicy};
 pub use probe::Probes;
 pub use secrets::{Redactor, Secret, Secrets};
 pub use source::{AwsSecretStore, Patience, SecretFrom, SecretSource, SecretStores, Store};
+pub use unit::{Capabilities, Capability, UnitGrants};
 pub use vault::{VaultAuth, VaultStore};
+
+/// Declares the built-in units' folders and registers them: one line per unit, `folder::Unit`.
+macro_rules! units {
+    ($($folder:ident :: $unit:ident),* $(,)?) => {
+        $(pub mod $folder;)*
+
+        /// The capabilities gantry ships as units, in registration order.
+        pub fn builtin() -> Vec<std::sync::Arc<dyn Capability>> {
+            vec![$(std::sync::Arc::new($folder::$unit)),*]
+        }
+    };
+}
+
+units! {
+}
 
 /// Everything a step call is allowed to reach.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +58,8 @@ pub struct Grants {
     pub databases: Databases,
     /// TLS targets the step may shake hands with and names it may look up.
     pub probes: Probes,
+    /// Grants of registered capabilities, by name, with their secrets' values.
+    pub units: UnitGrants,
     /// Only what reads goes out: requests that [`network::may_change`] nothing and statements of
     /// read-only transactions (a pre-flight).
     pub reads_only: bool,

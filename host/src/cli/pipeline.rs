@@ -99,6 +99,7 @@ pub(crate) async fn editor_schema(file: PathBuf) -> anyhow::Result<u8> {
     let own = |id: &str| plans.iter().find(|plan| !replaced(plan, id)).or(plans.first());
     let mut fed = crate::editor::Fed {
         steps: p.steps.iter().map(|s| own(&s.id).and_then(|plan| fed_by(plan, &s.id))).collect(),
+        capabilities: loaded.capabilities.clone(),
         ..Default::default()
     };
     for (overlays, fed_overlays, of_plan) in [
@@ -251,6 +252,14 @@ pub(crate) async fn plan(
             let resolver =
                 probes.resolver.map(|r| format!("asking {r}")).unwrap_or_else(|| "asking the system's resolver".into());
             println!("  dns       {} ({resolver})", texts(&probes.dns).join(", "));
+        }
+        for (name, granted) in &step.capabilities {
+            for line in &granted.lines {
+                println!("  {name:<9} {}", line.review);
+            }
+            for secret in &granted.secrets {
+                println!("  {name:<9} signs in with {} ({})", secret.name, secret.source);
+            }
         }
         let (l, r) = (&step.limits, &step.retry);
         println!(
@@ -452,7 +461,7 @@ async fn described_fits(runtime: &crate::sandbox::Runtime, loaded: &pipeline::Lo
     let mut ok = true;
     for step in &plan.steps {
         let Some(Some(info)) = described.get(&step.sha256) else { continue };
-        for mismatch in check(&info.name, &info.capabilities, step.granted()) {
+        for mismatch in check(&info.name, &info.capabilities, step.granted(), &loaded.capabilities.names()) {
             ok &= mismatch.severity != Severity::Error;
             eprintln!("step `{}`: {mismatch}", step.id);
         }

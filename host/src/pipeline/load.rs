@@ -2,7 +2,9 @@
 
 use super::checked::Checked;
 use super::model::{Pipeline, Position};
-use super::{schema_walk, validate, Problem, Problems};
+use super::units::UnitSections;
+use super::{schema_walk, units, validate, Problem, Problems};
+use crate::capability::Capabilities;
 use marked_yaml::{LoaderOptions, Node};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,10 @@ pub struct Loaded {
     pub overlay_inputs: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     /// The typed facts the meaning pass parsed: plugins, conditions, limits, grants, secret sources.
     pub checked: Checked,
+    /// The capabilities it was loaded with: their fields are in `units`.
+    pub capabilities: Capabilities,
+    /// What registered capabilities' fields hold, with their positions.
+    pub units: UnitSections,
 }
 
 /// A string found in `with:`, where it is and under which field.
@@ -36,8 +42,14 @@ pub(crate) struct Located {
     pub text: String,
 }
 
-/// Loads and checks a pipeline file.
+/// Loads and checks a pipeline file, with the capabilities gantry ships.
 pub fn load(path: &Path) -> Result<Loaded, Problems> {
+    load_with(path, &Capabilities::builtin())
+}
+
+/// Loads and checks a pipeline file whose steps may be granted `capabilities` (an embedder's own
+/// among them).
+pub fn load_with(path: &Path, capabilities: &Capabilities) -> Result<Loaded, Problems> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Problems(vec![Problem {
             file: path.to_path_buf(),
@@ -46,11 +58,16 @@ pub fn load(path: &Path) -> Result<Loaded, Problems> {
             message: format!("cannot read the pipeline: {e}"),
         }])
     })?;
-    load_str(path, &text)
+    load_str_with(path, &text, capabilities)
 }
 
 /// Loads and checks pipeline text; `path` names it in problems and anchors relative plugin paths.
 pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
+    load_str_with(path, text, &Capabilities::builtin())
+}
+
+/// [`load_str`] with these capabilities.
+pub fn load_str_with(path: &Path, text: &str, capabilities: &Capabilities) -> Result<Loaded, Problems> {
     let problem = |at: Position, field: &str, message: String| Problem {
         file: path.to_path_buf(),
         at,
@@ -62,12 +79,14 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
     let mut node =
         marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| Problems(vec![syntax_problem(path, &e)]))?;
 
-    let schema = super::json_schema();
+    let schema = super::json_schema_with(capabilities);
     let mut found = Vec::new();
     // What does not fit is reported and removed, so the meaning pass still sees the rest.
     schema_walk::check(&mut node, &schema, &schema, "", &mut found);
     let mut problems: Vec<Problem> =
         found.into_iter().map(|(at, field, message)| problem(at, &field, message)).collect();
+    // The model names no capability: their fields are taken out, and checked by each capability below.
+    let units = units::take(&mut node, capabilities);
     let pipeline: Pipeline = match marked_yaml::from_node(&node) {
         Ok(pipeline) => pipeline,
         // A required field was missing or removed: the structural problems say why.
@@ -131,13 +150,22 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
         input_positions: positions,
         overlay_inputs,
         checked: Checked::default(),
+        capabilities: capabilities.clone(),
+        units,
     };
+    let binds = loaded.secret_binds();
+    for p in loaded.units.check(capabilities, &binds) {
+        problems.push(problem(loaded.units.position(&p.field), &p.field, p.message));
+    }
     match validate::check(&loaded) {
         Ok(checked) if problems.is_empty() => {
             loaded.checked = checked;
             Ok(loaded)
         }
-        Ok(_) => Err(Problems(problems)),
+        Ok(_) => {
+            problems.sort_by_key(|p| p.at);
+            Err(Problems(problems))
+        }
         Err(found) => {
             // A field the structural pass reported holds a stand-in: its meaning is not checked.
             let reported: Vec<String> = problems.iter().map(|p| p.field.clone()).collect();
@@ -148,6 +176,15 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Problems> {
             problems.sort_by_key(|p| p.at);
             Err(Problems(problems))
         }
+    }
+}
+
+impl Loaded {
+    /// The declared secrets and the origins each is bound to, as written: what a capability's
+    /// grant check reads.
+    pub fn secret_binds(&self) -> BTreeMap<String, Vec<String>> {
+        let secrets = &self.pipeline.secrets;
+        secrets.iter().map(|(name, d)| (name.clone(), d.bind.iter().map(|b| b.value.clone()).collect())).collect()
     }
 }
 
@@ -175,7 +212,7 @@ fn syntax_problem(path: &Path, e: &marked_yaml::LoadError) -> Problem {
 
 /// YAML node → JSON, typing plain scalars as YAML 1.2's core schema does.
 /// Every key's position (else its value's) goes to `positions` under its field path.
-fn to_json(
+pub(super) fn to_json(
     node: &Node,
     field: &str,
     strings: &mut Vec<Located>,

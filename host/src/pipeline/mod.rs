@@ -15,11 +15,12 @@ mod load;
 pub mod model;
 mod schema_walk;
 pub mod source;
+pub mod units;
 mod validate;
 
 pub use checked::{ApprovalPolicy, Checked, ResourceLimits, RetryPolicy};
 pub use condition::Condition;
-pub use load::{load, load_str, Loaded};
+pub use load::{load, load_str, load_str_with, load_with, Loaded};
 pub use model::{Loc, Pipeline, Position, StepDef};
 pub use schema_walk::unknown;
 pub use source::{Digest, PluginRef, PluginSource};
@@ -62,7 +63,14 @@ impl fmt::Display for Problems {
     }
 }
 
-/// The JSON Schema of pipeline files, for editors (`gantry schema`).
+/// The JSON Schema of pipeline files, with the fields of the capabilities gantry ships.
 pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(model::Pipeline)).unwrap_or_default()
+    json_schema_with(&crate::capability::Capabilities::builtin())
+}
+
+/// The JSON Schema of pipeline files whose steps may be granted `capabilities` (`gantry schema`).
+pub fn json_schema_with(capabilities: &crate::capability::Capabilities) -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(model::Pipeline)).unwrap_or_default();
+    units::extend_schema(&mut schema, "$defs", capabilities);
+    schema
 }

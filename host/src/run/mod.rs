@@ -18,6 +18,7 @@ pub mod store;
 
 use crate::capability::aws_credentials::{AwsCredentials, Renewal};
 use crate::capability::source::SLOW_NOTICE;
+use crate::capability::unit::GrantInUse;
 use crate::capability::{Database, Databases, Files, Grants, Redactor, Secret, SecretFrom, Secrets};
 use crate::pipeline::condition::Facts;
 use crate::pipeline::expr;
@@ -498,7 +499,23 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, read: &SecretsRead) -> Grant
         let password = values[&d.password.name].clone();
         databases.insert(Database { grant: d.grant.clone(), password, preflight_of_writable: false });
     }
-    Grants { network: step.network.clone(), secrets, files, databases, probes: step.probes.clone(), reads_only: false }
+    let units = step
+        .capabilities
+        .iter()
+        .map(|(name, g)| {
+            let secrets = g.secrets.iter().filter_map(|s| Some((s.name.clone(), values.get(&s.name)?.clone()))).collect();
+            (name.clone(), GrantInUse { grant: g.grant.clone(), secrets })
+        })
+        .collect();
+    Grants {
+        network: step.network.clone(),
+        secrets,
+        files,
+        databases,
+        probes: step.probes.clone(),
+        units,
+        reads_only: false,
+    }
 }
 
 /// The secrets of a run: values by name (never journaled), and which source answered each.
@@ -556,7 +573,8 @@ pub async fn read_secrets(plan: &Plan, slow: &(dyn Fn(&str, &SecretFrom, Duratio
         answered: BTreeMap::new(),
         credentials: Vec::new(),
     };
-    let passwords = plan.steps.iter().flat_map(|step| step.databases.iter().map(|d| &d.password));
+    let unit_secrets = plan.steps.iter().flat_map(|step| step.capabilities.values().flat_map(|g| &g.secrets));
+    let passwords = plan.steps.iter().flat_map(|step| step.databases.iter().map(|d| &d.password)).chain(unit_secrets);
     let step_secret_names: BTreeSet<&str> =
         plan.steps.iter().flat_map(|step| &step.secrets).map(|s| s.name.as_str()).collect();
     for s in plan.steps.iter().flat_map(|step| &step.secrets).chain(passwords) {
@@ -774,8 +792,10 @@ pub fn prepare(runtime: &Runtime, plan: &Plan, artifacts: &Path, secrets: &Secre
         grants.insert(step.id.clone(), grants_for(step, artifacts, secrets));
     }
     // A plugin may know a value it was not granted: every step redacts every secret of the run.
-    let redactor =
-        Redactor::new(grants.values().flat_map(|g: &Grants| g.secrets.values().chain(g.databases.passwords())));
+    let redactor = Redactor::new(grants.values().flat_map(|g: &Grants| {
+        let units = g.units.values().flat_map(|u| u.secrets.values().map(String::as_str));
+        g.secrets.values().chain(g.databases.passwords()).chain(units)
+    }));
     for g in grants.values_mut() {
         g.secrets.redact_with(redactor.clone());
     }

@@ -107,3 +107,30 @@ impl Reopened {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blue-green release recorded by gantry before capability units (contract 0.3.4): its plan
+    /// still reads, grants no unit, and writes back as it was read, so resuming or rolling back a
+    /// run recorded then works as before.
+    #[test]
+    fn a_journal_recorded_before_capability_units_reopens_unchanged() {
+        let text = include_str!("../../../tests/fixtures/journals/blue-green-before-units.jsonl");
+        let journal = super::super::store::file::parse_journal(text);
+        assert!(journal.torn.is_empty());
+        let recorded: serde_json::Value = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["event"] == "run_started")
+            .map(|r| r["plan"].clone())
+            .unwrap();
+        let reopened = Reopened::from_journal("1796675406986-14980", journal).unwrap();
+        assert_eq!(reopened.plan.steps.len(), 10);
+        assert!(reopened.plan.steps.iter().all(|s| s.capabilities.is_empty()));
+        assert_eq!(reopened.plan.step("migrate").map(|s| s.databases.len()), Some(1));
+        assert_eq!(serde_json::to_value(&reopened.plan).unwrap(), recorded);
+        assert_eq!(reopened.completed.len(), 10, "every step of the finished run is in place");
+    }
+}

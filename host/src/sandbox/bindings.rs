@@ -1,8 +1,9 @@
-//! Host-side bindings generated from the WIT contract in `sdk/wit`.
+//! Host-side bindings generated from the WIT contract in `sdk/wit`: world `sandbox`, what the
+//! sandbox links itself (capability units generate and link their own interfaces).
 
 wasmtime::component::bindgen!({
     path: "wit",
-    world: "step",
+    world: "sandbox",
     imports: { default: async },
     exports: { default: async },
     with: {

@@ -4,8 +4,36 @@
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-/// The contract version this host implements.
-pub const CONTRACT_VERSION: &str = "0.3.4";
+/// The contract version this host implements: the version of the WIT package it is built from.
+pub const CONTRACT_VERSION: &str = package_version(include_str!("../../wit/step.wit"));
+
+/// The version in a WIT file's `package gantry:step@VERSION;` line, at compile time.
+const fn package_version(wit: &str) -> &str {
+    const LINE: &[u8] = b"package gantry:step@";
+    let bytes = wit.as_bytes();
+    let start = at(bytes, LINE, 0) + LINE.len();
+    let (head, _) = bytes.split_at(at(bytes, b";", start));
+    match std::str::from_utf8(head.split_at(start).1) {
+        Ok(version) => version,
+        Err(_) => panic!("the WIT package version is not UTF-8"),
+    }
+}
+
+/// Where `needle` first occurs in `hay` from `from`, at compile time.
+const fn at(hay: &[u8], needle: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i + needle.len() <= hay.len() {
+        let mut j = 0;
+        while j < needle.len() && hay[i + j] == needle[j] {
+            j += 1;
+        }
+        if j == needle.len() {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not found in the WIT file")
+}
 
 const PLUGIN_EXPORT: &str = "gantry:step/plugin";
 const HOST_IMPORT: &str = "gantry:step/host";
@@ -85,6 +113,12 @@ pub fn check(engine: &Engine, component: &Component) -> Result<(), Mismatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_is_the_wit_package_version() {
+        let wit = include_str!("../../wit/step.wit");
+        assert!(wit.contains(&format!("\npackage gantry:step@{CONTRACT_VERSION};")), "{CONTRACT_VERSION}");
+    }
 
     #[test]
     fn versions_compare_by_semver() {

@@ -7,7 +7,7 @@ use super::{CallError, Runtime, State, StepCall};
 
 /// One call's host side: the same store data and handlers a plugin's imports reach.
 pub struct Imports {
-    state: State,
+    state: crate::capability::unit::CallState,
 }
 
 impl Imports {
@@ -19,16 +19,16 @@ impl Imports {
 
     /// `host.log`.
     pub async fn log(&mut self, level: Level, message: String) {
-        self.state.log(level, message).await
+        self.state.slot::<State>().log(level, message).await
     }
 
     /// `host.http`.
     pub async fn http(&mut self, req: Request) -> Result<Response, HttpError> {
-        self.state.http(req).await
+        self.state.slot::<State>().http(req).await
     }
 
     /// `host.checkpoint`.
     pub async fn checkpoint(&mut self, key: String, value: String) -> Result<(), String> {
-        self.state.checkpoint(key, value).await
+        self.state.slot::<State>().checkpoint(key, value).await
     }
 }

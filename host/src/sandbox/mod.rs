@@ -27,9 +27,10 @@ pub use outbound::{HttpLimits, RequestLog, RequestRecord};
 pub use sql::SqlLimits;
 
 use crate::capability::files::ARTIFACTS_GUEST_PATH;
-use crate::capability::{Grants, Resolver};
+use crate::capability::unit::{CallContext, CallState};
+use crate::capability::{Capabilities, Capability, Grants, Resolver};
 use bindings::gantry::step::types as wit;
-use bindings::Step;
+use bindings::Sandbox;
 use pre::Pre;
 use outbound::Refusal;
 use std::collections::BTreeMap;
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx};
 
 /// How often the epoch advances; the granularity of timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -342,9 +343,10 @@ impl std::fmt::Debug for CheckpointLog {
 /// Outputs of a successful call.
 pub type Outputs = BTreeMap<String, String>;
 
-/// Per-call store data: WASI context, limits and the outbound HTTP state.
+/// The sandbox's own state of one call, kept in its [`CallState`]: limits, outbound HTTP, SQL, the
+/// step's log, checkpoints and approvals.
 struct State {
-    wasi: WasiCtx,
+    /// SQL connections and transactions handed to the plugin.
     table: ResourceTable,
     tracker: limits::Tracker,
     outbound: outbound::Outbound,
@@ -364,8 +366,9 @@ struct State {
 }
 
 impl State {
-    /// The store data of one call: WASI with only the granted directories, limits, outbound HTTP.
-    fn new(runtime: &Runtime, call: &StepCall) -> Result<(Self, MemoryOutputPipe, MemoryOutputPipe), CallError> {
+    /// The store data of one call: WASI with only the granted directories, limits, outbound HTTP,
+    /// and the state each registered capability prepares from the step's grant.
+    fn new(runtime: &Runtime, call: &StepCall) -> Result<(CallState, MemoryOutputPipe, MemoryOutputPipe), CallError> {
         let step = call.context.step_id.clone();
         let setup = |message: String| CallError::Failed { step: step.clone(), message, retryable: false };
         let stdout = MemoryOutputPipe::new(call.limits.output_bytes);
@@ -388,8 +391,31 @@ impl State {
         }
         let wasi = builder.build();
         let client = runtime.inner.client(call.grants.network.addresses()).map_err(setup)?;
+        let resolver = runtime.inner.resolver.allowing(call.grants.network.addresses().to_vec());
+        let context = CallContext {
+            step: call.context.step_id.clone(),
+            deadline: Instant::now() + call.limits.timeout,
+            reads_only: call.grants.reads_only,
+            resolver: resolver.clone(),
+            redactor: call.grants.secrets.redactor().clone(),
+            requests: call.requests.clone(),
+            response_bytes: call.http.max_response_bytes,
+            request_timeout: call.http.request_timeout,
+            max_requests: call.http.max_requests,
+        };
+        let mut data = CallState::new(wasi);
+        let units = &runtime.inner.capabilities;
+        if let Some(unknown) = call.grants.units.keys().find(|name| units.get(name).is_none()) {
+            return Err(setup(format!(
+                "the step is granted capability `{unknown}`, which this host does not have (it has: {})",
+                units.names().join(", ")
+            )));
+        }
+        for unit in units.iter() {
+            unit.prepare(call.grants.units.get(unit.name()), &context, &mut data)
+                .map_err(|e| setup(format!("{}: {e}", unit.name())))?;
+        }
         let state = Self {
-            wasi,
             table: ResourceTable::new(),
             tracker: limits::Tracker::new(&call.limits),
             outbound: outbound::Outbound {
@@ -404,7 +430,7 @@ impl State {
                 action: None,
             },
             sql: sql::Sql { databases: call.grants.databases.clone(), limits: call.sql, open: 0 },
-            resolver: runtime.inner.resolver.allowing(call.grants.network.addresses().to_vec()),
+            resolver,
             checkpoints: call.checkpoints.clone(),
             checkpointed: 0,
             approvals: call.approvals.clone(),
@@ -414,13 +440,13 @@ impl State {
             log_dropped: (0, 0),
             log_limit: call.limits.output_bytes,
         };
-        Ok((state, stdout, stderr))
+        data.insert(state);
+        Ok((data, stdout, stderr))
     }
-}
 
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    /// The sandbox's state in a call's store.
+    fn of(store: &mut Store<CallState>) -> &mut State {
+        store.data_mut().slot::<State>()
     }
 }
 
@@ -516,14 +542,16 @@ impl Drop for Ticker {
 
 struct Inner {
     engine: Engine,
-    linker: Linker<State>,
+    linker: Linker<CallState>,
+    /// The capabilities linked, each preparing its state for every call.
+    capabilities: Capabilities,
     cache: Option<Cache>,
     resolver: Resolver,
     /// HTTP clients by the restricted ranges their resolver lets through; most steps share the first.
     clients: Mutex<Vec<(Vec<ipnet::IpNet>, reqwest::Client)>>,
     /// Pre-instantiated components by sha256: every step, entity and environment running one
     /// component shares its compiled code (a load takes milliseconds, an instantiation microseconds).
-    loaded: Mutex<BTreeMap<String, Pre<State>>>,
+    loaded: Mutex<BTreeMap<String, Pre<CallState>>>,
     _ticker: Ticker,
 }
 
@@ -560,6 +588,7 @@ pub struct Runtime {
 /// Configures a [`Runtime`].
 #[derive(Debug, Default)]
 pub struct RuntimeBuilder {
+    capabilities: Option<Result<Capabilities, crate::capability::unit::RegistryError>>,
     cache: Option<Option<PathBuf>>,
     resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
     pool: Option<(u32, usize)>,
@@ -576,6 +605,26 @@ const POOLED_TABLES: u32 = 4;
 const POOLED_KEEP_RESIDENT: (usize, usize, usize) = (1 << 20, 64 << 10, 256 << 10);
 
 impl RuntimeBuilder {
+    /// Links these capabilities instead of [`Capabilities::builtin`]: the registry an embedder
+    /// also loads its pipelines with ([`crate::pipeline::load_with`]).
+    pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(Ok(capabilities));
+        self
+    }
+
+    /// Adds a capability from outside the crate, beside the built-in ones: its WIT interface is
+    /// linked for every plugin, and the steps granted it get its state. A name already taken
+    /// fails [`RuntimeBuilder::build`].
+    pub fn capability(mut self, unit: impl Capability) -> Self {
+        let registered = match self.capabilities.take() {
+            Some(Ok(all)) => all.with(unit),
+            Some(Err(e)) => Err(e),
+            None => Capabilities::builtin().with(unit),
+        };
+        self.capabilities = Some(registered);
+        self
+    }
+
     /// Caches compiled components in `dir` instead of the user cache directory.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache = Some(Some(dir.into()));
@@ -648,7 +697,14 @@ impl RuntimeBuilder {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Step::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        Sandbox::add_to_linker::<CallState, HasSelf<State>>(&mut linker, |s| s.slot::<State>())?;
+        let capabilities = match self.capabilities {
+            Some(registered) => registered.map_err(wasmtime::Error::msg)?,
+            None => Capabilities::builtin(),
+        };
+        for unit in capabilities.iter() {
+            unit.link(&mut linker)?;
+        }
 
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -675,7 +731,7 @@ impl RuntimeBuilder {
         let clients = Mutex::new(vec![(Vec::new(), client)]);
         let loaded = Mutex::default();
         Ok(Runtime {
-            inner: Arc::new(Inner { engine, linker, cache, resolver, clients, loaded, _ticker: Ticker(stop) }),
+            inner: Arc::new(Inner { engine, linker, capabilities, cache, resolver, clients, loaded, _ticker: Ticker(stop) }),
         })
     }
 }
@@ -684,6 +740,11 @@ impl Runtime {
     /// Starts configuring a runtime.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
+    }
+
+    /// The capabilities it links.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
     }
 
     /// The compile cache, if any.
@@ -768,7 +829,7 @@ impl Runtime {
 #[derive(Clone)]
 pub struct Plugin {
     runtime: Runtime,
-    pre: Pre<State>,
+    pre: Pre<CallState>,
     sha256: String,
     cache_status: CacheStatus,
     load_time: Duration,
@@ -816,13 +877,13 @@ impl Plugin {
         &self.path
     }
 
-    fn store(&self, call: &StepCall) -> Result<(Store<State>, MemoryOutputPipe, MemoryOutputPipe), CallError> {
+    fn store(&self, call: &StepCall) -> Result<(Store<CallState>, MemoryOutputPipe, MemoryOutputPipe), CallError> {
         let (state, stdout, stderr) = State::new(&self.runtime, call)?;
         let mut store = Store::new(&self.runtime.inner.engine, state);
-        store.limiter(|s| &mut s.tracker);
+        store.limiter(|s| &mut s.slot::<State>().tracker);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
-            let tracker = &mut ctx.data_mut().tracker;
+            let tracker = &mut ctx.data_mut().slot::<State>().tracker;
             if tracker.artifacts_over.load(Ordering::Relaxed) {
                 Ok(UpdateDeadline::Interrupt)
             } else if Instant::now() >= tracker.deadline {
@@ -925,7 +986,7 @@ impl Plugin {
         let (mut store, stdout, stderr) = self.store(call)?;
         let artifacts = call.grants.files.artifacts.clone();
         let watcher = artifacts.as_ref().map(|dir| {
-            let over = store.data().tracker.artifacts_over.clone();
+            let over = State::of(&mut store).tracker.artifacts_over.clone();
             artifacts::watch(dir.clone(), call.limits.artifacts_bytes as u64, call.limits.artifact_files, over)
         });
         let result = async {
@@ -946,7 +1007,7 @@ impl Plugin {
         let secrets = &call.grants.secrets;
         let step = call.context.step_id.clone();
         let settled = self.settle(call, &mut store, result, &captured.stderr);
-        let (lines, bytes) = store.data().log_dropped;
+        let (lines, bytes) = State::of(&mut store).log_dropped;
         if lines > 0 {
             let limit = call.limits.output_bytes;
             tracing::warn!(target: "gantry::plugin", step, "log output over {limit} bytes: dropped {lines} lines ({bytes} bytes)");
@@ -973,7 +1034,7 @@ impl Plugin {
                 Ok(Answer::Outcome(wit::Outcome { outputs }))
             }
             Ok(checks) => Ok(checks),
-            Err(e) => Err(match store.data().outbound.refusal.clone() {
+            Err(e) => Err(match State::of(&mut store).outbound.refusal.clone() {
                 Some(refusal) => {
                     let (kind, host) = match refusal {
                         Refusal::Network(m) => ("network-denied", m),
@@ -1022,12 +1083,12 @@ impl Plugin {
     fn settle<T>(
         &self,
         call: &StepCall,
-        store: &mut Store<State>,
+        store: &mut Store<CallState>,
         result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
         stderr: &str,
     ) -> Result<T, CallError> {
         let step = call.context.step_id.clone();
-        let tracker = &store.data().tracker;
+        let tracker = &State::of(store).tracker;
         match result {
             Ok(Ok(value)) => Ok(value),
             Err(_) => Err(CallError::Timeout { step, after: call.limits.timeout }),

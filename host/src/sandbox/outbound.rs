@@ -10,8 +10,6 @@ use crate::capability::aws_credentials::Keys;
 use crate::capability::secrets::{SecretError, SigV4Use, SignedRequest, PLACEHOLDER};
 use crate::capability::Grants;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -39,32 +37,7 @@ impl Default for HttpLimits {
     }
 }
 
-/// One request a plugin made (or tried to), as the journal keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    /// Step id.
-    pub step: String,
-    /// HTTP method.
-    pub method: String,
-    /// `scheme://host[:port]`.
-    pub origin: String,
-    /// Path, without the query (which may carry data the journal should not keep).
-    pub path: String,
-    /// Response status, when one came.
-    pub status: Option<u16>,
-    /// Response body bytes.
-    pub bytes: u64,
-    /// Time from sending to the end of the body, in milliseconds.
-    pub duration_ms: f64,
-    /// Whether the host let the request out.
-    pub allowed: bool,
-    /// Why it was refused or failed.
-    pub reason: Option<String>,
-    /// The API action the request calls, where its protocol names one in the request
-    /// (`Action=ModifyListener` in an AWS query body, `X-Amz-Target: ….UpdateService`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-}
+pub use crate::capability::unit::{RequestLog, RequestRecord};
 
 impl RequestRecord {
     /// The request as a person reads it: `POST http://127.0.0.1:5000/ ModifyListener`.
@@ -109,16 +82,6 @@ pub fn api_action(url: &Url, headers: &[(String, String)], body: &[u8]) -> Optio
     }
     let form = |text: &str| text.split('&').find_map(|pair| pair.strip_prefix("Action=")).and_then(plain);
     url.query().and_then(form).or_else(|| std::str::from_utf8(body).ok().and_then(form))
-}
-
-/// Receives a record of every request a step makes.
-#[derive(Clone)]
-pub struct RequestLog(pub Arc<dyn Fn(RequestRecord) + Send + Sync>);
-
-impl std::fmt::Debug for RequestLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RequestLog")
-    }
 }
 
 /// Which host rule stopped a request, so a failed step reports it rather than the plugin's paraphrase.
