@@ -280,6 +280,33 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_grant_shows_its_own_lines_in_the_diff_and_its_promotion_lines_decide() {
+        use crate::capability::unit::GrantLine;
+        use crate::plan::{PlannedGrant, PlannedSecret};
+        let with = |host: &str, scope: &str| {
+            let mut p = plan(serde_json::json!({"pipeline": "p", "environment": "staging", "entity": "e", "groups": [],
+                "steps": [step("a", '1', &[], serde_json::json!({}))]}));
+            let token: PlannedSecret = serde_json::from_value(
+                serde_json::json!({"name": "TICKET_TOKEN", "source": "env:TICKET_TOKEN", "bound_to": []}),
+            )
+            .unwrap();
+            let line = GrantLine { review: format!("main = {host}, {scope}"), promotion: format!("main {scope}") };
+            let grant = PlannedGrant { grant: serde_json::json!({}), secrets: vec![token], lines: vec![line] };
+            p.steps[0].capabilities.insert("tickets".into(), grant);
+            p
+        };
+        let (staging, prod) = (with("https://t.staging", "comment"), with("https://t.prod", "comment"));
+        let lines: Vec<String> = diff(&staging, &prod).iter().map(ToString::to_string).collect();
+        assert_eq!(lines, ["- a: tickets main = https://t.staging, comment", "+ a: tickets main = https://t.prod, comment"]);
+        assert!(promotion_differences(&staging, &prod).is_empty(), "another host is another environment");
+        let wider = with("https://t.prod", "close");
+        let refused: Vec<String> = promotion_differences(&staging, &wider).iter().map(ToString::to_string).collect();
+        assert!(refused.contains(&"+ a: tickets main close".to_string()), "{refused:#?}");
+        let shown: Vec<String> = grants(&staging.steps[0]).iter().map(|(a, d)| format!("{a} {d}")).collect();
+        assert_eq!(shown, ["tickets main = https://t.staging, comment", "tickets signs in with TICKET_TOKEN from env:TICKET_TOKEN"]);
+    }
+
+    #[test]
     fn probe_grants_show_in_the_diff_and_keep_a_promotion_apart() {
         use crate::capability::probe::{parse_resolver, NamePattern, TlsTarget};
         let base = || {

@@ -47,11 +47,21 @@ fn canonical_scheme(scheme: &str) -> String {
 impl Grant {
     /// Parses `https://api.notion.com`, `https://*.example.com:8443`, `http://127.0.0.1:5055/api`.
     pub fn parse(text: &str) -> Result<Self, GrantError> {
+        Self::parse_with(text, &[])
+    }
+
+    /// [`Grant::parse`], also taking the schemes `units` names with their default ports: the
+    /// origins registered capabilities bind secrets to (`redis://cache.internal:6379`).
+    pub fn parse_with(text: &str, units: &[(&str, u16)]) -> Result<Self, GrantError> {
         let err = |reason: &str| GrantError { grant: text.to_string(), reason: reason.to_string() };
         let (scheme, rest) = text.split_once("://").ok_or_else(|| err("expected scheme://host[:port]"))?;
         let scheme = canonical_scheme(scheme);
-        let default = default_port(&scheme)
-            .ok_or_else(|| err("scheme must be http or https (postgres or mysql for a database)"))?;
+        let unit = units.iter().find(|(s, _)| *s == scheme).map(|(_, port)| *port);
+        let default = default_port(&scheme).or(unit).ok_or_else(|| {
+            let mut known = vec!["http", "https", "postgres", "mysql"];
+            known.extend(units.iter().map(|(s, _)| *s));
+            err(&format!("scheme must be one of {}", known.join(", ")))
+        })?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -127,7 +137,25 @@ impl Grant {
     }
 }
 
-serde_as_text!(Grant, GrantError);
+impl TryFrom<String> for Grant {
+    type Error = GrantError;
+
+    /// A grant as a plan records it: checked when planned, so a registered capability's scheme
+    /// (written with its port, which has no default here) reads back without the registry.
+    fn try_from(text: String) -> Result<Self, GrantError> {
+        let scheme = text.split_once("://").map(|(s, _)| canonical_scheme(s)).unwrap_or_default();
+        match default_port(&scheme) {
+            Some(_) => Self::parse(&text),
+            None => Self::parse_with(&text, &[(scheme.as_str(), 0)]),
+        }
+    }
+}
+
+impl From<Grant> for String {
+    fn from(value: Grant) -> String {
+        value.to_string()
+    }
+}
 
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,6 +232,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_capability_scheme_is_bound_where_registered_and_reads_back_from_a_plan() {
+        assert!(Grant::parse("redis://cache.internal").is_err());
+        let g = Grant::parse_with("redis://cache.internal", &[("redis", 6379)]).unwrap();
+        assert!(!g.is_http());
+        let text = serde_json::to_string(&g).unwrap();
+        assert_eq!(text, "\"redis://cache.internal:6379\"");
+        assert_eq!(serde_json::from_str::<Grant>(&text).unwrap(), g);
+    }
+
+    #[test]
     fn a_path_prefix_holds_against_dot_segments_and_encoded_separators() {
         let grant = Grant::parse("http://127.0.0.1:5055/api").unwrap();
         let allows = |u: &str| grant.allows(&Url::parse(u).unwrap());
@@ -264,7 +302,7 @@ mod tests {
 
     #[test]
     fn bad_grants_say_why() {
-        assert!(Grant::parse("ftp://x").unwrap_err().reason.contains("http or https"));
+        assert!(Grant::parse("ftp://x").unwrap_err().reason.contains("one of http, https, postgres, mysql"));
         assert!(Grant::parse("127.0.0.1:80").unwrap_err().reason.contains("scheme://"));
         assert!(Grant::parse("http://u@h").unwrap_err().reason.contains("user info"));
         assert!(Grant::parse("http://h/a b").unwrap_err().reason.contains("no spaces"));

@@ -58,6 +58,9 @@ pub struct Grammar {
     pub declaration: Option<Value>,
     /// One line for the top-level field's description.
     pub about: &'static str,
+    /// Schemes of the origins its secrets are bound to, with their default ports (`("redis", 6379)`):
+    /// a secret's `bind:` may name them.
+    pub origins: Vec<(&'static str, u16)>,
 }
 
 impl Grammar {
@@ -398,7 +401,7 @@ mod tests {
             self.0
         }
         fn grammar(&self) -> Grammar {
-            Grammar { step: serde_json::json!({"type": "array"}), declaration: None, about: "" }
+            Grammar { step: serde_json::json!({"type": "array"}), declaration: None, about: "", origins: vec![] }
         }
         fn grant(&self, _: &Written, _: &Declarations, _: &dyn SecretBinds) -> Result<Granted, Vec<UnitProblem>> {
             Ok(Granted { grant: Value::Null, secrets: vec![] })

@@ -29,12 +29,15 @@ struct Checker<'a> {
     pipeline: &'a Pipeline,
     ids: HashMap<&'a str, usize>,
     problems: Vec<Problem>,
+    /// Schemes (with default ports) of the origins registered capabilities bind secrets to.
+    schemes: Vec<(&'static str, u16)>,
 }
 
 /// Checks a structurally valid pipeline; returns its typed facts, or every problem found.
 pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     let pipeline = &loaded.pipeline;
-    let mut c = Checker { file: &loaded.path, pipeline, ids: HashMap::new(), problems: Vec::new() };
+    let schemes = loaded.capabilities.iter().flat_map(|unit| unit.grammar().origins).collect();
+    let mut c = Checker { file: &loaded.path, pipeline, ids: HashMap::new(), problems: Vec::new(), schemes };
     if pipeline.steps.is_empty() {
         c.push(pipeline.steps.at, "steps", "a pipeline needs at least one step: add one under `steps:`".into());
     }
@@ -338,8 +341,10 @@ impl<'a> Checker<'a> {
         parsed.into_iter().collect()
     }
 
+    /// Origins secrets are bound to: HTTP, databases', and those of registered capabilities.
     fn grants(&mut self, origins: &[Loc<String>], field: &str) -> Option<Vec<Grant>> {
-        self.all(origins, field, |o| Grant::parse(o).map_err(|e| e.to_string()))
+        let schemes = self.schemes.clone();
+        self.all(origins, field, |o| Grant::parse_with(o, &schemes).map_err(|e| e.to_string()))
     }
 
     /// Origins a step sends HTTP requests to: a database's origin is granted under `databases:` instead.

@@ -123,9 +123,15 @@ pub fn describe(event: &Event) -> String {
                 crate::units::bytes(r.bytes),
                 crate::units::millis(r.duration_ms)
             ),
-            (reason, None) => {
-                format!("{}: {} failed: {}", r.step, r.shown(), reason.as_deref().unwrap_or(""))
-            }
+            // A capability's command that got its answer: there is no HTTP status to show.
+            (None, None) => format!(
+                "{}: {} ({}, {})",
+                r.step,
+                r.shown(),
+                crate::units::bytes(r.bytes),
+                crate::units::millis(r.duration_ms)
+            ),
+            (Some(reason), None) => format!("{}: {} failed: {reason}", r.step, r.shown()),
         },
     }
 }
