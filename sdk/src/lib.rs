@@ -51,6 +51,7 @@ mod http;
 mod log;
 mod outputs;
 mod preflight;
+pub mod redis;
 pub mod sql;
 pub mod tls;
 

@@ -109,13 +109,13 @@ fn yaml_language_server_with_the_pipeline_schema_underlines_both_input_typos_at_
     // A shipped pipeline, whose inputs hold expressions and whose entities swap a step's plugin.
     let gallery = repo().join("pipelines/gallery-release.yaml");
     let gallery_schema = schema_of(&gallery, "gallery.schema.json");
-    // Its nine environment × entity plans build each of its five plugin crates once.
+    // Its nine environment × entity plans build each of its six plugin crates once.
     let validated =
         command(&shared_cache()).env("GANTRY_LOG", "debug").args(["validate", gallery.to_str().unwrap()]).output().unwrap();
     expect_code(&validated, 0);
     let log = String::from_utf8_lossy(&validated.stderr);
     let builds: Vec<&str> = log.lines().filter(|l| l.contains("cargo build") && l.contains("crate_dir")).collect();
-    assert_eq!(builds.len(), 5, "{builds:#?}");
+    assert_eq!(builds.len(), 6, "{builds:#?}");
     // Described once, kept by digest: a second look at the same plugins loads none of them.
     let again =
         command(&shared_cache()).env("GANTRY_LOG", "debug").args(["validate", file.to_str().unwrap()]).output().unwrap();

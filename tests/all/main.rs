@@ -23,6 +23,7 @@ mod notion;
 mod peers;
 mod pipelines;
 mod probes;
+mod redis;
 mod registry;
 mod report;
 mod rollout;

@@ -725,3 +725,77 @@ impl Dnsmasq {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+/// A throw-away Redis (Debian's `redis-server`) on 127.0.0.1 with a password, no persistence,
+/// stopped on drop; `cli` reads it back with `redis-cli`, not through gantry.
+pub struct Redis {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// The port it listens on.
+    pub port: u16,
+    password: String,
+}
+
+impl Redis {
+    /// `redis-server` on a free port, requiring `password`.
+    pub fn start(password: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", password])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Redis is installed (scripts/peers-setup)");
+        let redis = Self { child, _dir: dir, port, password: password.to_string() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while redis.try_cli(&["PING"]).as_deref() != Some("PONG") {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-a", &self.password, "--no-auth-warning"])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
+    /// Runs a command with `redis-cli` and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    /// Sends commands through `redis-cli --pipe`, for seeding many keys at once.
+    pub fn pipe(&self, commands: &str) {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-a", &self.password, "--no-auth-warning", "--pipe"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(commands.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "redis-cli --pipe failed");
+    }
+
+    /// The origin a secret is bound to.
+    pub fn origin(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -84,7 +84,7 @@ fn plugin_inspect_prints_describe_contract_and_sha256() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let info = stdout_json(&out);
     assert_eq!(info["plugin"]["name"], "http-check");
-    assert_eq!(info["contract"], "gantry:step@0.3.4");
+    assert_eq!(info["contract"], "gantry:step@0.3.5");
     assert_eq!(info["sha256"].as_str().unwrap().len(), 64);
     let schema = &info["plugin"]["input_schema"];
     assert_eq!(schema["required"], serde_json::json!(["url"]));
@@ -270,7 +270,7 @@ fn a_component_of_another_world_or_contract_version_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
-            "is not a gantry step: it does not export `gantry:step/plugin@0.3.4` (it exports: example:greeter/api)"
+            "is not a gantry step: it does not export `gantry:step/plugin@0.3.5` (it exports: example:greeter/api)"
         ),
         "{stderr}"
     );
@@ -284,7 +284,7 @@ fn a_component_of_another_world_or_contract_version_is_refused() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(&format!(
-                "was built for contract gantry:step@{version}, but this host speaks gantry:step@0.3.4: rebuild it with a matching gantry-sdk"
+                "was built for contract gantry:step@{version}, but this host speaks gantry:step@0.3.5: rebuild it with a matching gantry-sdk"
             )),
             "{stderr}"
         );

@@ -43,6 +43,7 @@ macro_rules! units {
 }
 
 units! {
+    redis::Redis,
 }
 
 /// Everything a step call is allowed to reach.

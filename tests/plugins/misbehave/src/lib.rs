@@ -65,6 +65,9 @@ struct Input {
     /// What `sql-script` does on database `path`, in order.
     #[serde(default)]
     sql: Vec<SqlOp>,
+    /// Commands `redis-script` sends to Redis server `path`, in order, each its arguments.
+    #[serde(default)]
+    redis: Vec<Vec<String>>,
 }
 
 /// One call of `sql-script`: `query`, `execute`, `begin`, `commit` or `rollback`.
@@ -289,6 +292,25 @@ impl Step for Misbehave {
                     Ok(rows) => Ok(Outputs::new().with("sql", format!("{} rows", rows.rows.len()))),
                     Err(e) => Err(Error::failed(format!("sql: {}", e.message()))),
                 }
+            }
+            // Sends `redis` to Redis server `path` and reports every answer or error as `redis`, one a line.
+            "redis-script" => {
+                let server = gantry_sdk::redis::server(&input.path);
+                let lines: Vec<String> = input
+                    .redis
+                    .iter()
+                    .map(|args| match server.command(args) {
+                        Ok(gantry_sdk::redis::Reply::Bulk(b)) => format!("ok Bulk {}", String::from_utf8_lossy(&b)),
+                        Ok(gantry_sdk::redis::Reply::Array(items)) => {
+                            let items: Vec<String> =
+                                items.iter().map(|i| String::from_utf8_lossy(i.as_deref().unwrap_or_default()).into_owned()).collect();
+                            format!("ok Array {}", items.join(","))
+                        }
+                        Ok(reply) => format!("ok {reply:?}"),
+                        Err(e) => format!("error {}", e.message()),
+                    })
+                    .collect();
+                Ok(Outputs::new().with("redis", lines.join("\n")))
             }
             // Runs `sql` on database `path` and reports every answer as `sql`, one a line.
             "sql-script" => Ok(Outputs::new().with("sql", sql_script(&input.path, &input.sql)?)),
