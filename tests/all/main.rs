@@ -14,6 +14,7 @@ mod certs;
 mod crashes;
 mod ecs;
 mod editor;
+mod embedder;
 mod faults;
 mod guide;
 mod judge;
