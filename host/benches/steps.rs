@@ -217,7 +217,7 @@ fn main() {
     let gallery = repo().join("pipelines/gallery-release.yaml");
     // The same pipeline naming the built component files: what a start costs without cargo's checks.
     let mut from_files = std::fs::read_to_string(&gallery).unwrap();
-    for crate_dir in ["compliance-audit", "wordpress-check", "notion-sync", "notify", "http-check"] {
+    for crate_dir in ["compliance-audit", "wordpress-check", "cache-purge", "notion-sync", "notify", "http-check"] {
         let file = component(&format!("plugins/{crate_dir}"));
         from_files = from_files.replace(&format!("../plugins/{crate_dir}"), file.to_str().unwrap());
     }
@@ -236,7 +236,7 @@ fn main() {
         let cold = plan(cold_cache.path(), pipeline);
         let warm = time(n(9, 1), || plan(cold_cache.path(), pipeline));
         println!(
-            "start-up, gallery plan (4 plugins) from {what}: cold compile cache {cold:?} (baseline) vs warm {warm:?}, {:.0}x faster",
+            "start-up, gallery plan (5 plugins) from {what}: cold compile cache {cold:?} (baseline) vs warm {warm:?}, {:.0}x faster",
             cold.as_secs_f64() / warm.as_secs_f64()
         );
     }

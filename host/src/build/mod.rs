@@ -135,12 +135,14 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     let spawn = |source| BuildError::Spawn { program: toolchain.to_string(), source };
     let mut child = cmd.spawn().map_err(spawn)?;
     let mut messages = String::new();
-    let mut compiling = false;
+    let (mut compiling, mut announced) = (false, false);
     for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
         let line = line.map_err(spawn)?;
-        // Said once something is compiled, so an up-to-date plugin costs no line.
-        if !compiling && line.contains(r#""fresh":false"#) {
-            compiling = true;
+        // An up-to-date plugin costs no line, a quick build one ("built"), a slow one a line as it
+        // goes on too: "building" once cargo has been at it for a while.
+        compiling |= line.contains(r#""fresh":false"#);
+        if compiling && !announced && started.elapsed() >= BUILDING_NOTICE {
+            announced = true;
             tracing::info!("building {name} (cargo's output: {})", log.display());
         }
         messages.push_str(&line);
@@ -152,7 +154,11 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
         return Err(BuildError::Cargo { dir: dir.to_path_buf(), log, errors });
     }
     if compiling {
-        tracing::info!("built {name} in {}", crate::units::duration(started.elapsed()));
+        let took = crate::units::duration(started.elapsed());
+        match announced {
+            true => tracing::info!("built {name} in {took}"),
+            false => tracing::info!("built {name} in {took} (cargo's output: {})", log.display()),
+        }
     }
     let core = core_artifact(&messages, &manifest).ok_or_else(|| BuildError::NoArtifact(dir.to_path_buf()))?;
     let bytes = std::fs::read(&core).map_err(|source| BuildError::Io { path: core.clone(), source })?;
@@ -167,6 +173,9 @@ pub fn build_crate(dir: &Path, options: &BuildOptions) -> Result<Built, BuildErr
     options.once.keep(manifest, &built);
     Ok(built)
 }
+
+/// How long a build runs before it is announced: a quick one is one line when it is done.
+const BUILDING_NOTICE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Where cargo's output for the crate at `manifest` goes: one file per crate, overwritten by
 /// each build, outside the crate so a build never dirties a source tree.
