@@ -236,3 +236,37 @@ fn a_purge_killed_mid_way_resumes_and_deletes_what_was_left() {
     assert_eq!(finished["outputs"]["deleted"], (left - 3).to_string(), "{finished}");
     no_password_under(dir.path());
 }
+
+#[test]
+fn an_environment_moves_a_server_and_narrows_it_but_never_widens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"name: cache
+secrets:
+  CACHE_PASSWORD: {{ from: "env:CACHE_PASSWORD", bind: ["redis://127.0.0.1:6379", "redis://cache.prod"] }}
+redis:
+  cache: {{ url: "redis://127.0.0.1/0", password: CACHE_PASSWORD, prefixes: ["gallery:"], readonly: true }}
+environments:
+  staging:
+    redis:
+      cache: {{ url: "redis://cache.prod/1", password: CACHE_PASSWORD, prefixes: ["gallery:staging:"], readonly: true }}
+  production:
+    redis:
+      cache: {{ url: "redis://cache.prod/0", password: CACHE_PASSWORD, prefixes: ["gallery:", "sessions:"] }}
+      sessions: {{ url: "redis://cache.prod/2", password: CACHE_PASSWORD, prefixes: ["s:"] }}
+steps:
+{}"#,
+        purge_step("")
+    );
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = gantry(&["validate", "--offline", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.contains("pipeline.yaml:")).collect();
+    assert_eq!(problems.len(), 3, "{stderr}");
+    // In file order: the read-only lifted (shown at the server, which does not write the field), then the wider prefix.
+    assert!(problems[0].contains(":12:") && problems[0].contains("environments.production.redis.cache.readonly: the pipeline's `redis.cache` is read-only"), "{stderr}");
+    assert!(problems[1].contains(":12:") && problems[1].contains("environments.production.redis.cache.prefixes[1]: `sessions:` reaches keys the pipeline's `redis.cache` does not"), "{stderr}");
+    assert!(problems[2].contains(":13:") && problems[2].contains("replaces `sessions`, which the pipeline's `redis:` does not declare"), "{stderr}");
+}

@@ -35,6 +35,14 @@ pub trait Capability: Send + Sync + 'static {
     fn grant(&self, step: &Written, declared: &Declarations, secrets: &dyn SecretBinds)
         -> Result<Granted, Vec<UnitProblem>>;
 
+    /// What an environment's or entity's `replacement` of a declaration reaches beyond the
+    /// pipeline's own (`declared`): overlays move a grant (another host, another user) and narrow
+    /// it, never widen it. By default any replacement is accepted.
+    fn widening(&self, declared: &Written, replacement: &Written) -> Vec<UnitProblem> {
+        let _ = (declared, replacement);
+        Vec::new()
+    }
+
     /// One line per thing the grant lets the step reach, never a secret value: what `plan` prints,
     /// `plan --diff` and a promotion compare, and the run report's grants table shows.
     fn describe(&self, grant: &Value) -> Vec<GrantLine>;

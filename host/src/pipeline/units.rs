@@ -158,11 +158,20 @@ impl UnitSections {
         for (layer, by_capability) in &self.overlays {
             for (capability, replaced) in by_capability {
                 let declared = self.declared.get(capability);
-                for name in replaced.keys().filter(|n| !declared.is_some_and(|d| d.contains_key(*n))) {
-                    problems.push(UnitProblem::new(
-                        format!("{layer}.{capability}.{name}"),
-                        format!("replaces `{name}`, which the pipeline's `{capability}:` does not declare: declare it there first"),
-                    ));
+                for (name, value) in replaced {
+                    let field = format!("{layer}.{capability}.{name}");
+                    match declared.and_then(|d| d.get(name)) {
+                        None => problems.push(UnitProblem::new(
+                            field,
+                            format!("replaces `{name}`, which the pipeline's `{capability}:` does not declare: declare it there first"),
+                        )),
+                        Some(own) => {
+                            let Some(unit) = capabilities.get(capability) else { continue };
+                            let own_field = format!("{capability}.{name}");
+                            let own = Written { field: &own_field, value: own };
+                            problems.extend(unit.widening(&own, &Written { field: &field, value }));
+                        }
+                    }
                 }
             }
         }

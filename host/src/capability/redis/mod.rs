@@ -212,6 +212,34 @@ impl Capability for Redis {
         Ok(Granted { grant, secrets })
     }
 
+    fn widening(&self, declared: &Written, replacement: &Written) -> Vec<UnitProblem> {
+        let parse = |w: &Written| serde_json::from_value::<RedisDef>(w.value.clone()).ok();
+        let (Some(own), Some(new)) = (parse(declared), parse(replacement)) else { return Vec::new() };
+        let mut problems: Vec<UnitProblem> = new
+            .prefixes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !own.prefixes.iter().any(|o| p.starts_with(o.as_str())))
+            .map(|(i, p)| {
+                UnitProblem::new(
+                    format!("{}.prefixes[{i}]", replacement.field),
+                    format!(
+                        "`{p}` reaches keys the pipeline's `{}` does not ({}): an environment or entity narrows a grant, never widens it",
+                        declared.field,
+                        own.prefixes.join(", ")
+                    ),
+                )
+            })
+            .collect();
+        if own.readonly && !new.readonly {
+            problems.push(UnitProblem::new(
+                format!("{}.readonly", replacement.field),
+                format!("the pipeline's `{}` is read-only: an environment or entity cannot make it writable", declared.field),
+            ));
+        }
+        problems
+    }
+
     fn describe(&self, grant: &Value) -> Vec<GrantLine> {
         let grant: RedisGrant = serde_json::from_value(grant.clone()).unwrap_or_default();
         grant
@@ -269,6 +297,19 @@ mod tests {
         let lines = Redis.describe(&g.grant);
         assert_eq!(lines[0].review, "cache = redis://127.0.0.1:18092/2, keys under the7space:, read-write");
         assert_eq!(lines[0].promotion, "cache keys under the7space:, read-write");
+    }
+
+    #[test]
+    fn an_overlay_narrows_prefixes_and_never_lifts_read_only() {
+        let own = json!({"url": "redis://h", "prefixes": ["gallery:"], "readonly": true});
+        let written = |v: &'static str, value: &Value| Redis.widening(&Written { field: "redis.cache", value: &own }, &Written { field: v, value });
+        let narrower = json!({"url": "redis://prod", "prefixes": ["gallery:the_7_space:"], "readonly": true});
+        assert!(written("environments.production.redis.cache", &narrower).is_empty());
+        let wider = json!({"url": "redis://prod", "prefixes": ["gallery:", "sessions:"]});
+        let found = written("environments.production.redis.cache", &wider);
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["environments.production.redis.cache.prefixes[1]", "environments.production.redis.cache.readonly"]);
+        assert!(found[0].message.contains("never widens"), "{found:?}");
     }
 
     #[test]
