@@ -270,3 +270,19 @@ steps:
     assert!(problems[1].contains(":12:") && problems[1].contains("environments.production.redis.cache.prefixes[1]: `sessions:` reaches keys the pipeline's `redis.cache` does not"), "{stderr}");
     assert!(problems[2].contains(":13:") && problems[2].contains("replaces `sessions`, which the pipeline's `redis:` does not declare"), "{stderr}");
 }
+
+#[test]
+fn a_wrong_password_is_refused_by_the_server_and_named_nowhere() {
+    let redis = Redis::start(PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "not-the-password-93b1";
+    let out = run_pipeline(dir.path(), &pipeline(&redis, &purge_step("")), &[("CACHE_PASSWORD", wrong)], &[]);
+    let error = outputs(&out, "purge").unwrap_err();
+    assert!(error.contains("the server refused to sign in: WRONGPASS"), "{error}");
+    assert!(!error.contains(wrong));
+    for entry in walk(dir.path()) {
+        let text = String::from_utf8_lossy(&std::fs::read(&entry).unwrap_or_default()).into_owned();
+        assert!(!text.contains(wrong), "the password is in {}", entry.display());
+    }
+    assert_eq!(redis.cli(&["DBSIZE"]), "0");
+}

@@ -47,7 +47,7 @@ pub(crate) async fn validate(file: PathBuf, json: bool, offline: bool) -> anyhow
 
 /// The input problems of every environment and entity the pipeline names, each once.
 async fn inputs_of_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<Vec<pipeline::Problem>> {
-    let (mut plans, described) = plan_every_target(loaded).await?;
+    let (mut plans, described) = plan_every_target(loaded, "`gantry validate --offline` checks the file alone").await?;
     let mut problems: Vec<pipeline::Problem> = Vec::new();
     for plan in &mut plans {
         for problem in described_problems(loaded, plan, &described) {
@@ -61,17 +61,15 @@ async fn inputs_of_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<Vec
 }
 
 /// The plan of every environment and entity the pipeline names, and what their plugins say of themselves.
-async fn plan_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<(Vec<crate::plan::Plan>, Described)> {
+/// `instead` says what the caller's user can do when a plugin cannot be had (e.g. offline).
+async fn plan_every_target(loaded: &pipeline::Loaded, instead: &str) -> anyhow::Result<(Vec<crate::plan::Plan>, Described)> {
     let runtime = super::runtime()?;
     let mut described = Described::new();
     let mut plans = Vec::new();
     for (environment, entity) in crate::lock::targets(loaded) {
         let plan = crate::plan::plan(loaded, &environment, &entity, &super::build_options())
             .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot describe the plugins of environment {environment}, entity {entity}: {e} \
-                     (`gantry validate --offline` checks the file alone)"
-                )
+                anyhow::anyhow!("cannot describe the plugins of environment {environment}, entity {entity}: {e} ({instead})")
             })?;
         describe_plugins(&runtime, &plan, &mut described).await;
         plans.push(plan);
@@ -84,7 +82,7 @@ async fn plan_every_target(loaded: &pipeline::Loaded) -> anyhow::Result<(Vec<cra
 /// it feeds there.
 pub(crate) async fn editor_schema(file: PathBuf) -> anyhow::Result<u8> {
     let Some(loaded) = load_or_report(&file) else { return Ok(super::EXIT_USAGE) };
-    let (plans, described) = plan_every_target(&loaded).await?;
+    let (plans, described) = plan_every_target(&loaded, "`gantry schema` without `--pipeline` prints the grammar alone").await?;
     let fed_by = |plan: &crate::plan::Plan, id: &str| {
         plan.steps.iter().find(|s| s.id == id).and_then(|s| described.get(&s.sha256)?.as_ref())
     };

@@ -730,12 +730,15 @@ async fn attempt_step(
 /// judged the rest: what reads as the wanted number or boolean is converted; what does not fit
 /// fails the step before the plugin runs, naming the pipeline's file and line where it is known.
 async fn fit_rendered(ctx: &Ctx, plugin: &Plugin, step: &PlannedStep, input: &mut serde_json::Value) -> Result<(), String> {
-    let Ok(info) = plugin.describe().await else { return Ok(()) };
+    // What the plugin says of itself is kept by digest: planning the run described it already.
+    let runtime = plugin.runtime();
+    let Some(info) = runtime.describe_file(plugin.path(), plugin.sha256()).await else { return Ok(()) };
     let found = crate::inputs::judge(&info.input_schema, input);
     if found.is_empty() {
         return Ok(());
     }
-    let loaded = ctx.file.as_deref().and_then(|f| crate::pipeline::load(f).ok());
+    // Read with the capabilities the runtime links: an embedder's pipeline names its own.
+    let loaded = ctx.file.as_deref().and_then(|f| crate::pipeline::load_with(f, runtime.capabilities()).ok());
     let plan = &ctx.plan;
     let lines: Vec<String> = found
         .into_iter()

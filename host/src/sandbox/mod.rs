@@ -877,6 +877,11 @@ impl Plugin {
         &self.path
     }
 
+    /// The runtime it was loaded by.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     fn store(&self, call: &StepCall) -> Result<(Store<CallState>, MemoryOutputPipe, MemoryOutputPipe), CallError> {
         let (state, stdout, stderr) = State::new(&self.runtime, call)?;
         let mut store = Store::new(&self.runtime.inner.engine, state);
