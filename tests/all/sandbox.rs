@@ -262,6 +262,35 @@ fn write_component(dir: &std::path::Path, name: &str, export: &str) -> std::path
 }
 
 #[test]
+fn a_component_importing_what_the_sandbox_does_not_provide_is_refused_naming_it_and_what_to_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let importing = |import: &str| {
+        let text = format!(
+            r#"(component
+                (import "{import}" (instance (export "handle" (func))))
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f")))
+                (instance $inst (export "describe" (func $f)))
+                (export "gantry:step/plugin@0.3.5" (instance $inst)))"#
+        );
+        let path = dir.path().join("importing.wasm");
+        std::fs::write(&path, wat::parse_str(&text).unwrap()).unwrap();
+        let out = gantry(&["plugin", "inspect", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // What componentize-js builds with its default features.
+    let http = importing("wasi:http/types@0.2.10");
+    assert!(http.contains("imports `wasi:http/types@0.2.10`, which the sandbox does not provide: a step sends HTTP through the host, under its `network:` grant"), "{http}");
+    assert!(http.contains("`http` and `fetch-event` features disabled"), "{http}");
+    // A plugin made for an embedder's capability, run by the stock binary.
+    let tickets = importing("acme:tickets/api@0.1.0");
+    assert!(tickets.contains("imports `acme:tickets/api@0.1.0`, which this host does not provide: it comes from a host that registers that capability"), "{tickets}");
+    assert!(tickets.contains("the capabilities redis"), "{tickets}");
+}
+
+#[test]
 fn a_component_of_another_world_or_contract_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let other = write_component(dir.path(), "other.wasm", "example:greeter/api");

@@ -38,6 +38,30 @@ const fn at(hay: &[u8], needle: &[u8], from: usize) -> usize {
 const PLUGIN_EXPORT: &str = "gantry:step/plugin";
 const HOST_IMPORT: &str = "gantry:step/host";
 
+/// What a component importing `interface`, which this host does not link, should use instead, or
+/// where the interface comes from; `units` are the capabilities the host registers.
+pub fn instead_of(interface: &str, units: &[&str]) -> String {
+    let (package, _) = interface.split_once('/').unwrap_or((interface, ""));
+    match package {
+        "wasi:http" => "the sandbox does not provide: a step sends HTTP through the host, under its `network:` grant \
+             (the SDK's `ctx.http()`); a JavaScript component built with componentize-js needs its `http` and \
+             `fetch-event` features disabled"
+            .into(),
+        p if p.starts_with("wasi:") => "the sandbox does not provide: it offers WASI 0.2's cli, clocks, filesystem \
+             (granted directories only), io, random and sockets (no connection allowed); everything else goes through \
+             the host's capabilities"
+            .into(),
+        "gantry:step" => format!(
+            "this host does not provide in that shape: it speaks gantry:step@{CONTRACT_VERSION}; rebuild the plugin with a matching gantry-sdk"
+        ),
+        _ => format!(
+            "this host does not provide: it comes from a host that registers that capability (an embedder's own), \
+             or from another plugin host; this one links WASI, gantry:step@{CONTRACT_VERSION} and the capabilities {}",
+            units.join(", ")
+        ),
+    }
+}
+
 /// What kind of WebAssembly binary some bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryKind {

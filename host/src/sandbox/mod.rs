@@ -85,6 +85,16 @@ pub enum LoadError {
         /// The version it was built for.
         found: String,
     },
+    /// The component imports an interface this host does not link.
+    #[error("{path} imports `{interface}`, which {advice}")]
+    Unprovided {
+        /// The file.
+        path: PathBuf,
+        /// The interface, as the component names it.
+        interface: String,
+        /// What gantry offers instead, or where the interface comes from.
+        advice: String,
+    },
     /// Compilation or linking failed.
     #[error("cannot load {path}: {message}")]
     Invalid {
@@ -812,7 +822,14 @@ impl Runtime {
             },
             contract::Mismatch::Version(found) => LoadError::IncompatibleContract { path: path.to_path_buf(), found },
         })?;
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(invalid)?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| match unprovided(&e) {
+            Some(interface) => LoadError::Unprovided {
+                path: path.to_path_buf(),
+                advice: contract::instead_of(&interface, &self.inner.capabilities.names()),
+                interface,
+            },
+            None => invalid(e),
+        })?;
         let pre = Pre::new(pre).map_err(invalid)?;
         let mut loaded = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // Kept for the runtime's life; an embedder loading ever new components bounds it here.
@@ -823,6 +840,17 @@ impl Runtime {
         drop(loaded);
         Ok(Plugin { runtime: self.clone(), pre, sha256, cache_status, load_time, path: path_buf })
     }
+}
+
+/// The interface a component imports that the linker lacks, from wasmtime's error (which names it
+/// in backquotes: "component imports instance `wasi:http/types@0.2.10`, but a matching
+/// implementation was not found in the linker").
+fn unprovided(e: &wasmtime::Error) -> Option<String> {
+    let text = e.to_string();
+    let rest = text.strip_prefix("component imports ")?;
+    let (_, after) = rest.split_once('`')?;
+    let (name, _) = after.split_once('`')?;
+    Some(name.to_string())
 }
 
 /// A loaded, pre-instantiated plugin; each call instantiates it afresh.
