@@ -51,9 +51,15 @@ fn a_pushed_plugin_is_inspected_without_running_and_pulled_by_tag_and_by_digest(
         expect_code(&out, 0);
         let path = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_string();
         assert_eq!(std::fs::read(&path).unwrap(), original, "{pull} pulled other bytes");
+        // Pulled, and compiled ahead: the first run of it loads from the cache.
+        assert!(String::from_utf8_lossy(&out.stdout).contains("compiled into the cache"), "{}", String::from_utf8_lossy(&out.stdout));
         let listed = stdout_json(&gantry_with_cache(fresh.path(), &["cache", "ls", "--json"]));
-        assert_eq!(listed[0]["kind"], "pulled");
-        assert_eq!(listed[0]["digest"], digest.hex());
+        let kinds: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+        assert!(kinds.contains(&"pulled") && kinds.contains(&"compiled"), "{listed}");
+        let pulled_entry = listed.as_array().unwrap().iter().find(|e| e["kind"] == "pulled").unwrap();
+        assert_eq!(pulled_entry["digest"], digest.hex());
+        let inspected = stdout_json(&gantry_with_cache(fresh.path(), &["plugin", "inspect", &path, "--json"]));
+        assert_eq!(inspected["cache"], "hit", "{inspected}");
         expect_code(&gantry_with_cache(fresh.path(), &["cache", "clean"]), 0);
         assert!(!Path::new(&path).exists(), "cache clean removed the pulled component");
     }
