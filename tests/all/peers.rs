@@ -787,6 +787,21 @@ impl Redis {
         assert!(child.wait().unwrap().success(), "redis-cli --pipe failed");
     }
 
+    /// Waits until the server has closed every connection but the asking `redis-cli`'s: a killed
+    /// client's commands already on the wire are served before its connection is seen to close.
+    pub fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let info = self.cli(&["INFO", "clients"]);
+            let connected = info.lines().find_map(|l| l.trim().strip_prefix("connected_clients:")).unwrap_or("0");
+            if connected == "1" {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the server still has clients:\n{info}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The origin a secret is bound to.
     pub fn origin(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
