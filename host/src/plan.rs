@@ -4,7 +4,7 @@
 
 use crate::build::{build_crate, BuildError, BuildOptions};
 use crate::capability::unit::GrantLine;
-use crate::capability::{DatabaseGrant, FileGrant, Grant, NetworkPolicy, Probes, SecretFrom, SecretStores};
+use crate::capability::{DatabaseGrant, FileGrant, Grant, NetworkPolicy, SecretFrom, SecretStores};
 use crate::pipeline::checked::CheckedOverlay;
 use crate::pipeline::expr;
 use crate::pipeline::model::Overlay;
@@ -124,9 +124,6 @@ pub struct PlannedStep {
     /// Granted databases.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<PlannedDatabase>,
-    /// TLS targets and DNS names it may probe, with the CA file and resolver they use.
-    #[serde(default, skip_serializing_if = "Probes::is_empty")]
-    pub probes: Probes,
     /// Grants of registered capabilities, by capability name (absent in plans recorded before them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub capabilities: BTreeMap<String, PlannedGrant>,
@@ -190,8 +187,6 @@ impl PlannedStep {
             network: !self.network.grants().is_empty(),
             secrets: !self.secrets.is_empty(),
             databases: !self.databases.is_empty(),
-            tls: !self.probes.tls.is_empty(),
-            dns: !self.probes.dns.is_empty(),
             files: !self.files.is_empty(),
             artifacts: self.artifacts,
             units: self.capabilities.keys().cloned().collect(),
@@ -200,6 +195,26 @@ impl PlannedStep {
 }
 
 impl Plan {
+    /// A plan as a journal recorded it, by this version or an earlier one: a grant recorded before
+    /// its capability became a unit (`probes`) is read into the unit's grant, so the run resumes,
+    /// rolls back and reports as it would have.
+    pub fn read(mut recorded: serde_json::Value) -> Result<Plan, serde_json::Error> {
+        let steps = recorded.get_mut("steps").and_then(serde_json::Value::as_array_mut);
+        for step in steps.into_iter().flatten() {
+            for unit in crate::capability::Capabilities::builtin().iter() {
+                let name = unit.name();
+                if step.pointer(&format!("/capabilities/{name}")).is_some() {
+                    continue;
+                }
+                if let Some(grant) = unit.recorded_before(step) {
+                    let lines = unit.describe(&grant);
+                    step["capabilities"][name] = serde_json::json!({ "grant": grant, "lines": lines });
+                }
+            }
+        }
+        serde_json::from_value(recorded)
+    }
+
     /// The step with this id.
     pub fn step(&self, id: &str) -> Option<&PlannedStep> {
         self.steps.iter().find(|s| s.id == id)
@@ -348,7 +363,6 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
             network: NetworkPolicy::new(origins).with_addresses(facts.addresses.clone()),
             secrets,
             databases,
-            probes: facts.probes.clone(),
             capabilities,
             files: facts.files.clone(),
             artifacts: def.artifacts,

@@ -25,10 +25,6 @@ pub enum Aspect {
     Secret,
     /// A granted database: where, as whom, TLS, read-only, and its password's secret.
     Database,
-    /// A TLS target the step may probe, or the CA file its probes trust.
-    Tls,
-    /// A DNS name the step may look up, or the resolver its lookups ask.
-    Dns,
     /// A granted directory.
     File,
     /// The writable `/artifacts` directory.
@@ -135,11 +131,6 @@ fn facets(step: &PlannedStep, scope: Scope) -> Vec<(Aspect, String)> {
         };
         (Aspect::Database, detail)
     }));
-    let probes = &step.probes;
-    out.extend(probes.tls.iter().map(|t| (Aspect::Tls, t.to_string())));
-    out.extend(probes.ca.iter().map(|ca| (Aspect::Tls, format!("trusting {}", ca.display()))));
-    out.extend(probes.dns.iter().map(|n| (Aspect::Dns, n.to_string())));
-    out.extend(probes.resolver.iter().map(|r| (Aspect::Dns, format!("asking {r}"))));
     for (name, granted) in &step.capabilities {
         out.extend(granted.lines.iter().map(|line| {
             let text = match scope {
@@ -308,19 +299,23 @@ mod tests {
 
     #[test]
     fn probe_grants_show_in_the_diff_and_keep_a_promotion_apart() {
-        use crate::capability::probe::{parse_resolver, NamePattern, TlsTarget};
         let base = || {
             plan(serde_json::json!({"pipeline": "p", "environment": "staging", "entity": "e", "groups": [],
             "steps": [step("a", '1', &[], serde_json::json!({}))]}))
         };
         let mut probed = base();
-        probed.steps[0].probes.tls.push(TlsTarget::parse("the7space.example").unwrap());
-        probed.steps[0].probes.dns.push(NamePattern::parse("*.the7space.example").unwrap());
-        probed.steps[0].probes.resolver = Some(parse_resolver("10.0.0.2").unwrap());
+        let units = crate::capability::Capabilities::builtin();
+        let mut grant = |name: &str, value: serde_json::Value| {
+            let lines = units.get(name).unwrap().describe(&value);
+            let granted = crate::plan::PlannedGrant { grant: value, secrets: vec![], lines };
+            probed.steps[0].capabilities.insert(name.into(), granted);
+        };
+        grant("tls", serde_json::json!({"targets": ["the7space.example"]}));
+        grant("dns", serde_json::json!({"names": ["*.the7space.example"], "resolver": "10.0.0.2:53"}));
         let lines: Vec<String> = diff(&base(), &probed).iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,
-            ["+ a: tls the7space.example:443", "+ a: dns *.the7space.example", "+ a: dns asking 10.0.0.2:53"]
+            ["+ a: dns *.the7space.example", "+ a: dns asking 10.0.0.2:53", "+ a: tls the7space.example:443"]
         );
         assert_eq!(promotion_differences(&probed, &base()).len(), 3, "a grant the proven run lacked");
     }

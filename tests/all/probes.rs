@@ -378,5 +378,5 @@ fn probe_grants_are_validated_with_their_lines_and_shown_in_the_plan() {
     let out = gantry_in(dir.path(), &["plan", "good.yaml"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("  dns       *.the7space.example (asking 127.0.0.1:5353)"), "{text}");
+    assert!(text.contains("  dns       *.the7space.example\n  dns       asking 127.0.0.1:5353\n"), "{text}");
 }

@@ -14,8 +14,8 @@
 
 use gantry_host::build::BuildOptions;
 use gantry_host::capability::unit::{
-    CallContext, CallState, Declarations, GrantInUse, GrantLine, Grammar, Granted, RequestRecord, SecretBinds,
-    UnitProblem, Written,
+    CallContext, CallState, Declarations, Grammar, GrantInUse, GrantLine, Granted, RequestRecord, SecretBinds,
+    StepFields, UnitProblem,
 };
 use gantry_host::capability::{Capabilities, Capability};
 use gantry_host::sandbox::Runtime;
@@ -77,19 +77,27 @@ impl Capability for Tickets {
         Grammar {
             step: serde_json::json!({"type": "array", "items": {"type": "string"}}),
             declaration: Some(Grammar::schema_of::<SystemDef>()),
+            also: vec![],
             about: "Change-ticket systems steps may open tickets in",
             origins: vec![],
         }
     }
 
-    fn grant(&self, step: &Written, declared: &Declarations, secrets: &dyn SecretBinds) -> Result<Granted, Vec<UnitProblem>> {
-        let names: Vec<String> = serde_json::from_value(step.value.clone())
-            .map_err(|_| vec![UnitProblem::new(step.field, "a list of declared ticket system names")])?;
+    fn grant(
+        &self,
+        step: &StepFields,
+        declared: &Declarations,
+        secrets: &dyn SecretBinds,
+    ) -> Result<Granted, Vec<UnitProblem>> {
+        let field = step.field("tickets");
+        let names: Vec<String> =
+            serde_json::from_value(step.get("tickets").map(|w| w.value.clone()).unwrap_or_default())
+                .map_err(|_| vec![UnitProblem::new(&field, "a list of declared ticket system names")])?;
         let (mut systems, mut problems) = (BTreeMap::new(), Vec::new());
         for (i, name) in names.iter().enumerate() {
             let Some(written) = declared.get(name) else {
                 problems.push(UnitProblem::new(
-                    format!("{}[{i}]", step.field),
+                    format!("{field}[{i}]"),
                     format!("ticket system `{name}` is not declared in `tickets:` (declared: {})", declared.names()),
                 ));
                 continue;

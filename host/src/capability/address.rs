@@ -147,16 +147,26 @@ impl Resolver {
         self.filter(host, answers).map_err(Unreachable::Denied)
     }
 
+    /// Whether the step may reach `ip` as an address of `host`: a restricted one only inside an allowed range.
+    pub fn admits(&self, host: &str, ip: IpAddr) -> Result<(), AddressDenied> {
+        match restricted(ip) {
+            Some(reason) if !self.allowed.iter().any(|net| net.contains(&ip)) => {
+                Err(AddressDenied { host: host.to_string(), ip, reason })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Keeps the addresses the step may reach; fails when none is left.
     pub fn filter(&self, host: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, AddressDenied> {
         let mut refused = None;
         let mut kept = Vec::new();
         for ip in addrs {
-            match restricted(ip) {
-                Some(reason) if !self.allowed.iter().any(|net| net.contains(&ip)) => {
-                    refused.get_or_insert(AddressDenied { host: host.to_string(), ip, reason });
+            match self.admits(host, ip) {
+                Err(denied) => {
+                    refused.get_or_insert(denied);
                 }
-                _ => kept.push(ip),
+                Ok(()) => kept.push(ip),
             }
         }
         match (kept.is_empty(), refused) {

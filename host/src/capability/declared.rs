@@ -1,7 +1,8 @@
 //! What a plugin declares it uses (the capabilities of `describe`) against what its step is
 //! granted, so a step that cannot work, or holds more than its plugin asks for, shows at plan time.
 //!
-//! `network`, `databases`, `tls`, `dns`, `files` and `artifacts` are needs: without the grant the plugin cannot do its job.
+//! `network`, `databases`, `files`, `artifacts` and each registered capability's name (`tls`, `dns`,
+//! `redis`) are needs: without the grant the plugin cannot do its job.
 //! `secrets:<use>` names a way the plugin may apply a secret, which a step may leave out.
 
 use std::fmt;
@@ -15,10 +16,6 @@ pub enum Declared {
     Secrets(String),
     /// `databases`: it opens SQL databases.
     Databases,
-    /// `tls`: it probes TLS endpoints.
-    Tls,
-    /// `dns`: it looks names up.
-    Dns,
     /// `files`: it reads granted directories.
     Files,
     /// `artifacts`: it writes to `/artifacts`.
@@ -33,8 +30,6 @@ impl Declared {
         match text {
             "network" => Self::Network,
             "databases" => Self::Databases,
-            "tls" => Self::Tls,
-            "dns" => Self::Dns,
             "files" => Self::Files,
             "artifacts" => Self::Artifacts,
             "secrets" => Self::Secrets(String::new()),
@@ -55,10 +50,6 @@ pub struct Granted {
     pub secrets: bool,
     /// At least one database.
     pub databases: bool,
-    /// At least one TLS target.
-    pub tls: bool,
-    /// At least one DNS name.
-    pub dns: bool,
     /// At least one read-only directory.
     pub files: bool,
     /// A writable `/artifacts`.
@@ -107,8 +98,6 @@ pub fn check(name: &str, declared: &[String], granted: Granted, units: &[&str]) 
     for (need, word, is_granted, grant) in [
         (Declared::Network, "network", granted.network, "`network:` origins"),
         (Declared::Databases, "databases", granted.databases, "`databases:`"),
-        (Declared::Tls, "tls", granted.tls, "`tls:` targets"),
-        (Declared::Dns, "dns", granted.dns, "`dns:` names"),
         (Declared::Files, "files", granted.files, "`files:`"),
         (Declared::Artifacts, "artifacts", granted.artifacts, "`artifacts: true`"),
     ] {
@@ -148,7 +137,7 @@ pub fn check(name: &str, declared: &[String], granted: Granted, units: &[&str]) 
         Declared::Unknown(text) if !units.contains(&text.as_str()) => Some(text),
         _ => None,
     }) {
-        let mut known = vec!["network", "databases", "tls", "dns", "secrets:<use>", "files", "artifacts"];
+        let mut known = vec!["network", "databases", "secrets:<use>", "files", "artifacts"];
         known.extend(units);
         push(
             Severity::Warning,
@@ -178,14 +167,12 @@ mod tests {
             network: true,
             secrets: true,
             databases: true,
-            tls: true,
-            dns: true,
             files: true,
             artifacts: true,
             units: Default::default(),
         };
         let found = check("misbehave", &[], all, &[]);
-        assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 7, "{found:?}");
+        assert_eq!(found.iter().filter(|m| m.severity == Severity::Warning).count(), 5, "{found:?}");
         assert!(found.iter().all(|m| m.severity == Severity::Warning));
     }
 

@@ -1,6 +1,6 @@
 //! What a step is granted: network origins, address ranges, secrets bound to
-//! origins, SQL databases, TLS targets and DNS names to probe, read-only
-//! directories and an artifacts directory.
+//! origins, SQL databases, read-only directories and an artifacts directory, and
+//! the grants of the capability units (TLS targets, DNS names, Redis servers).
 //! Everything defaults to deny; a step gets only what its grants name.
 //!
 //! A capability registered through [`unit::Capability`] lives in a folder of its own here and
@@ -24,7 +24,6 @@ pub use address::Resolver;
 pub use database::{Database, DatabaseGrant, Databases, Engine, Location, TlsMode};
 pub use files::{FileGrant, Files};
 pub use network::{Grant, GrantError, NetworkPolicy};
-pub use probe::Probes;
 pub use secrets::{Redactor, Secret, Secrets};
 pub use source::{AwsSecretStore, Patience, SecretFrom, SecretSource, SecretStores, Store};
 pub use unit::{Capabilities, Capability, UnitGrants};
@@ -43,6 +42,8 @@ macro_rules! units {
 }
 
 units! {
+    tls::Tls,
+    dns::Dns,
     redis::Redis,
 }
 
@@ -57,8 +58,6 @@ pub struct Grants {
     pub files: Files,
     /// SQL databases the step may open, with the passwords the host signs in with.
     pub databases: Databases,
-    /// TLS targets the step may shake hands with and names it may look up.
-    pub probes: Probes,
     /// Grants of registered capabilities, by name, with their secrets' values.
     pub units: UnitGrants,
     /// Only what reads goes out: requests that [`network::may_change`] nothing and statements of

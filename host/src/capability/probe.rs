@@ -1,12 +1,10 @@
-//! TLS and DNS grants: the `host:port` targets a step may shake hands with
-//! (`tls:`), the names it may look up (`dns:`), the CA file its probes also
-//! trust and the resolver its lookups ask. `*.` is allowed only as a whole
+//! What TLS and DNS grants are written in: the `host:port` targets a step may shake hands with,
+//! the names it may look up, and the resolver its lookups ask. `*.` is allowed only as a whole
 //! left-most label and matches names below it, not the name itself.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 /// A host as granted: a name (lower case, no trailing dot) with an optional `*.` prefix, or an IP address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,28 +101,12 @@ pub fn split_target(text: &str) -> Result<(String, u16), String> {
     Ok((t.host.to_string().trim_matches(['[', ']']).to_string(), t.port))
 }
 
-/// What a step may probe and look up.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probes {
-    /// Targets the step may shake hands with.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tls: Vec<TlsTarget>,
-    /// A CA file (PEM) its probes trust besides the public roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<PathBuf>,
-    /// Names the step may look up.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<NamePattern>,
-    /// The resolver its lookups ask; the system's (`/etc/resolv.conf`) when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolver: Option<SocketAddr>,
-}
-
-impl Probes {
-    /// Whether nothing is granted.
-    pub fn is_empty(&self) -> bool {
-        self.tls.is_empty() && self.dns.is_empty()
-    }
+/// The certificates of a PEM file, for a CA a grant trusts besides the public roots.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))
 }
 
 /// Parses a resolver address: `127.0.0.1:5353`, `10.0.0.2` (port 53), `[::1]:53`.

@@ -28,12 +28,21 @@ pub trait Capability: Send + Sync + 'static {
     /// The JSON Schemas of its fields in the pipeline file.
     fn grammar(&self) -> Grammar;
 
-    /// One step's grant: what the step wrote under `<name>:` (`step`), checked against the
-    /// declarations in force for its environment and entity. Returns every problem at once, each
-    /// by the field path it is about (`steps[2].redis[0]`, `redis.cache.url`), which the loader
-    /// turns into the file's line.
-    fn grant(&self, step: &Written, declared: &Declarations, secrets: &dyn SecretBinds)
+    /// One step's grant: what the step wrote under `<name>:` and the other fields the unit owns
+    /// (`step`), checked against the declarations in force for its environment and entity. Returns
+    /// every problem at once, each by the field path it is about (`steps[2].redis[0]`,
+    /// `redis.cache.url`), which the loader turns into the file's line. A `null` grant
+    /// ([`Granted::of`]`(None)`) grants nothing: the step then holds none of the capability.
+    fn grant(&self, step: &StepFields, declared: &Declarations, secrets: &dyn SecretBinds)
         -> Result<Granted, Vec<UnitProblem>>;
+
+    /// The grant a plan recorded before this capability was a unit, read from the step as that
+    /// plan wrote it (JSON), so its journal resumes and rolls back; `None` when it held none. Only
+    /// capabilities that were once part of the host's own grammar have one.
+    fn recorded_before(&self, step: &Value) -> Option<Value> {
+        let _ = step;
+        None
+    }
 
     /// What an environment's or entity's `replacement` of a declaration reaches beyond the
     /// pipeline's own (`declared`): overlays move a grant (another host, another user) and narrow
@@ -56,6 +65,15 @@ pub trait Capability: Send + Sync + 'static {
     fn prepare(&self, grant: Option<&GrantInUse>, call: &CallContext, state: &mut CallState) -> Result<(), String>;
 }
 
+impl dyn Capability {
+    /// The step fields it owns: its name and [`Grammar::also`]'s.
+    pub fn fields(&self) -> Vec<&'static str> {
+        let mut fields = vec![self.name()];
+        fields.extend(self.grammar().also.iter().map(|(field, _)| *field));
+        fields
+    }
+}
+
 /// A capability's fields in the pipeline file, as JSON Schemas (draft 2020-12, no `$ref`s).
 #[derive(Debug, Clone)]
 pub struct Grammar {
@@ -64,6 +82,8 @@ pub struct Grammar {
     /// What one entry of the top-level `<name>:` mapping holds, when steps name declared
     /// resources; an environment or entity replaces an entry whole, by name.
     pub declaration: Option<Value>,
+    /// Further step fields it owns beside `<name>:` (TLS's `tls_ca:`), each with its schema.
+    pub also: Vec<(&'static str, Value)>,
     /// One line for the top-level field's description.
     pub about: &'static str,
     /// Schemes of the origins its secrets are bound to, with their default ports (`("redis", 6379)`):
@@ -91,6 +111,36 @@ pub struct Written<'a> {
     pub field: &'a str,
     /// The value.
     pub value: &'a Value,
+}
+
+/// What one step wrote in a capability's fields, with where, and the directory its paths are
+/// relative to.
+#[derive(Debug, Clone)]
+pub struct StepFields {
+    /// The step's field path, e.g. `steps[2]`.
+    pub step: String,
+    /// The pipeline file's directory: relative paths in a grant are relative to it.
+    pub base: std::path::PathBuf,
+    fields: Vec<(String, String, Value)>,
+}
+
+impl StepFields {
+    /// `step`'s fields (name → value), as written in the file in `base`.
+    pub fn new(step: impl Into<String>, base: impl Into<std::path::PathBuf>, fields: BTreeMap<String, Value>) -> Self {
+        let step = step.into();
+        let fields = fields.into_iter().map(|(name, value)| (format!("{step}.{name}"), name, value)).collect();
+        StepFields { step, base: base.into(), fields }
+    }
+
+    /// The field `name`, when the step wrote it.
+    pub fn get(&self, name: &str) -> Option<Written<'_>> {
+        self.fields.iter().find(|(_, n, _)| n == name).map(|(field, _, value)| Written { field, value })
+    }
+
+    /// The path of field `name` (`steps[2].tls`), written or not, for a problem about it.
+    pub fn field(&self, name: &str) -> String {
+        format!("{}.{name}", self.step)
+    }
 }
 
 /// The declarations in force for one environment and entity, by name: the top-level ones, each
@@ -156,6 +206,40 @@ pub struct Granted {
     /// Names of the secrets the host signs in with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+}
+
+impl Granted {
+    /// `grant` with no secrets; nothing granted (`dns: []`) when `None`.
+    pub fn of<T: Serialize>(grant: Option<T>) -> Self {
+        Granted { grant: grant.map(|g| serde_json::to_value(g).unwrap_or_default()).unwrap_or_default(), secrets: Vec::new() }
+    }
+
+    /// Whether it grants nothing: then the step holds no grant of the capability.
+    pub fn is_nothing(&self) -> bool {
+        self.grant.is_null()
+    }
+}
+
+/// Parses every entry of the list `value` written at `field`, each problem at its index.
+pub fn parse_each<T>(
+    field: &str,
+    value: &Value,
+    parse: impl Fn(&str) -> Result<T, String>,
+    problems: &mut Vec<UnitProblem>,
+) -> Vec<T> {
+    let Some(items) = value.as_array() else {
+        problems.push(UnitProblem::new(field, "a list of strings"));
+        return Vec::new();
+    };
+    let mut parsed = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let text = item.as_str().map(str::to_string).unwrap_or_else(|| item.to_string());
+        match parse(&text) {
+            Ok(p) => parsed.push(p),
+            Err(message) => problems.push(UnitProblem::new(format!("{field}[{i}]"), message)),
+        }
+    }
+    parsed
 }
 
 /// A line of what a grant allows, for reviewers.
@@ -253,12 +337,33 @@ pub struct CallContext {
     pub request_timeout: Duration,
     /// Most requests one call may make.
     pub max_requests: u32,
+    /// Receives the step's log lines of what a host call did, when the call keeps a log.
+    pub log: Option<CallLog>,
+}
+
+/// Receives a line of what a host call did (a handshake, a lookup), for the step's log.
+#[derive(Clone)]
+pub struct CallLog(pub Arc<dyn Fn(String) + Send + Sync>);
+
+impl fmt::Debug for CallLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallLog")
+    }
 }
 
 impl CallContext {
     /// The time one request may take from now: the request timeout, never past the deadline.
     pub fn request_budget(&self) -> Duration {
         self.request_timeout.min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Logs what a host call did as a line of the step, redacted.
+    pub fn line(&self, message: &str) {
+        let message = self.redactor.redact(message);
+        tracing::info!(target: "gantry::capability", step = self.step.as_str(), "{message}");
+        if let Some(log) = &self.log {
+            (log.0)(message);
+        }
     }
 
     /// Journals a request, when the call has a journal.
@@ -340,8 +445,7 @@ impl fmt::Debug for Capabilities {
 /// Fields of a step, the top level or an overlay that the pipeline grammar itself uses: no
 /// capability may take one.
 const GRAMMAR_FIELDS: &[&str] = &[
-    "id", "name", "uses", "with", "needs", "if", "env", "network", "secrets", "databases", "tls", "tls_ca", "dns",
-    "resolver", "addresses", "files", "artifacts", "timeout", "limits", "retry", "continue_on_error", "rollback",
+    "id", "name", "uses", "with", "needs", "if", "env", "network", "secrets", "databases", "addresses", "files", "artifacts", "timeout", "limits", "retry", "continue_on_error", "rollback",
     "approval", "process_env", "secret_stores", "registries", "environments", "entities", "rollout", "steps", "plugins",
 ];
 
@@ -362,8 +466,9 @@ impl Capabilities {
 
     /// These capabilities and `unit`, shared; refused when its name is taken.
     pub fn with_arc(self, unit: Arc<dyn Capability>) -> Result<Self, RegistryError> {
-        let name = unit.name();
-        if GRAMMAR_FIELDS.contains(&name) || self.get(name).is_some() {
+        let fields = unit.fields();
+        let taken = self.iter().flat_map(|c| c.fields()).chain(GRAMMAR_FIELDS.iter().copied()).collect::<Vec<_>>();
+        if let Some(name) = fields.iter().find(|f| taken.contains(f)) {
             return Err(RegistryError::Taken(name.to_string()));
         }
         let mut all: Vec<Arc<dyn Capability>> = self.0.iter().cloned().collect();
@@ -409,9 +514,9 @@ mod tests {
             self.0
         }
         fn grammar(&self) -> Grammar {
-            Grammar { step: serde_json::json!({"type": "array"}), declaration: None, about: "", origins: vec![] }
+            Grammar { step: serde_json::json!({"type": "array"}), declaration: None, also: vec![], about: "", origins: vec![] }
         }
-        fn grant(&self, _: &Written, _: &Declarations, _: &dyn SecretBinds) -> Result<Granted, Vec<UnitProblem>> {
+        fn grant(&self, _: &StepFields, _: &Declarations, _: &dyn SecretBinds) -> Result<Granted, Vec<UnitProblem>> {
             Ok(Granted { grant: Value::Null, secrets: vec![] })
         }
         fn describe(&self, _: &Value) -> Vec<GrantLine> {

@@ -241,16 +241,6 @@ pub(crate) async fn plan(
                 d.grant.name, d.grant, d.password.name, d.password.source
             );
         }
-        let probes = &step.probes;
-        if !probes.tls.is_empty() {
-            let ca = probes.ca.as_ref().map(|c| format!(" (trusting {} too)", c.display())).unwrap_or_default();
-            println!("  tls       {}{ca}", texts(&probes.tls).join(", "));
-        }
-        if !probes.dns.is_empty() {
-            let resolver =
-                probes.resolver.map(|r| format!("asking {r}")).unwrap_or_else(|| "asking the system's resolver".into());
-            println!("  dns       {} ({resolver})", texts(&probes.dns).join(", "));
-        }
         for (name, granted) in &step.capabilities {
             for line in &granted.lines {
                 println!("  {name:<9} {}", line.review);

@@ -159,8 +159,6 @@ pub struct CheckedStep {
     pub files: Vec<FileGrant>,
     /// Names of the databases it may open.
     pub databases: Vec<String>,
-    /// TLS targets and DNS names it may probe.
-    pub probes: crate::capability::Probes,
     /// Its approval gate, when required.
     pub approval: Option<ApprovalPolicy>,
 }

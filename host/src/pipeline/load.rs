@@ -86,7 +86,8 @@ pub fn load_str_with(path: &Path, text: &str, capabilities: &Capabilities) -> Re
     let mut problems: Vec<Problem> =
         found.into_iter().map(|(at, field, message)| problem(at, &field, message)).collect();
     // The model names no capability: their fields are taken out, and checked by each capability below.
-    let units = units::take(&mut node, capabilities);
+    let mut units = units::take(&mut node, capabilities);
+    units.base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let pipeline: Pipeline = match marked_yaml::from_node(&node) {
         Ok(pipeline) => pipeline,
         // A required field was missing or removed: the structural problems say why.

@@ -374,22 +374,6 @@ pub struct StepDef {
     /// Names of the pipeline databases the step may open; the host signs in, the plugin never sees the password.
     #[serde(default)]
     pub databases: Vec<Loc<String>>,
-    /// Targets the step may shake hands with (TLS probes): `host:port`, 443 when left out, `*.` for names below one.
-    ///
-    /// Example: `tls: ["the7space.example:443", "db.internal:5432"]`
-    #[serde(default)]
-    pub tls: Vec<Loc<String>>,
-    /// A PEM file of CA certificates the step's TLS probes trust besides the public roots, relative to the pipeline file.
-    #[serde(default)]
-    pub tls_ca: Option<Loc<String>>,
-    /// Names the step may look up in DNS; `*.example.com` covers the names below it.
-    ///
-    /// Example: `dns: [the7space.example, "*.the7space.example"]`
-    #[serde(default)]
-    pub dns: Vec<Loc<String>>,
-    /// The resolver the step's lookups ask, `IP[:port]`; the system's (`/etc/resolv.conf`) when unset.
-    #[serde(default)]
-    pub resolver: Option<Loc<String>>,
     /// Restricted address ranges (private, loopback, ...) that names in `network:` may resolve to, e.g. `10.0.0.0/8`.
     #[serde(default)]
     pub addresses: Vec<Loc<String>>,

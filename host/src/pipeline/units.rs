@@ -3,7 +3,7 @@
 //! handed to each capability to check and grant.
 
 use super::model::Position;
-use crate::capability::unit::{Declarations, Granted, UnitProblem, Written};
+use crate::capability::unit::{Declarations, Granted, StepFields, UnitProblem, Written};
 use crate::capability::Capabilities;
 use marked_yaml::Node;
 use serde_json::{json, Value};
@@ -16,8 +16,10 @@ pub struct UnitSections {
     pub declared: BTreeMap<String, BTreeMap<String, Value>>,
     /// An overlay's replacements, by `environments.<name>` or `entities.<name>`: capability → name → value.
     pub overlays: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>>,
-    /// Each step's fields, in step order: capability → value.
+    /// Each step's capability fields, in step order: field name → value.
     pub steps: Vec<BTreeMap<String, Value>>,
+    /// The pipeline file's directory, which relative paths in grants are relative to.
+    pub base: std::path::PathBuf,
     /// Where each key and value was written, by field path (`redis.cache.url`, `steps[2].redis[0]`).
     pub positions: BTreeMap<String, Position>,
 }
@@ -35,6 +37,9 @@ pub fn extend_schema(schema: &mut Value, defs: &str, capabilities: &Capabilities
         }
         if let Some(props) = schema.pointer_mut(&format!("/{defs}/StepDef/properties")).and_then(Value::as_object_mut) {
             props.insert(name.to_string(), step);
+            for (field, also) in &grammar.also {
+                props.insert(field.to_string(), also.clone());
+            }
         }
         let Some(declaration) = grammar.declaration else { continue };
         let block = |about: String| json!({"type": "object", "description": about, "additionalProperties": declaration});
@@ -80,10 +85,9 @@ pub(crate) fn take(node: &mut Node, capabilities: &Capabilities) -> UnitSections
         for (i, step) in steps.iter_mut().enumerate() {
             let mut fields = BTreeMap::new();
             if let Some(step) = step.as_mapping_mut() {
-                for unit in capabilities.iter() {
-                    let name = unit.name();
-                    if let Some(value) = remove(step, name) {
-                        fields.insert(name.to_string(), to_json(&value, &format!("steps[{i}].{name}"), &mut sections.positions));
+                for field in capabilities.iter().flat_map(|unit| unit.fields()) {
+                    if let Some(value) = remove(step, field) {
+                        fields.insert(field.to_string(), to_json(&value, &format!("steps[{i}].{field}"), &mut sections.positions));
                     }
                 }
             }
@@ -130,12 +134,22 @@ impl UnitSections {
     ) -> Result<BTreeMap<String, Granted>, Vec<UnitProblem>> {
         let mut granted = BTreeMap::new();
         let mut problems = Vec::new();
-        for (name, value) in self.steps.get(index).into_iter().flatten() {
-            let Some(unit) = capabilities.get(name) else { continue };
-            let field = format!("steps[{index}].{name}");
-            match unit.grant(&Written { field: &field, value }, &self.declarations(name, layers), secrets) {
+        let written = self.steps.get(index);
+        for unit in capabilities.iter() {
+            let fields: BTreeMap<String, Value> = unit
+                .fields()
+                .into_iter()
+                .filter_map(|f| Some((f.to_string(), written?.get(f)?.clone())))
+                .collect();
+            if fields.is_empty() {
+                continue;
+            }
+            let name = unit.name();
+            let step = StepFields::new(format!("steps[{index}]"), &self.base, fields);
+            match unit.grant(&step, &self.declarations(name, layers), secrets) {
+                Ok(grant) if grant.is_nothing() => {}
                 Ok(grant) => {
-                    granted.insert(name.clone(), grant);
+                    granted.insert(name.to_string(), grant);
                 }
                 Err(found) => problems.extend(found),
             }

@@ -14,7 +14,6 @@ use super::source::PluginRef;
 use super::Problem;
 use crate::capability::database::{Location, TlsMode};
 use crate::capability::network::origin_of;
-use crate::capability::probe::{self, Probes};
 use crate::capability::{
     address, AwsSecretStore, DatabaseGrant, FileGrant, Grant, Patience, SecretFrom, SecretSource, SecretStores, Store,
     VaultAuth, VaultStore,
@@ -206,7 +205,6 @@ impl<'a> Checker<'a> {
             }
         }
         let addresses = self.all(&step.addresses, &format!("{field}.addresses"), address::parse_range);
-        let probes = self.probes(step, &field);
         let files = self.all(&step.files, &format!("{field}.files"), |dir| FileGrant::new(dir, &base));
         let limits = self.limits(step, &field);
         let retry = self.retry(step.retry.as_ref(), &field);
@@ -234,38 +232,8 @@ impl<'a> Checker<'a> {
             addresses: addresses?,
             files: files?,
             databases: step.databases.iter().map(|d| d.value.clone()).collect(),
-            probes: probes?,
             approval: approval?,
         })
-    }
-
-    /// A step's TLS targets and DNS names, the CA file its probes trust and the resolver its lookups ask.
-    fn probes(&mut self, step: &StepDef, field: &str) -> Option<Probes> {
-        let tls = self.all(&step.tls, &format!("{field}.tls"), probe::TlsTarget::parse);
-        let dns = self.all(&step.dns, &format!("{field}.dns"), probe::NamePattern::parse);
-        let ca = step.tls_ca.as_ref().map(|file| self.ca_file(file, &format!("{field}.tls_ca")));
-        let resolver =
-            step.resolver.as_ref().map(|r| self.parsed(probe::parse_resolver(r), r.at, &format!("{field}.resolver")));
-        // A CA or resolver with nothing to use it on is a grant someone meant to write and did not.
-        if let (Some(file), true) = (&step.tls_ca, step.tls.is_empty()) {
-            self.push(
-                file.at,
-                &format!("{field}.tls_ca"),
-                "a CA file without `tls:` targets is used by nothing: list the targets the step probes".into(),
-            );
-            return None;
-        }
-        if let (Some(r), true) = (&step.resolver, step.dns.is_empty()) {
-            self.push(
-                r.at,
-                &format!("{field}.resolver"),
-                "a resolver without `dns:` names is asked nothing: list the names the step looks up".into(),
-            );
-            return None;
-        }
-        // Outer `None`: a field failed (and was reported); inner `None`: the field was not written.
-        let (ca, resolver) = (ca.map_or(Some(None), |c| c.map(Some))?, resolver.map_or(Some(None), |r| r.map(Some))?);
-        Some(Probes { tls: tls?, ca, dns: dns?, resolver })
     }
 
     /// A CA file relative to the pipeline file; reported when it is not a file.

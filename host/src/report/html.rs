@@ -35,7 +35,7 @@ type Weight = (f64, u32, String);
 pub fn page(records: &[Record], live: bool) -> String {
     let folded = crate::run::fold::fold(records);
     let summary = Summary::of(&folded);
-    let plan: Option<Plan> = folded.start.as_ref().and_then(|(_, plan)| serde_json::from_value(plan.clone()).ok());
+    let plan: Option<Plan> = folded.start.as_ref().and_then(|(_, plan)| Plan::read(plan.clone()).ok());
     let started_by = Some(folded.started_by.clone()).filter(|by| !by.is_empty());
     let t0 = records.first().map(|r| r.ts_ms).unwrap_or_default();
     let t1 = records.last().map(|r| r.ts_ms).unwrap_or(t0);
@@ -513,7 +513,6 @@ mod tests {
 
     #[test]
     fn the_grants_table_shows_every_capability_a_step_was_granted() {
-        use crate::capability::probe::{NamePattern, TlsTarget};
         let mut plan: Plan = serde_json::from_value(serde_json::json!({
             "pipeline": "p", "environment": "production", "entity": "e", "groups": [],
             "steps": [{
@@ -531,8 +530,14 @@ mod tests {
         let password = serde_json::from_value(serde_json::json!({"name": "DB_PASSWORD", "source": "env:DB_PASSWORD", "bound_to": []}));
         let grant = crate::capability::DatabaseGrant::for_test("postgres://db.prod:5432/app", true);
         plan.steps[0].databases.push(crate::plan::PlannedDatabase { grant, password: password.unwrap() });
-        plan.steps[0].probes.tls.push(TlsTarget::parse("the7space.example").unwrap());
-        plan.steps[0].probes.dns.push(NamePattern::parse("*.the7space.example").unwrap());
+        let units = crate::capability::Capabilities::builtin();
+        for (name, value) in [
+            ("tls", serde_json::json!({"targets": ["the7space.example"]})),
+            ("dns", serde_json::json!({"names": ["*.the7space.example"]})),
+        ] {
+            let lines = units.get(name).unwrap().describe(&value);
+            plan.steps[0].capabilities.insert(name.into(), crate::plan::PlannedGrant { grant: value, secrets: vec![], lines });
+        }
         let html = grants(Some(&plan));
         for shown in [
             "origin https://a.example",

@@ -512,7 +512,6 @@ fn grants_for(step: &PlannedStep, artifacts: &Path, read: &SecretsRead) -> Grant
         secrets,
         files,
         databases,
-        probes: step.probes.clone(),
         units,
         reads_only: false,
     }

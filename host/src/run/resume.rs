@@ -74,7 +74,7 @@ impl Reopened {
             false => "the journal has no start",
         };
         let (file, plan) = folded.start.clone().ok_or_else(|| incomplete(unstarted.into()))?;
-        let plan: Plan = serde_json::from_value(plan).map_err(|e| {
+        let plan = Plan::read(plan).map_err(|e| {
             incomplete(format!(
                 "the plan recorded at its start cannot be read ({e}); it was written by another gantry version"
             ))
@@ -113,8 +113,9 @@ mod tests {
     use super::*;
 
     /// A blue-green release recorded by gantry before capability units (contract 0.3.4): its plan
-    /// still reads, grants no unit, and writes back as it was read, so resuming or rolling back a
-    /// run recorded then works as before.
+    /// still reads, its TLS and DNS grants (recorded as `probes`) read into the units' grants with
+    /// the lines a plan of today shows, and everything else writes back as it was read, so resuming
+    /// or rolling back a run recorded then works as before.
     #[test]
     fn a_journal_recorded_before_capability_units_reopens_unchanged() {
         let text = include_str!("../../../tests/fixtures/journals/blue-green-before-units.jsonl");
@@ -128,9 +129,23 @@ mod tests {
             .unwrap();
         let reopened = Reopened::from_journal("1796675406986-14980", journal).unwrap();
         assert_eq!(reopened.plan.steps.len(), 10);
-        assert!(reopened.plan.steps.iter().all(|s| s.capabilities.is_empty()));
+        let lines = |id: &str, unit: &str| -> Vec<String> {
+            let step = reopened.plan.step(id).unwrap();
+            step.capabilities.get(unit).map(|g| g.lines.iter().map(|l| l.review.clone()).collect()).unwrap_or_default()
+        };
+        assert_eq!(lines("tls", "tls"), ["127.0.0.1:18090", "trusting pipelines/certs/demo-ca.pem"]);
+        assert_eq!(lines("verify-dns", "dns"), ["www.the7space.example", "asking 127.0.0.1:18091"]);
+        let granted: Vec<usize> = reopened.plan.steps.iter().map(|s| s.capabilities.len()).collect();
+        assert_eq!(granted.iter().sum::<usize>(), 2, "no other step gains a grant: {granted:?}");
         assert_eq!(reopened.plan.step("migrate").map(|s| s.databases.len()), Some(1));
-        assert_eq!(serde_json::to_value(&reopened.plan).unwrap(), recorded);
+        // Written back, the plan is the recorded one with `probes` become the units' grants.
+        let mut written = serde_json::to_value(&reopened.plan).unwrap();
+        let mut recorded = recorded;
+        for (w, r) in written["steps"].as_array_mut().unwrap().iter_mut().zip(recorded["steps"].as_array_mut().unwrap()) {
+            r.as_object_mut().unwrap().remove("probes");
+            w.as_object_mut().unwrap().remove("capabilities");
+        }
+        assert_eq!(written, recorded);
         assert_eq!(reopened.completed.len(), 10, "every step of the finished run is in place");
     }
 }

@@ -12,13 +12,11 @@ pub mod artifacts;
 pub mod bindings;
 pub mod cache;
 pub mod contract;
-mod dns;
 pub mod imports;
 pub mod limits;
 mod outbound;
 mod pre;
 pub mod sql;
-mod tls;
 
 pub use cache::{Cache, CacheStatus};
 pub use contract::CONTRACT_VERSION;
@@ -27,7 +25,7 @@ pub use outbound::{HttpLimits, RequestLog, RequestRecord};
 pub use sql::SqlLimits;
 
 use crate::capability::files::ARTIFACTS_GUEST_PATH;
-use crate::capability::unit::{CallContext, CallState};
+use crate::capability::unit::{CallContext, CallLog, CallState};
 use crate::capability::{Capabilities, Capability, Grants, Resolver};
 use bindings::gantry::step::types as wit;
 use bindings::Sandbox;
@@ -402,9 +400,11 @@ impl State {
         let wasi = builder.build();
         let client = runtime.inner.client(call.grants.network.addresses()).map_err(setup)?;
         let resolver = runtime.inner.resolver.allowing(call.grants.network.addresses().to_vec());
+        let tracker = limits::Tracker::new(&call.limits);
+        let log = call.logs.clone().map(|sink| CallLog(Arc::new(move |line: String| (sink.0)(Level::Info, line))));
         let context = CallContext {
             step: call.context.step_id.clone(),
-            deadline: Instant::now() + call.limits.timeout,
+            deadline: tracker.deadline,
             reads_only: call.grants.reads_only,
             resolver: resolver.clone(),
             redactor: call.grants.secrets.redactor().clone(),
@@ -412,6 +412,7 @@ impl State {
             response_bytes: call.http.max_response_bytes,
             request_timeout: call.http.request_timeout,
             max_requests: call.http.max_requests,
+            log,
         };
         let mut data = CallState::new(wasi);
         let units = &runtime.inner.capabilities;
@@ -427,7 +428,7 @@ impl State {
         }
         let state = Self {
             table: ResourceTable::new(),
-            tracker: limits::Tracker::new(&call.limits),
+            tracker,
             outbound: outbound::Outbound {
                 step: call.context.step_id.clone(),
                 grants: call.grants.clone(),

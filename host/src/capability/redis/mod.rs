@@ -11,7 +11,7 @@ mod session;
 
 use super::unit::{
     CallContext, CallState, Capability, Declarations, GrantInUse, GrantLine, Grammar, Granted, SecretBinds,
-    UnitProblem, Written,
+    StepFields, UnitProblem, Written,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -180,20 +180,23 @@ impl Capability for Redis {
                 "description": "Names of the pipeline's Redis servers the step may use; the host signs in, the plugin never sees the URL or password. Example: `redis: [cache]`"
             }),
             declaration: Some(Grammar::schema_of::<RedisDef>()),
+            also: vec![],
             about: "Redis servers steps may use, each with the key prefixes it grants",
             origins: vec![("redis", 6379)],
         }
     }
 
-    fn grant(&self, step: &Written, declared: &Declarations, secrets: &dyn SecretBinds) -> Result<Granted, Vec<UnitProblem>> {
-        let names: Vec<String> = serde_json::from_value(step.value.clone())
-            .map_err(|_| vec![UnitProblem::new(step.field, "a list of declared Redis server names, e.g. `[cache]`")])?;
+    fn grant(&self, step: &StepFields, declared: &Declarations, secrets: &dyn SecretBinds) -> Result<Granted, Vec<UnitProblem>> {
+        let field = step.field("redis");
+        let written = step.get("redis").map(|w| w.value.clone()).unwrap_or_default();
+        let names: Vec<String> = serde_json::from_value(written)
+            .map_err(|_| vec![UnitProblem::new(&field, "a list of declared Redis server names, e.g. `[cache]`")])?;
         let mut grant = RedisGrant::default();
         let mut problems = Vec::new();
         for (i, name) in names.iter().enumerate() {
             match declared.get(name) {
                 None => problems.push(UnitProblem::new(
-                    format!("{}[{i}]", step.field),
+                    format!("{field}[{i}]"),
                     format!("Redis server `{name}` is not declared in `redis:` (declared: {})", declared.names()),
                 )),
                 Some(written) => match self.server(written, secrets) {
@@ -208,7 +211,7 @@ impl Capability for Redis {
             return Err(problems);
         }
         let secrets = grant.servers.values().filter_map(|s| s.password.clone()).collect();
-        let grant = serde_json::to_value(&grant).map_err(|e| vec![UnitProblem::new(step.field, e.to_string())])?;
+        let grant = serde_json::to_value(&grant).map_err(|e| vec![UnitProblem::new(&field, e.to_string())])?;
         Ok(Granted { grant, secrets })
     }
 
@@ -283,6 +286,10 @@ mod tests {
         Declarations { by_name: BTreeMap::from([("cache".to_string(), ("redis.cache".to_string(), value))]) }
     }
 
+    fn naming(step: usize, names: Value) -> StepFields {
+        StepFields::new(format!("steps[{step}]"), ".", BTreeMap::from([("redis".to_string(), names)]))
+    }
+
     fn binds(origin: &str) -> BTreeMap<String, Vec<String>> {
         BTreeMap::from([("CACHE_PASSWORD".to_string(), vec![origin.to_string()])])
     }
@@ -291,7 +298,7 @@ mod tests {
     fn a_grant_names_declared_servers_and_keeps_the_password_by_name() {
         let d = declared(json!({"url": "redis://127.0.0.1:18092/2", "password": "CACHE_PASSWORD", "prefixes": ["the7space:"]}));
         let step = json!(["cache"]);
-        let g = Redis.grant(&Written { field: "steps[0].redis", value: &step }, &d, &binds("redis://127.0.0.1:18092")).unwrap();
+        let g = Redis.grant(&naming(0, step), &d, &binds("redis://127.0.0.1:18092")).unwrap();
         assert_eq!(g.secrets, ["CACHE_PASSWORD"]);
         assert_eq!(g.grant["servers"]["cache"]["db"], 2);
         let lines = Redis.describe(&g.grant);
@@ -316,13 +323,13 @@ mod tests {
     fn every_problem_is_named_by_its_field() {
         let d = declared(json!({"url": "redis://u:p@h", "password": "CACHE_PASSWORD", "prefixes": ["a*", ""]}));
         let step = json!(["cache", "sessions"]);
-        let found = Redis.grant(&Written { field: "steps[1].redis", value: &step }, &d, &binds("redis://h:6379")).unwrap_err();
+        let found = Redis.grant(&naming(1, step), &d, &binds("redis://h:6379")).unwrap_err();
         let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["redis.cache.url", "redis.cache.prefixes[0]", "redis.cache.prefixes[1]", "steps[1].redis[1]"], "{found:?}");
         let d = declared(json!({"url": "redis://h", "password": "CACHE_PASSWORD", "prefixes": ["a:"]}));
-        let found = Redis.grant(&Written { field: "s", value: &json!(["cache"]) }, &d, &binds("redis://other:6379")).unwrap_err();
+        let found = Redis.grant(&naming(0, json!(["cache"])), &d, &binds("redis://other:6379")).unwrap_err();
         assert!(found[0].message.contains("not bound to redis://h:6379"), "{found:?}");
-        let ok = Redis.grant(&Written { field: "s", value: &json!(["cache"]) }, &d, &binds("redis://h"));
+        let ok = Redis.grant(&naming(0, json!(["cache"])), &d, &binds("redis://h"));
         assert!(ok.is_ok(), "a bind without a port means 6379");
     }
 }

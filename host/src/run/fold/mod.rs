@@ -313,7 +313,7 @@ pub fn fold(records: &[Record]) -> Folded {
             Event::RunStarted { file, plan, started_by, .. } if f.start.is_none() => {
                 f.reading_secrets = false;
                 f.start = Some((file.clone(), plan.clone()));
-                if let Ok(plan) = serde_json::from_value::<crate::plan::Plan>(plan.clone()) {
+                if let Ok(plan) = crate::plan::Plan::read(plan.clone()) {
                     f.kept = plan.steps.into_iter().filter(|s| !s.rollback).map(|s| s.id).collect();
                 }
                 f.started_by = started_by.clone().unwrap_or_default();

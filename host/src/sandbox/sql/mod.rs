@@ -339,7 +339,7 @@ async fn statement(
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, SqlError> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
-        roots.add_parsable_certificates(super::tls::read_ca_file(path).map_err(SqlError::Invalid)?);
+        roots.add_parsable_certificates(crate::capability::probe::read_ca_file(path).map_err(SqlError::Invalid)?);
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -6,9 +6,10 @@
 //! misnamed or self-signed certificate is reported with its chain instead of a bare error.
 
 use super::bindings::gantry::step::tls as wit;
-use super::State;
+use super::TlsGrant;
 use crate::capability::address::Unreachable;
-use crate::capability::probe::split_target;
+use crate::capability::probe::{read_ca_file, split_target};
+use crate::capability::unit::CallContext;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -17,19 +18,11 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use sha2::Digest;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 pub use wit::{Handshake, ProbeError, Starttls};
-
-/// The certificates of a PEM file, for a CA a grant trusts besides the public roots.
-pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))
-}
 
 /// What the verifier concluded about the chain it was shown.
 #[derive(Debug, Default)]
@@ -328,28 +321,32 @@ fn describe(e: &ProbeError) -> String {
     }
 }
 
-impl wit::Host for State {
+/// The TLS state of one call: the step's grant and the call's context.
+pub(super) struct TlsCall {
+    pub(super) grant: TlsGrant,
+    pub(super) call: CallContext,
+}
+
+impl wit::Host for TlsCall {
     async fn probe(&mut self, target: String, starttls: Starttls) -> Result<Handshake, ProbeError> {
-        let result = self.tls_probe(&target, starttls).await;
-        self.capability_line(summary(&target, &result));
+        let result = self.probe(&target, starttls).await;
+        self.call.line(&summary(&target, &result));
         result
     }
 }
 
-impl State {
-    async fn tls_probe(&mut self, target: &str, starttls: Starttls) -> Result<Handshake, ProbeError> {
-        let step = self.outbound.step.clone();
+impl TlsCall {
+    async fn probe(&mut self, target: &str, starttls: Starttls) -> Result<Handshake, ProbeError> {
+        let step = &self.call.step;
         let (host, port) = split_target(target).map_err(ProbeError::Invalid)?;
-        let probes = &self.outbound.grants.probes;
-        if !probes.tls.iter().any(|t| t.allows(&host, port)) {
+        if !self.grant.targets.iter().any(|t| t.allows(&host, port)) {
             return Err(ProbeError::Denied(format!(
                 "{host}:{port} is not granted to step `{step}`: add it to the step's `tls:`"
             )));
         }
-        let ca = probes.ca.clone();
-        let timeout =
-            self.outbound.limits.request_timeout.min(self.tracker.deadline.saturating_duration_since(Instant::now()));
-        let resolver = self.resolver.clone();
+        let ca = self.grant.ca.clone();
+        let timeout = self.call.request_budget();
+        let resolver = self.call.resolver.clone();
         let probing = async {
             let ips = resolver.connectable(&host).await.map_err(|e| match e {
                 Unreachable::Denied(d) => ProbeError::Denied(d.for_request()),

@@ -6,14 +6,14 @@
 //! map the inside of the network, nor a rebinding name to smuggle an internal address to a plugin.
 
 use super::bindings::gantry::step::dns as wit;
-use super::State;
-use crate::capability::address::{restricted, AddressDenied};
+use super::DnsGrant;
+use crate::capability::unit::CallContext;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use wit::{Answer, LookupError};
 
@@ -101,29 +101,32 @@ fn summary(name: &str, kind: wit::RecordType, result: &Result<Vec<Answer>, Looku
     }
 }
 
-impl wit::Host for State {
+/// The DNS state of one call: the step's grant and the call's context.
+pub(super) struct DnsCall {
+    pub(super) grant: DnsGrant,
+    pub(super) call: CallContext,
+}
+
+impl wit::Host for DnsCall {
     async fn lookup(&mut self, name: String, kind: wit::RecordType) -> Result<Vec<Answer>, LookupError> {
-        let result = self.dns_lookup(&name, kind).await;
-        self.capability_line(summary(&name, kind, &result));
+        let result = self.lookup(&name, kind).await;
+        self.call.line(&summary(&name, kind, &result));
         result
     }
 }
 
-impl State {
-    async fn dns_lookup(&mut self, name: &str, kind: wit::RecordType) -> Result<Vec<Answer>, LookupError> {
-        let step = self.outbound.step.clone();
+impl DnsCall {
+    async fn lookup(&mut self, name: &str, kind: wit::RecordType) -> Result<Vec<Answer>, LookupError> {
+        let step = &self.call.step;
         let asked = crate::capability::probe::NamePattern::parse(name)
             .map_err(|e| LookupError::Invalid(format!("`{name}`: {e}")))?;
-        let probes = &self.outbound.grants.probes;
-        if !probes.dns.iter().any(|p| p.matches(&asked.to_string())) {
+        if !self.grant.names.iter().any(|p| p.matches(&asked.to_string())) {
             return Err(LookupError::Denied(format!(
                 "looking up {asked} is not granted to step `{step}`: add it to the step's `dns:`"
             )));
         }
-        let remaining = self.tracker.deadline.saturating_duration_since(Instant::now());
-        let timeout = self.outbound.limits.request_timeout.min(remaining);
-        let resolver = resolver(probes.resolver, timeout)?;
-        let allowed = self.outbound.grants.network.addresses().to_vec();
+        let timeout = self.call.request_budget();
+        let resolver = resolver(self.grant.resolver, timeout)?;
         let asking = format!("{asked}.");
         let lookup = match tokio::time::timeout(timeout, resolver.lookup(asking.as_str(), record_type(kind))).await {
             Err(_) => return Err(LookupError::Timeout(format!("the resolver did not answer for {asked} in time"))),
@@ -135,10 +138,8 @@ impl State {
         let mut answers = Vec::new();
         for record in lookup.answers().iter().filter(|r| r.record_type() == wanted).take(MAX_ANSWERS) {
             if let Some(ip) = address(&record.data) {
-                if let Some(reason) = restricted(ip).filter(|_| !allowed.iter().any(|net| net.contains(&ip))) {
-                    let denied = AddressDenied { host: asked.to_string(), ip, reason };
-                    return Err(LookupError::Denied(denied.for_request()));
-                }
+                // One restricted address refuses the whole answer: a lookup maps nothing inside.
+                self.call.resolver.admits(&asked.to_string(), ip).map_err(|d| LookupError::Denied(d.for_request()))?;
             }
             if let Some(value) = value(&record.data) {
                 let owner = record.name.to_ascii().trim_end_matches('.').to_string();
