@@ -26,6 +26,15 @@ pub fn readings(records: &[Record]) -> Vec<StepReading> {
     logged(records, Recorded::from_line).map(|(step, recorded)| StepReading { step, recorded }).collect()
 }
 
+/// A reading as people read it: the value, `no data`, or `error: …`.
+pub fn reading_text(reading: &Reading) -> String {
+    match reading {
+        Reading::Value { value } => format!("{value}"),
+        Reading::Nodata => "no data".into(),
+        Reading::Error { message } => format!("error: {message}"),
+    }
+}
+
 /// Each distinct item once, in the order it first appears (steps, metrics: a handful each).
 pub fn first_seen<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
     let mut seen = Vec::new();

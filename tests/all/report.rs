@@ -79,9 +79,24 @@ fn the_html_report_of_a_rolled_back_canary_loads_clean_in_chromium_with_every_st
             m = misbehave.display()
         );
     let (key, secret) = (aws.get("access_key"), aws.get("secret_key"));
-    let out = run_pipeline(dir.path(), &yaml, &[("TEST_AWS_KEY", &key), ("TEST_AWS_SECRET", &secret)], &[]);
+    let summary = dir.path().join("summary.md");
+    let summary_env = summary.to_str().unwrap();
+    let env = [("TEST_AWS_KEY", key.as_str()), ("TEST_AWS_SECRET", secret.as_str()), ("GITHUB_STEP_SUMMARY", summary_env)];
+    let out = run_pipeline(dir.path(), &yaml, &env, &[]);
     expect_code(&out, 1);
     let id = run_id(dir.path());
+
+    // The job summary, as GitHub renders it: every stage's gate reading, the weights the rollback
+    // restored, what was rolled back and why.
+    let shown = github_html(&std::fs::read_to_string(&summary).unwrap());
+    for stage in ["5%", "25%", "50%", "100%"] {
+        let observed = format!("{}/health answered 200", server.origin());
+        let row = format!("<td>shift</td>\n<td align=\"right\">{stage}</td>\n<td align=\"right\">1/1</td>\n<td>health-url</td>\n<td>{observed}</td>\n<td>2xx</td>\n<td>Pass</td>");
+        assert!(shown.contains(&row), "the reading of stage {stage}: {shown}");
+    }
+    assert!(shown.contains("<td>weights restored</td>"), "{shown}");
+    assert!(shown.contains("<h4>Rolled back</h4>\n<p>shift, because "), "{shown}");
+    assert!(shown.contains("smoke failed: step `smoke` failed: post-release check failed.</p>"), "{shown}");
 
     let page = dir.path().join("report.html");
     let written = gantry_in(dir.path(), &["report", &id, "--html", page.to_str().unwrap()]);

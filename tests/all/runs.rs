@@ -313,6 +313,89 @@ fn reports_for_ci_junit_json_and_github_annotations() {
 }
 
 #[test]
+fn a_github_job_gets_its_summary_and_outputs_and_a_gitlab_job_its_sections() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let message = "<script>alert(1)</script> | *smoke* failed";
+    let steps = [step("a", "", ""), step("b", "a", &format!(", action: fail, message: \"{message}\"")), step("c", "b", "")].concat();
+    let file = pipeline(dir.path(), &server, &steps);
+    let (summary, outputs, html) = (dir.path().join("summary.md"), dir.path().join("outputs"), dir.path().join("report.html"));
+    std::fs::write(&summary, "## an earlier step's summary\n").unwrap();
+    let out = command(&shared_cache())
+        .args(["run", file.to_str().unwrap(), "--report"])
+        .arg(format!("html={}", html.display()))
+        .current_dir(dir.path())
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env("GITHUB_OUTPUT", &outputs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let id = run_id(dir.path());
+    let markdown = std::fs::read_to_string(&summary).unwrap();
+    assert!(markdown.starts_with("## an earlier step's summary\n### gantry: run"), "appended: {markdown}");
+    let page = github_html(&markdown);
+    for shown in [
+        "<h3>gantry: run-test · development · default: failed</h3>",
+        "<td>a</td>\n<td>rolled-back</td>",
+        "<td>b</td>\n<td>failed</td>",
+        "<td>c</td>\n<td>skipped</td>",
+        "&lt;script&gt;alert(1)&lt;/script&gt; | *smoke* failed",
+        "<h4>Rolled back</h4>",
+        &format!("{}", html.display()),
+    ] {
+        assert!(page.contains(shown), "{shown} not in {page}");
+    }
+    assert!(!page.contains("<script") && !page.contains("<em>"), "the step's message became markup: {page}");
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<html"), "the HTML report it points at");
+    let written = std::fs::read_to_string(&outputs).unwrap();
+    assert_eq!(written, format!("run-id={id}\nstatus=failed\n"));
+
+    let out = command(&shared_cache())
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("GITLAB_CI", "true")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle} not in {log}"));
+    assert!(at("section_start:") < at("a: started"), "{log}");
+    assert!(lines[at("a: started") - 1].ends_with(":gantry_a[collapsed=true]\r\u{1b}[0Kstep a"), "{log}");
+    assert!(at("a: succeeded") < at("section_end:") && lines[at("section_end:")].contains(":gantry_a\r"), "{log}");
+    assert!(lines[at("b: failed") + 1].contains("section_end:") && lines[at("b: failed") + 1].contains(":gantry_b\r"), "{log}");
+    assert!(!log.contains(":gantry_c"), "a skipped step never started: {log}");
+}
+
+#[test]
+fn the_github_action_fits_the_action_metadata_schema_and_runs_gantry_as_it_is() {
+    let validate = |file: &Path| {
+        std::process::Command::new(crate::peers::venv("check-jsonschema"))
+            .args(["--builtin-schema", "vendor.github-actions"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let action = repo().join("action.yml");
+    let out = validate(&action);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // The validator is live: a misspelt key and an unknown runner are refused.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&action).unwrap();
+    let broken = dir.path().join("action.yml");
+    std::fs::write(&broken, text.replacen("description:", "descripton:", 1).replace("using: composite", "using: compost")).unwrap();
+    let out = validate(&broken);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("'descripton' was unexpected"), "{said}");
+    // Every flag the action passes is one `gantry run` takes.
+    let help = String::from_utf8_lossy(&gantry_in(dir.path(), &["run", "--help"]).stdout).into_owned();
+    for flag in ["--env <", "--entity <", "--report <"] {
+        assert!(text.contains(flag.trim_end_matches(" <")) && help.contains(flag), "{flag}");
+    }
+    assert!(text.contains("\"html=$RUNNER_TEMP/gantry-report.html\""), "the report the artifact uploads");
+}
+
+#[test]
 fn a_terminal_gets_a_live_view_and_a_pipe_gets_timestamped_lines() {
     let server = recorder();
     let dir = tempfile::tempdir().unwrap();

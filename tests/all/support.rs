@@ -357,3 +357,19 @@ pub fn failing_step(id: &str, needs: &str, message: &str) -> String {
         repo().join("tests/plugins/misbehave").display()
     )
 }
+
+/// Markdown as GitHub renders it: GitHub's own cmark-gfm (PyPI `cmarkgfm`), raw HTML let through
+/// so that anything the summary failed to escape would show as a tag.
+pub fn github_html(markdown: &str) -> String {
+    let script = "import sys, cmarkgfm\nfrom cmarkgfm.cmark import Options\nsys.stdout.write(cmarkgfm.github_flavored_markdown_to_html(sys.stdin.read(), options=Options.CMARK_OPT_UNSAFE))";
+    let mut child = std::process::Command::new(crate::peers::venv("python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(markdown.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -291,7 +291,7 @@ enum Command {
         /// Print newline-delimited JSON events.
         #[arg(long)]
         json: bool,
-        /// Write a report after the run: junit=PATH or json=PATH (repeatable; checked before the run starts).
+        /// Write a report after the run: junit=PATH, json=PATH, markdown=PATH (a job summary) or html=PATH (repeatable; checked before the run starts).
         #[arg(long = "report", value_name = "KIND=PATH")]
         reports: Vec<crate::report::ReportSpec>,
     },

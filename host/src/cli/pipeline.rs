@@ -661,9 +661,11 @@ async fn go_on(
     let result = crate::run::run(&runtime, &r.plan, &session, &options, Some(tx)).await;
     let _ = printer.await;
     signals.abort();
+    let (store, id) = (session.store().clone(), session.run_id().to_string());
     let closed = session.close().await;
     let result = result?;
     report_journal_error(&result, closed);
+    write_reports(store.as_ref(), &id, &[]).await?;
     Ok(result.exit_code())
 }
 
@@ -838,28 +840,49 @@ async fn undo_with(
     let result = crate::run::rollback(&runtime, &session, &r, past_barrier, Some(tx)).await;
     let _ = printer.await;
     signals.abort();
+    let (store, id) = (session.store().clone(), session.run_id().to_string());
     let closed = session.close().await;
     let result = result?;
     report_journal_error(&result, closed);
+    write_reports(store.as_ref(), &id, &[]).await?;
     Ok(result.exit_code())
 }
 
-/// Writes the reports asked for from the journal, and GitHub annotations when running in Actions.
+/// Writes the reports asked for from the journal; in GitHub Actions, the `::error` annotations,
+/// the job summary (`$GITHUB_STEP_SUMMARY`) and the run's id and status as step outputs
+/// (`$GITHUB_OUTPUT`). Run, resume and rollback each write them: each ends (part of) a run.
 async fn write_reports(store: &dyn RunStore, run_id: &str, reports: &[ReportSpec]) -> anyhow::Result<()> {
     let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
-    if reports.is_empty() && !github {
+    let ci_file = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let (step_summary, step_output) = (ci_file("GITHUB_STEP_SUMMARY"), ci_file("GITHUB_OUTPUT"));
+    if reports.is_empty() && !github && step_summary.is_none() && step_output.is_none() {
         // Reading the whole journal back (a few ms for a long run) only when something uses it.
         return Ok(());
     }
     let journal = store.read(run_id).await?;
     let summary = crate::report::Summary::from_records(&journal.records);
+    let html = reports.iter().find(|r| r.kind == crate::report::ReportKind::Html).map(|r| r.path.as_path());
     for report in reports {
-        report.write(&summary).map_err(|e| anyhow::anyhow!("--report {}: {e}", report.path.display()))?;
+        report
+            .write(&journal.records, &summary, html)
+            .map_err(|e| anyhow::anyhow!("--report {}: {e}", report.path.display()))?;
     }
     if github {
         for line in summary.github_annotations() {
             println!("{line}");
         }
+    }
+    // The runner's files are appended to: other steps of the job write theirs too.
+    let append = |path: &std::path::Path, text: &str| -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+        file.write_all(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    if let Some(path) = &step_summary {
+        append(path, &crate::report::markdown::job_summary(&summary, &journal.records, html))?;
+    }
+    if let Some(path) = &step_output {
+        append(path, &crate::report::github_outputs(&summary))?;
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! Reports for CI: a run summary built from the journal, written as JSON or
-//! JUnit XML, and GitHub Actions `::error::` annotations; and the HTML report
-//! people look at ([`html`]).
+//! Reports for CI: a run summary built from the journal, written as JSON,
+//! JUnit XML or a Markdown job summary ([`markdown`]), and GitHub Actions
+//! `::error::` annotations; and the HTML report people look at ([`html`]).
 
+pub mod canary;
 pub mod html;
+pub mod markdown;
 pub mod out;
 pub mod progress;
 
@@ -19,9 +21,13 @@ pub enum ReportKind {
     Junit,
     /// The [`Summary`] as JSON.
     Json,
+    /// The Markdown job summary ([`markdown::job_summary`]).
+    Markdown,
+    /// The HTML report ([`html::page`]).
+    Html,
 }
 
-/// A report to write after a run: `junit=PATH` or `json=PATH`.
+/// A report to write after a run: `junit=PATH`, `json=PATH`, `markdown=PATH` or `html=PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportSpec {
     /// The format.
@@ -47,11 +53,13 @@ impl FromStr for ReportSpec {
 
     /// Checked before a run starts, so a typo never waits until after a deploy.
     fn from_str(spec: &str) -> Result<Self, String> {
-        let (kind, path) = spec.split_once('=').ok_or_else(|| format!("{spec:?}: expected junit=PATH or json=PATH"))?;
+        let (kind, path) = spec.split_once('=').ok_or_else(|| format!("{spec:?}: expected KIND=PATH, e.g. junit=PATH"))?;
         let kind = match kind {
             "junit" => ReportKind::Junit,
             "json" => ReportKind::Json,
-            other => return Err(format!("{other:?}: the report kinds are junit and json")),
+            "markdown" => ReportKind::Markdown,
+            "html" => ReportKind::Html,
+            other => return Err(format!("{other:?}: the report kinds are junit, json, markdown and html")),
         };
         if path.is_empty() {
             return Err(format!("{spec:?}: give the file to write"));
@@ -66,11 +74,14 @@ impl FromStr for ReportSpec {
 }
 
 impl ReportSpec {
-    /// Writes the report of `summary`.
-    pub fn write(&self, summary: &Summary) -> std::io::Result<()> {
+    /// Writes the report of the run `records` journaled (`summary` is their summary); `html` is
+    /// where the HTML report of the same run is written, for the Markdown to point at.
+    pub fn write(&self, records: &[Record], summary: &Summary, html: Option<&std::path::Path>) -> std::io::Result<()> {
         let text = match self.kind {
             ReportKind::Junit => summary.junit(),
             ReportKind::Json => serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?,
+            ReportKind::Markdown => markdown::job_summary(summary, records, html),
+            ReportKind::Html => html::page(records, false),
         };
         std::fs::write(&self.path, text)
     }
@@ -226,6 +237,13 @@ impl Summary {
         });
         preflight.chain(steps).collect()
     }
+}
+
+/// The run as GitHub Actions step outputs (`name=value` lines for `$GITHUB_OUTPUT`): `run-id` and
+/// `status`.
+pub fn github_outputs(summary: &Summary) -> String {
+    let one_line = |v: &str| v.replace(['\n', '\r'], " ");
+    format!("run-id={}\nstatus={}\n", one_line(&summary.run_id), one_line(&summary.status))
 }
 
 /// Text made safe inside HTML or XML text and attributes.

@@ -198,6 +198,7 @@ pub fn printer_for(json: bool, label: Option<String>) -> (mpsc::UnboundedSender<
         let quiet = QUIET.get().copied().unwrap_or(false);
         let mut view = if label.is_some() || quiet { None } else { live_view(json) };
         let prefix = label.as_ref().map(|l| format!("[{l}] ")).unwrap_or_default();
+        let mut sections = (view.is_none() && !json && GitlabSections::wanted()).then(GitlabSections::default);
         while let Some(event) = rx.recv().await {
             if json {
                 let mut value = serde_json::to_value(&event).unwrap_or_default();
@@ -213,11 +214,59 @@ pub fn printer_for(json: bool, label: Option<String>) -> (mpsc::UnboundedSender<
             } else {
                 let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
                 let said = if quiet { describe_quietly(&event) } else { describe(&event) };
+                if let Some(start) = sections.as_mut().and_then(|s| s.start(&event, &prefix)) {
+                    super::out::line(format_args!("{start}"));
+                }
                 super::out::line(format_args!("{now} {prefix}{said}"));
+                if let Some(end) = sections.as_mut().and_then(|s| s.end(&event, &prefix)) {
+                    super::out::line(format_args!("{end}"));
+                }
             }
         }
     });
     (tx, handle)
+}
+
+/// GitLab CI's collapsible sections around each step's lines: opened when the step first starts,
+/// closed when it ends (succeeded, failed, paused). Steps running at once share the log, so a line
+/// lands in whichever section is open when it is printed.
+#[derive(Default)]
+struct GitlabSections {
+    open: std::collections::BTreeSet<String>,
+}
+
+impl GitlabSections {
+    /// Whether the job runs in GitLab CI (`GITLAB_CI=true`).
+    fn wanted() -> bool {
+        std::env::var("GITLAB_CI").is_ok_and(|v| v == "true")
+    }
+
+    /// A section's name: letters, digits, `_`, `.` and `-` only.
+    fn name(prefix: &str, step: &str) -> String {
+        let raw = format!("gantry_{prefix}{step}");
+        raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' }).collect()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    }
+
+    /// The marker opening a step's section, before its first start line.
+    fn start(&mut self, event: &Event, prefix: &str) -> Option<String> {
+        let Event::StepStarted { step, .. } = event else { return None };
+        let name = Self::name(prefix, step);
+        self.open.insert(name.clone()).then(|| {
+            format!("\u{1b}[0Ksection_start:{}:{name}[collapsed=true]\r\u{1b}[0K{prefix}step {step}", Self::now())
+        })
+    }
+
+    /// The marker closing a step's section, after the line saying how it ended.
+    fn end(&mut self, event: &Event, prefix: &str) -> Option<String> {
+        use Event::*;
+        let (StepFinished { step, .. } | StepFailed { step, .. } | Paused { step, .. }) = event else { return None };
+        let name = Self::name(prefix, step);
+        self.open.remove(&name).then(|| format!("\u{1b}[0Ksection_end:{}:{name}\r\u{1b}[0K", Self::now()))
+    }
 }
 
 /// Shows one event in the live view.
@@ -325,5 +374,19 @@ mod tests {
         assert_eq!(line.chars().count(), "crm: succeeded ".len() + QUIET_OUTPUTS + 1);
         assert!(said_quietly(&finished));
         assert!(!said_quietly(&Event::StepStarted { step: "crm".into(), attempt: 1, notifier: false }));
+    }
+
+    #[test]
+    fn a_gitlab_section_opens_at_a_steps_first_start_and_closes_at_its_end() {
+        let mut sections = GitlabSections::default();
+        let started = |attempt| Event::StepStarted { step: "db migrate".into(), attempt, notifier: false };
+        let start = sections.start(&started(1), "[e1] ").unwrap();
+        assert!(start.starts_with("\u{1b}[0Ksection_start:"), "{start:?}");
+        assert!(start.ends_with(":gantry__e1__db_migrate[collapsed=true]\r\u{1b}[0K[e1] step db migrate"), "{start:?}");
+        assert_eq!(sections.start(&started(2), "[e1] "), None, "a retry stays in the step's section");
+        let finished = Event::StepFinished { step: "db migrate".into(), outputs: Default::default(), attempt: 2 };
+        let end = sections.end(&finished, "[e1] ").unwrap();
+        assert!(end.starts_with("\u{1b}[0Ksection_end:") && end.ends_with(":gantry__e1__db_migrate\r\u{1b}[0K"), "{end:?}");
+        assert_eq!(sections.end(&finished, "[e1] "), None);
     }
 }

@@ -3,7 +3,7 @@
 //! lines plugins journal.
 
 use super::{clock, duration, escape, table};
-use crate::analysis::{first_seen, StepReading};
+use crate::analysis::{first_seen, reading_text, StepReading};
 use gantry_analysis::{format_duration, Outcome, Phase, Reading, Rules};
 use std::fmt::Write;
 
@@ -29,7 +29,7 @@ pub(super) fn section(readings: &[StepReading], t0: f64, t1: f64) -> String {
                 r.step.clone(),
                 r.recorded.metric.clone(),
                 r.recorded.stage.map(|s| format!("{s}%")).unwrap_or_default(),
-                value_text(&j.reading),
+                reading_text(&j.reading),
                 format!("{:?}", j.outcome).to_lowercase(),
                 j.reason.clone(),
                 phase_text(j.phase, j.would_be),
@@ -38,14 +38,6 @@ pub(super) fn section(readings: &[StepReading], t0: f64, t1: f64) -> String {
         .collect();
     html += &table(&["time", "step", "metric", "stage", "value", "outcome", "why", "metric is"], &rows);
     html + "</section>\n"
-}
-
-fn value_text(reading: &Reading) -> String {
-    match reading {
-        Reading::Value { value } => format!("{value}"),
-        Reading::Nodata => "no data".into(),
-        Reading::Error { message } => format!("error: {message}"),
-    }
 }
 
 /// `running`, `Fail` (so the table marks the row), or `running (dry run: would be failed)`.
@@ -155,7 +147,7 @@ fn chart(step: &str, metric: &str, readings: &[&StepReading], t0: f64, t1: f64) 
         let _ = write!(
             svg,
             "<circle class=\"reading o-{outcome}{counted}\" cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"3\"><title>{} at {}: {}</title></circle>",
-            escape(&value_text(&j.reading)),
+            escape(&reading_text(&j.reading)),
             duration(r.recorded.at_ms as f64 - t0),
             escape(&j.reason)
         );
