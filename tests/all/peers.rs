@@ -244,8 +244,13 @@ fn aws_py<'a>(args: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Prometheus scraping `target` every 500 ms, with its data in `dir`.
 pub fn prometheus(target: &Peer, dir: &std::path::Path) -> Peer {
+    prometheus_scraping(&target.origin, dir)
+}
+
+/// Prometheus scraping `origin`'s `/metrics` every 500 ms, its data under `dir`.
+pub fn prometheus_scraping(origin: &str, dir: &std::path::Path) -> Peer {
     let config = dir.join("prometheus.yml");
-    let target = target.origin.trim_start_matches("http://");
+    let target = origin.trim_start_matches("http://");
     std::fs::write(
         &config,
         format!("global:\n  scrape_interval: 500ms\nscrape_configs:\n  - job_name: canary\n    static_configs:\n      - targets: ['{target}']\n"),

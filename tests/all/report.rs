@@ -5,7 +5,7 @@
 //! same page.
 
 use crate::alb::canary_yaml_at;
-use crate::peers::Aws;
+use crate::peers::{wait_for_data, Aws};
 use crate::support::*;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -97,6 +97,10 @@ fn the_html_report_of_a_rolled_back_canary_loads_clean_in_chromium_with_every_st
     assert!(shown.contains("<td>weights restored</td>"), "{shown}");
     assert!(shown.contains("<h4>Rolled back</h4>\n<p>shift, because "), "{shown}");
     assert!(shown.contains("smoke failed: step `smoke` failed: post-release check failed.</p>"), "{shown}");
+    // The same gate readings as metrics: one pass per stage.
+    let (_, metrics) = get(&Ui::start(dir.path()).1, "/metrics");
+    let passed = "gantry_canary_decisions_total{pipeline=\"canary-kill\",step=\"shift\",metric=\"health-url\",outcome=\"pass\"} 4\n";
+    assert!(metrics.contains(passed), "{metrics}");
 
     let page = dir.path().join("report.html");
     let written = gantry_in(dir.path(), &["report", &id, "--html", page.to_str().unwrap()]);
@@ -164,6 +168,66 @@ fn the_html_report_of_a_rolled_back_canary_loads_clean_in_chromium_with_every_st
         "a finished run does not reload"
     );
     assert_eq!(get(&ui.1, "/runs/..%2F..%2Fetc").0, 404);
+}
+
+/// The value of an instant `query` at Prometheus `prom`, by the labels named.
+fn query(prom: &str, query: &str) -> Vec<(String, f64)> {
+    let q: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+    let (status, body) = crate::peers::get(prom, &format!("/api/v1/query?query={q}")).expect("prometheus answers");
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let series = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+    series
+        .iter()
+        .map(|s| {
+            let labels: Vec<String> = ["status", "step", "outcome"]
+                .iter()
+                .filter_map(|l| s["metric"][l].as_str().map(|v| format!("{l}={v}")))
+                .collect();
+            (labels.join(","), s["value"][1].as_str().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn gantry_ui_serves_the_metrics_of_every_run_and_the_real_prometheus_scrapes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let write = |name: &str, steps: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, format!("name: {name}\nsteps:\n{}", steps.replace("PLUGIN", &misbehave.display().to_string()))).unwrap();
+        file
+    };
+    let work = "  - id: work\n    uses: PLUGIN\n    with: { action: sleep, ms: 20 }\n";
+    let fail = "  - id: check\n    uses: PLUGIN\n    needs: [work]\n    with: { action: fail, message: smoke failed }\n";
+    let gated = "  - id: release\n    uses: PLUGIN\n    needs: [work]\n    approval: { timeout: 1h }\n    with: { action: sleep, ms: 1 }\n";
+    for (file, code) in [(write("ok", work), 0), (write("broken", &format!("{work}{fail}")), 1), (write("gated", &format!("{work}{gated}")), 5)] {
+        let out = gantry_in(dir.path(), &["run", file.to_str().unwrap()]);
+        expect_code(&out, code);
+    }
+    let ui = Ui::start(dir.path());
+    let (status, text) = get(&ui.1, "/metrics");
+    assert_eq!(status, 200);
+    assert!(text.contains("# TYPE gantry_step_duration_seconds histogram"), "{text}");
+    let data = tempfile::tempdir().unwrap();
+    let prom = crate::peers::prometheus_scraping(&ui.1, data.path());
+    wait_for_data(&prom.origin, "gantry_runs");
+    let runs = query(&prom.origin, "sum by (status) (gantry_runs)");
+    for (status, count) in [("status=succeeded", 1.0), ("status=failed", 1.0), ("status=awaiting-approval", 1.0)] {
+        assert!(runs.contains(&(status.to_string(), count)), "{status}: {runs:?}");
+    }
+    assert_eq!(query(&prom.origin, "gantry_rollbacks_total{pipeline=\"broken\"}"), [("step=work".to_string(), 1.0)]);
+    assert_eq!(query(&prom.origin, "gantry_approvals_waiting"), [("step=release".to_string(), 1.0)]);
+    let durations = query(&prom.origin, "sum by (step) (gantry_step_duration_seconds_count)");
+    assert!(durations.contains(&("step=work".to_string(), 3.0)), "{durations:?}");
+    // A run recorded after the first scrape is counted at the next.
+    let out = gantry_in(dir.path(), &["run", dir.path().join("ok.yaml").to_str().unwrap()]);
+    expect_code(&out, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while query(&prom.origin, "gantry_runs{status=\"succeeded\"}") != [("status=succeeded".to_string(), 2.0)] {
+        assert!(std::time::Instant::now() < deadline, "the second run never showed");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -231,7 +231,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         html: std::path::PathBuf,
     },
-    /// Serve the reports of every recorded run on 127.0.0.1 (a running run's page updates itself).
+    /// Serve the reports of every recorded run on 127.0.0.1 (a running run's page updates itself), and their Prometheus metrics at /metrics.
     Ui {
         /// Port; 0 picks a free one (printed).
         #[arg(long, default_value_t = 8765)]

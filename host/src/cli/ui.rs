@@ -1,7 +1,8 @@
 //! `gantry report <id> --html` and `gantry ui`: the HTML run report, written
 //! to a file or served for every recorded run on 127.0.0.1 (a page whose run
-//! is still going reloads itself).
+//! is still going reloads itself), and the runs' Prometheus metrics at `/metrics`.
 
+use crate::report::metrics::{exposition, RunFacts};
 use crate::report::{escape, html};
 use crate::run::store::RunStore;
 use std::path::PathBuf;
@@ -25,22 +26,45 @@ pub(crate) async fn report(id: String, path: PathBuf, state: Option<&str>) -> an
 pub(crate) async fn serve(port: u16, state: Option<&str>) -> anyhow::Result<u8> {
     let store = super::pipeline::store(state).await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("gantry ui: http://{}/ (runs in {})", listener.local_addr()?, store.location());
+    println!("gantry ui: http://{}/ (runs in {}; metrics at /metrics)", listener.local_addr()?, store.location());
+    let read = Read::default();
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
             _ = tokio::signal::ctrl_c() => return Ok(0),
         };
-        let store = store.clone();
+        let (store, read) = (store.clone(), read.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, store).await {
+            if let Err(e) = answer(stream, store, read).await {
                 tracing::debug!("ui: {e}");
             }
         });
     }
 }
 
-async fn answer(stream: tokio::net::TcpStream, store: Arc<dyn RunStore>) -> std::io::Result<()> {
+/// What `/metrics` has read of each run: the facts, and the number of events they were read at (a
+/// run that recorded more is read again).
+type Read = Arc<std::sync::Mutex<std::collections::BTreeMap<String, (usize, RunFacts)>>>;
+
+/// The metrics of every recorded run, reading only the journals that grew since the last scrape.
+async fn metrics(store: &dyn RunStore, read: &Read) -> Result<String, crate::run::store::StoreError> {
+    let mut all = Vec::new();
+    for run in store.list().await? {
+        let known = read.lock().unwrap_or_else(|e| e.into_inner()).get(&run.id).filter(|(n, _)| *n == run.events).map(|(_, f)| f.clone());
+        let facts = match known {
+            Some(facts) => facts,
+            None => {
+                let facts = RunFacts::of(&store.read(&run.id).await?.records);
+                read.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id.clone(), (run.events, facts.clone()));
+                facts
+            }
+        };
+        all.push(facts);
+    }
+    Ok(exposition(&all))
+}
+
+async fn answer(stream: tokio::net::TcpStream, store: Arc<dyn RunStore>, read: Read) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).await?;
@@ -50,21 +74,26 @@ async fn answer(stream: tokio::net::TcpStream, store: Arc<dyn RunStore>) -> std:
         header.clear();
     }
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (status, body) = match path.as_str() {
-        "/" => ("200 OK", index(store.as_ref()).await),
+    let html = "text/html; charset=utf-8";
+    let (status, kind, body) = match path.as_str() {
+        "/" => ("200 OK", html, index(store.as_ref()).await),
+        "/metrics" => match metrics(store.as_ref(), &read).await {
+            Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+            Err(e) => ("503 Service Unavailable", "text/plain; charset=utf-8", format!("the run store cannot be read: {e}\n")),
+        },
         p => match p.strip_prefix("/runs/") {
             Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
                 match store.read(id).await {
-                    Ok(journal) => ("200 OK", html::page(&journal.records, true)),
-                    Err(e) => ("404 Not Found", format!("<!DOCTYPE html><title>not found</title><p>{e}</p>")),
+                    Ok(journal) => ("200 OK", html, html::page(&journal.records, true)),
+                    Err(e) => ("404 Not Found", html, format!("<!DOCTYPE html><title>not found</title><p>{e}</p>")),
                 }
             }
-            _ => ("404 Not Found", "<!DOCTYPE html><title>not found</title><p>not found</p>".to_string()),
+            _ => ("404 Not Found", html, "<!DOCTYPE html><title>not found</title><p>not found</p>".to_string()),
         },
     };
     let mut stream = reader.into_inner();
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

@@ -5,6 +5,7 @@
 pub mod canary;
 pub mod html;
 pub mod markdown;
+pub mod metrics;
 pub mod out;
 pub mod progress;
 
