@@ -169,6 +169,10 @@ pub struct Plan {
     /// The run in another environment this run was promoted from, checked before it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<Promotion>,
+    /// What the run exports when it ends, by name, with `env`, `entity` and `environment`
+    /// resolved; step outputs stay as expressions until the run has them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
 }
 
 /// Where a promoted run comes from: a successful run of the same pipeline, plugins and grants.
@@ -375,6 +379,10 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
         });
     }
     let groups = waves(&steps);
+    let exported: BTreeMap<String, serde_json::Value> =
+        p.outputs.iter().map(|(name, v)| (name.clone(), v.value.clone().into())).collect();
+    let outputs = render(&serde_json::json!(exported), &vars, environment, entity);
+    let outputs = serde_json::from_value(outputs).unwrap_or_default();
     Ok(Plan {
         pipeline: p.name.value.clone(),
         environment: environment.into(),
@@ -384,6 +392,7 @@ pub fn plan(loaded: &Loaded, environment: &str, entity: &str, build: &BuildOptio
         source_digest: std::fs::read(&loaded.path).ok().map(|bytes| Digest::of(&bytes)),
         secret_stores: checked.secret_stores.clone(),
         promoted_from: None,
+        outputs,
     })
 }
 

@@ -365,6 +365,29 @@ fn a_github_job_gets_its_summary_and_outputs_and_a_gitlab_job_its_sections() {
     assert!(at("a: succeeded") < at("section_end:") && lines[at("section_end:")].contains(":gantry_a\r"), "{log}");
     assert!(lines[at("b: failed") + 1].contains("section_end:") && lines[at("b: failed") + 1].contains(":gantry_b\r"), "{log}");
     assert!(!log.contains(":gantry_c"), "a skipped step never started: {log}");
+
+    // The pipeline's `outputs:` reach later jobs; one whose step did not run is left out.
+    let misbehave = repo().join("tests/plugins/misbehave");
+    let exporting = format!(
+        "name: exporting\noutputs:\n  site_url: \"${{{{ steps.x.outputs.url }}}}\"\n  where: \"${{{{ environment }}}}/${{{{ entity }}}}\"\n  never: \"${{{{ steps.y.outputs.url }}}}\"\nsteps:\n  - id: x\n    uses: {m}\n    with: {{ action: ok, outputs: {{ url: \"https://the7space.example/\" }} }}\n  - id: y\n    uses: {m}\n    needs: [x]\n    if: failure()\n    with: {{ action: ok }}\n",
+        m = misbehave.display()
+    );
+    let file = dir.path().join("exporting.yaml");
+    std::fs::write(&file, &exporting).unwrap();
+    let outputs = dir.path().join("outputs-2");
+    let out = command(&shared_cache())
+        .args(["run", file.to_str().unwrap(), "--env", "staging"])
+        .current_dir(dir.path())
+        .env("GITHUB_OUTPUT", &outputs)
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+    let written = std::fs::read_to_string(&outputs).unwrap();
+    assert!(written.ends_with("status=succeeded\nsite_url=https://the7space.example/\nwhere=staging/default\n"), "{written}");
+    std::fs::write(&file, exporting.replace("steps.x.outputs.url", "steps.nowhere.outputs.url")).unwrap();
+    let out = gantry_in(dir.path(), &["validate", file.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(2) && said.contains("exporting.yaml:3:") && said.contains("unknown step `nowhere`"), "{said}");
 }
 
 #[test]

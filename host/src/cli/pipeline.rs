@@ -209,6 +209,9 @@ pub(crate) async fn plan(
     for (i, group) in plan.groups.iter().enumerate() {
         println!("  wave {}: {}", i + 1, group.join(", "));
     }
+    for (name, value) in &plan.outputs {
+        println!("  exports {name} = {value}");
+    }
     let or_none = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
     fn texts<T: ToString>(v: &[T]) -> Vec<String> {
         v.iter().map(ToString::to_string).collect()

@@ -112,6 +112,11 @@ pub struct Pipeline {
     pub rollout: Option<RolloutDef>,
     /// The steps, a DAG through `needs:`.
     pub steps: Loc<Vec<StepDef>>,
+    /// Values the run exports when it ends, by name: to `$GITHUB_OUTPUT` in GitHub Actions and the JSON report.
+    ///
+    /// Example: `outputs: { site_url: "${{ steps.deploy.outputs.url }}" }`
+    #[serde(default)]
+    pub outputs: BTreeMap<String, Loc<String>>,
 }
 
 /// Waves of entities for a run of many, e.g. `waves: [[the_7_space], 50%, rest]`, `failure_budget: 1`.

@@ -52,6 +52,9 @@ pub(crate) fn check(loaded: &Loaded) -> Result<Checked, Vec<Problem>> {
     for (name, value) in &pipeline.env {
         c.template(&located(value, &format!("env.{name}")), None, false);
     }
+    for (name, value) in &pipeline.outputs {
+        c.exported(name, value);
+    }
     let mut overlays = [BTreeMap::new(), BTreeMap::new()];
     for (k, (kind, defs)) in
         [("environments", &pipeline.environments), ("entities", &pipeline.entities)].into_iter().enumerate()
@@ -789,6 +792,37 @@ impl<'a> Checker<'a> {
             ),
         };
         self.push(at, field, message);
+    }
+
+    /// A value the run exports: a name CI accepts, referring to any step's outputs, `env`, `entity`
+    /// or `environment`.
+    fn exported(&mut self, name: &str, value: &Loc<String>) {
+        let field = format!("outputs.{name}");
+        let mut chars = name.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) {
+            self.push(value.at, &field, format!("`{name}` is not an output name: letters, digits, `_` and `-`, starting with a letter or `_`"));
+        }
+        match expr::template(&value.value) {
+            Err((_, message)) => self.push(value.at, &field, format!("invalid expression: {message}")),
+            Ok(found) => {
+                for (_, e) in found {
+                    if !expr::calls(&e).is_empty() {
+                        self.push(value.at, &field, "functions are only allowed in `if:`".into());
+                    }
+                    for path in expr::refs(&e) {
+                        match path {
+                            [steps, id, outputs, _] if steps == "steps" && outputs == "outputs" => {
+                                if !self.ids.contains_key(id.as_str()) {
+                                    self.push(value.at, &field, format!("unknown step `{id}` in `{}`", path.join(".")));
+                                }
+                            }
+                            _ => self.reference(path, None, value.at, &field),
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn template(&mut self, s: &Located, step: Option<usize>, allow_status: bool) {

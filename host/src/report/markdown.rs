@@ -43,6 +43,12 @@ pub fn job_summary(summary: &Summary, records: &[Record], html: Option<&std::pat
             text(s.message.as_deref().unwrap_or_default())
         );
     }
+    if !summary.outputs.is_empty() {
+        md += "\n| output | value |\n| --- | --- |\n";
+        for (name, value) in &summary.outputs {
+            let _ = writeln!(md, "| {} | {} |", text(name), text(value));
+        }
+    }
     md += &canary(records);
     let rolled_back: Vec<_> = summary.steps.iter().filter(|s| s.status.starts_with("rolled")).collect();
     let failed: Vec<_> = summary.steps.iter().filter(|s| matches!(s.status.as_str(), "failed" | "cancelled")).collect();
@@ -176,11 +182,21 @@ mod tests {
             steps: vec![step("deploy", "rolled-back", None), step("canary", "failed", Some("error rate 0.2 > 0.05"))],
             barriers_ahead: vec![],
             preflight: vec![],
+            outputs: [("site_url".to_string(), "https://the7space.example/".to_string())].into(),
         };
         let md = job_summary(&summary, &[], None);
         assert!(md.starts_with("### gantry: release · production · the7space: rolled\\-back\n"), "{md}");
         assert!(md.contains("| deploy | rolled\\-back | 1 | 1.5 s |  |"), "{md}");
         assert!(md.contains("deploy, because canary failed: error rate 0\\.2 \\> 0\\.05."), "{md}");
         assert!(md.contains("`gantry report 17-1 --html report.html`"), "{md}");
+        assert!(md.contains("| site\\_url | https\\:\\/\\/the7space\\.example\\/ |"), "{md}");
+        assert_eq!(
+            crate::report::github_outputs(&summary),
+            "run-id=17-1\nstatus=rolled-back\nsite_url=https://the7space.example/\n"
+        );
+        let mut lines = summary.clone();
+        lines.outputs.insert("notes".into(), "a\ngantry_EOF\nb".into());
+        let text = crate::report::github_outputs(&lines);
+        assert!(text.contains("notes<<gantry_EOF_\na\ngantry_EOF\nb\ngantry_EOF_\n"), "{text}");
     }
 }

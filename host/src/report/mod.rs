@@ -130,6 +130,10 @@ pub struct Summary {
     /// What each step read before the run's first change.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preflight: Vec<crate::run::fold::PreflightShown>,
+    /// What the pipeline's `outputs:` export, resolved from the steps' outputs; an output whose
+    /// step did not succeed is left out.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
 }
 
 impl Summary {
@@ -163,6 +167,7 @@ impl Summary {
                 .collect(),
             barriers_ahead: shown.barriers_ahead.clone(),
             preflight: shown.preflight.clone(),
+            outputs: exported(folded),
         }
     }
 
@@ -240,11 +245,44 @@ impl Summary {
     }
 }
 
-/// The run as GitHub Actions step outputs (`name=value` lines for `$GITHUB_OUTPUT`): `run-id` and
-/// `status`.
+/// The pipeline's `outputs:` as the recorded plan holds them, each resolved from the outputs of
+/// the steps that succeeded; one that refers to a step without outputs is left out.
+fn exported(folded: &crate::run::fold::Folded) -> BTreeMap<String, String> {
+    let Some((_, plan)) = &folded.start else { return BTreeMap::new() };
+    let templates: BTreeMap<String, String> = serde_json::from_value(plan["outputs"].clone()).unwrap_or_default();
+    let steps = &folded.shown.steps;
+    let lookup = |path: &[&str]| match path {
+        ["steps", id, "outputs", name] => steps.iter().find(|s| s.id == *id)?.outputs.get(*name).cloned(),
+        _ => None,
+    };
+    templates
+        .into_iter()
+        .filter_map(|(name, template)| {
+            let value = crate::pipeline::expr::substitute(&serde_json::Value::String(template), &lookup);
+            let value = value.as_str()?.to_string();
+            (!value.contains("${{")).then_some((name, value))
+        })
+        .collect()
+}
+
+/// The run as GitHub Actions step outputs (`name=value` lines for `$GITHUB_OUTPUT`): `run-id`,
+/// `status` and the pipeline's exported `outputs:`.
 pub fn github_outputs(summary: &Summary) -> String {
     let one_line = |v: &str| v.replace(['\n', '\r'], " ");
-    format!("run-id={}\nstatus={}\n", one_line(&summary.run_id), one_line(&summary.status))
+    let mut text = format!("run-id={}\nstatus={}\n", one_line(&summary.run_id), one_line(&summary.status));
+    for (name, value) in &summary.outputs {
+        // A value of several lines goes between delimiters it does not contain, as GitHub asks.
+        if value.contains(['\n', '\r']) {
+            let mut delimiter = String::from("gantry_EOF");
+            while value.contains(&delimiter) {
+                delimiter.push('_');
+            }
+            text += &format!("{name}<<{delimiter}\n{value}\n{delimiter}\n");
+        } else {
+            text += &format!("{name}={value}\n");
+        }
+    }
+    text
 }
 
 /// Text made safe inside HTML or XML text and attributes.
