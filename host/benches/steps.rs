@@ -8,7 +8,9 @@
 //!    plugin) with a cold compile cache vs a warm one, from crate sources (cargo checks each is
 //!    fresh) and from the built component files;
 //! 4. HTTP: 10,000 requests from a plugin through the capability layer vs the same requests made
-//!    with reqwest from native code, to one local keep-alive server.
+//!    with reqwest from native code, to one local keep-alive server;
+//! 5. tracing: `gantry run` of 200 no-op steps with tracing off (the baseline), sending its spans
+//!    to a live OTLP receiver, and to a dead one (a socket that takes the request and never answers).
 //!
 //! `cargo bench -p gantry-host --bench steps`. With `GANTRY_BENCH_BASELINE=<another gantry binary>`
 //! (main's, built the same way) the pipelines run alternately beside that binary instead. Run without `--bench` (as `cargo test --benches`
@@ -271,5 +273,34 @@ fn main() {
         through / requests as u32,
         direct / requests as u32,
         through.as_secs_f64() / direct.as_secs_f64()
+    );
+
+    // 5. Tracing: off, to a live receiver, to a dead one; alternating, the fastest of each.
+    let steps = n(200, 20);
+    let file = no_op_pipeline(work.path(), &misbehave, steps);
+    let live = keep_alive_server();
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", dead.local_addr().unwrap());
+    let traced = |endpoint: Option<&str>| {
+        let mut cmd = Command::new(&gantry);
+        cmd.current_dir(work.path()).env("GANTRY_CACHE_DIR", cache.path()).env("GANTRY_LOG", "warn");
+        if let Some(endpoint) = endpoint {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        }
+        cmd.args(["run", file.to_str().unwrap(), "--jobs", "64"]);
+        measured(&mut cmd).0
+    };
+    let (mut off, mut to_live, mut to_dead) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n(5, 1) {
+        off.push(traced(None));
+        to_live.push(traced(Some(&live)));
+        to_dead.push(traced(Some(&dead)));
+    }
+    let (off, to_live, to_dead) = (common::median(off), common::median(to_live), common::median(to_dead));
+    println!(
+        "tracing, pipeline of {steps} no-op steps: off {off:?} (baseline), to a live OTLP receiver {to_live:?} (+{:?}), to a dead one {to_dead:?} (+{:?}; the export gives up after {:?})",
+        to_live.saturating_sub(off),
+        to_dead.saturating_sub(off),
+        gantry_host::report::trace::DEFAULT_TIMEOUT
     );
 }

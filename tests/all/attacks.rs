@@ -483,10 +483,12 @@ steps:
     std::fs::create_dir(dir.path().join("found")).unwrap();
     std::fs::write(dir.path().join("found/token"), TOKEN).unwrap();
     let report = dir.path().join("report.json");
+    let receiver = crate::peers::otlp();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let out = run_pipeline(
         dir.path(),
         &yaml,
-        &[("ATTACK_TOKEN", TOKEN)],
+        &[("ATTACK_TOKEN", TOKEN), ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.origin), ("TRACEPARENT", parent)],
         &["--report", &format!("json={}", report.display())],
     );
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -519,6 +521,38 @@ steps:
     let summary: Value = serde_json::from_str(&report).unwrap();
     let attacker = summary["steps"].as_array().unwrap().iter().find(|s| s["id"] == "attacker").unwrap();
     assert_eq!((attacker["requests"].as_u64(), attacker["denied"].as_u64()), (Some(0), Some(1)));
+
+    // The run's trace, decoded by OpenTelemetry's own protobuf definitions: under the CI's
+    // TRACEPARENT, a span per step attempt, host call and rollback, and the secret in none of it.
+    let (spans, raw) = crate::peers::otlp_received(&receiver);
+    let token_hex: String = TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(!raw.is_empty() && raw.iter().all(|body| !body.contains(&token_hex)), "the secret reached the collector");
+    let named = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no span {name}: {spans:#?}"));
+    let run = named("gantry run attack");
+    assert!(spans.iter().all(|s| s["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"), "one trace, the CI's");
+    assert_eq!(run["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(run["attributes"]["cicd.pipeline.name"], "attack");
+    assert_eq!(run["attributes"]["cicd.pipeline.run.id"], run_dir.file_name().unwrap().to_str().unwrap());
+    assert_eq!(run["attributes"]["cicd.pipeline.result"], "failure");
+    assert_eq!(run["resource"]["service.name"], "gantry");
+    for step in ["setup", "user", "attacker", "leaker", "breaks"] {
+        let attempt = named(&format!("step {step}"));
+        assert_eq!(attempt["parent_span_id"], run["span_id"], "{step}");
+        assert_eq!(attempt["attributes"]["cicd.pipeline.task.name"], step);
+        assert_eq!(attempt["attributes"]["gantry.plugin.sha256"].as_str().map(str::len), Some(64), "{step}");
+    }
+    assert_eq!(named("step breaks")["status"]["message"], "step `breaks` failed: deploy failed");
+    let get = named(&format!("GET {origin}"));
+    assert_eq!((get["parent_span_id"].clone(), get["attributes"]["http.response.status_code"].as_i64()), (named("step user")["span_id"].clone(), Some(200)));
+    let denied = named("GET http://169.254.169.254");
+    assert_eq!(denied["parent_span_id"], named("step attacker")["span_id"]);
+    assert_eq!(denied["status"]["code"], 2, "a refused request is an error span");
+    for step in ["user", "setup"] {
+        assert_eq!(named(&format!("rollback {step}"))["parent_span_id"], run["span_id"], "rollback {step}");
+    }
+    assert!(named("rollback setup")["status"]["message"].as_str().unwrap().contains("deliberate panic in rollback"));
+    let leaked = &named("step leaker")["events"];
+    assert!(leaked.as_array().is_some_and(|e| !e.is_empty()), "the step's log lines are its span's events");
 }
 
 #[tokio::test]

@@ -281,6 +281,25 @@ pub fn wait_for_data(prom: &str, query: &str) {
     panic!("prometheus has no data for {query} after 30 s");
 }
 
+/// An OTLP/HTTP trace receiver decoding with OpenTelemetry's own protobuf definitions
+/// (`tests/peers/otlp.py`).
+pub fn otlp() -> Peer {
+    let make = |port: u16| {
+        let mut cmd = Command::new(venv("python"));
+        cmd.arg(repo().join("tests/peers/otlp.py")).args(["--port", &port.to_string()]);
+        cmd
+    };
+    spawn(make, "/_spans", |status, body| status == 200 && body.starts_with('['))
+}
+
+/// Every span `receiver` decoded, as JSON, and every request body it got (hex).
+pub fn otlp_received(receiver: &Peer) -> (Vec<serde_json::Value>, Vec<String>) {
+    let read = |path: &str| get(&receiver.origin, path).map(|(_, body)| serde_json::from_str(&body).unwrap()).unwrap();
+    let spans: serde_json::Value = read("/_spans");
+    let raw: Vec<String> = serde_json::from_value(read("/_raw")).unwrap();
+    (spans.as_array().cloned().unwrap_or_default(), raw)
+}
+
 /// The Notion stand-in (`tests/peers/notion.py`) with its token, data source and extra flags.
 pub fn notion(token: &str, data_source: &str, flags: &[&str]) -> Peer {
     let make = |port: u16| {

@@ -391,6 +391,25 @@ fn a_github_job_gets_its_summary_and_outputs_and_a_gitlab_job_its_sections() {
 }
 
 #[test]
+fn a_collector_that_never_answers_is_said_and_changes_nothing_of_the_run() {
+    let server = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(dir.path(), &server, &step("a", "", ""));
+    // Takes the connection (the kernel's backlog) and never reads nor answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = command(&shared_cache())
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", silent.local_addr().unwrap()))
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the trace was not sent: ") && stderr.contains("/v1/traces did not answer in 500 ms"), "{stderr}");
+    assert_eq!(journal(dir.path()).iter().filter(|e| e["event"] == "run_finished").count(), 1);
+}
+
+#[test]
 fn the_github_action_fits_the_action_metadata_schema_and_runs_gantry_as_it_is() {
     let validate = |file: &Path| {
         std::process::Command::new(crate::peers::venv("check-jsonschema"))

@@ -853,12 +853,14 @@ async fn undo_with(
 
 /// Writes the reports asked for from the journal; in GitHub Actions, the `::error` annotations,
 /// the job summary (`$GITHUB_STEP_SUMMARY`) and the run's id and status as step outputs
-/// (`$GITHUB_OUTPUT`). Run, resume and rollback each write them: each ends (part of) a run.
+/// (`$GITHUB_OUTPUT`); with `OTEL_EXPORTER_OTLP_ENDPOINT`, the session's spans. Run, resume and
+/// rollback each write them: each ends (part of) a run.
 async fn write_reports(store: &dyn RunStore, run_id: &str, reports: &[ReportSpec]) -> anyhow::Result<()> {
     let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
     let ci_file = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     let (step_summary, step_output) = (ci_file("GITHUB_STEP_SUMMARY"), ci_file("GITHUB_OUTPUT"));
-    if reports.is_empty() && !github && step_summary.is_none() && step_output.is_none() {
+    let traces = crate::report::trace::Exporter::from_env();
+    if reports.is_empty() && !github && step_summary.is_none() && step_output.is_none() && traces.is_none() {
         // Reading the whole journal back (a few ms for a long run) only when something uses it.
         return Ok(());
     }
@@ -886,6 +888,15 @@ async fn write_reports(store: &dyn RunStore, run_id: &str, reports: &[ReportSpec
     }
     if let Some(path) = &step_output {
         append(path, &crate::report::github_outputs(&summary))?;
+    }
+    // The session that just ended wrote the journal's last records; a trace that cannot be sent
+    // is said, never a reason to fail what the run did.
+    if let Some(exporter) = traces {
+        let session = journal.records.last().map_or(0, |r| r.session);
+        match exporter.export(&journal.records, session).await {
+            Ok(count) => tracing::debug!("sent {count} spans to {}", exporter.url),
+            Err(e) => eprintln!("warning: run {run_id}: the trace was not sent: {e}"),
+        }
     }
     Ok(())
 }

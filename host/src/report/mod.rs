@@ -6,6 +6,7 @@ pub mod canary;
 pub mod html;
 pub mod markdown;
 pub mod metrics;
+pub mod trace;
 pub mod out;
 pub mod progress;
 

@@ -159,9 +159,21 @@ impl RunStore for FileStore {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                let holder = serde_json::from_str(&text).ok().map(Box::new);
+                let read = |file: &mut std::fs::File| -> Option<Box<Holder>> {
+                    let mut text = String::new();
+                    file.seek(SeekFrom::Start(0)).ok()?;
+                    file.read_to_string(&mut text).ok()?;
+                    serde_json::from_str(&text).ok().map(Box::new)
+                };
+                // The winner describes itself just after it takes the lock: a description naming
+                // no live process here is its predecessor's (a runner that died), so it is read
+                // again for a moment rather than named.
+                let mut holder = read(&mut file);
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while !holder.as_ref().is_some_and(|h| h.alive_here()) && std::time::Instant::now() < until {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    holder = read(&mut file);
+                }
                 return Err(StoreError::Held {
                     key: Box::new(key.clone()),
                     holder,

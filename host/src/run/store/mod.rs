@@ -54,6 +54,11 @@ impl Holder {
     pub fn this_process(run_id: &str) -> Self {
         Self { run_id: run_id.to_string(), pid: std::process::id(), host: hostname(), since_ms: now_ms() }
     }
+
+    /// Whether the process it names runs on this machine now (`/proc/<pid>` exists).
+    pub fn alive_here(&self) -> bool {
+        self.host == hostname() && std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
 }
 
 impl fmt::Display for Holder {
