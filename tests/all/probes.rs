@@ -190,11 +190,18 @@ steps:
         plugin = repo().join("plugins/tls-check").display(),
         port = pg.port
     );
-    let out = run_pipeline(dir.path(), &yaml, &[], &[]);
+    let receiver = crate::peers::otlp();
+    let out = run_pipeline(dir.path(), &yaml, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.origin)], &[]);
     expect_code(&out, 0);
     let o = result(&out, "db-tls").unwrap();
     assert_eq!(o["subject"], "CN=db");
     assert!(o["protocol"].as_str().unwrap().starts_with("TLSv1."), "{o}");
+    // The handshake is a span of the step's attempt in the run's trace.
+    let (spans, _) = crate::peers::otlp_received(&receiver);
+    let named = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no {name}: {spans:#?}")).clone();
+    let handshake = named(&format!("HANDSHAKE tls://127.0.0.1:{}", pg.port));
+    assert_eq!(handshake["parent_span_id"], named("step db-tls")["span_id"]);
+    assert_eq!(handshake["status"]["code"], 0, "a handshake that happened is no error");
 }
 
 #[test]
@@ -328,12 +335,19 @@ fn lookups_of_names_not_granted_or_rebinding_to_internal_addresses_are_refused()
     let dir = tempfile::tempdir().unwrap();
     // Not granted: the name is outside `dns:`.
     let with = format!(r#"{{ name: "www.{SITE}", attempts: 1 }}"#);
-    let out = run_pipeline(dir.path(), &dns_pipeline(&dns.resolver(), "other.example", &with, ""), &[], &[]);
+    let receiver = crate::peers::otlp();
+    let traced = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.origin.as_str())];
+    let out = run_pipeline(dir.path(), &dns_pipeline(&dns.resolver(), "other.example", &with, ""), &traced, &[]);
     let e = result(&out, "check").unwrap_err();
     assert!(
         e.contains(&format!("looking up www.{SITE} is not granted to step `check`: add it to the step's `dns:`")),
         "{e}"
     );
+    // The refused lookup is an error span of the step in the run's trace.
+    let (spans, _) = crate::peers::otlp_received(&receiver);
+    let lookup = spans.iter().find(|s| s["name"] == format!("LOOKUP A dns://www.{SITE}")).expect("a span per lookup");
+    assert_eq!(lookup["status"]["code"], 2);
+    assert!(lookup["attributes"]["gantry.request.denied"].as_str().unwrap().contains("is not granted"), "{lookup}");
     std::fs::remove_dir_all(dir.path().join(".gantry")).unwrap();
     // Granted, but it answers the metadata address: refused, and no address reaches the plugin.
     let with = format!(r#"{{ name: "meta.{SITE}", attempts: 1 }}"#);

@@ -168,10 +168,22 @@ fn a_password_read_as_bytes_json_or_arrays_never_reaches_the_plugin() {
         op("query", "SELECT ARRAY[v]::text FROM settings"),
         op("query", "SELECT v::int FROM settings"),
     ]);
-    let (code, out) = attempt(&pg_pipeline(&pg, "ro", ops, "60s"));
+    let yaml = pg_pipeline(&pg, "ro", ops, "60s");
+    let (code, out) = attempt(&yaml);
     assert_eq!(code, Some(0), "{out}");
     // The bytes came back redacted: `***` in hex.
     assert!(out.contains("ok hex:2a2a2a"), "{out}");
+    // Each statement is a span of the step's trace, named by its verb; the password is in no byte sent.
+    let receiver = crate::peers::otlp();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_pipeline(dir.path(), &yaml, &[("DB_PASSWORD", PASSWORD), ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.origin)], &[]);
+    expect_code(&out, 0);
+    let (spans, raw) = crate::peers::otlp_received(&receiver);
+    assert!(raw.iter().all(|body| !body.contains(&hex(PASSWORD.as_bytes()))), "the password reached the collector");
+    let statements: Vec<&Value> = spans.iter().filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("SQL SELECT sql://"))).collect();
+    assert_eq!(statements.len(), 5, "{spans:#?}");
+    let step = spans.iter().find(|s| s["name"].as_str().is_some_and(|n| n.starts_with("step "))).unwrap();
+    assert!(statements.iter().all(|s| s["parent_span_id"] == step["span_id"]), "{spans:#?}");
 }
 
 /// The queries running on the server whose text contains `needle`, read with psql.

@@ -366,6 +366,23 @@ impl CallContext {
         }
     }
 
+    /// Journals one call that is not HTTP (a lookup, a handshake): what, where, since when, and
+    /// why it was refused (`denied`) or failed, redacted.
+    pub fn record_call(&self, method: String, origin: String, started: Instant, denied: Option<&str>, failed: Option<&str>) {
+        self.record(RequestRecord {
+            step: self.step.clone(),
+            method,
+            origin,
+            path: String::new(),
+            status: None,
+            bytes: 0,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            allowed: denied.is_none(),
+            reason: denied.or(failed).map(|m| self.redactor.redact(m)),
+            action: None,
+        });
+    }
+
     /// Journals a request, when the call has a journal.
     pub fn record(&self, record: RequestRecord) {
         if let Some(log) = &self.requests {

@@ -104,9 +104,9 @@ pub struct StepSummary {
     pub message: Option<String>,
     /// Outputs when it succeeded.
     pub outputs: BTreeMap<String, String>,
-    /// HTTP requests the host let out.
+    /// Host calls the host let out: HTTP requests, Redis commands, SQL statements, TLS handshakes, DNS lookups.
     pub requests: u32,
-    /// HTTP requests the host refused.
+    /// Host calls the host refused.
     pub denied: u32,
 }
 

@@ -1,8 +1,8 @@
 //! A run as OpenTelemetry spans, sent over OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: a span per session of the run (`run`,
 //! `resume`, `rollback`), per step attempt, per step rolled back, and per host call the journal
-//! records (HTTP requests, Redis commands); the step's log lines (SQL statements, TLS handshakes,
-//! DNS lookups among them) are events of its attempt's span.
+//! records (HTTP requests, Redis commands, SQL statements, TLS handshakes, DNS lookups: each
+//! capability records its own); the step's log lines are events of its attempt's span.
 //!
 //! The spans are built from the journal after the session ends, as the JUnit report is: their
 //! times are the journal's, ids derive from the run id (a resumed run's spans join its trace), and

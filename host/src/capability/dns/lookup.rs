@@ -109,8 +109,16 @@ pub(super) struct DnsCall {
 
 impl wit::Host for DnsCall {
     async fn lookup(&mut self, name: String, kind: wit::RecordType) -> Result<Vec<Answer>, LookupError> {
+        let started = std::time::Instant::now();
         let result = self.lookup(&name, kind).await;
         self.call.line(&summary(&name, kind, &result));
+        let (denied, failed) = match &result {
+            Ok(_) => (None, None),
+            Err(LookupError::Denied(m)) => (Some(m.as_str()), None),
+            Err(LookupError::Timeout(m) | LookupError::Transport(m) | LookupError::Invalid(m)) => (None, Some(m.as_str())),
+        };
+        let asked = format!("dns://{}", name.trim_end_matches('.').to_ascii_lowercase());
+        self.call.record_call(format!("LOOKUP {:?}", record_type(kind)), asked, started, denied, failed);
         result
     }
 }

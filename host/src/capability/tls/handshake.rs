@@ -329,8 +329,16 @@ pub(super) struct TlsCall {
 
 impl wit::Host for TlsCall {
     async fn probe(&mut self, target: String, starttls: Starttls) -> Result<Handshake, ProbeError> {
+        let started = std::time::Instant::now();
         let result = self.probe(&target, starttls).await;
         self.call.line(&summary(&target, &result));
+        let (denied, failed) = match &result {
+            Ok(_) => (None, None),
+            Err(ProbeError::Denied(m)) => (Some(m.as_str()), None),
+            Err(e) => (None, Some(describe(e))),
+        };
+        let failed = failed.as_deref();
+        self.call.record_call("HANDSHAKE".into(), format!("tls://{}", target.to_ascii_lowercase()), started, denied, failed);
         result
     }
 }

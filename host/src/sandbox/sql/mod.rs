@@ -421,6 +421,24 @@ impl State {
             Ok(a) => self.capability_line(format!("sql {name}: {what} -> {} ({took})", a.summary())),
             Err(e) => self.capability_line(format!("sql {name}: {what} -> {} ({took})", describe(e))),
         }
+        // A record per statement, for traces and the report's requests: the verb, never the text.
+        if let Some(log) = &self.outbound.log {
+            let verb: String = text.trim_start().chars().take_while(char::is_ascii_alphabetic).take(16).collect();
+            let verb = verb.to_ascii_uppercase();
+            let denied = matches!(&answer, Err(SqlError::Denied(_)));
+            (log.0)(crate::capability::unit::RequestRecord {
+                step: self.outbound.step.clone(),
+                method: format!("SQL {verb}"),
+                origin: format!("sql://{name}"),
+                path: String::new(),
+                status: None,
+                bytes: 0,
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                allowed: !denied,
+                reason: answer.as_ref().err().map(describe),
+                action: None,
+            });
+        }
         match answer {
             Ok(Answer::Rows(mut rows)) => {
                 // A value the database holds may be a secret of the run: it never reaches the plugin.
